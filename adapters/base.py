@@ -1,0 +1,291 @@
+"""The adapter contract and the integration configuration every adapter receives.
+
+An adapter describes one vendor: its :class:`AdapterInfo` (names, object types, auth types,
+default rate limit), how to authenticate, how to build the create request for each object type,
+how to read the created record's id and URL, and how the vendor reports errors. The HTTP engine,
+token cache, limiter and templates come from the kit.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+from adapters.errors import ConfigError, DeliveryError, PermanentError
+from adapters.http import HttpClient, Response, Timeouts, classify_status
+from adapters.ratelimit import Limiter, RateLimit
+from adapters.templates import Compiled, TemplateError, compile_template, template_vars
+from daemon.contracts import ClassifiedMessage
+
+__all__ = [
+    "Adapter",
+    "AdapterInfo",
+    "BodyCodes",
+    "Delivered",
+    "DeliveryContext",
+    "HttpAdapter",
+    "IntegrationConfig",
+    "PRIORITY_TITLE",
+    "PRIORITY_UPPER",
+]
+
+Credential = SecretStr | bool | int | float | None
+
+
+class IntegrationConfig(BaseModel):
+    """The ``config`` block of one ``crmIntegrations`` entry (the seed's shape).
+
+    Vendor-specific keys (``databaseId``, ``boardId``, ``domain`` …) are kept as extras and read
+    by the adapter's own settings model.
+    """
+
+    model_config = ConfigDict(extra="allow", frozen=True, populate_by_name=True)
+
+    authType: str | None = None
+    credentials: dict[str, Credential] = Field(default_factory=dict)
+    endpoints: dict[str, Any] = Field(default_factory=dict)
+    mappings: dict[str, Any] = Field(default_factory=dict)
+    rateLimit: RateLimit | None = None
+    timeouts: dict[str, float] = Field(default_factory=dict)
+    valueMaps: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Per object field value tables, e.g. {'case.priority': {'urgent': 'High'}}",
+    )
+
+    def secret(self, name: str, *aliases: str, required: bool = True) -> str:
+        """A credential's plain value, for the moment a request is built."""
+        for key in (name, *aliases):
+            value = self.credentials.get(key)
+            if isinstance(value, SecretStr):
+                return value.get_secret_value()
+            if value is not None and not isinstance(value, bool):
+                return str(value)
+        if required:
+            raise ConfigError(f"credentials.{name} is required", code="missing_credential")
+        return ""
+
+    def flag(self, name: str, default: bool = False) -> bool:
+        value = self.credentials.get(name, self.endpoints.get(name, default))
+        if isinstance(value, SecretStr):
+            return value.get_secret_value().lower() in ("1", "true", "yes")
+        return bool(value)
+
+    def extra(self, name: str, default: Any = None) -> Any:
+        return (self.model_extra or {}).get(name, default)
+
+
+@dataclass(frozen=True)
+class AdapterInfo:
+    type: str
+    display_name: str
+    display_name_zh: str
+    object_types: tuple[str, ...]
+    auth_types: tuple[str, ...]
+    rate_limit: RateLimit
+    aliases: tuple[str, ...] = ()
+    idempotency: str = "ledger only"
+    docs: str = ""
+
+
+@dataclass(frozen=True)
+class Delivered:
+    """A record that exists in the target: its id, and a URL a person can open."""
+
+    external_id: str
+    external_url: str | None = None
+    detail: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DeliveryContext:
+    """What one attempt knows beyond the event: a stable key for (event, integration, object)."""
+
+    idempotency_key: str
+    attempt: int = 1
+    integration_id: str = ""
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+
+
+# Our priority vocabulary onto common vendor enums; adapters pick one, config can override.
+PRIORITY_TITLE = {"low": "Low", "medium": "Medium", "high": "High", "urgent": "High"}
+PRIORITY_UPPER = {"low": "LOW", "medium": "MEDIUM", "high": "HIGH", "urgent": "HIGH"}
+
+
+@dataclass(frozen=True)
+class BodyCodes:
+    """Errors delivered as HTTP 200 with a code in the body (WeCom, DingTalk, Feishu, Slack).
+
+    ``field`` holds the code, ``ok`` the success value; code sets say which codes mean an expired
+    token (refresh and retry), rate limiting, a quota, a transient fault, or bad credentials.
+    Everything else is permanent, with the vendor's message kept.
+    """
+
+    field: str
+    ok: Any
+    message_field: str
+    token_expired: frozenset[Any] = frozenset()
+    rate_limited: frozenset[Any] = frozenset()
+    quota: frozenset[Any] = frozenset()
+    retryable: frozenset[Any] = frozenset()
+    auth: frozenset[Any] = frozenset()
+    quota_retry_after: float = 3600.0
+
+    def classify(self, response: Response) -> DeliveryError | None:
+        from adapters.errors import (
+            AuthError,
+            QuotaExhaustedError,
+            RateLimitedError,
+            RetryableError,
+            TokenExpiredError,
+        )
+        from adapters.http import parse_retry_after
+
+        body = response.json()
+        if not isinstance(body, dict) or self.field not in body:
+            return classify_status(response)
+        code = body.get(self.field)
+        if code == self.ok:
+            return classify_status(response)
+        message = f"{body.get(self.message_field) or ''} ({self.field}={code})".strip()
+        label = f"{self.field}_{code}"
+        status = response.status
+        retry_after = parse_retry_after(response.headers.get("Retry-After"))
+        if code in self.token_expired:
+            return TokenExpiredError(message, code=label, status=status)
+        if code in self.rate_limited:
+            return RateLimitedError(message, code=label, status=status, retry_after=retry_after)
+        if code in self.quota:
+            return QuotaExhaustedError(
+                message, code=label, status=status, retry_after=retry_after or self.quota_retry_after
+            )
+        if code in self.retryable or status >= 500:
+            return RetryableError(message, code=label, status=status, retry_after=retry_after)
+        if code in self.auth:
+            return AuthError(message, code=label, status=status)
+        return PermanentError(message, code=label, status=status)
+
+
+class Adapter(ABC):
+    """One configured integration instance of a vendor."""
+
+    info: ClassVar[AdapterInfo]
+    value_maps: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
+
+    def __init__(self, integration_id: str, config: IntegrationConfig) -> None:
+        self.integration_id = integration_id
+        self.config = config
+        self.templates: dict[str, Compiled] = {}
+        for object_type, mapping in config.mappings.items():
+            try:
+                self.templates[object_type] = compile_template(mapping, f"mappings.{object_type}")
+            except TemplateError as exc:
+                raise ConfigError(str(exc), code="bad_template") from None
+        self._value_maps = {**self.value_maps, **config.valueMaps}
+        self.validate_config()
+
+    def validate_config(self) -> None:
+        """Check vendor-specific settings at load time; raise :class:`ConfigError`."""
+        for object_type in self.config.mappings:
+            if object_type not in self.object_types():
+                raise ConfigError(
+                    f"mappings.{object_type}: {self.info.type} has no object type {object_type!r}"
+                    f" (known: {', '.join(self.object_types())})",
+                    code="unknown_object_type",
+                )
+
+    def object_types(self) -> tuple[str, ...]:
+        return self.info.object_types
+
+    def default_object_types(self) -> tuple[str, ...]:
+        """Object types this integration creates when no rule names one: its mapped types."""
+        return tuple(self.templates) or self.info.object_types[:1]
+
+    def render(
+        self, event: ClassifiedMessage, object_type: str, ctx: DeliveryContext | None = None
+    ) -> dict[str, Any]:
+        """The mapping for ``object_type`` rendered for ``event``, rule overrides and vendor
+        enums applied."""
+        template = self.templates.get(object_type)
+        if template is None:
+            raise ConfigError(
+                f"{self.integration_id}: no mapping for object type {object_type!r}",
+                code="missing_mapping",
+            )
+        fields = template.render(template_vars(event))
+        if not isinstance(fields, dict):
+            raise ConfigError(f"mappings.{object_type} must be an object", code="bad_template")
+        if ctx is not None and ctx.overrides:
+            fields.update(ctx.overrides)
+        for key, table in self._value_maps.items():
+            obj, _, name = key.rpartition(".")
+            if obj and obj != object_type:
+                continue
+            if name in fields and isinstance(fields[name], str):
+                fields[name] = table.get(fields[name], table.get(fields[name].lower(), fields[name]))
+        return fields
+
+    async def start(self) -> None:
+        """Open clients; called inside the running loop."""
+
+    async def aclose(self) -> None:
+        """Close clients."""
+
+    @abstractmethod
+    async def create(
+        self, event: ClassifiedMessage, object_type: str, ctx: DeliveryContext
+    ) -> Delivered:
+        """Create the record for ``event``; raise a :class:`DeliveryError` on failure."""
+
+    async def find_existing(
+        self, event: ClassifiedMessage, object_type: str, ctx: DeliveryContext
+    ) -> Delivered | None:
+        """Look up a record an earlier, ambiguous attempt may have created (None: can't tell)."""
+        return None
+
+    @abstractmethod
+    async def test_connection(self) -> None:
+        """The cheapest authenticated call the vendor offers; raise on failure."""
+
+
+class HttpAdapter(Adapter):
+    """An adapter over the shared HTTP engine; subclasses set ``self.http`` up in ``make_http``."""
+
+    base_url_key: ClassVar[str] = "baseUrl"
+    default_base_url: ClassVar[str] = ""
+
+    def __init__(self, integration_id: str, config: IntegrationConfig) -> None:
+        super().__init__(integration_id, config)
+        self._http: HttpClient | None = None
+
+    @property
+    def base_url(self) -> str:
+        return str(self.config.endpoints.get(self.base_url_key) or self.default_base_url).rstrip("/")
+
+    @property
+    def rate_limit(self) -> RateLimit:
+        return self.config.rateLimit or self.info.rate_limit
+
+    @property
+    def timeouts(self) -> Timeouts:
+        return Timeouts(**self.config.timeouts) if self.config.timeouts else Timeouts()
+
+    @property
+    def http(self) -> HttpClient:
+        if self._http is None:
+            self._http = self.make_http(Limiter(self.rate_limit))
+        return self._http
+
+    @abstractmethod
+    def make_http(self, limiter: Limiter) -> HttpClient:
+        """Build this integration's client: base URL, auth scheme, error classifier."""
+
+    async def start(self) -> None:
+        _ = self.http
+
+    async def aclose(self) -> None:
+        if self._http is not None:
+            await self._http.aclose()

@@ -1,0 +1,246 @@
+"""The shared HTTP engine: one pooled client per integration instance.
+
+Every vendor call goes through :meth:`HttpClient.send`, which paces it with the integration's
+limiter, applies auth, maps transport failures to the error taxonomy (this is the only place that
+knows aiohttp's exceptions), classifies the response with the adapter's rules, refreshes a token
+once on expiry, and slows the integration down when the vendor says so.
+
+aiohttp is the transport because it measured ~20x faster than httpx's default transport at 64
+concurrent POSTs on loopback (see ``bench/http_clients.py``).
+"""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+import orjson
+
+from adapters.errors import (
+    AmbiguousDeliveryError,
+    AuthError,
+    DeliveryError,
+    PermanentError,
+    RateLimitedError,
+    RetryableError,
+    TokenExpiredError,
+)
+from adapters.ratelimit import Limiter
+from daemon.redaction import redact
+
+if TYPE_CHECKING:
+    from adapters.auth import Auth
+
+__all__ = [
+    "Classifier",
+    "HttpClient",
+    "Request",
+    "Response",
+    "Timeouts",
+    "classify_status",
+    "parse_retry_after",
+]
+
+
+@dataclass
+class Request:
+    method: str
+    url: str
+    json: Any = None
+    form: Mapping[str, str] | None = None
+    params: dict[str, str] = field(default_factory=dict)
+    headers: dict[str, str] = field(default_factory=dict)
+    authenticated: bool = True
+
+
+@dataclass(frozen=True)
+class Response:
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+    url: str = ""
+
+    def json(self) -> Any:
+        """The decoded JSON body, or ``None`` when the body is not JSON."""
+        try:
+            return orjson.loads(self.body) if self.body else None
+        except orjson.JSONDecodeError:
+            return None
+
+    @property
+    def text(self) -> str:
+        return self.body.decode("utf-8", "replace")
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status < 300
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    connect: float = 5.0
+    read: float = 25.0
+
+
+Classifier = Callable[[Response], DeliveryError | None]
+MessageOf = Callable[[Response], str]
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """``Retry-After`` as seconds (delta-seconds or an HTTP date)."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _default_message(resp: Response) -> str:
+    return resp.text[:500]
+
+
+def classify_status(resp: Response, message_of: MessageOf = _default_message) -> DeliveryError | None:
+    """The HTTP-status half of the taxonomy: 2xx ok, 401 expired, 403 auth, 429/5xx retry."""
+    status = resp.status
+    if 200 <= status < 300:
+        return None
+    message = redact(message_of(resp)) or f"HTTP {status}"
+    retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+    if status == 401:
+        return TokenExpiredError(message, code="http_401", status=status)
+    if status == 403:
+        return AuthError(message, code="http_403", status=status)
+    if status == 429:
+        return RateLimitedError(message, code="http_429", status=status, retry_after=retry_after)
+    if status in (408, 425) or status >= 500:
+        return RetryableError(message, code=f"http_{status}", status=status, retry_after=retry_after)
+    return PermanentError(message, code=f"http_{status}", status=status)
+
+
+class HttpClient:
+    """Pooled, paced, authenticated HTTP for one integration instance."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        base_url: str = "",
+        limiter: Limiter | None = None,
+        auth: Auth | None = None,
+        classify: Classifier | None = None,
+        timeouts: Timeouts = Timeouts(),
+        default_headers: Mapping[str, str] | None = None,
+    ) -> None:
+        self.name = name
+        self.base_url = base_url.rstrip("/")
+        self.limiter = limiter
+        self.auth = auth
+        self.classify = classify or classify_status
+        self.timeouts = timeouts
+        self._default_headers = dict(default_headers or {})
+        self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            limit = self.limiter.limit.concurrency if self.limiter else 32
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=limit, ttl_dns_cache=300),
+                timeout=aiohttp.ClientTimeout(
+                    total=None, sock_connect=self.timeouts.connect, sock_read=self.timeouts.read
+                ),
+                headers=self._default_headers,
+                skip_auto_headers=("User-Agent",),
+            )
+        return self._session
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def url(self, path: str) -> str:
+        if path.startswith(("http://", "https://")):
+            return path
+        return f"{self.base_url}/{path.lstrip('/')}"
+
+    async def send(self, request: Request) -> Response:
+        """Send with auth and pacing; return a 2xx response or raise a :class:`DeliveryError`."""
+        refreshed = False
+        while True:
+            token_used = None
+            if request.authenticated and self.auth is not None:
+                token_used = await self.auth.apply(request, self)
+            if self.limiter is not None:
+                async with self.limiter:
+                    response = await self.raw(request)
+            else:
+                response = await self.raw(request)
+            error = self.classify(response)
+            if error is None:
+                return response
+            if isinstance(error, TokenExpiredError):
+                if not refreshed and self.auth is not None and self.auth.refreshable:
+                    await self.auth.invalidate(token_used)
+                    refreshed = True
+                    continue
+                raise AuthError(error.message, code=error.code, status=error.status)
+            if isinstance(error, RateLimitedError) and self.limiter is not None:
+                self.limiter.slow_down(error.retry_after if error.retry_after is not None else 1.0)
+            raise error
+
+    async def raw(self, request: Request) -> Response:
+        """One HTTP exchange, transport errors mapped; no auth, no pacing, no classification."""
+        headers = dict(request.headers)
+        data: bytes | aiohttp.FormData | None = None
+        if request.json is not None:
+            data = orjson.dumps(request.json)
+            headers.setdefault("Content-Type", "application/json; charset=utf-8")
+        elif request.form is not None:
+            data = aiohttp.FormData(dict(request.form))
+        url = self.url(request.url)
+        sent = False
+        try:
+            async with self.session.request(
+                request.method, url, params=request.params or None, data=data, headers=headers
+            ) as resp:
+                sent = True
+                body = await resp.read()
+                return Response(resp.status, resp.headers, body, str(resp.url.with_query(None)))
+        except (aiohttp.ConnectionTimeoutError, aiohttp.ClientConnectorError) as exc:
+            raise RetryableError(
+                f"{self.name}: cannot connect to {_host(url)}: {type(exc).__name__}", code="connect"
+            ) from None
+        except (TimeoutError, aiohttp.ServerTimeoutError):
+            raise AmbiguousDeliveryError(
+                f"{self.name}: no answer from {_host(url)} within {self.timeouts.read:g}s",
+                code="timeout",
+            ) from None
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError, aiohttp.ClientOSError) as exc:
+            error_type = AmbiguousDeliveryError if sent or request.method != "GET" else RetryableError
+            raise error_type(
+                f"{self.name}: connection to {_host(url)} dropped: {type(exc).__name__}",
+                code="disconnected",
+            ) from None
+        except aiohttp.InvalidURL:
+            from adapters.errors import ConfigError
+
+            raise ConfigError(f"{self.name}: invalid URL for host {_host(url)}", code="bad_url") from None
+        except aiohttp.ClientError as exc:
+            raise RetryableError(f"{self.name}: {type(exc).__name__}", code="transport") from None
+
+
+def _host(url: str) -> str:
+    rest = url.split("://", 1)[-1]
+    return rest.split("/", 1)[0].split("?", 1)[0]

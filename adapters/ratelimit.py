@@ -1,0 +1,76 @@
+"""Per-integration rate limiting: pace requests just under the vendor's limit.
+
+One :class:`Limiter` per integration instance (per credentials), created inside the running loop.
+Requests are spaced evenly (a leaky bucket with a burst of ``burst``) at ``headroom`` of the
+documented rate, because a bucket that allows a full burst on top of a full rate sends twice the
+limit in one window. A 429 or a vendor quota signal pauses only this integration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from types import TracebackType
+
+from aiolimiter import AsyncLimiter
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = ["Limiter", "RateLimit"]
+
+
+class RateLimit(BaseModel):
+    """``requests`` per ``perSeconds``, at most ``concurrency`` in flight."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    requests: float = Field(gt=0)
+    per_seconds: float = Field(default=1.0, gt=0, alias="perSeconds")
+    burst: int = Field(default=1, ge=1)
+    concurrency: int = Field(default=32, ge=1)
+    headroom: float = Field(default=0.97, gt=0, le=1)
+
+    @property
+    def rate(self) -> float:
+        return self.requests / self.per_seconds * self.headroom
+
+
+@dataclass
+class _Pause:
+    until: float = 0.0
+
+
+class Limiter:
+    """Async context manager: ``async with limiter:`` around each vendor request."""
+
+    def __init__(self, limit: RateLimit) -> None:
+        self.limit = limit
+        self._bucket = AsyncLimiter(limit.burst, limit.burst / limit.rate)
+        self._slots = asyncio.Semaphore(limit.concurrency)
+        self._pause = _Pause()
+
+    @property
+    def paused_for(self) -> float:
+        return max(0.0, self._pause.until - time.monotonic())
+
+    def slow_down(self, seconds: float) -> None:
+        """Hold every request of this integration for ``seconds`` (429, Retry-After, quota)."""
+        self._pause.until = max(self._pause.until, time.monotonic() + max(seconds, 0.0))
+
+    async def __aenter__(self) -> None:
+        await self._slots.acquire()
+        try:
+            while (wait := self.paused_for) > 0:
+                await asyncio.sleep(wait)
+            await self._bucket.acquire()
+        except BaseException:
+            self._slots.release()
+            raise
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._slots.release()

@@ -1,0 +1,57 @@
+"""The explicit list of target types, one line per adapter.
+
+``octopus-crm adapters`` prints it and the admin API serves it. A duplicate type or alias fails at
+import, not at the first event.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from adapters.base import Adapter
+from adapters.webhook import WebhookAdapter
+
+__all__ = ["ADAPTERS", "adapter_class", "describe"]
+
+
+def _register(classes: Iterable[type[Adapter]]) -> dict[str, type[Adapter]]:
+    table: dict[str, type[Adapter]] = {}
+    for cls in classes:
+        for name in (cls.info.type, *cls.info.aliases):
+            if name in table:
+                raise RuntimeError(f"adapter type {name!r} registered twice")
+            table[name] = cls
+    return table
+
+
+ADAPTERS: dict[str, type[Adapter]] = _register(
+    [
+        WebhookAdapter,
+    ]
+)
+
+
+def adapter_class(type_name: str) -> type[Adapter] | None:
+    return ADAPTERS.get(type_name)
+
+
+def describe() -> list[dict[str, Any]]:
+    """Every supported type, for ``octopus-crm adapters`` and ``GET /api/crm/supported``."""
+    seen: list[type[Adapter]] = []
+    for cls in ADAPTERS.values():
+        if cls not in seen:
+            seen.append(cls)
+    return [
+        {
+            "type": cls.info.type,
+            "name": cls.info.display_name,
+            "nameZh": cls.info.display_name_zh,
+            "aliases": list(cls.info.aliases),
+            "objectTypes": list(cls.info.object_types),
+            "authTypes": list(cls.info.auth_types),
+            "rateLimit": cls.info.rate_limit.model_dump(by_alias=True),
+            "idempotency": cls.info.idempotency,
+        }
+        for cls in seen
+    ]

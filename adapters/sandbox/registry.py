@@ -1,0 +1,12 @@
+"""The vendor fakes, one line per target type; ``octopus-crm sandbox`` and the demo run them."""
+
+from __future__ import annotations
+
+from adapters.sandbox.kit import FakeVendor
+from adapters.sandbox.webhook import WebhookFake
+
+__all__ = ["FAKES"]
+
+FAKES: dict[str, type[FakeVendor]] = {
+    "webhook": WebhookFake,
+}

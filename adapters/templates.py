@@ -1,0 +1,282 @@
+"""Mapping templates: the seed's ``{{var}}`` and ``{{var|filter:arg}}`` syntax.
+
+A mapping (any JSON tree of dicts, lists and strings) is compiled once per configuration load
+into a tree of renderers; rendering walks that tree with one event's variables. Values are
+inserted as data and never parsed again, so a customer writing ``{{senderEmail}}`` gets exactly
+those characters into the CRM.
+
+A string that is a single expression keeps the value's type (a list stays a list, a number a
+number); anything else renders to a string. A missing value renders as ``None`` in the first case
+(the key is then dropped from its object) and as an empty string inside a longer text.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from daemon.contracts import ClassifiedMessage
+
+__all__ = ["FILTERS", "Compiled", "TemplateError", "compile_template", "template_vars"]
+
+
+class TemplateError(ValueError):
+    """A template that cannot be compiled; ``path`` names where it sits in the mapping."""
+
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(f"{path}: {message}" if path else message)
+        self.path = path
+
+
+# -- variables -------------------------------------------------------------------------------
+
+_FLAT: dict[str, Callable[[ClassifiedMessage], Any]] = {
+    "senderName": lambda e: e.sender.name,
+    "senderEmail": lambda e: e.sender.email,
+    "senderPhone": lambda e: e.sender.phone,
+    "senderId": lambda e: e.sender.id,
+    "senderFirstName": lambda e: e.sender.firstName or _split_name(e.sender.name)[0],
+    "senderLastName": lambda e: e.sender.lastName or _split_name(e.sender.name)[1],
+    "tenantName": lambda e: e.tenantName or e.tenantId,
+    "tenantId": lambda e: e.tenantId,
+    "platform": lambda e: e.platform,
+    "messageContent": lambda e: e.content,
+    "content": lambda e: e.content,
+    "category": lambda e: e.classification.category,
+    "subcategory": lambda e: e.classification.subcategory,
+    "priority": lambda e: e.classification.priority,
+    "sentiment": lambda e: e.classification.sentiment,
+    "confidence": lambda e: e.classification.confidence,
+    "language": lambda e: e.classification.language,
+    "receivedAt": lambda e: e.receivedAt,
+    "eventId": lambda e: e.eventId,
+    "messageId": lambda e: e.messageId,
+    "assigneeUserId": lambda e: e.assignment.assigneeUserId,
+    "managerUserId": lambda e: e.assignment.managerUserId,
+    "systemUserId": lambda e: e.assignment.systemUserId,
+}
+_ROOTS = frozenset(ClassifiedMessage.model_fields)
+
+
+def _split_name(name: str) -> tuple[str, str]:
+    """'Hanna Schmidt' → (Hanna, Schmidt); '王小明' → (小明, 王): CJK names put the family first."""
+    parts = name.split()
+    if len(parts) >= 2:
+        return " ".join(parts[:-1]), parts[-1]
+    if name and all("\u3400" <= ch <= "\u9fff" for ch in name) and len(name) >= 2:
+        return name[1:], name[0]
+    return name, name
+
+
+class _Vars:
+    """Lazily resolved variables of one event."""
+
+    __slots__ = ("_dump", "event")
+
+    def __init__(self, event: ClassifiedMessage) -> None:
+        self.event = event
+        self._dump: dict[str, Any] | None = None
+
+    def get(self, name: str) -> Any:
+        flat = _FLAT.get(name)
+        if flat is not None:
+            return flat(self.event)
+        if self._dump is None:
+            self._dump = self.event.model_dump()
+        node: Any = self._dump
+        for part in name.split("."):
+            if isinstance(node, Mapping):
+                node = node.get(part)
+            elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+                node = node[int(part)]
+            else:
+                return None
+        return node
+
+
+def template_vars(event: ClassifiedMessage) -> _Vars:
+    return _Vars(event)
+
+
+def _check_name(name: str) -> bool:
+    return name in _FLAT or name.split(".", 1)[0] in _ROOTS
+
+
+# -- filters ---------------------------------------------------------------------------------
+
+
+def _as_text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, datetime):
+        return value.isoformat().replace("+00:00", "Z")
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_as_text(v) for v in value)
+    return str(value)
+
+
+def _truncate(value: Any, arg: str | None) -> str:
+    text = _as_text(value)
+    limit = int(arg or 100)
+    return text if len(text) <= limit else text[: max(limit - 1, 0)] + "…"
+
+
+def _date(value: Any, arg: str | None) -> Any:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    if not isinstance(value, datetime):
+        return value
+    if arg in (None, "", "iso"):
+        return _as_text(value)
+    if arg == "epoch_ms":
+        return int(value.timestamp() * 1000)
+    if arg == "epoch":
+        return int(value.timestamp())
+    return value.strftime(arg)
+
+
+FILTERS: dict[str, Callable[[Any, str | None], Any]] = {
+    "truncate": _truncate,
+    "default": lambda v, a: a if v in (None, "", []) else v,
+    "upper": lambda v, a: _as_text(v).upper(),
+    "lower": lambda v, a: _as_text(v).lower(),
+    "date": _date,
+    "join": lambda v, a: (a if a is not None else ", ").join(_as_text(x) for x in (v or [])),
+    "string": lambda v, a: _as_text(v),
+    "trim": lambda v, a: _as_text(v).strip(),
+}
+
+
+# -- compilation -----------------------------------------------------------------------------
+
+_EXPR = re.compile(r"\{\{\s*(.*?)\s*\}\}", re.S)
+_FILTER = re.compile(r"""\s*([A-Za-z_]+)\s*(?::\s*("(?:[^"\\]|\\.)*"|'[^']*'|[^|]*))?\s*""")
+
+
+@dataclass(frozen=True, slots=True)
+class _Expr:
+    name: str
+    filters: tuple[tuple[Callable[[Any, str | None], Any], str | None], ...]
+
+    def value(self, scope: _Vars) -> Any:
+        value = scope.get(self.name)
+        for fn, arg in self.filters:
+            value = fn(value, arg)
+        return value
+
+
+def _parse_expr(source: str, path: str) -> _Expr:
+    name, *filter_parts = _split_pipes(source)
+    name = name.strip()
+    if not name or not _check_name(name):
+        raise TemplateError(path, f"unknown template variable {name!r} in '{{{{{source}}}}}'")
+    filters = []
+    for part in filter_parts:
+        match = _FILTER.fullmatch(part)
+        if not match or match.group(1) not in FILTERS:
+            raise TemplateError(path, f"unknown filter {part.strip()!r} in '{{{{{source}}}}}'")
+        arg = match.group(2)
+        if arg is not None:
+            arg = arg.strip()
+            if len(arg) >= 2 and arg[0] == arg[-1] and arg[0] in "\"'":
+                arg = arg[1:-1]
+        filters.append((FILTERS[match.group(1)], arg))
+    return _Expr(name, tuple(filters))
+
+
+def _split_pipes(source: str) -> list[str]:
+    parts, current, quote = [], [], ""
+    for ch in source:
+        if quote:
+            quote = "" if ch == quote else quote
+        elif ch in "\"'":
+            quote = ch
+        elif ch == "|":
+            parts.append("".join(current))
+            current = []
+            continue
+        current.append(ch)
+    parts.append("".join(current))
+    return parts
+
+
+class Compiled:
+    """A compiled mapping; ``render(event)`` returns a fresh JSON-able tree."""
+
+    __slots__ = ("_render",)
+
+    def __init__(self, render: Callable[[_Vars], Any]) -> None:
+        self._render = render
+
+    def render(self, event: ClassifiedMessage | _Vars) -> Any:
+        scope = event if isinstance(event, _Vars) else _Vars(event)
+        return self._render(scope)
+
+
+def _compile_node(node: Any, path: str) -> Callable[[_Vars], Any]:
+    if isinstance(node, str):
+        return _compile_string(node, path)
+    if isinstance(node, Mapping):
+        items = [(str(k), _compile_node(v, f"{path}.{k}" if path else str(k))) for k, v in node.items()]
+
+        def render_dict(scope: _Vars) -> dict[str, Any]:
+            out = {}
+            for key, fn in items:
+                value = fn(scope)
+                if value is not None:
+                    out[key] = value
+            return out
+
+        return render_dict
+    if isinstance(node, (list, tuple)):
+        elems = [_compile_node(v, f"{path}[{i}]") for i, v in enumerate(node)]
+
+        def render_list(scope: _Vars) -> list[Any]:
+            return [v for v in (fn(scope) for fn in elems) if v is not None and v != ""]
+
+        return render_list
+    return lambda scope: node
+
+
+def _compile_string(text: str, path: str) -> Callable[[_Vars], Any]:
+    matches = list(_EXPR.finditer(text))
+    if not matches:
+        if "{{" in text:
+            raise TemplateError(path, f"unclosed '{{{{' in {text!r}")
+        return lambda scope: text
+    if len(matches) == 1 and matches[0].span() == (0, len(text)):
+        expr = _parse_expr(matches[0].group(1), path)
+
+        def render_whole(scope: _Vars) -> Any:
+            value = expr.value(scope)
+            return _as_text(value) if isinstance(value, datetime) else value
+
+        return render_whole
+    pieces: list[str | _Expr] = []
+    pos = 0
+    for m in matches:
+        if m.start() > pos:
+            pieces.append(text[pos : m.start()])
+        pieces.append(_parse_expr(m.group(1), path))
+        pos = m.end()
+    if pos < len(text):
+        pieces.append(text[pos:])
+    if "{{" in "".join(p for p in pieces if isinstance(p, str)):
+        raise TemplateError(path, f"unclosed '{{{{' in {text!r}")
+
+    def render_text(scope: _Vars) -> str:
+        return "".join(p if isinstance(p, str) else _as_text(p.value(scope)) for p in pieces)
+
+    return render_text
+
+
+def compile_template(mapping: Any, path: str = "") -> Compiled:
+    """Compile a mapping tree; raises :class:`TemplateError` naming the bad key path."""
+    return Compiled(_compile_node(mapping, path))

@@ -1,0 +1,78 @@
+"""Generic webhook: POST a templated JSON body to a configured URL.
+
+2xx is success, 429 and 5xx are retryable, any other 4xx is permanent. Each request carries an
+``Idempotency-Key`` header (stable per event, integration and object type) so that a receiver
+can drop a redelivery.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from adapters.auth import HeaderAuth
+from adapters.base import AdapterInfo, Delivered, DeliveryContext, HttpAdapter
+from adapters.errors import ConfigError
+from adapters.http import HttpClient, Request
+from adapters.ratelimit import Limiter, RateLimit
+from daemon.contracts import ClassifiedMessage
+from daemon.redaction import register_secret
+
+__all__ = ["WebhookAdapter"]
+
+
+class WebhookAdapter(HttpAdapter):
+    info = AdapterInfo(
+        type="webhook",
+        display_name="Webhook",
+        display_name_zh="Webhook 回调",
+        object_types=("message",),
+        auth_types=("none", "bearer", "header"),
+        rate_limit=RateLimit(requests=1000, concurrency=64),
+        idempotency="Idempotency-Key header",
+    )
+    base_url_key = "url"
+
+    def object_types(self) -> tuple[str, ...]:
+        return tuple(self.config.mappings) or self.info.object_types
+
+    def validate_config(self) -> None:
+        super().validate_config()
+        if not self.config.endpoints.get("url"):
+            raise ConfigError("endpoints.url is required for a webhook", code="missing_url")
+
+    def make_http(self, limiter: Limiter) -> HttpClient:
+        headers: dict[str, str] = {str(k): str(v) for k, v in (self.config.extra("headers") or {}).items()}
+        for value in headers.values():
+            register_secret(value)
+        token = self.config.secret("token", "bearerToken", required=False)
+        return HttpClient(
+            name=self.integration_id,
+            limiter=limiter,
+            auth=HeaderAuth("Authorization", f"Bearer {token}") if token else None,
+            timeouts=self.timeouts,
+            default_headers=headers,
+        )
+
+    async def create(
+        self, event: ClassifiedMessage, object_type: str, ctx: DeliveryContext
+    ) -> Delivered:
+        body: dict[str, Any] = self.render(event, object_type) if self.templates else _default_body(event)
+        response = await self.http.send(
+            Request(
+                "POST",
+                self.base_url,
+                json=body,
+                headers={"Idempotency-Key": ctx.idempotency_key, "X-Octopus-Event-Id": event.eventId},
+            )
+        )
+        data = response.json()
+        external_id = str(data.get("id")) if isinstance(data, dict) and data.get("id") else ctx.idempotency_key
+        url = data.get("url") if isinstance(data, dict) else None
+        return Delivered(external_id, url if isinstance(url, str) else None)
+
+    async def test_connection(self) -> None:
+        await self.http.send(Request("POST", self.base_url, json={"test": True}))
+
+
+def _default_body(event: ClassifiedMessage) -> dict[str, Any]:
+    return event.model_dump(mode="json")

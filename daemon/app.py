@@ -1,0 +1,156 @@
+"""The daemon, composed: producer → adapters → ledger → consumer → admin server; stopped in reverse.
+
+SIGTERM or SIGINT stops fetching, lets in-flight work finish within the grace period, publishes
+its results, commits and exits 0. A second signal exits at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Mapping
+from typing import Any
+
+import structlog
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
+from adapters.base import Adapter
+from daemon.admin import AdminServer
+from daemon.broker import create_topics
+from daemon.config import CrmConfig, build_adapter, load_config
+from daemon.consumer import ConsumerLoop, Health
+from daemon.dispatch import Dispatcher
+from daemon.ledger import Ledger, open_ledger
+from daemon.processing import Processor
+from daemon.reporting import Reporter
+from daemon.settings import Settings
+from strategies.routing import plan
+
+__all__ = ["Daemon", "run_daemon"]
+
+log = structlog.get_logger("octopus.app")
+
+
+class Daemon:
+    def __init__(
+        self,
+        settings: Settings,
+        config: CrmConfig,
+        *,
+        ledger: Ledger | None = None,
+        adapters: Mapping[str, Adapter] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.config = config
+        self.health = Health(stall_timeout=settings.stall_timeout_s)
+        self.ledger = ledger
+        self._adapters = dict(adapters) if adapters is not None else None
+        self.consumer: ConsumerLoop | None = None
+        self.admin: AdminServer | None = None
+        self._stop_requested = asyncio.Event()
+
+    def request_stop(self) -> None:
+        self._stop_requested.set()
+        if self.consumer is not None:
+            self.consumer.stop()
+
+    async def _start_producer(self, stack: contextlib.AsyncExitStack) -> AIOKafkaProducer:
+        s = self.settings
+        delay = 0.5
+        while True:
+            producer = AIOKafkaProducer(
+                **s.kafka_common(),
+                acks="all",
+                enable_idempotence=s.producer_idempotence,
+                linger_ms=s.producer_linger_ms,
+                max_request_size=s.max_request_size,
+                compression_type=None,
+            )
+            try:
+                await producer.start()
+            except KafkaError as exc:
+                await producer.stop()
+                self.health.last_error = type(exc).__name__
+                log.warning("broker unreachable for producer, retrying", error=type(exc).__name__, retry_in=delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop_requested.wait(), delay)
+                if self._stop_requested.is_set():
+                    raise
+                delay = min(delay * 2, 30.0)
+                continue
+            stack.push_async_callback(producer.stop)
+            return producer
+
+    async def run(self) -> None:
+        s = self.settings
+        async with contextlib.AsyncExitStack() as stack:
+            self.admin = AdminServer(health=self.health, config=self.config, host=s.metrics_host, port=s.metrics_port)
+            await self.admin.start()
+            stack.push_async_callback(self.admin.stop)
+            log.info("admin server listening", port=self.admin.port)
+
+            adapters = self._adapters
+            if adapters is None:
+                adapters = {i.id: build_adapter(i) for i in self.config.enabled}
+            for adapter in adapters.values():
+                await adapter.start()
+                stack.push_async_callback(adapter.aclose)
+            ledger = self.ledger or open_ledger(s.ledger_url)
+            stack.push_async_callback(ledger.close)
+
+            if s.create_topics:
+                await create_topics(
+                    s.bootstrap_servers,
+                    [s.input_topic, s.results_topic, s.dlq_topic, s.retry_topic],
+                    s.topic_partitions,
+                )
+            producer = await self._start_producer(stack)
+            reporter = Reporter(producer, results_topic=s.results_topic, dlq_topic=s.dlq_topic)
+            dispatcher = Dispatcher(self.config, adapters, ledger)
+            processor = Processor(
+                planner=lambda event: plan(self.config, event),
+                dispatcher=dispatcher,
+                reporter=reporter,
+                max_value_bytes=s.max_value_bytes,
+            )
+            self.admin.adapters = adapters
+            self.admin.dispatcher = dispatcher
+            self.consumer = ConsumerLoop(s, processor.handle, health=self.health)
+            if self._stop_requested.is_set():
+                return
+            log.info(
+                "daemon starting",
+                topic=s.input_topic,
+                group=s.group_id,
+                integrations=sorted(adapters),
+                max_in_flight=s.max_in_flight,
+            )
+            await self.consumer.run()
+        log.info("daemon stopped")
+
+
+def install_signal_handlers(daemon: Daemon) -> None:
+    loop = asyncio.get_running_loop()
+    signals_seen = 0
+
+    def on_signal(signame: str) -> None:
+        nonlocal signals_seen
+        signals_seen += 1
+        if signals_seen == 1:
+            log.info("signal received, shutting down gracefully", signal=signame)
+            daemon.request_stop()
+        else:
+            log.warning("second signal, exiting now", signal=signame)
+            raise SystemExit(1)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig.name)
+
+
+async def run_daemon(settings: Settings, *, overlay: Mapping[str, Any] | None = None) -> None:
+    config = load_config(settings.config_path, overlay_path=settings.config_overlay_path, overlay=overlay)
+    daemon = Daemon(settings, config)
+    install_signal_handlers(daemon)
+    await daemon.run()

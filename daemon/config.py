@@ -1,0 +1,415 @@
+"""The CRM configuration: the seed's ``crmIntegrations`` and strategy blocks, validated once.
+
+Loaded from JSON or YAML; ``${ENV}`` and ``${file:/path}`` references are resolved before
+validation so that secrets live in the environment or in mounted files, never in the file itself.
+Every error names the exact key path (``crmIntegrations[2].config.mappings.case.subject``).
+Integration references in strategies (an id, or a type when one integration has it) are resolved
+at load; nothing is looked up by name at run time.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import orjson
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from adapters.base import Adapter, IntegrationConfig
+from adapters.errors import ConfigError as AdapterConfigError
+from adapters.registry import adapter_class
+from strategies.retry import RetryPolicy
+
+__all__ = [
+    "Action",
+    "CategoryRouting",
+    "Condition",
+    "ConfigFileError",
+    "CrmConfig",
+    "Integration",
+    "ParallelSync",
+    "PrimaryBackup",
+    "Rules",
+    "Strategy",
+    "Tenant",
+    "load_config",
+    "parse_config",
+]
+
+
+class ConfigFileError(ValueError):
+    """The configuration is invalid; ``errors`` lists ``(path, message)`` pairs."""
+
+    def __init__(self, errors: list[tuple[str, str]], source: str = "") -> None:
+        self.errors = errors
+        self.source = source
+        lines = "\n".join(f"  {path or '<root>'}: {message}" for path, message in errors)
+        super().__init__(f"invalid configuration{f' in {source}' if source else ''}:\n{lines}")
+
+
+_Frozen = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class Condition(BaseModel):
+    """One predicate on the event: ``{"field": "category", "operator": "in", "value": [...]}``."""
+
+    model_config = _Frozen
+
+    field: str
+    operator: Literal[
+        "eq", "ne", "in", "not_in", "contains", "not_contains", "regex", "gt", "gte", "lt", "lte", "exists"
+    ] = "eq"
+    value: Any = None
+
+    @model_validator(mode="after")
+    def _check_regex(self) -> Condition:
+        if self.operator == "regex":
+            try:
+                re.compile(str(self.value))
+            except re.error as exc:
+                raise ValueError(f"invalid regex {self.value!r}: {exc}") from None
+        return self
+
+
+class Action(BaseModel):
+    """What to do when ``when`` matches: create an object type, skip, or override fields."""
+
+    model_config = _Frozen
+
+    type: Literal["create", "skip", "set"] = "create"
+    object: str | None = None
+    when: dict[str, Any] = Field(default_factory=dict)
+    set: dict[str, Any] = Field(default_factory=dict)
+    reason: str | None = None
+
+
+class Rules(BaseModel):
+    model_config = _Frozen
+
+    match: Literal["all", "any"] = "all"
+    conditions: list[Condition] = Field(default_factory=list)
+    actions: list[Action] = Field(default_factory=list)
+
+
+class Integration(BaseModel):
+    """One entry of ``crmIntegrations``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    id: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$")
+    name: str | None = None
+    type: str
+    enabled: bool = True
+    priority: int = 100
+    tenants: list[str] | None = Field(
+        default=None, description="Only these tenants may use this integration (default: all)."
+    )
+    ordered: bool = Field(default=True, description="Keep per-key order for this target.")
+    retry: RetryPolicy | None = None
+    config: IntegrationConfig = Field(default_factory=IntegrationConfig)
+    rules: Rules = Field(default_factory=Rules)
+
+    @field_validator("type")
+    @classmethod
+    def _known_type(cls, value: str) -> str:
+        if adapter_class(value) is None:
+            from adapters.registry import ADAPTERS
+
+            raise ValueError(f"unknown integration type {value!r}; known: {', '.join(sorted(ADAPTERS))}")
+        return value
+
+
+class PrimaryRef(BaseModel):
+    model_config = _Frozen
+
+    type: str | None = None
+    id: str | None = None
+    fallback: str | list[str] | None = None
+
+    @model_validator(mode="after")
+    def _one_ref(self) -> PrimaryRef:
+        if not (self.type or self.id):
+            raise ValueError("primary needs 'id' or 'type'")
+        return self
+
+
+class PrimaryBackupRules(BaseModel):
+    model_config = _Frozen
+
+    if_primary_fails: Literal["use_backup", "fail"] = "use_backup"
+    sync_back: bool = False
+
+
+class PrimaryBackup(BaseModel):
+    model_config = _Frozen
+
+    strategy: Literal["primary_backup"]
+    primary: PrimaryRef
+    rules: PrimaryBackupRules = Field(default_factory=PrimaryBackupRules)
+
+
+class CategoryRouting(BaseModel):
+    model_config = _Frozen
+
+    strategy: Literal["category_routing"]
+    routes: dict[str, list[str]]
+    default: list[str] | None = None
+    mode: Literal["all", "first_available"] = Field(
+        default="all",
+        description="all: deliver to every listed target; first_available: the first that "
+        "succeeds, the others as fallbacks.",
+    )
+
+
+class ParallelTarget(BaseModel):
+    model_config = _Frozen
+
+    type: str | None = None
+    id: str | None = None
+    objects: list[str] | None = None
+    channels: list[str] | None = None
+    recipients: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _one_ref(self) -> ParallelTarget:
+        if not (self.type or self.id):
+            raise ValueError("target needs 'id' or 'type'")
+        return self
+
+
+class ParallelSync(BaseModel):
+    model_config = _Frozen
+
+    strategy: Literal["parallel_sync"]
+    targets: list[ParallelTarget]
+
+
+Strategy = Annotated[PrimaryBackup | CategoryRouting | ParallelSync, Field(discriminator="strategy")]
+
+
+class Tenant(BaseModel):
+    model_config = _Frozen
+
+    strategy: Strategy | None = None
+    integrations: list[str] | None = Field(
+        default=None, description="Integration ids or types this tenant may use (default: all)."
+    )
+
+
+class CrmConfig(BaseModel):
+    """The whole file. ``adapters`` holds one built adapter per enabled integration id."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    crmIntegrations: list[Integration]
+    strategy: Strategy | None = None
+    tenants: dict[str, Tenant] = Field(default_factory=dict)
+    retry: RetryPolicy = Field(default_factory=RetryPolicy)
+    schema_: str | None = Field(default=None, alias="$schema")
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> CrmConfig:
+        seen: set[str] = set()
+        for index, integration in enumerate(self.crmIntegrations):
+            if integration.id in seen:
+                raise ValueError(f"crmIntegrations[{index}].id: duplicate id {integration.id!r}")
+            seen.add(integration.id)
+        return self
+
+    @property
+    def enabled(self) -> list[Integration]:
+        return sorted((i for i in self.crmIntegrations if i.enabled), key=lambda i: i.priority)
+
+    def integration(self, integration_id: str) -> Integration:
+        for integration in self.crmIntegrations:
+            if integration.id == integration_id:
+                return integration
+        raise KeyError(integration_id)
+
+    def resolve(self, ref: str, *, tenant: str | None = None) -> list[Integration]:
+        """Integrations a strategy reference names: an id, else every enabled one of that type."""
+        by_id = [i for i in self.crmIntegrations if i.id == ref]
+        if by_id:
+            return by_id
+        return [i for i in self.enabled if i.type == ref or _same_type(i.type, ref)]
+
+
+def _same_type(a: str, b: str) -> bool:
+    ca, cb = adapter_class(a), adapter_class(b)
+    return ca is not None and ca is cb
+
+
+# -- references --------------------------------------------------------------------------------
+
+_REF = re.compile(r"\$\{(?:(file):)?([^}:]+)(?::-([^}]*))?\}")
+
+
+def _resolve_refs(node: Any, path: str, env: Mapping[str, str], errors: list[tuple[str, str]]) -> Any:
+    if isinstance(node, str):
+
+        def substitute(match: re.Match[str]) -> str:
+            kind, name, default = match.group(1), match.group(2).strip(), match.group(3)
+            if kind == "file":
+                try:
+                    return Path(name).read_text(encoding="utf-8").strip()
+                except OSError as exc:
+                    errors.append((path, f"cannot read secret file {name}: {exc.strerror}"))
+                    return ""
+            if name in env:
+                return env[name]
+            if default is not None:
+                return default
+            errors.append((path, f"environment variable {name} is not set"))
+            return ""
+
+        return _REF.sub(substitute, node)
+    if isinstance(node, dict):
+        return {k: _resolve_refs(v, f"{path}.{k}" if path else str(k), env, errors) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_resolve_refs(v, f"{path}[{i}]", env, errors) for i, v in enumerate(node)]
+    return node
+
+
+def _loc(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("PrimaryBackup", "CategoryRouting", "ParallelSync") or part.startswith(
+            ("primary_backup", "category_routing", "parallel_sync")
+        ):
+            continue
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def _merge(base: Any, overlay: Any) -> Any:
+    """JSON merge patch (RFC 7386), with lists of objects with ``id`` merged by id."""
+    if isinstance(base, dict) and isinstance(overlay, dict):
+        out = dict(base)
+        for key, value in overlay.items():
+            if value is None:
+                out.pop(key, None)
+            else:
+                out[key] = _merge(base.get(key), value)
+        return out
+    if (
+        isinstance(base, list)
+        and isinstance(overlay, list)
+        and all(isinstance(x, dict) and "id" in x for x in base + overlay)
+    ):
+        merged = {x["id"]: x for x in base}
+        for item in overlay:
+            merged[item["id"]] = _merge(merged.get(item["id"]), item)
+        return list(merged.values())
+    return overlay
+
+
+def parse_config(
+    raw: Mapping[str, Any],
+    *,
+    env: Mapping[str, str] | None = None,
+    overlay: Mapping[str, Any] | None = None,
+    source: str = "",
+) -> CrmConfig:
+    """Validate a configuration tree; raise :class:`ConfigFileError` listing every bad path."""
+    errors: list[tuple[str, str]] = []
+    tree = _merge(dict(raw), dict(overlay)) if overlay else dict(raw)
+    tree = _resolve_refs(tree, "", os.environ if env is None else env, errors)
+    if errors:
+        raise ConfigFileError(errors, source)
+    try:
+        config = CrmConfig.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigFileError(
+            [(_loc(e["loc"]), e["msg"].removeprefix("Value error, ")) for e in exc.errors()], source
+        ) from None
+    _check_semantics(config, errors)
+    if errors:
+        raise ConfigFileError(errors, source)
+    return config
+
+
+def _check_semantics(config: CrmConfig, errors: list[tuple[str, str]]) -> None:
+    for index, integration in enumerate(config.crmIntegrations):
+        try:
+            build_adapter(integration)
+        except AdapterConfigError as exc:
+            errors.append((f"crmIntegrations[{index}].config", exc.message))
+    strategies: list[tuple[str, Strategy]] = []
+    if config.strategy is not None:
+        strategies.append(("strategy", config.strategy))
+    for name, tenant in config.tenants.items():
+        if tenant.strategy is not None:
+            strategies.append((f"tenants.{name}.strategy", tenant.strategy))
+        for i, ref in enumerate(tenant.integrations or []):
+            if not config.resolve(ref):
+                errors.append((f"tenants.{name}.integrations[{i}]", f"no enabled integration {ref!r}"))
+    for path, strategy in strategies:
+        for ref_path, ref in _strategy_refs(path, strategy):
+            if not config.resolve(ref):
+                errors.append((ref_path, f"no enabled integration with id or type {ref!r}"))
+    if config.strategy is None and not config.enabled:
+        errors.append(("crmIntegrations", "no enabled integration and no strategy"))
+
+
+def _strategy_refs(path: str, strategy: Strategy) -> list[tuple[str, str]]:
+    refs: list[tuple[str, str]] = []
+    if isinstance(strategy, PrimaryBackup):
+        ref = strategy.primary.id or strategy.primary.type or ""
+        refs.append((f"{path}.primary", ref))
+        fallback = strategy.primary.fallback
+        for i, fb in enumerate([fallback] if isinstance(fallback, str) else fallback or []):
+            refs.append((f"{path}.primary.fallback" + (f"[{i}]" if isinstance(fallback, list) else ""), fb))
+    elif isinstance(strategy, CategoryRouting):
+        for category, targets in strategy.routes.items():
+            refs.extend((f"{path}.routes.{category}[{i}]", t) for i, t in enumerate(targets))
+        refs.extend((f"{path}.default[{i}]", t) for i, t in enumerate(strategy.default or []))
+    else:
+        for i, target in enumerate(strategy.targets):
+            refs.append((f"{path}.targets[{i}]", target.id or target.type or ""))
+    return refs
+
+
+def build_adapter(integration: Integration) -> Adapter:
+    cls = adapter_class(integration.type)
+    assert cls is not None  # checked by the model
+    return cls(integration.id, integration.config)
+
+
+def _read(path: Path) -> Any:
+    text = path.read_bytes()
+    if path.suffix.lower() in (".yaml", ".yml"):
+        return yaml.safe_load(text)
+    return orjson.loads(text)
+
+
+def load_config(
+    path: str | os.PathLike[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    overlay_path: str | os.PathLike[str] | None = None,
+    overlay: Mapping[str, Any] | None = None,
+) -> CrmConfig:
+    """Read, resolve and validate a JSON or YAML configuration file."""
+    source = Path(path)
+    try:
+        raw = _read(source)
+    except OSError as exc:
+        raise ConfigFileError([("", f"cannot read {source}: {exc.strerror}")], str(source)) from None
+    except (orjson.JSONDecodeError, yaml.YAMLError) as exc:
+        raise ConfigFileError([("", f"not valid JSON/YAML: {exc}")], str(source)) from None
+    if not isinstance(raw, dict):
+        raise ConfigFileError([("", "the top level must be an object")], str(source))
+    patch: dict[str, Any] = {}
+    if overlay_path:
+        extra = _read(Path(overlay_path))
+        patch = _merge(patch, extra)
+    if overlay:
+        patch = _merge(patch, dict(overlay))
+    return parse_config(raw, env=env, overlay=patch or None, source=str(source))

@@ -1,0 +1,134 @@
+"""The two event contracts: ``classified-message.v1`` (input) and ``sync-result.v1`` (output).
+
+Input models are strict on required fields and types and tolerant of unknown fields, because
+the producers are not ours and evolve on their own schedule.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictInt, StrictStr
+
+__all__ = [
+    "SUPPORTED_SCHEMA_VERSIONS",
+    "Assignment",
+    "Channel",
+    "Classification",
+    "ClassifiedMessage",
+    "ResultError",
+    "ResultSource",
+    "Sender",
+    "SyncResult",
+    "SyncStatus",
+]
+
+SUPPORTED_SCHEMA_VERSIONS = frozenset({1})
+
+
+class _Inbound(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=True, strict=True)
+
+
+class Sender(_Inbound):
+    id: StrictStr
+    name: StrictStr
+    username: StrictStr | None = None
+    firstName: StrictStr | None = None
+    lastName: StrictStr | None = None
+    email: StrictStr | None = None
+    phone: StrictStr | None = None
+    language: StrictStr | None = None
+
+
+class Channel(_Inbound):
+    id: StrictStr | None = None
+    name: StrictStr | None = None
+
+
+class Classification(_Inbound):
+    category: StrictStr
+    subcategory: StrictStr | None = None
+    confidence: float = Field(ge=0, le=1, strict=False)
+    priority: Literal["low", "medium", "high", "urgent"]
+    sentiment: StrictStr | None = None
+    language: StrictStr = "zh-CN"
+    tags: list[StrictStr] = Field(default_factory=list)
+    keywords: list[StrictStr] = Field(default_factory=list)
+    aiModel: StrictStr | None = None
+
+
+class Assignment(_Inbound):
+    assigneeUserId: StrictStr | None = None
+    managerUserId: StrictStr | None = None
+    systemUserId: StrictStr | None = None
+
+
+class ClassifiedMessage(_Inbound):
+    schemaVersion: StrictInt
+    eventId: StrictStr = Field(min_length=1, max_length=200)
+    messageId: StrictStr
+    tenantId: StrictStr = Field(min_length=1)
+    tenantName: StrictStr | None = None
+    platform: StrictStr
+    platformMessageId: StrictStr | None = None
+    channel: Channel | None = None
+    threadId: StrictStr | None = None
+    sender: Sender
+    content: StrictStr
+    messageType: StrictStr = "text"
+    mediaUrls: list[StrictStr] = Field(default_factory=list)
+    receivedAt: AwareDatetime = Field(strict=False)
+    classification: Classification
+    assignment: Assignment = Field(default_factory=Assignment)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+SyncStatus = Literal["succeeded", "failed", "skipped", "duplicate", "fallback"]
+
+
+class ResultError(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+    error_class: Literal["retryable", "permanent", "auth", "config"] = Field(alias="class")
+    code: str
+    message: str
+
+
+class ResultSource(BaseModel):
+    topic: str
+    partition: int
+    offset: int
+
+
+class SyncResult(BaseModel):
+    """One outcome of one event for one target (integration and object type)."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    schemaVersion: Literal[1] = 1
+    eventId: str
+    messageId: str
+    tenantId: str
+    integrationId: str | None
+    integrationType: str | None
+    objectType: str | None
+    strategy: str
+    status: SyncStatus
+    externalId: str | None = None
+    externalUrl: str | None = None
+    attempts: int = 0
+    latencyMs: float = 0.0
+    error: ResultError | None = None
+    reason: str | None = None
+    fallbackFrom: str | None = None
+    source: ResultSource
+    completedAt: datetime = Field(default_factory=lambda: datetime.now(UTC))
+
+    def to_json_bytes(self) -> bytes:
+        import orjson
+
+        return orjson.dumps(self.model_dump(mode="json", by_alias=True, exclude_none=True))
+
+

@@ -1,0 +1,83 @@
+"""Logging: structlog, JSON by default and console on a TTY, secrets scrubbed.
+
+Tracebacks are rendered without local variables (structlog's dict tracebacks would include
+them, and locals hold tokens). Third-party loggers that print URLs or payloads are kept at
+WARNING.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any, Literal
+
+import structlog
+from structlog.types import EventDict, WrappedLogger
+
+from daemon.redaction import redact, redact_value
+
+__all__ = ["configure_logging"]
+
+_QUIET = ("aiokafka", "kafka", "httpx", "httpcore", "aiohttp.access", "aiohttp.client", "urllib3", "asyncio")
+
+
+def _scrub(logger: WrappedLogger, method: str, event_dict: EventDict) -> EventDict:
+    return {k: redact_value(v) for k, v in event_dict.items()}
+
+
+def _scrub_rendered(logger: WrappedLogger, method: str, rendered: Any) -> Any:
+    return redact(rendered) if isinstance(rendered, str) else rendered
+
+
+def configure_logging(fmt: Literal["auto", "json", "console"] = "auto", level: str = "INFO") -> None:
+    console = fmt == "console" or (fmt == "auto" and sys.stderr.isatty())
+    exceptions: Any = (
+        structlog.processors.ExceptionRenderer(
+            structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+        )
+        if not console
+        else structlog.processors.format_exc_info
+    )
+    renderer: Any = (
+        structlog.dev.ConsoleRenderer(colors=True, exception_formatter=structlog.dev.plain_traceback)
+        if console
+        else structlog.processors.JSONRenderer(serializer=_dumps)
+    )
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.stdlib.ExtraAdder(),
+    ]
+    structlog.configure(
+        processors=[
+            *shared,
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=shared,
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            exceptions,
+            _scrub,
+            renderer,
+            _scrub_rendered,
+        ],
+    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for name in _QUIET:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _dumps(obj: Any, **kw: Any) -> str:
+    import orjson
+
+    return orjson.dumps(obj, default=str).decode()

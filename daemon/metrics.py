@@ -1,0 +1,86 @@
+"""Prometheus metrics, ``octopus_crm_`` prefixed, bounded labels only (never event ids)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+__all__ = [
+    "BREAKER_STATE",
+    "COMMIT_LATENCY",
+    "CONSUMED",
+    "CONSUMER_LAG",
+    "DELIVERIES",
+    "DELIVERY_LATENCY",
+    "DLQ_RECORDS",
+    "EVENT_LATENCY",
+    "IN_FLIGHT",
+    "OUTCOMES",
+    "PAUSED",
+    "PRODUCE_ERRORS",
+    "REGISTRY",
+    "RETRIES_SCHEDULED",
+]
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+
+CONSUMED = Counter(
+    "octopus_crm_events_consumed_total", "Records consumed from the input topic.", ["topic"], registry=REGISTRY
+)
+OUTCOMES = Counter(
+    "octopus_crm_outcomes_total",
+    "Results published, by integration and status.",
+    ["integration", "status"],
+    registry=REGISTRY,
+)
+DELIVERIES = Counter(
+    "octopus_crm_delivery_attempts_total",
+    "Delivery attempts to targets, by integration and outcome (ok or error class).",
+    ["integration", "type", "outcome"],
+    registry=REGISTRY,
+)
+DELIVERY_LATENCY = Histogram(
+    "octopus_crm_delivery_duration_seconds",
+    "Duration of one delivery attempt to a target.",
+    ["integration", "type"],
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+EVENT_LATENCY = Histogram(
+    "octopus_crm_event_duration_seconds",
+    "From consumption of an event to its last result being acknowledged.",
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+IN_FLIGHT = Gauge("octopus_crm_in_flight_events", "Events consumed and not yet finished.", registry=REGISTRY)
+PAUSED = Gauge(
+    "octopus_crm_paused_partitions", "Partitions paused by backpressure.", registry=REGISTRY
+)
+CONSUMER_LAG = Gauge(
+    "octopus_crm_consumer_lag_records",
+    "High watermark minus committed offset, per partition.",
+    ["topic", "partition"],
+    registry=REGISTRY,
+)
+DLQ_RECORDS = Counter(
+    "octopus_crm_dlq_records_total", "Records sent to the dead-letter topic, by error class.", ["error_class"],
+    registry=REGISTRY,
+)
+COMMIT_LATENCY = Histogram(
+    "octopus_crm_commit_duration_seconds", "Duration of offset commits.", buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+PRODUCE_ERRORS = Counter(
+    "octopus_crm_produce_errors_total", "Failed produce attempts (retried).", ["topic"], registry=REGISTRY
+)
+RETRIES_SCHEDULED = Counter(
+    "octopus_crm_retries_scheduled_total", "Deliveries scheduled for a later retry.", ["integration"],
+    registry=REGISTRY,
+)
+BREAKER_STATE = Gauge(
+    "octopus_crm_circuit_state",
+    "Circuit breaker state per integration: 0 closed, 1 half-open, 2 open.",
+    ["integration"],
+    registry=REGISTRY,
+)

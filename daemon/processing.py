@@ -1,0 +1,126 @@
+"""Processing of one inbound record: decode, route, deliver, report.
+
+Bad input never raises: it becomes a dead-letter record with the original bytes and a reason.
+When this coroutine returns, every result or the dead letter of the record is on the broker, so
+its offset may be committed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import orjson
+import structlog
+from pydantic import ValidationError
+
+from daemon import metrics
+from daemon.contracts import SUPPORTED_SCHEMA_VERSIONS, ClassifiedMessage
+from daemon.dispatch import Dispatcher
+from daemon.records import InboundRecord
+from daemon.reporting import Reporter
+from strategies.routing import Plan
+
+__all__ = ["BadInput", "Processor", "decode"]
+
+log = structlog.get_logger("octopus.processing")
+
+
+class BadInput(Exception):
+    """A record that can never be processed; ``error_class`` is a bounded metric label."""
+
+    def __init__(self, error_class: str, reason: str) -> None:
+        super().__init__(reason)
+        self.error_class = error_class
+        self.reason = reason
+
+
+def _pydantic_reason(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors()[:5]:
+        path = ".".join(str(p) for p in error["loc"]) or "<root>"
+        parts.append(f"{path}: {error['msg']}")
+    more = f" (+{exc.error_count() - 5} more)" if exc.error_count() > 5 else ""
+    return "; ".join(parts) + more
+
+
+def decode(record: InboundRecord, max_bytes: int) -> ClassifiedMessage:
+    """Bytes → event, or :class:`BadInput` naming the class of problem."""
+    value = record.value
+    if value is None:
+        raise BadInput("empty_value", "record has no value (tombstone)")
+    if len(value) > max_bytes:
+        raise BadInput("too_large", f"value is {len(value)} bytes, over the {max_bytes}-byte limit")
+    try:
+        text = value.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadInput("undecodable", f"value is not UTF-8: {exc.reason} at byte {exc.start}") from None
+    try:
+        raw = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise BadInput("invalid_json", f"value is not JSON: {exc}") from None
+    if not isinstance(raw, dict):
+        raise BadInput("schema_violation", f"value is a JSON {type(raw).__name__}, not an object")
+    version = raw.get("schemaVersion")
+    if isinstance(version, int) and not isinstance(version, bool) and version not in SUPPORTED_SCHEMA_VERSIONS:
+        raise BadInput(
+            "unsupported_schema_version",
+            f"schemaVersion {version} is not supported (supported: {sorted(SUPPORTED_SCHEMA_VERSIONS)})",
+        )
+    try:
+        return ClassifiedMessage.model_validate_json(value)
+    except ValidationError as exc:
+        raise BadInput("schema_violation", _pydantic_reason(exc)) from None
+
+
+class Processor:
+    def __init__(
+        self,
+        *,
+        planner: Callable[[ClassifiedMessage], Plan],
+        dispatcher: Dispatcher,
+        reporter: Reporter,
+        max_value_bytes: int = 1024 * 1024,
+    ) -> None:
+        self.planner = planner
+        self.dispatcher = dispatcher
+        self.reporter = reporter
+        self.max_value_bytes = max_value_bytes
+
+    async def handle(self, record: InboundRecord) -> None:
+        started = record.received_at or time.monotonic()
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(
+            topic=record.topic, partition=record.partition, offset=record.offset
+        )
+        try:
+            event = decode(record, self.max_value_bytes)
+        except BadInput as bad:
+            await self.reporter.dead_letter(record, bad.error_class, bad.reason)
+            log.warning("dead-lettered", error_class=bad.error_class, reason=bad.reason)
+            return
+        structlog.contextvars.bind_contextvars(eventId=event.eventId, tenantId=event.tenantId)
+        try:
+            plan = self.planner(event)
+            results = await self.dispatcher.run(plan, event, record)
+        except Exception as exc:  # a bug, not bad input: keep the record, never stall the partition
+            log.exception("processing failed", error=type(exc).__name__)
+            await self.reporter.dead_letter(record, "internal_error", f"{type(exc).__name__}: {exc}"[:1000])
+            return
+        await self.reporter.publish(results)
+        metrics.EVENT_LATENCY.observe(time.monotonic() - started)
+        log.info(
+            "event processed",
+            strategy=plan.strategy,
+            outcomes=[
+                {
+                    "integration": r.integrationId,
+                    "object": r.objectType,
+                    "status": r.status,
+                    **({"externalId": r.externalId} if r.externalId else {}),
+                    **({"error": r.error.code} if r.error else {}),
+                }
+                for r in results
+            ],
+            latency_ms=round((time.monotonic() - started) * 1000, 2),
+        )

@@ -1,0 +1,82 @@
+"""Reporting: the only producer of result and dead-letter records.
+
+Every send is awaited until the broker acknowledges it (acks=all); a failed send is retried with
+backoff until it succeeds or the daemon shuts down, because an event's offset may be committed
+only after its results or its dead letter are safely on the broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+
+import structlog
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
+from daemon import metrics
+from daemon.contracts import SyncResult
+from daemon.records import InboundRecord
+
+__all__ = ["DLQ_HEADERS", "Reporter"]
+
+log = structlog.get_logger("octopus.reporting")
+
+DLQ_HEADERS = (
+    "octopus-error-class",
+    "octopus-error-reason",
+    "octopus-source-topic",
+    "octopus-source-partition",
+    "octopus-source-offset",
+    "octopus-dead-lettered-at",
+)
+
+
+class Reporter:
+    def __init__(self, producer: AIOKafkaProducer, *, results_topic: str, dlq_topic: str) -> None:
+        self._producer = producer
+        self.results_topic = results_topic
+        self.dlq_topic = dlq_topic
+
+    async def publish(self, results: Sequence[SyncResult]) -> None:
+        """Publish results keyed by eventId and wait for every acknowledgement."""
+        for result in results:
+            await self._send(self.results_topic, result.eventId.encode(), result.to_json_bytes(), [])
+            metrics.OUTCOMES.labels(result.integrationId or "-", result.status).inc()
+
+    async def dead_letter(
+        self,
+        record: InboundRecord,
+        error_class: str,
+        reason: str,
+        extra: Sequence[tuple[str, bytes]] = (),
+    ) -> None:
+        """The original key and value bytes, unchanged, with headers naming what went wrong."""
+        headers = [(k, v) for k, v in record.headers if not k.startswith("octopus-")]
+        headers += [
+            ("octopus-error-class", error_class.encode()),
+            ("octopus-error-reason", reason.encode("utf-8", "replace")[:4096]),
+            ("octopus-source-topic", record.topic.encode()),
+            ("octopus-source-partition", str(record.partition).encode()),
+            ("octopus-source-offset", str(record.offset).encode()),
+            ("octopus-dead-lettered-at", str(int(time.time() * 1000)).encode()),
+            *extra,
+        ]
+        await self._send(self.dlq_topic, record.key, record.value, headers)
+        metrics.DLQ_RECORDS.labels(error_class).inc()
+
+    async def _send(
+        self, topic: str, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]
+    ) -> None:
+        delay = 0.2
+        while True:
+            try:
+                future = await self._producer.send(topic, value=value, key=key, headers=headers)
+                await future
+                return
+            except KafkaError as exc:
+                metrics.PRODUCE_ERRORS.labels(topic).inc()
+                log.warning("produce failed, retrying", topic=topic, error=type(exc).__name__, retry_in=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)

@@ -1,0 +1,61 @@
+"""Event factories for tests."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import orjson
+
+
+def make_event(i: int, *, key: str = "k0", tenant: str = "t-test", category: str = "销售线索", **extra: Any) -> dict[str, Any]:
+    event: dict[str, Any] = {
+        "schemaVersion": 1,
+        "eventId": str(uuid.uuid4()),
+        "messageId": f"msg-{i:06d}",
+        "tenantId": tenant,
+        "tenantName": "Test 租户",
+        "platform": "telegram",
+        "sender": {"id": key, "name": "王小明", "email": f"user{i}@example.com", "phone": "+86 138 0000 0000"},
+        "content": f"message {i} for {key}",
+        "receivedAt": "2026-11-25T09:00:00Z",
+        "classification": {"category": category, "confidence": 0.9, "priority": "high"},
+        "metadata": {"seq": i, "conv": key},
+    }
+    event.update(extra)
+    return event
+
+
+def encode(event: dict[str, Any]) -> bytes:
+    return orjson.dumps(event)
+
+
+def keyed(events: list[dict[str, Any]]) -> list[tuple[bytes | None, bytes | None]]:
+    return [(f"{e['tenantId']}:{e['sender']['id']}".encode(), encode(e)) for e in events]
+
+
+def webhook_config(urls: dict[str, str], *, strategy: dict[str, Any] | None = None, **integration: Any) -> dict[str, Any]:
+    """A configuration of webhook integrations (id → URL) fanned out in parallel."""
+    return {
+        "crmIntegrations": [
+            {
+                "id": name,
+                "type": "webhook",
+                "priority": index,
+                "config": {
+                    "endpoints": {"url": url},
+                    "mappings": {
+                        "message": {
+                            "eventId": "{{eventId}}",
+                            "key": "{{metadata.conv}}",
+                            "seq": "{{metadata.seq}}",
+                            "text": "{{messageContent}}",
+                        }
+                    },
+                    **integration,
+                },
+            }
+            for index, (name, url) in enumerate(urls.items())
+        ],
+        "strategy": strategy or {"strategy": "parallel_sync", "targets": [{"id": name} for name in urls]},
+    }
