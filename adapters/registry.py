@@ -10,7 +10,9 @@ from collections.abc import Iterable
 from typing import Any
 
 from adapters.base import Adapter
+from adapters.feishu import FeishuAdapter
 from adapters.webhook import WebhookAdapter
+from adapters.wecom import WeComAdapter
 
 __all__ = ["ADAPTERS", "adapter_class", "describe"]
 
@@ -28,6 +30,8 @@ def _register(classes: Iterable[type[Adapter]]) -> dict[str, type[Adapter]]:
 ADAPTERS: dict[str, type[Adapter]] = _register(
     [
         WebhookAdapter,
+        WeComAdapter,
+        FeishuAdapter,
     ]
 )
 

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from adapters.sandbox.kit import FakeVendor
+from adapters.sandbox.feishu import FeishuFake
 from adapters.sandbox.webhook import WebhookFake
+from adapters.sandbox.wecom import WeComFake
 
 __all__ = ["FAKES"]
 
 FAKES: dict[str, type[FakeVendor]] = {
     "webhook": WebhookFake,
+    "wecom": WeComFake,
+    "feishu": FeishuFake,
 }

@@ -19,6 +19,7 @@ __all__ = ["WebhookFake"]
 
 class WebhookFake(FakeVendor):
     name = "webhook"
+    ENV: dict[str, str] = {}
 
     def __init__(self, *, token: str | None = None, **kw: Any) -> None:
         super().__init__(**kw)
@@ -26,6 +27,9 @@ class WebhookFake(FakeVendor):
         self.deliveries: list[dict[str, Any]] = []
         self.by_key: dict[str, str] = {}
         self.replays = 0
+
+    def endpoints(self) -> dict[str, Any]:
+        return {"url": f"{self.base_url}/hooks/demo"}
 
     def routes(self) -> list[web.RouteDef]:
         return [web.post("/hooks/{name}", self.receive), web.get("/records", self.list_records)]
