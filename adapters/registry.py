@@ -11,6 +11,8 @@ from typing import Any
 
 from adapters.base import Adapter
 from adapters.feishu import FeishuAdapter
+from adapters.jira import JiraAdapter
+from adapters.slack import SlackAdapter
 from adapters.webhook import WebhookAdapter
 from adapters.wecom import WeComAdapter
 
@@ -32,6 +34,8 @@ ADAPTERS: dict[str, type[Adapter]] = _register(
         WebhookAdapter,
         WeComAdapter,
         FeishuAdapter,
+        JiraAdapter,
+        SlackAdapter,
     ]
 )
 

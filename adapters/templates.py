@@ -192,7 +192,9 @@ def _parse_expr(source: str, path: str) -> _Expr:
 
 
 def _split_pipes(source: str) -> list[str]:
-    parts, current, quote = [], [], ""
+    parts: list[str] = []
+    current: list[str] = []
+    quote = ""
     for ch in source:
         if quote:
             quote = "" if ch == quote else quote

@@ -20,6 +20,7 @@ from daemon import metrics
 from daemon.config import CrmConfig
 from daemon.consumer import Health
 from daemon.dispatch import Dispatcher
+from daemon.redaction import redact_value
 
 __all__ = ["AdminServer"]
 
@@ -90,7 +91,8 @@ class AdminServer:
         integration = self.config.integration(integration_id)
         data = integration.model_dump(mode="json", by_alias=True, exclude={"config": {"credentials"}})
         data["config"]["credentials"] = sorted(integration.config.credentials)
-        return data
+        redacted: dict[str, Any] = redact_value(data)  # headers and URLs may carry secrets too
+        return redacted
 
     async def integrations(self, request: web.Request) -> web.Response:
         if self.config is None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from adapters.sandbox.kit import FakeVendor
 from adapters.sandbox.feishu import FeishuFake
+from adapters.sandbox.jira import JiraFake
+from adapters.sandbox.slack import SlackFake
 from adapters.sandbox.webhook import WebhookFake
 from adapters.sandbox.wecom import WeComFake
 
@@ -13,4 +15,6 @@ FAKES: dict[str, type[FakeVendor]] = {
     "webhook": WebhookFake,
     "wecom": WeComFake,
     "feishu": FeishuFake,
+    "jira": JiraFake,
+    "slack": SlackFake,
 }

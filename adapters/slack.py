@@ -1,0 +1,216 @@
+"""Slack: post a message with ``chat.postMessage`` (bot token) or an incoming webhook.
+
+``authType: "bot_token"`` (the seed's shape) posts JSON to ``{baseUrl}/chat.postMessage`` with
+``Authorization: Bearer xoxb-…``; the mapping gives ``channel`` (name or id) and ``text`` and/or
+``blocks`` / ``attachments``. The Web API answers HTTP 200 with ``{"ok": false, "error": …}`` for
+almost every failure, so the body decides (:data:`WEB_API_CODES`); rate limits come as HTTP 429 +
+``Retry-After``. The message's reference is its channel id and ``ts``; the permalink is built as
+``{workspaceUrl}/archives/{channel}/p{ts without the dot}`` (``chat.getPermalink`` would be a
+second call per message), with ``endpoints.workspaceUrl`` defaulting to ``https://slack.com``.
+
+``authType: "webhook"`` posts to ``credentials.webhookUrl`` — a secret: it is registered for
+redaction and never appears in messages. Webhooks answer 200 ``ok`` and report errors as an HTTP
+status plus a short text reason (400 ``invalid_payload``/``no_text``, 403 ``action_prohibited``
+or ``invalid_token``, 404 ``channel_not_found``/``no_service``, 410 ``channel_is_archived``, 500
+``rollup_error``). They return no id, so the delivery's idempotency key stands in for one.
+
+Slack text treats ``&``, ``<`` and ``>`` as control characters (``<!channel>`` pings everyone), so
+those three are escaped in the event's free-text values before rendering (``escapeText: false``
+turns that off); the template's own markup is left as written.
+
+Rate limit: ``chat.postMessage`` is "special tier", about one message per second per channel with
+short, unspecified bursts, and incoming webhooks are one per second too. One limiter serves an
+integration, so the default is a strict 1 request/s (burst 1: the kit's bucket would add a burst
+on top of the rate); an integration that fans out over several channels may raise ``rateLimit``.
+Slack has no idempotency key and no cheap lookup, so an ambiguous post cannot be resolved.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from adapters.auth import HeaderAuth, bearer
+from adapters.base import AdapterInfo, BodyCodes, Delivered, DeliveryContext, HttpAdapter
+from adapters.errors import AuthError, ConfigError, DeliveryError, PermanentError
+from adapters.http import HttpClient, Request, Response, classify_status
+from adapters.ratelimit import Limiter, RateLimit
+from daemon.contracts import ClassifiedMessage
+from daemon.redaction import register_secret
+
+__all__ = ["WEB_API_CODES", "SlackAdapter", "classify_web_api", "classify_webhook"]
+
+# Web API ``error`` codes (chat.postMessage enum in the saved spec plus the common errors page).
+WEB_API_CODES = BodyCodes(
+    field="error",
+    ok=None,
+    message_field="error",
+    rate_limited=frozenset({"ratelimited", "rate_limited", "message_limit_exceeded"}),
+    retryable=frozenset(
+        {
+            "internal_error", "fatal_error", "service_unavailable", "request_timeout",
+            "team_added_to_org",
+        }
+    ),
+    auth=frozenset(
+        {
+            "invalid_auth", "not_authed", "token_revoked", "token_expired", "account_inactive",
+            "missing_scope", "no_permission", "not_allowed_token_type", "ekm_access_denied",
+            "access_denied", "team_access_not_granted", "org_login_required",
+        }
+    ),
+)  # fmt: skip
+# Webhook reasons that mean the URL itself is dead or revoked (a credential problem).
+WEBHOOK_AUTH = frozenset(
+    {"invalid_token", "no_service", "no_team", "no_active_hooks", "team_disabled"}
+)
+# Answers to an empty test payload that prove the URL is live.
+WEBHOOK_CHECK_OK = frozenset(
+    {"no_text", "invalid_payload", "missing_text_or_fallback_or_attachments"}
+)
+_TOKEN = re.compile(r"^[a-z_]{2,60}$")
+
+
+def classify_web_api(response: Response) -> DeliveryError | None:
+    """:data:`WEB_API_CODES`, with Slack's ``response_metadata.messages`` / scope hints kept."""
+    error = WEB_API_CODES.classify(response)
+    body = response.json()
+    if error is None or not isinstance(body, dict) or "error" not in body:
+        return error
+    detail = [str(m) for m in (body.get("response_metadata") or {}).get("messages") or []]
+    if body.get("needed"):
+        detail.append(f"needed scope: {body['needed']}")
+    message = f"{body['error']}: {'; '.join(detail)}" if detail else str(body["error"])
+    return type(error)(message, code=error.code, status=error.status, retry_after=error.retry_after)
+
+
+def classify_webhook(response: Response) -> DeliveryError | None:
+    if response.ok:
+        return None
+    reason = response.text.strip()[:200]
+    code = f"webhook_{reason}" if _TOKEN.match(reason) else f"http_{response.status}"
+    if reason in WEBHOOK_AUTH:
+        return AuthError(f"incoming webhook rejected: {reason}", code=code, status=response.status)
+    if response.status == 403:  # action_prohibited: a workspace restriction, not a bad URL
+        return PermanentError(
+            f"incoming webhook refused: {reason}", code=code, status=response.status
+        )
+    error = classify_status(response, lambda _: f"incoming webhook: {reason}")
+    if error is not None and _TOKEN.match(reason):
+        error.code = code
+    return error
+
+
+def slack_escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _escaped(event: ClassifiedMessage) -> ClassifiedMessage:
+    """The event with its free-text values made inert for Slack's markup."""
+
+    def fields(model: Any, names: tuple[str, ...]) -> dict[str, str]:
+        return {n: slack_escape(v) for n in names if isinstance(v := getattr(model, n, None), str)}
+
+    return event.model_copy(
+        update={
+            **fields(event, ("content", "tenantName")),
+            "sender": event.sender.model_copy(
+                update=fields(event.sender, ("name", "firstName", "lastName", "username", "email"))
+            ),
+            "classification": event.classification.model_copy(
+                update=fields(event.classification, ("category", "subcategory"))
+            ),
+        }
+    )
+
+
+class SlackAdapter(HttpAdapter):
+    info = AdapterInfo(
+        type="slack",
+        display_name="Slack",
+        display_name_zh="Slack",
+        object_types=("message",),
+        auth_types=("bot_token", "webhook"),
+        rate_limit=RateLimit(requests=1, perSeconds=1.0, burst=1, concurrency=4),
+        idempotency="none (Slack has no idempotency key; ledger only)",
+        docs="https://docs.slack.dev/reference/methods/chat.postMessage",
+    )
+    default_base_url = "https://slack.com/api"
+
+    @property
+    def webhook(self) -> bool:
+        if self.config.authType:
+            return self.config.authType == "webhook"
+        return bool(self.config.secret("webhookUrl", "url", required=False))
+
+    def validate_config(self) -> None:
+        super().validate_config()
+        if self.config.authType not in (None, *self.info.auth_types):
+            raise ConfigError(
+                f"authType {self.config.authType!r} is not supported by slack (bot_token, webhook)",
+                code="bad_auth_type",
+            )
+        for object_type, mapping in self.config.mappings.items():
+            keys = set(mapping) if isinstance(mapping, dict) else set()
+            if not keys & {"text", "blocks", "attachments"}:
+                raise ConfigError(
+                    f"mappings.{object_type} needs text, blocks or attachments", code="missing_text"
+                )
+            if not self.webhook and "channel" not in keys:
+                raise ConfigError(
+                    f"mappings.{object_type}.channel is required", code="missing_channel"
+                )
+        if self.webhook:
+            register_secret(self.config.secret("webhookUrl", "url"))
+
+    def make_http(self, limiter: Limiter) -> HttpClient:
+        auth: HeaderAuth | None = None
+        if self.webhook:
+            url = self.config.secret("webhookUrl", "url")
+            register_secret(url)
+            register_secret(url.rstrip("/").rsplit("/", 1)[-1])
+        else:
+            auth = bearer(self.config.secret("token", "botToken", "accessToken"))
+        return HttpClient(
+            name=self.integration_id,
+            base_url="" if self.webhook else self.base_url,
+            limiter=limiter,
+            auth=auth,
+            classify=classify_webhook if self.webhook else classify_web_api,
+            timeouts=self.timeouts,
+        )
+
+    def permalink(self, channel: str, ts: str) -> str:
+        workspace = str(self.config.endpoints.get("workspaceUrl") or "https://slack.com").rstrip(
+            "/"
+        )
+        return f"{workspace}/archives/{channel}/p{ts.replace('.', '')}"
+
+    async def create(
+        self, event: ClassifiedMessage, object_type: str, ctx: DeliveryContext
+    ) -> Delivered:
+        if self.config.extra("escapeText", True):
+            event = _escaped(event)
+        message = self.render(event, object_type)
+        if self.webhook:
+            url = self.config.secret("webhookUrl", "url")
+            await self.http.send(Request("POST", url, json=message))
+            return Delivered(ctx.idempotency_key, None, {"via": "webhook"})
+        response = await self.http.send(Request("POST", "chat.postMessage", json=message))
+        data = response.json() or {}
+        channel, ts = str(data.get("channel", "")), str(data.get("ts", ""))
+        if not channel or not ts:
+            raise PermanentError(f"chat.postMessage answered without channel/ts: {str(data)[:200]}")
+        detail = {"channel": channel, "ts": ts}
+        return Delivered(f"{channel}:{ts}", self.permalink(channel, ts), detail)
+
+    async def test_connection(self) -> None:
+        if not self.webhook:
+            await self.http.send(Request("POST", "auth.test"))
+            return
+        # An empty payload proves the URL is live without posting: Slack answers 400 no_text.
+        try:
+            await self.http.send(Request("POST", self.config.secret("webhookUrl", "url"), json={}))
+        except PermanentError as exc:
+            if exc.code.removeprefix("webhook_") not in WEBHOOK_CHECK_OK:
+                raise

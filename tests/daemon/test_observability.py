@@ -1,0 +1,126 @@
+"""Metrics, health endpoints and secret hygiene of the real daemon process."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from aiohttp import web
+from prometheus_client.parser import text_string_to_metric_families
+
+from adapters.sandbox.kit import FakeVendor, SandboxServer
+from adapters.sandbox.webhook import WebhookFake
+from daemon.consumer import Health
+from tests.events import keyed, make_event, webhook_config
+from tests.process import DaemonProcess
+
+CANARIES = {
+    "token": "CANARY-bearer-7f3a9c1e55",
+    "header": "CANARY-header-0b7d2e8a44",
+    "query": "CANARY-query-93c1d0f2aa",
+}
+
+
+class EchoingVendor(FakeVendor):
+    """A careless vendor: its error pages echo the request's credentials back."""
+
+    name = "echo"
+
+    def routes(self) -> list[web.RouteDef]:
+        return [web.post("/{tail:.*}", self.fail)]
+
+    async def fail(self, request: web.Request) -> web.Response:
+        status = 401 if "unauthorized" in request.path else 500
+        body = f"bad request: auth={request.headers.get('Authorization')} key={request.headers.get('X-Api-Key')} url={request.url}"
+        return web.Response(status=status, text=body)
+
+
+async def wait_until(predicate: Any, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.1)
+
+
+@pytest.mark.slow
+async def test_metrics_health_and_no_secret_in_logs(broker: Any, topics: Any, tmp_path: Path) -> None:
+    await broker.create(topics, partitions=2)
+    hook, echo = WebhookFake(), EchoingVendor()
+    hook.name = "hook"
+    async with SandboxServer(hook, echo):
+        config = webhook_config(
+            {
+                "good": f"{hook.base_url}/hooks/a",
+                "denied": f"{echo.base_url}/unauthorized?access_token={CANARIES['query']}",
+                "broken": f"{echo.base_url}/broken?access_token={CANARIES['query']}",
+            },
+            credentials={"token": CANARIES["token"]},
+            headers={"X-Api-Key": CANARIES["header"]},
+            retry={"maxAttempts": 2, "initialDelay": 0.05},
+        )
+        events = [make_event(i, key=f"k{i % 3}") for i in range(20)]
+        await broker.produce(topics.input, [*keyed(events), (b"k", b"{broken json")])
+        daemon = DaemonProcess(broker, topics, config, tmp_path, "obs", log_level="DEBUG").start()
+        try:
+            await wait_until(lambda: daemon.get("/readyz")[0] == 200, 60)
+            results = await broker.read(topics.results, expect=60, timeout=60)
+            await broker.read(topics.dlq, expect=1, timeout=30)
+            await asyncio.sleep(0.5)
+            status, body = daemon.get("/metrics")
+            health = daemon.get("/healthz")
+            supported = orjson.loads(daemon.get("/api/crm/supported")[1])
+            listed = daemon.get("/api/crm/integrations")[1]
+            code, _ = daemon.terminate()
+        finally:
+            daemon.stop()
+    assert code == 0
+    assert {orjson.loads(r.value)["status"] for r in results} == {"succeeded", "failed"}
+    assert status == 200 and health[0] == 200
+    assert any(row["type"] == "webhook" for row in supported)
+
+    text = body.decode()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    for name in (
+        "octopus_crm_events_consumed",
+        "octopus_crm_outcomes",
+        "octopus_crm_delivery_duration_seconds",
+        "octopus_crm_in_flight_events",
+        "octopus_crm_dlq_records",
+        "octopus_crm_commit_duration_seconds",
+    ):
+        assert name in families, name
+    dlq = [s for s in families["octopus_crm_dlq_records"].samples if s.name.endswith("_total")]
+    assert any(s.labels["error_class"] == "invalid_json" and s.value == 1 for s in dlq)
+    promtool = shutil.which("promtool")
+    if promtool:
+        check = subprocess.run([promtool, "check", "metrics"], input=body, capture_output=True)
+        assert check.returncode == 0, check.stderr.decode() + check.stdout.decode()
+
+    logs = daemon.log()
+    assert "event processed" in logs and "eventId" in logs
+    for canary in CANARIES.values():
+        assert canary not in logs, f"secret {canary} leaked into the log"
+        assert canary.encode() not in listed
+        for r in results:
+            assert canary.encode() not in r.value
+
+
+def test_health_reports_a_stuck_consumer() -> None:
+    health = Health(stall_timeout=5)
+    health.running, health.connected, health.joined = True, True, True
+    assert health.alive()[0] and health.ready()[0]
+    health.lag = 10
+    health.last_progress = time.monotonic() - 6
+    ok, reason = health.alive()
+    assert not ok and "stuck" in reason
+    health.progress()
+    assert health.alive()[0]
+    health.lag = 0
+    health.last_progress = time.monotonic() - 600
+    assert health.alive()[0], "an idle consumer with no lag is healthy"
