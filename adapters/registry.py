@@ -11,7 +11,9 @@ from typing import Any
 
 from adapters.base import Adapter
 from adapters.feishu import FeishuAdapter
+from adapters.hubspot import HubSpotAdapter
 from adapters.jira import JiraAdapter
+from adapters.salesforce import SalesforceAdapter
 from adapters.slack import SlackAdapter
 from adapters.webhook import WebhookAdapter
 from adapters.wecom import WeComAdapter
@@ -32,6 +34,8 @@ def _register(classes: Iterable[type[Adapter]]) -> dict[str, type[Adapter]]:
 ADAPTERS: dict[str, type[Adapter]] = _register(
     [
         WebhookAdapter,
+        SalesforceAdapter,
+        HubSpotAdapter,
         WeComAdapter,
         FeishuAdapter,
         JiraAdapter,

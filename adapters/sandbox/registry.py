@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from adapters.sandbox.kit import FakeVendor
 from adapters.sandbox.feishu import FeishuFake
+from adapters.sandbox.hubspot import HubSpotFake
 from adapters.sandbox.jira import JiraFake
+from adapters.sandbox.salesforce import SalesforceFake
 from adapters.sandbox.slack import SlackFake
 from adapters.sandbox.webhook import WebhookFake
 from adapters.sandbox.wecom import WeComFake
@@ -13,6 +15,8 @@ __all__ = ["FAKES"]
 
 FAKES: dict[str, type[FakeVendor]] = {
     "webhook": WebhookFake,
+    "salesforce": SalesforceFake,
+    "hubspot": HubSpotFake,
     "wecom": WeComFake,
     "feishu": FeishuFake,
     "jira": JiraFake,
