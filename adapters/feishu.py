@@ -232,7 +232,7 @@ class FeishuAdapter(HttpAdapter):
     async def create(
         self, event: ClassifiedMessage, object_type: str, ctx: DeliveryContext
     ) -> Delivered:
-        fields = self.render(event, object_type)
+        fields = self.render(event, object_type, ctx)
         token = client_token(ctx.idempotency_key)
         id_type = self._setting("userIdType") or "open_id"
         if object_type == "task":

@@ -196,15 +196,17 @@ class HubSpotAdapter(HttpAdapter):
 
     # -- records -----------------------------------------------------------------------------
 
-    def build_body(self, event: ClassifiedMessage, object_type: str) -> dict[str, Any]:
-        properties = self.render(event, object_type)
+    def build_body(
+        self, event: ClassifiedMessage, object_type: str, ctx: DeliveryContext | None = None
+    ) -> dict[str, Any]:
+        properties = self.render(event, object_type, ctx)
         associations = properties.pop("associations", [])
         return {"properties": properties, "associations": associations}
 
     async def create(
         self, event: ClassifiedMessage, object_type: str, ctx: DeliveryContext
     ) -> Delivered:
-        body = self.build_body(event, object_type)
+        body = self.build_body(event, object_type, ctx)
         path = f"/crm/v3/objects/{OBJECTS[object_type]}"
         try:
             response = await self.http.send(Request("POST", path, json=body))
@@ -225,7 +227,7 @@ class HubSpotAdapter(HttpAdapter):
     ) -> Delivered | None:
         if object_type != "contact":
             return None
-        email = self.render(event, object_type).get("email")
+        email = self.render(event, object_type, ctx).get("email")
         return await self._contact_by_email(str(email)) if email else None
 
     async def _contact_by_email(self, email: str) -> Delivered | None:

@@ -213,7 +213,7 @@ class JiraAdapter(HttpAdapter):
     async def create(
         self, event: ClassifiedMessage, object_type: str, ctx: DeliveryContext
     ) -> Delivered:
-        body = self.issue_body(self.render(event, object_type), ctx)
+        body = self.issue_body(self.render(event, object_type, ctx), ctx)
         response = await self.http.send(Request("POST", ISSUE_PATH, json=body))
         return self._delivered(response.json())
 

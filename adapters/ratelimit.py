@@ -9,7 +9,9 @@ limit in one window. A 429 or a vendor quota signal pauses only this integration
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -48,6 +50,7 @@ class Limiter:
         self._bucket = AsyncLimiter(limit.burst, limit.burst / limit.rate)
         self._slots = asyncio.Semaphore(limit.concurrency)
         self._pause = _Pause()
+        self._waiting = 0
 
     @property
     def paused_for(self) -> float:
@@ -57,12 +60,42 @@ class Limiter:
         """Hold every request of this integration for ``seconds`` (429, Retry-After, quota)."""
         self._pause.until = max(self._pause.until, time.monotonic() + max(seconds, 0.0))
 
-    async def __aenter__(self) -> None:
-        await self._slots.acquire()
+    @property
+    def waiting(self) -> int:
+        """Requests queued for a slot or for their turn: this integration's backlog."""
+        return self._waiting
+
+    async def pace(self) -> None:
+        """Wait for this request's turn in the rate (and for any pause to end)."""
+        self._waiting += 1
         try:
             while (wait := self.paused_for) > 0:
                 await asyncio.sleep(wait)
             await self._bucket.acquire()
+        finally:
+            self._waiting -= 1
+
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """Hold one of the ``concurrency`` slots (without pacing)."""
+        self._waiting += 1
+        try:
+            await self._slots.acquire()
+        finally:
+            self._waiting -= 1
+        try:
+            yield
+        finally:
+            self._slots.release()
+
+    async def __aenter__(self) -> None:
+        self._waiting += 1
+        try:
+            await self._slots.acquire()
+        finally:
+            self._waiting -= 1
+        try:
+            await self.pace()
         except BaseException:
             self._slots.release()
             raise

@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from adapters.base import Adapter
+from adapters.email import EmailAdapter
 from adapters.feishu import FeishuAdapter
 from adapters.hubspot import HubSpotAdapter
 from adapters.jira import JiraAdapter
@@ -40,6 +41,7 @@ ADAPTERS: dict[str, type[Adapter]] = _register(
         FeishuAdapter,
         JiraAdapter,
         SlackAdapter,
+        EmailAdapter,
     ]
 )
 

@@ -259,14 +259,16 @@ class SalesforceAdapter(HttpAdapter):
 
     # -- records -----------------------------------------------------------------------------
 
-    def build_fields(self, event: ClassifiedMessage, object_type: str) -> dict[str, Any]:
-        return {api_field_name(k): v for k, v in self.render(event, object_type).items()}
+    def build_fields(
+        self, event: ClassifiedMessage, object_type: str, ctx: DeliveryContext | None = None
+    ) -> dict[str, Any]:
+        return {api_field_name(k): v for k, v in self.render(event, object_type, ctx).items()}
 
     async def create(
         self, event: ClassifiedMessage, object_type: str, ctx: DeliveryContext
     ) -> Delivered:
         sobject = SOBJECTS[object_type]
-        fields = self.build_fields(event, object_type)
+        fields = self.build_fields(event, object_type, ctx)
         ext = self.external_id_field(object_type)
         if ext is None:
             response = await self.http.send(self._call("POST", f"sobjects/{sobject}/", fields))

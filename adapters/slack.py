@@ -191,7 +191,7 @@ class SlackAdapter(HttpAdapter):
     ) -> Delivered:
         if self.config.extra("escapeText", True):
             event = _escaped(event)
-        message = self.render(event, object_type)
+        message = self.render(event, object_type, ctx)
         if self.webhook:
             url = self.config.secret("webhookUrl", "url")
             await self.http.send(Request("POST", url, json=message))

@@ -130,7 +130,10 @@ def _date(value: Any, arg: str | None) -> Any:
     if value is None:
         return None
     if isinstance(value, str):
-        value = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        try:
+            value = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return None  # untrusted text that is not a date renders as a missing value
     if not isinstance(value, datetime):
         return value
     if arg in (None, "", "iso"):
@@ -187,6 +190,8 @@ def _parse_expr(source: str, path: str) -> _Expr:
             arg = arg.strip()
             if len(arg) >= 2 and arg[0] == arg[-1] and arg[0] in "\"'":
                 arg = arg[1:-1]
+        if match.group(1) == "truncate" and arg and not arg.isdigit():
+            raise TemplateError(path, f"truncate needs a whole number, not {arg!r}")
         filters.append((FILTERS[match.group(1)], arg))
     return _Expr(name, tuple(filters))
 

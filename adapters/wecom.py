@@ -182,7 +182,7 @@ class WeComAdapter(HttpAdapter):
     async def create(
         self, event: ClassifiedMessage, object_type: str, ctx: DeliveryContext
     ) -> Delivered:
-        fields = self.render(event, object_type)
+        fields = self.render(event, object_type, ctx)
         if object_type == "oa_approval":
             response = await self.http.send(
                 Request("POST", APPLY_PATH, json=self._applyevent(fields))

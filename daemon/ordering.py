@@ -42,8 +42,10 @@ class KeyedExecutor(Generic[W]):
     async def _drain(self, key: Hashable, queue: collections.deque[W]) -> None:
         try:
             while queue:
-                await self._handler(queue[0])
-                queue.popleft()
+                work = queue[0]
+                await self._handler(work)
+                if queue and queue[0] is work:  # cancel() may have dropped it already
+                    queue.popleft()
         finally:
             self._tasks.pop(key, None)
             if not queue:
@@ -72,6 +74,7 @@ class KeyedExecutor(Generic[W]):
         for key, task in list(self._tasks.items()):
             queue = self._queues.get(key)
             if queue and predicate(queue[0]):
+                queue.popleft()  # abandoned: it must not run again when the key gets new work
                 task.cancel()
                 cancelled += 1
         return cancelled

@@ -8,12 +8,13 @@ from adapters.sandbox.hubspot import HubSpotFake
 from adapters.sandbox.jira import JiraFake
 from adapters.sandbox.salesforce import SalesforceFake
 from adapters.sandbox.slack import SlackFake
+from adapters.sandbox.smtp import SmtpFake
 from adapters.sandbox.webhook import WebhookFake
 from adapters.sandbox.wecom import WeComFake
 
 __all__ = ["FAKES"]
 
-FAKES: dict[str, type[FakeVendor]] = {
+FAKES: dict[str, type[FakeVendor] | type[SmtpFake]] = {
     "webhook": WebhookFake,
     "salesforce": SalesforceFake,
     "hubspot": HubSpotFake,
@@ -21,4 +22,5 @@ FAKES: dict[str, type[FakeVendor]] = {
     "feishu": FeishuFake,
     "jira": JiraFake,
     "slack": SlackFake,
+    "email": SmtpFake,
 }
