@@ -228,6 +228,10 @@ class Adapter(ABC):
                 fields[name] = table.get(fields[name], table.get(fields[name].lower(), fields[name]))
         return fields
 
+    def current_limiter(self) -> Limiter | None:
+        """This integration's limiter, so the dispatcher can see a pause or a backlog."""
+        return None
+
     async def start(self) -> None:
         """Open clients; called inside the running loop."""
 
@@ -282,6 +286,9 @@ class HttpAdapter(Adapter):
     @abstractmethod
     def make_http(self, limiter: Limiter) -> HttpClient:
         """Build this integration's client: base URL, auth scheme, error classifier."""
+
+    def current_limiter(self) -> Limiter | None:
+        return self.http.limiter
 
     async def start(self) -> None:
         _ = self.http

@@ -176,6 +176,9 @@ class EmailAdapter(Adapter):
     def timeouts(self) -> Timeouts:
         return Timeouts(**self.config.timeouts) if self.config.timeouts else Timeouts()
 
+    def current_limiter(self) -> Limiter | None:
+        return self.limiter
+
     @property
     def limiter(self) -> Limiter:
         if self._limiter is None:

@@ -30,6 +30,7 @@ class AdminServer:
         self,
         *,
         health: Health,
+        also_alive: tuple[Health, ...] = (),
         config: CrmConfig | None = None,
         adapters: Mapping[str, Adapter] | None = None,
         dispatcher: Dispatcher | None = None,
@@ -37,6 +38,7 @@ class AdminServer:
         port: int = 9464,
     ) -> None:
         self.health = health
+        self.also_alive = also_alive
         self.config = config
         self.adapters = adapters or {}
         self.dispatcher = dispatcher
@@ -76,8 +78,11 @@ class AdminServer:
         return web.Response(body=generate_latest(metrics.REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def healthz(self, request: web.Request) -> web.Response:
-        ok, reason = self.health.alive()
-        return web.json_response({"status": "ok" if ok else "unhealthy", "reason": reason}, status=200 if ok else 503)
+        for health in (self.health, *self.also_alive):
+            ok, reason = health.alive()
+            if not ok:
+                return web.json_response({"status": "unhealthy", "reason": reason}, status=503)
+        return web.json_response({"status": "ok", "reason": "ok"})
 
     async def readyz(self, request: web.Request) -> web.Response:
         ok, reason = self.health.ready()

@@ -25,6 +25,7 @@ from daemon.dispatch import Dispatcher
 from daemon.ledger import Ledger, open_ledger
 from daemon.processing import Processor
 from daemon.reporting import Reporter
+from daemon.retry_handler import RetryHandler
 from daemon.settings import Settings
 from strategies.routing import plan
 
@@ -45,18 +46,25 @@ class Daemon:
         self.settings = settings
         self.config = config
         self.health = Health(stall_timeout=settings.stall_timeout_s)
+        self.retry_health = Health(stall_timeout=settings.stall_timeout_s, watch_lag=False)
         self.ledger = ledger
         self._adapters = dict(adapters) if adapters is not None else None
         self.consumer: ConsumerLoop | None = None
+        self.retry_consumer: ConsumerLoop | None = None
+        self.retry_handler: RetryHandler | None = None
         self.admin: AdminServer | None = None
         self._stop_requested = asyncio.Event()
 
     def request_stop(self) -> None:
         self._stop_requested.set()
-        if self.consumer is not None:
-            self.consumer.stop()
+        for loop in (self.consumer, self.retry_consumer):
+            if loop is not None:
+                loop.stop()
+        if self.retry_handler is not None:
+            self.retry_handler.stop()
 
-    async def _start_producer(self, stack: contextlib.AsyncExitStack) -> AIOKafkaProducer:
+    async def _start_producer(self, stack: contextlib.AsyncExitStack) -> AIOKafkaProducer | None:
+        """Start the producer, retrying while the broker is unreachable; None if told to stop."""
         s = self.settings
         delay = 0.5
         while True:
@@ -77,7 +85,7 @@ class Daemon:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop_requested.wait(), delay)
                 if self._stop_requested.is_set():
-                    raise
+                    return None
                 delay = min(delay * 2, 30.0)
                 continue
             stack.push_async_callback(producer.stop)
@@ -86,7 +94,13 @@ class Daemon:
     async def run(self) -> None:
         s = self.settings
         async with contextlib.AsyncExitStack() as stack:
-            self.admin = AdminServer(health=self.health, config=self.config, host=s.metrics_host, port=s.metrics_port)
+            self.admin = AdminServer(
+                health=self.health,
+                also_alive=(self.retry_health,),
+                config=self.config,
+                host=s.metrics_host,
+                port=s.metrics_port,
+            )
             await self.admin.start()
             stack.push_async_callback(self.admin.stop)
             log.info("admin server listening", port=self.admin.port)
@@ -107,7 +121,11 @@ class Daemon:
                     s.topic_partitions,
                 )
             producer = await self._start_producer(stack)
-            reporter = Reporter(producer, results_topic=s.results_topic, dlq_topic=s.dlq_topic)
+            if producer is None:
+                return
+            reporter = Reporter(
+                producer, results_topic=s.results_topic, dlq_topic=s.dlq_topic, retry_topic=s.retry_topic
+            )
             dispatcher = Dispatcher(self.config, adapters, ledger)
             processor = Processor(
                 planner=lambda event: plan(self.config, event),
@@ -118,6 +136,15 @@ class Daemon:
             self.admin.adapters = adapters
             self.admin.dispatcher = dispatcher
             self.consumer = ConsumerLoop(s, processor.handle, health=self.health)
+            self.retry_handler = RetryHandler(dispatcher, reporter)
+            self.retry_consumer = ConsumerLoop(
+                s,
+                self.retry_handler.handle,
+                topics=(s.retry_topic,),
+                group_id=f"{s.group_id}.retry",
+                max_in_flight=s.retry_max_in_flight,
+                health=self.retry_health,
+            )
             if self._stop_requested.is_set():
                 return
             log.info(
@@ -127,8 +154,22 @@ class Daemon:
                 integrations=sorted(adapters),
                 max_in_flight=s.max_in_flight,
             )
-            await self.consumer.run()
+            await _run_together(self.consumer, self.retry_consumer)
         log.info("daemon stopped")
+
+
+async def _run_together(*loops: ConsumerLoop) -> None:
+    """Run the loops; if one fails, stop the others (draining them) and re-raise."""
+    tasks = [asyncio.create_task(loop.run()) for loop in loops]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    finally:
+        for loop in loops:
+            loop.stop()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
 
 
 def install_signal_handlers(daemon: Daemon) -> None:

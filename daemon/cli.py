@@ -81,11 +81,9 @@ class _PermissiveEnv(dict[str, str]):
     def __init__(self, base: Any) -> None:
         super().__init__(base)
 
-    def __contains__(self, key: object) -> bool:
-        return True
-
-    def __getitem__(self, key: str) -> str:
-        return super().get(key, f"<{key}>")
+    def __missing__(self, key: str) -> str:
+        # Only asked for a variable that is unset and has no ${NAME:-default}.
+        return f"<{key}>"
 
 
 def _cmd_adapters(args: argparse.Namespace) -> int:

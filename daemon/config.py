@@ -263,8 +263,11 @@ def _resolve_refs(node: Any, path: str, env: Mapping[str, str], errors: list[tup
                 return env[name]
             if default is not None:
                 return default
-            errors.append((path, f"environment variable {name} is not set"))
-            return ""
+            try:
+                return env[name]  # validate-config --allow-missing-env supplies a placeholder
+            except KeyError:
+                errors.append((path, f"environment variable {name} is not set"))
+                return ""
 
         return _REF.sub(substitute, node)
     if isinstance(node, dict):

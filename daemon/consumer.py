@@ -23,9 +23,13 @@ from daemon.ordering import KeyedExecutor
 from daemon.records import InboundRecord
 from daemon.settings import Settings
 
-__all__ = ["ConsumerLoop", "Health"]
+__all__ = ["ConsumerLoop", "Health", "WorkAbandoned"]
 
 log = structlog.get_logger("octopus.consumer")
+
+
+class WorkAbandoned(Exception):
+    """A handler gave a record up (shutting down before it was due): leave it uncommitted."""
 
 
 @dataclass
@@ -41,6 +45,7 @@ class Health:
     last_progress: float = field(default_factory=time.monotonic)
     lag: int = 0
     last_error: str | None = None
+    watch_lag: bool = True  # the retry topic's lag is waiting work by design, not a stall
 
     def progress(self) -> None:
         self.last_progress = time.monotonic()
@@ -49,7 +54,7 @@ class Health:
         if self.crashed:
             return False, f"consumer loop crashed: {self.crashed}"
         idle_for = time.monotonic() - self.last_progress
-        if self.running and self.lag > 0 and idle_for > self.stall_timeout:
+        if self.watch_lag and self.running and self.lag > 0 and idle_for > self.stall_timeout:
             return False, f"stuck: no progress for {idle_for:.0f}s while lag is {self.lag}"
         return True, "ok"
 
@@ -86,10 +91,14 @@ class ConsumerLoop:
         handle: Callable[[InboundRecord], Awaitable[None]],
         *,
         topics: tuple[str, ...] | None = None,
+        group_id: str | None = None,
+        max_in_flight: int | None = None,
         health: Health | None = None,
     ) -> None:
         self.settings = settings
         self.topics = topics or (settings.input_topic,)
+        self.group_id = group_id or settings.group_id
+        self.max_in_flight = max_in_flight or settings.max_in_flight
         self.handle = handle
         self.health = health or Health(stall_timeout=settings.stall_timeout_s)
         self._partitions: dict[TopicPartition, _Partition] = {}
@@ -111,8 +120,10 @@ class ConsumerLoop:
         s = self.settings
         return AIOKafkaConsumer(
             **s.kafka_common(),
-            group_id=s.group_id,
-            group_instance_id=s.group_instance_id,
+            group_id=self.group_id,
+            group_instance_id=(
+                f"{s.group_instance_id}{self.group_id.removeprefix(s.group_id)}" if s.group_instance_id else None
+            ),
             enable_auto_commit=False,
             auto_offset_reset=s.auto_offset_reset,
             session_timeout_ms=s.session_timeout_ms,
@@ -158,7 +169,7 @@ class ConsumerLoop:
         try:
             while not self._stopping.is_set():
                 self._apply_backpressure(consumer)
-                room = max(1, self.settings.max_in_flight - self._in_flight)
+                room = max(1, self.max_in_flight - self._in_flight)
                 try:
                     batch = await consumer.getmany(timeout_ms=200, max_records=min(room, 500))
                     self.health.connected = True
@@ -227,8 +238,14 @@ class ConsumerLoop:
         metrics.IN_FLIGHT.set(self._in_flight)
 
     async def _work(self, record: InboundRecord) -> None:
-        await self.handle(record)
         tp = TopicPartition(record.topic, record.partition)
+        try:
+            await self.handle(record)
+        except WorkAbandoned:  # not finished: stays uncommitted, comes back after a restart
+            if (state := self._partitions.get(tp)) is not None:
+                state.running -= 1
+                self._release(1)
+            return
         state = self._partitions.get(tp)
         if state is None:  # revoked meanwhile; its slot was released by revoke()
             return
@@ -245,7 +262,7 @@ class ConsumerLoop:
             self._drained.set()
 
     def _apply_backpressure(self, consumer: AIOKafkaConsumer) -> None:
-        limit = self.settings.max_in_flight
+        limit = self.max_in_flight
         assigned = consumer.assignment()
         if self._in_flight >= limit:
             to_pause = [tp for tp in assigned if tp not in consumer.paused()]

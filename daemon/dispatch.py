@@ -1,9 +1,19 @@
 """Delivery of one event's plan: the one place that decides retry, fallback and outcome.
 
-Each route of the plan runs concurrently; a route tries its targets in order (primary, then
-fallbacks). Before a target is called, the ledger is asked whether this (event, integration,
-object type) already has a record; after a success the ledger learns it. An ambiguous failure
-(request sent, no answer) is resolved by looking the record up where the vendor allows it.
+Each route of a plan runs concurrently; a route tries its targets in order (primary, then
+fallbacks). For each target, in this order:
+
+1. **barrier** — if the integration keeps per-key order and an earlier event of the same key
+   waits for a retry there, this one queues behind it (on the retry topic);
+2. **ledger** — if this (event, integration, object type) already has a record, the outcome is
+   ``duplicate``;
+3. **circuit / park / backlog** — an open circuit goes straight to the fallback (or waits for
+   the probe); an integration paused for a long quota or ``Retry-After`` is parked; a backlog
+   on a slow integration is handed to the retry topic so the source partition keeps flowing;
+4. **attempt** — an ambiguous failure (sent, no answer) is resolved by a lookup where the
+   vendor allows it; a retryable failure is scheduled on the retry topic with backoff; a final
+   failure moves on to the fallback, and when no target is left the event gets a ``failed``
+   result and a dead letter with its full attempt history.
 """
 
 from __future__ import annotations
@@ -14,86 +24,106 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+import orjson
 import structlog
 
 from adapters.base import Adapter, Delivered, DeliveryContext
-from adapters.errors import AmbiguousDeliveryError, DeliveryError, RetryableError
+from adapters.errors import AmbiguousDeliveryError, DeliveryError, QuotaExhaustedError, RetryableError
 from daemon import metrics
 from daemon.config import CrmConfig
 from daemon.contracts import ClassifiedMessage, ResultError, ResultSource, SyncResult, SyncStatus
 from daemon.ledger import Ledger, LedgerEntry
 from daemon.records import InboundRecord
+from daemon.retrying import AttemptRecord, RetryKind, RetryRecord, TargetSpec
 from strategies.breaker import CircuitBreaker
 from strategies.retry import RetryPolicy
-from strategies.routing import Plan, Route, Target
+from strategies.routing import Plan, Target
 
-__all__ = ["Attempt", "Dispatcher", "Outcome", "idempotency_key"]
+__all__ = ["CircuitOpenError", "DeadLetter", "Dispatcher", "Outcomes", "idempotency_key"]
 
 log = structlog.get_logger("octopus.dispatch")
 
-
-def idempotency_key(event_id: str, target: Target) -> str:
-    return f"{event_id}:{target.key}"
+PARK_THRESHOLD_S = 5.0
 
 
-@dataclass
-class Attempt:
-    integration_id: str
-    at: float
-    error: DeliveryError | None = None
-
-
-@dataclass
-class Outcome:
-    """What happened to one target."""
-
-    target: Target
-    delivered: Delivered | None = None
-    duplicate: bool = False
-    error: DeliveryError | None = None
-    attempts: list[Attempt] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return self.delivered is not None
+def idempotency_key(event_id: str, target: Target | TargetSpec) -> str:
+    t = target.target() if isinstance(target, TargetSpec) else target
+    return f"{event_id}:{t.key}"
 
 
 class CircuitOpenError(RetryableError):
     """Fail fast: the integration's breaker is open."""
 
 
+@dataclass(frozen=True)
+class DeadLetter:
+    record: InboundRecord
+    reason: str
+    headers: tuple[tuple[str, bytes], ...]
+
+
+@dataclass
+class Outcomes:
+    """What one pass over a plan (or one retry) produced; all of it is published before commit."""
+
+    results: list[SyncResult] = field(default_factory=list)
+    retries: list[RetryRecord] = field(default_factory=list)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+
+    def extend(self, other: Outcomes) -> None:
+        self.results += other.results
+        self.retries += other.retries
+        self.dead_letters += other.dead_letters
+
+
+def _err(error: DeliveryError) -> dict[str, str]:
+    return error.as_dict()
+
+
 class Dispatcher:
-    def __init__(
-        self,
-        config: CrmConfig,
-        adapters: Mapping[str, Adapter],
-        ledger: Ledger,
-        *,
-        max_inline_delay: float = 30.0,
-    ) -> None:
+    def __init__(self, config: CrmConfig, adapters: Mapping[str, Adapter], ledger: Ledger) -> None:
         self.config = config
         self.adapters = adapters
         self.ledger = ledger
-        self.max_inline_delay = max_inline_delay
         self.breakers: dict[str, CircuitBreaker] = {
             integration_id: CircuitBreaker(
                 on_change=lambda state, i=integration_id: metrics.BREAKER_STATE.labels(i).set(int(state))
             )
             for integration_id in adapters
         }
+        for integration_id in adapters:
+            metrics.BREAKER_STATE.labels(integration_id).set(0)
 
     def policy(self, integration_id: str) -> RetryPolicy:
         return self.config.integration(integration_id).retry or self.config.retry
 
-    async def run(self, plan: Plan, event: ClassifiedMessage, record: InboundRecord) -> list[SyncResult]:
-        started = record.received_at or time.monotonic()
-        outcomes = await asyncio.gather(*(self._route(route, event) for route in plan.routes))
-        results = [
-            self._result(plan, event, record, route, outcome, started)
-            for route, outcome in zip(plan.routes, outcomes, strict=True)
+    # -- entry points ------------------------------------------------------------------------
+
+    async def run(self, plan: Plan, event: ClassifiedMessage, record: InboundRecord) -> Outcomes:
+        """A fresh event from the input topic."""
+        received_at = time.time() - (time.monotonic() - record.received_at if record.received_at else 0.0)
+        states = [
+            RetryRecord(
+                kind="retry",
+                event_id=event.eventId,
+                key=RetryRecord.key_b64(record.key),
+                value=record.value.decode() if record.value else "",
+                headers=RetryRecord.headers_b64(record.headers),
+                source_topic=record.topic,
+                source_partition=record.partition,
+                source_offset=record.offset,
+                received_at=received_at,
+                strategy=plan.strategy,
+                chain=[TargetSpec.of(t) for t in route.chain],
+                sync_back=route.sync_back,
+            )
+            for route in plan.routes
         ]
+        outcomes = Outcomes()
+        for done in await asyncio.gather(*(self._advance(s, event, fresh=True) for s in states)):
+            outcomes.extend(done)
         for skip in plan.skips:
-            results.append(
+            outcomes.results.append(
                 SyncResult(
                     eventId=event.eventId,
                     messageId=event.messageId,
@@ -104,62 +134,85 @@ class Dispatcher:
                     strategy=plan.strategy,
                     status="skipped",
                     reason=skip.reason,
-                    source=_source(record),
-                    latencyMs=round((time.monotonic() - started) * 1000, 3),
+                    source=ResultSource(topic=record.topic, partition=record.partition, offset=record.offset),
+                    latencyMs=round((time.time() - received_at) * 1000, 3),
                 )
             )
-        return results
+        return outcomes
 
-    async def _route(self, route: Route, event: ClassifiedMessage) -> tuple[int, Outcome, DeliveryError | None]:
-        first: Outcome | None = None
-        for index, target in enumerate(route.chain):
-            outcome = await self.deliver(target, event)
-            if first is None:
-                first = outcome
-            if outcome.ok:
-                return index, outcome, first.error if index else None
-            elif index:
-                first.attempts.extend(outcome.attempts)
-        assert first is not None
-        return 0, first, first.error
+    async def resume(self, retry: RetryRecord, event: ClassifiedMessage) -> Outcomes:
+        """A record from the retry topic, now due."""
+        return await self._advance(retry.model_copy(deep=True), event, fresh=False)
 
-    async def deliver(self, target: Target, event: ClassifiedMessage) -> Outcome:
-        """Deliver to one target with the integration's retry budget (inline)."""
-        key = idempotency_key(event.eventId, target)
-        outcome = Outcome(target)
-        existing = await self.ledger.get(key)
-        if existing is not None:
-            outcome.delivered = Delivered(existing.external_id, existing.external_url)
-            outcome.duplicate = True
-            return outcome
-        adapter = self.adapters[target.integration_id]
-        breaker = self.breakers[target.integration_id]
-        policy = self.policy(target.integration_id)
-        attempt = 0
-        while True:
-            attempt += 1
-            ctx = DeliveryContext(key, attempt, target.integration_id, target.overrides)
-            error = await self._attempt(adapter, breaker, target, event, ctx, outcome)
+    # -- the route state machine -------------------------------------------------------------
+
+    async def _advance(self, state: RetryRecord, event: ClassifiedMessage, *, fresh: bool) -> Outcomes:
+        key = state.key or ""
+        while state.index < len(state.chain):
+            spec = state.target
+            target = spec.target()
+            integration = self.config.integration(spec.integration_id)
+            adapter = self.adapters[spec.integration_id]
+            scope = f"{key}|{spec.integration_id}"
+            ordered = integration.ordered and state.key is not None and state.kind != "sync_back"
+
+            if ordered:
+                head = await self.ledger.barrier_head(scope)
+                if head is not None and head.event_id != event.eventId:
+                    return await self._defer(state, "barrier", max(time.time(), head.due) + 0.2, scope, ordered)
+
+            existing = await self.ledger.get(idempotency_key(event.eventId, spec))
+            if existing is not None:
+                await self._release(scope, event, ordered)
+                return self._finish(state, event, Delivered(existing.external_id, existing.external_url), duplicate=True)
+
+            breaker = self.breakers[spec.integration_id]
+            if not breaker.allow():
+                error = CircuitOpenError(f"circuit open for {spec.integration_id}", code="circuit_open")
+                if state.index + 1 < len(state.chain):
+                    await self._release(scope, event, ordered)
+                    self._note(state, error)
+                    self._next_target(state)
+                    continue
+                return await self._defer(state, "retry", time.time() + max(breaker.retry_in, 1.0), scope, ordered)
+
+            limiter = adapter.current_limiter()
+            if limiter is not None:
+                if limiter.paused_for > PARK_THRESHOLD_S:
+                    return await self._defer(state, "park", time.time() + limiter.paused_for, scope, ordered)
+                if fresh and limiter.waiting >= 2 * limiter.limit.concurrency:
+                    return await self._defer(state, "backlog", time.time(), scope, ordered)
+
+            state.attempt += 1
+            ctx = DeliveryContext(idempotency_key(event.eventId, spec), state.attempt, spec.integration_id, target.overrides)
+            delivered, error = await self._attempt(adapter, breaker, target, event, ctx)
+            state.history.append(AttemptRecord(integration=spec.integration_id, at=time.time(), error=_err(error) if error else None))
             if error is None:
-                assert outcome.delivered is not None
+                assert delivered is not None
                 await self.ledger.put(
-                    key,
-                    LedgerEntry(
-                        outcome.delivered.external_id,
-                        outcome.delivered.external_url,
-                        target.integration_id,
-                        target.object_type,
-                        time.time(),
-                    ),
+                    ctx.idempotency_key,
+                    LedgerEntry(delivered.external_id, delivered.external_url, spec.integration_id, spec.object_type, time.time()),
                 )
-                return outcome
-            outcome.error = error
-            if not error.retriable or policy.exhausted(attempt):
-                return outcome
-            delay = policy.delay(attempt, error.retry_after)
-            if isinstance(error, CircuitOpenError) or delay > self.max_inline_delay:
-                return outcome
-            await asyncio.sleep(delay)
+                await self._release(scope, event, ordered)
+                outcomes = self._finish(state, event, delivered)
+                if state.index > 0 and state.sync_back:
+                    outcomes.retries.append(self._sync_back(state))
+                return outcomes
+
+            policy = self.policy(spec.integration_id)
+            if isinstance(error, QuotaExhaustedError):
+                state.attempt -= 1  # a spent quota is not the record's fault
+                wait = error.retry_after or policy.park_after
+                return await self._defer(state, "park", time.time() + wait, scope, ordered)
+            if error.retriable and not policy.exhausted(state.attempt):
+                delay = policy.delay(state.attempt, error.retry_after)
+                return await self._defer(state, "retry", time.time() + delay, scope, ordered)
+            await self._release(scope, event, ordered)
+            self._note(state, error)
+            if state.kind == "sync_back":
+                break
+            self._next_target(state)
+        return self._fail(state, event)
 
     async def _attempt(
         self,
@@ -168,60 +221,83 @@ class Dispatcher:
         target: Target,
         event: ClassifiedMessage,
         ctx: DeliveryContext,
-        outcome: Outcome,
-    ) -> DeliveryError | None:
-        record = Attempt(target.integration_id, time.time())
-        outcome.attempts.append(record)
-        if not breaker.allow():
-            record.error = CircuitOpenError(
-                f"circuit open for {target.integration_id}", code="circuit_open", retry_after=breaker.retry_in
-            )
-            return record.error
+    ) -> tuple[Delivered | None, DeliveryError | None]:
         started = time.perf_counter()
         labels = (target.integration_id, target.integration_type)
         try:
             try:
-                outcome.delivered = await adapter.create(event, target.object_type, ctx)
+                delivered = await adapter.create(event, target.object_type, ctx)
             except AmbiguousDeliveryError:
                 found = await adapter.find_existing(event, target.object_type, ctx)
                 if found is None:
                     raise
-                outcome.delivered = found
+                delivered = found
         except DeliveryError as exc:
-            record.error = exc
             metrics.DELIVERIES.labels(*labels, exc.error_class).inc()
             if exc.retriable:
                 breaker.failure()
-            return exc
+            return None, exc
         finally:
             metrics.DELIVERY_LATENCY.labels(*labels).observe(time.perf_counter() - started)
         breaker.success()
         metrics.DELIVERIES.labels(*labels, "ok").inc()
-        return None
+        return delivered, None
+
+    # -- transitions -------------------------------------------------------------------------
+
+    @staticmethod
+    def _note(state: RetryRecord, error: DeliveryError) -> None:
+        if state.first_error is None:
+            state.first_error = _err(error)
+
+    @staticmethod
+    def _next_target(state: RetryRecord) -> None:
+        state.index += 1
+        state.attempt = 0
+        state.kind = "retry"
+
+    async def _defer(self, state: RetryRecord, kind: RetryKind, due: float, scope: str, ordered: bool) -> Outcomes:
+        if state.kind != "sync_back":
+            state.kind = kind
+        state.due = due
+        if ordered:
+            await self.ledger.barrier_hold(scope, state.event_id, due)
+        metrics.RETRIES_SCHEDULED.labels(state.target.integration_id).inc()
+        return Outcomes(retries=[state])
+
+    async def _release(self, scope: str, event: ClassifiedMessage, ordered: bool) -> None:
+        if ordered:
+            await self.ledger.barrier_release(scope, event.eventId)
+
+    def _sync_back(self, state: RetryRecord) -> RetryRecord:
+        """After a fallback: deliver to the primary too, once it recovers."""
+        primary = state.chain[0]
+        policy = self.policy(primary.integration_id)
+        breaker = self.breakers[primary.integration_id]
+        return state.model_copy(
+            update={
+                "kind": "sync_back",
+                "chain": [primary],
+                "index": 0,
+                "attempt": 0,
+                "due": time.time() + max(breaker.retry_in, policy.delay(1)),
+                "sync_back": False,
+                "sync_back_from": state.target.integration_id,
+                "first_error": None,
+            },
+            deep=True,
+        )
 
     def _result(
         self,
-        plan: Plan,
+        state: RetryRecord,
         event: ClassifiedMessage,
-        record: InboundRecord,
-        route: Route,
-        routed: tuple[int, Outcome, DeliveryError | None],
-        started: float,
+        status: SyncStatus,
+        target: TargetSpec,
+        delivered: Delivered | None = None,
+        error: dict[str, str] | None = None,
+        reason: str | None = None,
     ) -> SyncResult:
-        index, outcome, first_error = routed
-        target = outcome.target
-        status: SyncStatus
-        error = outcome.error
-        if outcome.duplicate:
-            status = "duplicate"
-            error = None
-        elif outcome.ok:
-            status = "fallback" if index > 0 else "succeeded"
-            error = first_error if index > 0 else None
-        else:
-            status = "failed"
-            error = first_error or error
-        delivered = outcome.delivered
         return SyncResult(
             eventId=event.eventId,
             messageId=event.messageId,
@@ -229,18 +305,51 @@ class Dispatcher:
             integrationId=target.integration_id,
             integrationType=target.integration_type,
             objectType=target.object_type,
-            strategy=plan.strategy,
+            strategy=state.strategy,
             status=status,
             externalId=delivered.external_id if delivered else None,
             externalUrl=delivered.external_url if delivered else None,
-            attempts=len(outcome.attempts),
-            latencyMs=round((time.monotonic() - started) * 1000, 3),
-            error=ResultError.model_validate(error.as_dict()) if error else None,
-            fallbackFrom=route.primary.integration_id if index > 0 and outcome.ok else None,
-            source=_source(record),
+            attempts=len(state.history),
+            latencyMs=round((time.time() - state.received_at) * 1000, 3),
+            error=ResultError.model_validate(error) if error else None,
+            reason=reason,
+            fallbackFrom=state.chain[0].integration_id if status == "fallback" else None,
+            source=ResultSource(topic=state.source_topic, partition=state.source_partition, offset=state.source_offset),
             completedAt=datetime.now(UTC),
         )
 
+    def _finish(self, state: RetryRecord, event: ClassifiedMessage, delivered: Delivered, duplicate: bool = False) -> Outcomes:
+        if duplicate:
+            status: SyncStatus = "duplicate"
+        elif state.index > 0:
+            status = "fallback"
+        else:
+            status = "succeeded"
+        reason = None
+        if state.kind == "sync_back":
+            reason = f"sync_back: delivered to the primary after fallback to {state.sync_back_from}"
+        result = self._result(
+            state, event, status, state.target, delivered,
+            error=state.first_error if status == "fallback" else None, reason=reason,
+        )
+        return Outcomes(results=[result])
 
-def _source(record: InboundRecord) -> ResultSource:
-    return ResultSource(topic=record.topic, partition=record.partition, offset=record.offset)
+    def _fail(self, state: RetryRecord, event: ClassifiedMessage) -> Outcomes:
+        """No target left: a final ``failed`` result and a dead letter with the whole history."""
+        primary = state.chain[0]
+        error = state.first_error or {"class": "config", "code": "no_target", "message": "no target could be tried"}
+        reason = f"sync_back to {primary.integration_id} gave up" if state.kind == "sync_back" else None
+        result = self._result(state, event, "failed", primary, error=error, reason=reason)
+        history = orjson.dumps([h.model_dump() for h in state.history])
+        dead = DeadLetter(
+            record=state.original(),
+            reason=f"{error['class']} {error['code']}: {error['message']}"[:1000],
+            headers=(
+                ("octopus-integration", primary.integration_id.encode()),
+                ("octopus-object-type", primary.object_type.encode()),
+                ("octopus-error-code", error["code"].encode()),
+                ("octopus-attempts", str(len(state.history)).encode()),
+                ("octopus-attempt-history", history[:16384]),
+            ),
+        )
+        return Outcomes(results=[result], dead_letters=[dead])

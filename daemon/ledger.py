@@ -3,6 +3,10 @@
 Consulted before every delivery and written after every success, so a redelivered event
 (restart, rebalance, retry) finds its record instead of creating a second one. SQLite is the
 single-replica default; Redis serves several replicas; memory is for tests and the demo.
+
+The same store keeps the ordering barriers: per (Kafka key, integration), the events waiting for
+a retry, in order. A later event for that key and integration waits behind them; other keys flow.
+Entries older than ``stale_after`` are ignored so that a crash can never wedge a key for good.
 """
 
 from __future__ import annotations
@@ -10,14 +14,29 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 from urllib.parse import urlparse
 
 import orjson
+import structlog
 
-__all__ = ["Ledger", "LedgerEntry", "MemoryLedger", "RedisLedger", "SqliteLedger", "open_ledger"]
+from daemon import metrics
+
+T = TypeVar("T")
+log = structlog.get_logger("octopus.ledger")
+
+__all__ = [
+    "Ledger",
+    "LedgerEntry",
+    "MemoryLedger",
+    "RedisLedger",
+    "SqliteLedger",
+    "Waiting",
+    "open_ledger",
+]
 
 
 @dataclass(frozen=True)
@@ -29,12 +48,73 @@ class LedgerEntry:
     at: float
 
 
+@dataclass(frozen=True)
+class Waiting:
+    """An event holding an ordering barrier until ``due`` (epoch seconds)."""
+
+    event_id: str
+    due: float
+    since: float
+
+
 class Ledger(Protocol):
     async def get(self, key: str) -> LedgerEntry | None: ...
 
     async def put(self, key: str, entry: LedgerEntry) -> None: ...
 
+    async def barrier_head(self, scope: str) -> Waiting | None:
+        """The first event still waiting in ``scope`` (None: nothing waits)."""
+
+    async def barrier_hold(self, scope: str, event_id: str, due: float) -> None:
+        """Queue ``event_id`` in ``scope`` (or move its due time if it is queued already)."""
+
+    async def barrier_release(self, scope: str, event_id: str) -> None: ...
+
     async def close(self) -> None: ...
+
+
+STALE_AFTER = 6 * 3600.0
+
+
+def _fresh(waiting: list[Waiting], stale_after: float) -> list[Waiting]:
+    now = time.time()
+    return [w for w in waiting if now - max(w.since, w.due) < stale_after]
+
+
+class _MemoryBarriers:
+    """Barriers in process memory (one replica, or the SQLite ledger's mirror)."""
+
+    def __init__(self, stale_after: float = STALE_AFTER) -> None:
+        self._scopes: dict[str, list[Waiting]] = {}
+        self._stale_after = stale_after
+
+    async def barrier_head(self, scope: str) -> Waiting | None:
+        waiting = self._scopes.get(scope)
+        if not waiting:
+            return None
+        fresh = _fresh(waiting, self._stale_after)
+        if len(fresh) != len(waiting):
+            self._set(scope, fresh)
+        return fresh[0] if fresh else None
+
+    async def barrier_hold(self, scope: str, event_id: str, due: float) -> None:
+        waiting = self._scopes.setdefault(scope, [])
+        for index, item in enumerate(waiting):
+            if item.event_id == event_id:
+                waiting[index] = Waiting(event_id, due, item.since)
+                return
+        waiting.append(Waiting(event_id, due, time.time()))
+
+    async def barrier_release(self, scope: str, event_id: str) -> None:
+        waiting = self._scopes.get(scope)
+        if waiting:
+            self._set(scope, [w for w in waiting if w.event_id != event_id])
+
+    def _set(self, scope: str, waiting: list[Waiting]) -> None:
+        if waiting:
+            self._scopes[scope] = waiting
+        else:
+            self._scopes.pop(scope, None)
 
 
 def _dump(entry: LedgerEntry) -> bytes:
@@ -45,8 +125,9 @@ def _load(raw: bytes | str) -> LedgerEntry:
     return LedgerEntry(**orjson.loads(raw))
 
 
-class MemoryLedger:
+class MemoryLedger(_MemoryBarriers):
     def __init__(self) -> None:
+        super().__init__()
         self.entries: dict[str, LedgerEntry] = {}
 
     async def get(self, key: str) -> LedgerEntry | None:
@@ -59,10 +140,15 @@ class MemoryLedger:
         return None
 
 
-class SqliteLedger:
-    """One file, WAL mode; calls run in a worker thread so the loop never blocks on disk."""
+class SqliteLedger(_MemoryBarriers):
+    """One file, WAL mode; calls run in a worker thread so the loop never blocks on disk.
+
+    SQLite means one replica, so its barriers live in that replica's memory: after a restart the
+    retry topic replays the waiting events and they line up again.
+    """
 
     def __init__(self, path: str) -> None:
+        super().__init__()
         if path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
@@ -74,40 +160,110 @@ class SqliteLedger:
         self._lock = asyncio.Lock()
 
     async def get(self, key: str) -> LedgerEntry | None:
+        def read() -> Any:
+            return self._db.execute("SELECT entry FROM ledger WHERE key = ?", (key,)).fetchone()
+
         async with self._lock:
-            row = await asyncio.to_thread(
-                lambda: self._db.execute("SELECT entry FROM ledger WHERE key = ?", (key,)).fetchone()
-            )
+            row = await _until_ok(lambda: asyncio.to_thread(read), "get")
         return _load(row[0]) if row else None
 
     async def put(self, key: str, entry: LedgerEntry) -> None:
-        async with self._lock:
-            await asyncio.to_thread(
-                self._db.execute,
-                "INSERT OR REPLACE INTO ledger (key, entry, at) VALUES (?, ?, ?)",
-                (key, _dump(entry), entry.at),
+        def write() -> None:
+            self._db.execute(
+                "INSERT OR REPLACE INTO ledger (key, entry, at) VALUES (?, ?, ?)", (key, _dump(entry), entry.at)
             )
+
+        async with self._lock:
+            await _until_ok(lambda: asyncio.to_thread(write), "put")
 
     async def close(self) -> None:
         self._db.close()
 
 
+async def _until_ok(op: Callable[[], Awaitable[T]], what: str) -> T:
+    """Retry a ledger call through a backend outage: stalling a key beats a doubled record.
+
+    A delivery whose ledger write fails must not be re-delivered later, and one whose ledger read
+    fails must not go ahead blind; so the call waits (the partition backs up and pauses, /readyz
+    stays as it is, and the outage shows in ``octopus_crm_ledger_errors_total``).
+    """
+    delay = 0.1
+    while True:
+        try:
+            return await op()
+        except (OSError, sqlite3.OperationalError, *_redis_errors()) as exc:
+            metrics.LEDGER_ERRORS.labels(what).inc()
+            log.warning("ledger unavailable, retrying", op=what, error=type(exc).__name__, retry_in=delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+def _redis_errors() -> tuple[type[BaseException], ...]:
+    try:
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import TimeoutError as RedisTimeoutError
+    except ImportError:  # pragma: no cover
+        return ()
+    return (RedisConnectionError, RedisTimeoutError)
+
+
 class RedisLedger:
     """Shared by every replica; entries expire after ``ttl`` seconds (default 30 days)."""
 
-    def __init__(self, url: str, *, prefix: str = "octopus-crm:ledger:", ttl: int = 30 * 86400) -> None:
+    def __init__(
+        self, url: str, *, prefix: str = "octopus-crm:", ttl: int = 30 * 86400, stale_after: float = STALE_AFTER
+    ) -> None:
         import redis.asyncio as redis
 
         self._redis = redis.from_url(url)
-        self._prefix = prefix
+        self._prefix = prefix + "ledger:"
+        self._barriers = prefix + "barrier:"
         self._ttl = ttl
+        self._stale_after = stale_after
+
+    async def barrier_head(self, scope: str) -> Waiting | None:
+        return await _until_ok(lambda: self._head(scope), "barrier_head")
+
+    async def barrier_hold(self, scope: str, event_id: str, due: float) -> None:
+        await _until_ok(lambda: self._hold(scope, event_id, due), "barrier_hold")
+
+    async def barrier_release(self, scope: str, event_id: str) -> None:
+        await _until_ok(lambda: self._release(scope, event_id), "barrier_release")
+
+    async def _head(self, scope: str) -> Waiting | None:
+        key = self._barriers + scope
+        while True:
+            raw = await self._redis.lindex(key, 0)
+            if raw is None:
+                return None
+            head = Waiting(**orjson.loads(raw))
+            if _fresh([head], self._stale_after):
+                return head
+            await self._redis.lrem(key, 1, raw)
+
+    async def _hold(self, scope: str, event_id: str, due: float) -> None:
+        key = self._barriers + scope
+        items = await self._redis.lrange(key, 0, -1)
+        for raw in items:
+            item = Waiting(**orjson.loads(raw))
+            if item.event_id == event_id:
+                await self._redis.lset(key, items.index(raw), orjson.dumps(Waiting(event_id, due, item.since).__dict__))
+                return
+        await self._redis.rpush(key, orjson.dumps(Waiting(event_id, due, time.time()).__dict__))
+        await self._redis.expire(key, int(self._stale_after * 2))
+
+    async def _release(self, scope: str, event_id: str) -> None:
+        key = self._barriers + scope
+        for raw in await self._redis.lrange(key, 0, -1):
+            if orjson.loads(raw)["event_id"] == event_id:
+                await self._redis.lrem(key, 0, raw)
 
     async def get(self, key: str) -> LedgerEntry | None:
-        raw = await self._redis.get(self._prefix + key)
+        raw = await _until_ok(lambda: self._redis.get(self._prefix + key), "get")
         return _load(raw) if raw else None
 
     async def put(self, key: str, entry: LedgerEntry) -> None:
-        await self._redis.set(self._prefix + key, _dump(entry), ex=self._ttl)
+        await _until_ok(lambda: self._redis.set(self._prefix + key, _dump(entry), ex=self._ttl), "put")
 
     async def close(self) -> None:
         await self._redis.aclose()
@@ -123,7 +279,3 @@ def open_ledger(url: str) -> Ledger:
     if parsed.scheme in ("redis", "rediss", "unix"):
         return RedisLedger(url)
     raise ValueError(f"unsupported ledger URL scheme {parsed.scheme!r} (sqlite, redis, memory)")
-
-
-def now() -> float:
-    return time.time()

@@ -14,6 +14,7 @@ __all__ = [
     "DLQ_RECORDS",
     "EVENT_LATENCY",
     "IN_FLIGHT",
+    "LEDGER_ERRORS",
     "OUTCOMES",
     "PAUSED",
     "PRODUCE_ERRORS",
@@ -77,6 +78,9 @@ PRODUCE_ERRORS = Counter(
 RETRIES_SCHEDULED = Counter(
     "octopus_crm_retries_scheduled_total", "Deliveries scheduled for a later retry.", ["integration"],
     registry=REGISTRY,
+)
+LEDGER_ERRORS = Counter(
+    "octopus_crm_ledger_errors_total", "Ledger calls that failed and were retried.", ["op"], registry=REGISTRY
 )
 BREAKER_STATE = Gauge(
     "octopus_crm_circuit_state",

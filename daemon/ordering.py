@@ -43,9 +43,14 @@ class KeyedExecutor(Generic[W]):
         try:
             while queue:
                 work = queue[0]
-                await self._handler(work)
-                if queue and queue[0] is work:  # cancel() may have dropped it already
-                    queue.popleft()
+                try:
+                    await self._handler(work)
+                finally:
+                    # Done, failed or cancelled: never run it again (a handler that raised would
+                    # otherwise be retried by a fresh worker in a tight loop). cancel() may have
+                    # dropped it already.
+                    if queue and queue[0] is work:
+                        queue.popleft()
         finally:
             self._tasks.pop(key, None)
             if not queue:

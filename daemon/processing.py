@@ -16,12 +16,12 @@ from pydantic import ValidationError
 
 from daemon import metrics
 from daemon.contracts import SUPPORTED_SCHEMA_VERSIONS, ClassifiedMessage
-from daemon.dispatch import Dispatcher
+from daemon.dispatch import Dispatcher, Outcomes
 from daemon.records import InboundRecord
 from daemon.reporting import Reporter
 from strategies.routing import Plan
 
-__all__ = ["BadInput", "Processor", "decode"]
+__all__ = ["BadInput", "Processor", "decode", "log_outcomes", "report"]
 
 log = structlog.get_logger("octopus.processing")
 
@@ -102,25 +102,41 @@ class Processor:
         structlog.contextvars.bind_contextvars(eventId=event.eventId, tenantId=event.tenantId)
         try:
             plan = self.planner(event)
-            results = await self.dispatcher.run(plan, event, record)
+            outcomes = await self.dispatcher.run(plan, event, record)
         except Exception as exc:  # a bug, not bad input: keep the record, never stall the partition
             log.exception("processing failed", error=type(exc).__name__)
             await self.reporter.dead_letter(record, "internal_error", f"{type(exc).__name__}: {exc}"[:1000])
             return
-        await self.reporter.publish(results)
+        await report(self.reporter, outcomes)
         metrics.EVENT_LATENCY.observe(time.monotonic() - started)
-        log.info(
-            "event processed",
-            strategy=plan.strategy,
-            outcomes=[
-                {
-                    "integration": r.integrationId,
-                    "object": r.objectType,
-                    "status": r.status,
-                    **({"externalId": r.externalId} if r.externalId else {}),
-                    **({"error": r.error.code} if r.error else {}),
-                }
-                for r in results
-            ],
-            latency_ms=round((time.monotonic() - started) * 1000, 2),
-        )
+        log_outcomes("event processed", plan.strategy, outcomes, started)
+
+
+async def report(reporter: Reporter, outcomes: Outcomes) -> None:
+    """Publish everything one pass produced; returns once the broker has acknowledged it all."""
+    await reporter.schedule(outcomes.retries)
+    for dead in outcomes.dead_letters:
+        await reporter.dead_letter(dead.record, "delivery_failed", dead.reason, dead.headers)
+    await reporter.publish(outcomes.results)
+
+
+def log_outcomes(message: str, strategy: str, outcomes: Outcomes, started: float) -> None:
+    log.info(
+        message,
+        strategy=strategy,
+        outcomes=[
+            {
+                "integration": r.integrationId,
+                "object": r.objectType,
+                "status": r.status,
+                **({"externalId": r.externalId} if r.externalId else {}),
+                **({"error": r.error.code} if r.error else {}),
+            }
+            for r in outcomes.results
+        ],
+        scheduled=[
+            {"integration": r.target.integration_id, "kind": r.kind, "attempt": r.attempt, "inSeconds": round(r.due - time.time(), 1)}
+            for r in outcomes.retries
+        ],
+        latency_ms=round((time.monotonic() - started) * 1000, 2),
+    )

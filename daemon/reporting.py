@@ -18,6 +18,7 @@ from aiokafka.errors import KafkaError
 from daemon import metrics
 from daemon.contracts import SyncResult
 from daemon.records import InboundRecord
+from daemon.retrying import RetryRecord
 
 __all__ = ["DLQ_HEADERS", "Reporter"]
 
@@ -34,10 +35,24 @@ DLQ_HEADERS = (
 
 
 class Reporter:
-    def __init__(self, producer: AIOKafkaProducer, *, results_topic: str, dlq_topic: str) -> None:
+    def __init__(
+        self, producer: AIOKafkaProducer, *, results_topic: str, dlq_topic: str, retry_topic: str
+    ) -> None:
         self._producer = producer
         self.results_topic = results_topic
         self.dlq_topic = dlq_topic
+        self.retry_topic = retry_topic
+
+    async def schedule(self, retries: Sequence[RetryRecord]) -> None:
+        """Hand deliveries to the retry topic, keyed by original key and integration."""
+        for retry in retries:
+            headers = [
+                ("octopus-due-at", str(int(retry.due * 1000)).encode()),
+                ("octopus-integration", retry.target.integration_id.encode()),
+                ("octopus-retry-kind", retry.kind.encode()),
+                ("octopus-attempt", str(retry.attempt).encode()),
+            ]
+            await self._send(self.retry_topic, retry.kafka_key(), retry.encode(), headers)
 
     async def publish(self, results: Sequence[SyncResult]) -> None:
         """Publish results keyed by eventId and wait for every acknowledgement."""

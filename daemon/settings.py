@@ -61,6 +61,7 @@ class Settings(BaseSettings):
     config_path: str = "config/crm-config.json"
     config_overlay_path: str | None = None
     max_in_flight: int = Field(default=1000, ge=1)
+    retry_max_in_flight: int = Field(default=5000, ge=1, description="retry records waiting in memory")
     max_value_bytes: int = 1024 * 1024
     commit_interval_s: float = 1.0
     grace_period_s: float = 25.0
@@ -69,9 +70,6 @@ class Settings(BaseSettings):
     ledger_url: str = Field(
         default="sqlite:///octopus-crm-ledger.sqlite3",
         description="sqlite:///path (one replica), redis://host:port/db (several), memory://",
-    )
-    inline_retries: bool = Field(
-        default=False, description="Retry in place instead of through the retry topic (tests)."
     )
 
     # Observability

@@ -1,0 +1,64 @@
+"""The retry topic's side: wait until a record is due, then carry its route on.
+
+Runs under its own consumer group with the same offset, ordering and backpressure machinery as
+the input topic (records of one key and integration in order). A record that is not due yet
+waits in memory, bounded by the retry loop's in-flight limit; on shutdown, waiting records are
+abandoned uncommitted and come back after the restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import structlog
+from pydantic import ValidationError
+
+from daemon.consumer import WorkAbandoned
+from daemon.contracts import ClassifiedMessage
+from daemon.dispatch import Dispatcher
+from daemon.processing import log_outcomes, report
+from daemon.records import InboundRecord
+from daemon.reporting import Reporter
+from daemon.retrying import RetryRecord
+
+__all__ = ["RetryHandler"]
+
+log = structlog.get_logger("octopus.retry")
+
+
+class RetryHandler:
+    def __init__(self, dispatcher: Dispatcher, reporter: Reporter) -> None:
+        self.dispatcher = dispatcher
+        self.reporter = reporter
+        self._stopping = asyncio.Event()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def handle(self, record: InboundRecord) -> None:
+        structlog.contextvars.clear_contextvars()
+        try:
+            retry = RetryRecord.decode(record.value or b"")
+            event = ClassifiedMessage.model_validate_json(retry.value)
+        except ValidationError as exc:
+            await self.reporter.dead_letter(record, "invalid_retry_record", str(exc)[:1000])
+            return
+        structlog.contextvars.bind_contextvars(eventId=event.eventId, tenantId=event.tenantId, retry=retry.kind)
+        wait = retry.due - time.time()
+        if wait > 0:
+            try:
+                await asyncio.wait_for(self._stopping.wait(), wait)
+            except TimeoutError:
+                pass
+            else:
+                raise WorkAbandoned
+        started = time.monotonic()
+        try:
+            outcomes = await self.dispatcher.resume(retry, event)
+        except Exception as exc:  # a bug: keep the original event in the DLQ, never stall
+            log.exception("retry failed", error=type(exc).__name__)
+            await self.reporter.dead_letter(retry.original(), "internal_error", f"{type(exc).__name__}: {exc}"[:1000])
+            return
+        await report(self.reporter, outcomes)
+        log_outcomes("retry processed", retry.strategy, outcomes, started)

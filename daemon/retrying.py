@@ -1,0 +1,108 @@
+"""Retry records: a delivery waiting on the retry topic, self-contained.
+
+A record carries the original event bytes, key, headers and source position, the route (the
+chain of targets: primary, then fallbacks), where in the chain it stands and how many attempts it
+made there, when it is due, and the full attempt history. The retry topic is keyed by
+``<original key>|<integration id>`` so that the retries of one key and target stay in order.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from typing import Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field
+
+from daemon.records import InboundRecord
+from strategies.routing import Target
+
+__all__ = ["AttemptRecord", "RetryKind", "RetryRecord", "TargetSpec"]
+
+RetryKind = Literal["retry", "barrier", "backlog", "park", "sync_back"]
+
+
+class TargetSpec(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    integration_id: str
+    integration_type: str
+    object_type: str
+    overrides: dict[str, Any] = Field(default_factory=dict)
+    variant: str = ""
+
+    @classmethod
+    def of(cls, target: Target) -> TargetSpec:
+        return cls(
+            integration_id=target.integration_id,
+            integration_type=target.integration_type,
+            object_type=target.object_type,
+            overrides=dict(target.overrides),
+            variant=target.variant,
+        )
+
+    def target(self) -> Target:
+        return Target(self.integration_id, self.integration_type, self.object_type, self.overrides, self.variant)
+
+
+class AttemptRecord(BaseModel):
+    integration: str
+    at: float
+    error: dict[str, str] | None = None
+
+
+class RetryRecord(BaseModel):
+    v: Literal[1] = 1
+    kind: RetryKind
+    event_id: str
+    key: str | None = Field(default=None, description="original Kafka key, base64")
+    value: str = Field(description="the original event, UTF-8 JSON text")
+    headers: list[tuple[str, str]] = Field(default_factory=list, description="original headers, base64 values")
+    source_topic: str
+    source_partition: int
+    source_offset: int
+    received_at: float
+    strategy: str
+    chain: list[TargetSpec]
+    index: int = 0
+    attempt: int = 0
+    due: float = Field(default_factory=time.time)
+    history: list[AttemptRecord] = Field(default_factory=list)
+    first_error: dict[str, str] | None = None
+    sync_back: bool = False
+    sync_back_from: str | None = None
+
+    @property
+    def target(self) -> TargetSpec:
+        return self.chain[self.index]
+
+    def original(self) -> InboundRecord:
+        """The source record as it was consumed, for results and dead letters."""
+        return InboundRecord(
+            topic=self.source_topic,
+            partition=self.source_partition,
+            offset=self.source_offset,
+            key=base64.b64decode(self.key) if self.key is not None else None,
+            value=self.value.encode(),
+            headers=tuple((k, base64.b64decode(v)) for k, v in self.headers),
+        )
+
+    def kafka_key(self) -> bytes:
+        original = base64.b64decode(self.key) if self.key is not None else b""
+        return original + b"|" + self.target.integration_id.encode()
+
+    def encode(self) -> bytes:
+        return orjson.dumps(self.model_dump(mode="json"))
+
+    @classmethod
+    def decode(cls, raw: bytes) -> RetryRecord:
+        return cls.model_validate_json(raw)
+
+    @staticmethod
+    def key_b64(key: bytes | None) -> str | None:
+        return base64.b64encode(key).decode() if key is not None else None
+
+    @staticmethod
+    def headers_b64(headers: tuple[tuple[str, bytes], ...]) -> list[tuple[str, str]]:
+        return [(k, base64.b64encode(v).decode()) for k, v in headers if not k.startswith("octopus-")]
