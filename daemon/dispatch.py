@@ -35,7 +35,7 @@ from daemon.contracts import ClassifiedMessage, ResultError, ResultSource, SyncR
 from daemon.ledger import Ledger, LedgerEntry
 from daemon.records import InboundRecord
 from daemon.retrying import AttemptRecord, RetryKind, RetryRecord, TargetSpec
-from strategies.breaker import CircuitBreaker
+from strategies.breaker import BreakerState, CircuitBreaker
 from strategies.retry import RetryPolicy
 from strategies.routing import Plan, Target
 
@@ -167,17 +167,8 @@ class Dispatcher:
                 return self._finish(state, event, Delivered(existing.external_id, existing.external_url), duplicate=True)
 
             breaker = self.breakers[spec.integration_id]
-            if not breaker.allow():
-                error = CircuitOpenError(f"circuit open for {spec.integration_id}", code="circuit_open")
-                if state.index + 1 < len(state.chain):
-                    await self._release(scope, event, ordered)
-                    self._note(state, error)
-                    self._next_target(state)
-                    continue
-                return await self._defer(state, "retry", time.time() + max(breaker.retry_in, 1.0), scope, ordered)
-
             limiter = adapter.current_limiter()
-            if limiter is not None:
+            if limiter is not None and breaker.state is BreakerState.CLOSED:
                 if limiter.paused_for > PARK_THRESHOLD_S:
                     return await self._defer(state, "park", time.time() + limiter.paused_for, scope, ordered)
                 if fresh and limiter.waiting >= 2 * limiter.limit.concurrency:
@@ -185,7 +176,14 @@ class Dispatcher:
 
             state.attempt += 1
             ctx = DeliveryContext(idempotency_key(event.eventId, spec), state.attempt, spec.integration_id, target.overrides)
-            delivered, error = await self._attempt(adapter, breaker, target, event, ctx)
+            delivered: Delivered | None = None
+            error: DeliveryError | None
+            if breaker.allow():
+                delivered, error = await self._attempt(adapter, breaker, target, event, ctx)
+            else:  # fail fast: straight to the fallback, or an attempt of the budget spent waiting
+                error = CircuitOpenError(f"circuit open for {spec.integration_id}", code="circuit_open")
+                if state.index + 1 < len(state.chain):
+                    state.attempt = self.policy(spec.integration_id).max_attempts
             state.history.append(AttemptRecord(integration=spec.integration_id, at=time.time(), error=_err(error) if error else None))
             if error is None:
                 assert delivered is not None

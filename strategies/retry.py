@@ -30,7 +30,11 @@ class RetryPolicy(BaseModel):
         """Seconds to wait before attempt ``attempt + 1`` (``attempt`` counts from 1)."""
         if requested is not None:
             return max(0.0, requested)
-        base = min(self.max_delay, self.initial_delay * self.multiplier ** max(0, attempt - 1))
+        try:
+            grown = self.initial_delay * self.multiplier ** max(0, attempt - 1)
+        except OverflowError:  # a very high attempt count: the cap applies
+            grown = self.max_delay
+        base = min(self.max_delay, grown)
         spread = base * self.jitter
         return max(0.0, base + (rng or random).uniform(-spread, spread))
 

@@ -78,7 +78,7 @@ def matches(condition: Condition, event: ClassifiedMessage) -> bool:
     if op == "not_in":
         return not any(a in _as_list(expected) for a in _as_list(actual))
     if op in ("contains", "not_contains"):
-        text = " ".join(str(a) for a in _as_list(actual)).lower()
+        text = " ".join(str(a) for a in _as_list(actual) if a is not None).lower()
         found = any(str(word).lower() in text for word in _as_list(expected))
         return found if op == "contains" else not found
     if op == "regex":

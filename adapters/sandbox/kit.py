@@ -77,6 +77,7 @@ class Fault:
     delay: float = 0.0
     after_effect: bool = False
     path_contains: str = ""
+    body_contains: str = ""
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -125,9 +126,9 @@ class FakeVendor:
     def inject(self, *faults: Fault) -> None:
         self.faults.extend(faults)
 
-    def next_fault(self, request: web.Request) -> Fault | None:
+    def next_fault(self, request: web.Request, body: bytes = b"") -> Fault | None:
         for fault in list(self.faults):
-            if fault.path_contains in request.path:
+            if fault.path_contains in request.path and fault.body_contains.encode() in body:
                 self.faults.remove(fault)
                 return fault
         return None
@@ -166,7 +167,7 @@ class FakeVendor:
                 wait = self.rate_limited()
                 if wait is not None:
                     return self.too_many(wait)
-            fault = self.next_fault(request)
+            fault = self.next_fault(request, body)
             if fault is not None:
                 if fault.after_effect:
                     await handler(request)

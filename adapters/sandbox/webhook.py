@@ -21,9 +21,10 @@ class WebhookFake(FakeVendor):
     name = "webhook"
     ENV: dict[str, str] = {}
 
-    def __init__(self, *, token: str | None = None, **kw: Any) -> None:
+    def __init__(self, *, token: str | None = None, dedupe: bool = True, **kw: Any) -> None:
         super().__init__(**kw)
         self.token = token
+        self.dedupe = dedupe
         self.deliveries: list[dict[str, Any]] = []
         self.by_key: dict[str, str] = {}
         self.replays = 0
@@ -42,12 +43,12 @@ class WebhookFake(FakeVendor):
         except orjson.JSONDecodeError:
             return web.json_response({"error": "invalid JSON"}, status=400)
         key = request.headers.get("Idempotency-Key")
-        if key and key in self.by_key:
+        if self.dedupe and key and key in self.by_key:
             self.replays += 1
             return web.json_response({"id": self.by_key[key], "replayed": True}, status=200)
         record_id = self.new_id("wh_")
         if key:
-            self.by_key[key] = record_id
+            self.by_key.setdefault(key, record_id)
         delivery = {
             "id": record_id,
             "hook": request.match_info["name"],

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
@@ -14,6 +16,17 @@ from adapters.sandbox.webhook import WebhookFake
 from daemon.app import Daemon
 from daemon.config import parse_config
 from tests.events import keyed, make_event, webhook_config
+
+
+@contextlib.asynccontextmanager
+async def running(daemon: Daemon) -> AsyncIterator[asyncio.Task[None]]:
+    """The daemon runs in the background while the body reads topics; then it stops cleanly."""
+    task = asyncio.create_task(daemon.run())
+    try:
+        yield task
+    finally:
+        daemon.request_stop()
+        await asyncio.wait_for(task, 30)
 
 
 async def run_until(daemon: Daemon, predicate: Any, timeout: float = 60.0) -> None:

@@ -1,0 +1,89 @@
+"""Secret scrubbing: registered secrets, secret query parameters and Authorization headers."""
+
+from __future__ import annotations
+
+import uuid
+
+from daemon.redaction import REDACTED, redact, redact_value, register_secret
+
+
+def secret(prefix: str = "s") -> str:
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+def test_registered_secrets_are_replaced_everywhere() -> None:
+    token = secret("tok")
+    register_secret(token)
+    text = f"POST failed: token {token} rejected; retry with {token}"
+    assert redact(text) == f"POST failed: token {REDACTED} rejected; retry with {REDACTED}"
+
+
+def test_longer_secret_wins_over_a_registered_prefix() -> None:
+    short = secret("pw")
+    long = short + "-extended"
+    register_secret(short)
+    register_secret(long)
+    assert redact(f"[{long}]") == f"[{REDACTED}]"
+
+
+def test_very_short_values_are_not_registered() -> None:
+    register_secret("abc")
+    register_secret("")
+    register_secret(None)
+    assert redact("abc abcdef") == "abc abcdef"
+
+
+def test_regex_metacharacters_in_secrets() -> None:
+    odd = f"a+b*c?(d)[e]{uuid.uuid4().hex[:6]}"
+    register_secret(odd)
+    assert redact(f"x {odd} y") == f"x {REDACTED} y"
+
+
+def test_secret_query_parameters_in_urls() -> None:
+    url = (
+        "https://qyapi.weixin.qq.com/cgi-bin/gettoken?corpid=ww1&corpsecret=AbC123"
+        "&access_token=xyz789&hapikey=k1&page=2"
+    )
+    assert redact(url) == (
+        "https://qyapi.weixin.qq.com/cgi-bin/gettoken?corpid=ww1&corpsecret=[REDACTED]"
+        "&access_token=[REDACTED]&hapikey=[REDACTED]&page=2"
+    )
+    assert redact("https://api.trello.com/1/cards?key=K1&token=T2&idList=9") == (
+        "https://api.trello.com/1/cards?key=[REDACTED]&token=[REDACTED]&idList=9"
+    )
+    form = "grant_type=password&client_id=c&client_secret=S3&password=P4&username=u"
+    assert redact(form) == (
+        "grant_type=password&client_id=c&client_secret=[REDACTED]&password=[REDACTED]&username=u"
+    )
+
+
+def test_authorization_headers() -> None:
+    assert redact("Authorization: Bearer eyJhbGciOi.J9x.yz") == "Authorization: [REDACTED]"
+    assert redact("authorization=Basic dXNlcjpwYXNz") == "authorization=[REDACTED]"
+    headers = {"Authorization": "Bearer abc.def", "Accept": "application/json"}
+    assert redact(str(headers)) == "{'Authorization': '[REDACTED]', 'Accept': 'application/json'}"
+    assert (
+        redact('{"authorization":"Zoho-oauthtoken 1000.abc"}') == '{"authorization":"[REDACTED]"}'
+    )
+
+
+def test_redact_value_walks_nested_structures() -> None:
+    token = secret("nested")
+    register_secret(token)
+    value = {
+        "url": "https://x.example/api?api_key=AAA&q=1",
+        "headers": {"Authorization": f"Bearer {token}"},
+        "attempts": [token, 3, None],
+        "ok": True,
+    }
+    assert redact_value(value) == {
+        "url": "https://x.example/api?api_key=[REDACTED]&q=1",
+        "headers": {"Authorization": f"Bearer {REDACTED}"},
+        "attempts": [REDACTED, 3, None],
+        "ok": True,
+    }
+
+
+def test_plain_text_is_untouched() -> None:
+    text = "客户 王小明 asked about pricing for 200 seats (priority=high)"
+    assert redact(text) == text
