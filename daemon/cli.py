@@ -128,6 +128,40 @@ def _cmd_sandbox(args: argparse.Namespace) -> int:
     return asyncio.run(run_sandbox(args.types or None, base_port=args.base_port))
 
 
+def _cmd_dlq_replay(args: argparse.Namespace) -> int:
+    from datetime import datetime
+
+    from daemon.dlq import REPLAYABLE_BY_DEFAULT, ReplayFilter, replay_dlq
+
+    def when(text: str | None) -> datetime | None:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")) if text else None
+
+    selection = ReplayFilter(
+        integrations=frozenset(args.integration or ()),
+        error_classes=frozenset(args.error_class or REPLAYABLE_BY_DEFAULT),
+        since=when(args.since),
+        until=when(args.until),
+    )
+    report = asyncio.run(
+        replay_dlq(
+            _settings(args),
+            selection,
+            rate=args.rate,
+            limit=args.limit,
+            dry_run=args.dry_run,
+            from_beginning=args.from_beginning,
+        )
+    )
+    verb = "would replay" if args.dry_run else "replayed"
+    classes = ", ".join(f"{k}={v}" for k, v in sorted(report.by_class.items())) or "none"
+    print(
+        f"scanned {report.scanned} dead letters, {report.matched} matched ({classes}); "
+        f"{verb} {report.matched - report.repeats if args.dry_run else report.replayed}; "
+        f"{report.repeats} repeats of an already replayed source record skipped"
+    )
+    return 0
+
+
 def _add_settings(parser: argparse.ArgumentParser) -> None:
     for flag, dest, kind, help_text in _SETTING_FLAGS:
         parser.add_argument(flag, dest=dest, type=kind, help=help_text)
@@ -167,6 +201,26 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--events", help="JSONL events (default: the sample events)")
     demo.add_argument("-v", "--verbose", action="store_true", help="show the daemon's log")
     demo.set_defaults(func=_cmd_demo)
+
+    dlq = sub.add_parser("dlq", help="dead-letter queue tools")
+    dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True)
+    replay = dlq_sub.add_parser("replay", help="re-inject dead letters into the input topic")
+    replay.add_argument("--integration", action="append", help="only dead letters of this integration (repeatable)")
+    replay.add_argument(
+        "--error-class", action="append",
+        help="only this class (repeatable; 'all' for every class; default: delivery_failed, internal_error)",
+    )
+    replay.add_argument("--since", help="dead-lettered at or after (ISO 8601)")
+    replay.add_argument("--until", help="dead-lettered at or before (ISO 8601)")
+    replay.add_argument("--rate", type=float, default=50.0, help="records per second (default 50)")
+    replay.add_argument("--limit", type=int, help="at most this many records")
+    replay.add_argument("--dry-run", action="store_true", help="count what would be replayed")
+    replay.add_argument(
+        "--from-beginning", action="store_true",
+        help="scan the whole DLQ, ignoring what earlier replays already took",
+    )
+    _add_settings(replay)
+    replay.set_defaults(func=_cmd_dlq_replay)
 
     sandbox = sub.add_parser("sandbox", help="run the local vendor fakes until interrupted")
     sandbox.add_argument("types", nargs="*", help="only these target types")
