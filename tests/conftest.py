@@ -64,3 +64,46 @@ def topics() -> Topics:
 @pytest.fixture
 def sample_lines() -> list[bytes]:
     return [line for line in (ROOT / "examples" / "events.sample.jsonl").read_bytes().splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """The Redis at 127.0.0.1:6379, else a redis-server started here, else skip with the reason."""
+    import shutil
+    import socket
+    import subprocess
+    import time
+
+    from daemon.broker import free_port
+
+    def answers(port: int) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", port), 0.5) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    if answers(6379):
+        yield "redis://127.0.0.1:6379/15"
+        return
+    server = shutil.which("redis-server")
+    if server is None:
+        pytest.skip("no Redis at 127.0.0.1:6379 and no redis-server installed to start one")
+    port = free_port()
+    proc = subprocess.Popen(
+        [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(100):
+            if answers(port):
+                break
+            time.sleep(0.05)
+        else:
+            pytest.skip("redis-server did not start")
+        yield f"redis://127.0.0.1:{port}/15"
+    finally:
+        proc.terminate()
+        proc.wait(10)
