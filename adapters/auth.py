@@ -208,9 +208,8 @@ async def fetch_json_token(
     the taxonomy; anything else that is not a token is an :class:`AuthError`.
     """
     response = await http.raw(request)
-    if classify is not None and (error := classify(response)) is not None:
-        if isinstance(error, RetryableError):
-            raise error
+    if classify is not None and isinstance(error := classify(response), RetryableError):
+        raise error
     body = response.json() or {}
     code = body.get(code_field) if code_field else 0
     if not response.ok or code not in (0, None) or token_field not in body:

@@ -22,6 +22,8 @@ from adapters.templates import Compiled, TemplateError, compile_template, templa
 from daemon.contracts import ClassifiedMessage
 
 __all__ = [
+    "PRIORITY_TITLE",
+    "PRIORITY_UPPER",
     "Adapter",
     "AdapterInfo",
     "BodyCodes",
@@ -29,8 +31,6 @@ __all__ = [
     "DeliveryContext",
     "HttpAdapter",
     "IntegrationConfig",
-    "PRIORITY_TITLE",
-    "PRIORITY_UPPER",
 ]
 
 Credential = SecretStr | bool | int | float | None
@@ -204,9 +204,7 @@ class Adapter(ABC):
         """Object types this integration creates when no rule names one: its mapped types."""
         return tuple(self.templates) or self.info.object_types[:1]
 
-    def render(
-        self, event: ClassifiedMessage, object_type: str, ctx: DeliveryContext | None = None
-    ) -> dict[str, Any]:
+    def render(self, event: ClassifiedMessage, object_type: str, ctx: DeliveryContext | None = None) -> dict[str, Any]:
         """The mapping for ``object_type`` rendered for ``event``, rule overrides and vendor
         enums applied."""
         template = self.templates.get(object_type)
@@ -239,14 +237,10 @@ class Adapter(ABC):
         """Close clients."""
 
     @abstractmethod
-    async def create(
-        self, event: ClassifiedMessage, object_type: str, ctx: DeliveryContext
-    ) -> Delivered:
+    async def create(self, event: ClassifiedMessage, object_type: str, ctx: DeliveryContext) -> Delivered:
         """Create the record for ``event``; raise a :class:`DeliveryError` on failure."""
 
-    async def find_existing(
-        self, event: ClassifiedMessage, object_type: str, ctx: DeliveryContext
-    ) -> Delivered | None:
+    async def find_existing(self, event: ClassifiedMessage, object_type: str, ctx: DeliveryContext) -> Delivered | None:
         """Look up a record an earlier, ambiguous attempt may have created (None: can't tell)."""
         return None
 

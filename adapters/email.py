@@ -111,9 +111,7 @@ class SmtpEndpoints(BaseModel):
         try:
             context = ssl.create_default_context(cafile=self.caFile)
         except (OSError, ssl.SSLError) as exc:
-            raise ConfigError(
-                f"endpoints.caFile: cannot load {self.caFile!r}: {exc}", code="bad_ca_file"
-            ) from None
+            raise ConfigError(f"endpoints.caFile: cannot load {self.caFile!r}: {exc}", code="bad_ca_file") from None
         if not self.verify:
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
@@ -190,9 +188,7 @@ class EmailAdapter(Adapter):
 
     # -- delivery ----------------------------------------------------------------------------
 
-    async def create(
-        self, event: ClassifiedMessage, object_type: str, ctx: DeliveryContext
-    ) -> Delivered:
+    async def create(self, event: ClassifiedMessage, object_type: str, ctx: DeliveryContext) -> Delivered:
         message_id = message_id_for(ctx.idempotency_key, self.endpoints.messageIdDomain)
         if object_type not in self.templates:  # "email" and "message" are one object type
             mapped = (t for t in self.info.object_types if t in self.templates)
@@ -266,9 +262,7 @@ class EmailAdapter(Adapter):
             )
         await smtp.login(*self._credentials)
 
-    async def _submit(
-        self, message: EmailMessage, sender: str, recipients: list[str]
-    ) -> tuple[str, dict[str, str]]:
+    async def _submit(self, message: EmailMessage, sender: str, recipients: list[str]) -> tuple[str, dict[str, str]]:
         smtp, at = self._client(), _Phase()
         try:
             await self._open(smtp, at)
@@ -364,9 +358,7 @@ def message_id_for(idempotency_key: str, domain: str = "octopus-crm-sync") -> st
     return f"<{digest}@{domain}>"
 
 
-def build_message(
-    fields: dict[str, Any], *, message_id: str, event_id: str
-) -> tuple[EmailMessage, str, list[str]]:
+def build_message(fields: dict[str, Any], *, message_id: str, event_id: str) -> tuple[EmailMessage, str, list[str]]:
     """The MIME message, the envelope sender and the envelope recipients (Bcc included)."""
     sender = _addresses(fields.get("from"), "from")
     if len(sender) != 1:

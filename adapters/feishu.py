@@ -131,9 +131,7 @@ def _due(value: Any) -> dict[str, Any] | None:
     try:
         when = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
     except ValueError:
-        raise PermanentError(
-            f"task due {value!r} is neither epoch ms nor ISO 8601", code="bad_due"
-        ) from None
+        raise PermanentError(f"task due {value!r} is neither epoch ms nor ISO 8601", code="bad_due") from None
     return {"timestamp": str(int(when.timestamp() * 1000)), "is_all_day": False}
 
 
@@ -229,22 +227,16 @@ class FeishuAdapter(HttpAdapter):
             timeouts=self.timeouts,
         )
 
-    async def create(
-        self, event: ClassifiedMessage, object_type: str, ctx: DeliveryContext
-    ) -> Delivered:
+    async def create(self, event: ClassifiedMessage, object_type: str, ctx: DeliveryContext) -> Delivered:
         fields = self.render(event, object_type, ctx)
         token = client_token(ctx.idempotency_key)
         id_type = self._setting("userIdType") or "open_id"
         if object_type == "task":
             body = self._task(fields, event, token)
-            response = await self.http.send(
-                Request("POST", TASK_PATH, json=body, params={"user_id_type": id_type})
-            )
+            response = await self.http.send(Request("POST", TASK_PATH, json=body, params={"user_id_type": id_type}))
             task = ((response.json() or {}).get("data") or {}).get("task") or {}
             if not task.get("guid"):
-                raise PermanentError(
-                    "task create answered without a task guid", code="bad_response"
-                )
+                raise PermanentError("task create answered without a task guid", code="bad_response")
             return Delivered(str(task["guid"]), task.get("url") or None)
         if object_type == "bitable_record":
             app, table = self._table()
@@ -260,9 +252,7 @@ class FeishuAdapter(HttpAdapter):
             record = ((response.json() or {}).get("data") or {}).get("record") or {}
             record_id = record.get("record_id") or record.get("id")
             if not record_id:
-                raise PermanentError(
-                    "record create answered without a record_id", code="bad_response"
-                )
+                raise PermanentError("record create answered without a record_id", code="bad_response")
             return Delivered(str(record_id), self._record_url(app, table, str(record_id)))
         raise ConfigError(f"feishu has no object type {object_type!r}", code="unknown_object_type")
 
@@ -287,9 +277,7 @@ class FeishuAdapter(HttpAdapter):
             body["due"] = due
         origin = fields.get("origin") or self._setting("originName") or "Octopus"
         body["origin"] = (
-            origin
-            if isinstance(origin, dict)
-            else {"platform_i18n_name": {"zh_cn": str(origin), "en_us": str(origin)}}
+            origin if isinstance(origin, dict) else {"platform_i18n_name": {"zh_cn": str(origin), "en_us": str(origin)}}
         )
         if tasklist := self._setting("tasklistGuid"):
             body.setdefault("tasklists", [{"tasklist_guid": tasklist}])
@@ -304,9 +292,7 @@ class FeishuAdapter(HttpAdapter):
         root = domain.rstrip("/") if domain.startswith("http") else f"https://{domain.strip('/')}"
         return f"{root}/base/{app}?table={table}&record={record_id}"
 
-    async def find_existing(
-        self, event: ClassifiedMessage, object_type: str, ctx: DeliveryContext
-    ) -> Delivered | None:
+    async def find_existing(self, event: ClassifiedMessage, object_type: str, ctx: DeliveryContext) -> Delivered | None:
         """Replay the create with the same ``client_token``: Feishu returns the record an earlier
         attempt made (or makes it now, once), so the answer is never a duplicate."""
         return await self.create(event, object_type, ctx)
@@ -314,9 +300,7 @@ class FeishuAdapter(HttpAdapter):
     async def test_connection(self) -> None:
         if "bitable_record" in self.templates:
             app, _ = self._table()
-            await self.http.send(
-                Request("GET", TABLES_PATH.format(app=app), params={"page_size": "1"})
-            )
+            await self.http.send(Request("GET", TABLES_PATH.format(app=app), params={"page_size": "1"}))
             return
         auth = self.http.auth
         if isinstance(auth, TokenAuth):  # a fresh token proves app_id / app_secret

@@ -117,8 +117,7 @@ class HubSpotAdapter(HttpAdapter):
         super().validate_config()
         if self.config.authType not in (None, *self.info.auth_types):
             raise ConfigError(
-                f"authType must be one of {', '.join(self.info.auth_types)}"
-                f" (got {self.config.authType!r})",
+                f"authType must be one of {', '.join(self.info.auth_types)} (got {self.config.authType!r})",
                 code="bad_auth_type",
             )
         if self.oauth:
@@ -134,11 +133,9 @@ class HubSpotAdapter(HttpAdapter):
     # -- wiring ------------------------------------------------------------------------------
 
     def make_http(self, limiter: Limiter) -> HttpClient:
-        auth: Auth
-        if self.oauth:
-            auth = TokenAuth(self._refresh)
-        else:
-            auth = bearer(self.config.secret("apiKey", "accessToken", "token"))
+        auth: Auth = (
+            TokenAuth(self._refresh) if self.oauth else bearer(self.config.secret("apiKey", "accessToken", "token"))
+        )
 
         def classify(resp: Response) -> DeliveryError | None:
             observe_window(resp.headers, limiter)
@@ -180,9 +177,7 @@ class HubSpotAdapter(HttpAdapter):
             if policy == "DAILY":
                 wait = seconds_until_midnight(self._time_zone())
                 return QuotaExhaustedError(message, code="DAILY", status=status, retry_after=wait)
-            return RateLimitedError(
-                message, code=policy or "http_429", status=status, retry_after=retry_after
-            )
+            return RateLimitedError(message, code=policy or "http_429", status=status, retry_after=retry_after)
         if status == 401:
             error_type = TokenExpiredError if self.oauth else AuthError
             return error_type(message, code=category, status=status)
@@ -203,9 +198,7 @@ class HubSpotAdapter(HttpAdapter):
         associations = properties.pop("associations", [])
         return {"properties": properties, "associations": associations}
 
-    async def create(
-        self, event: ClassifiedMessage, object_type: str, ctx: DeliveryContext
-    ) -> Delivered:
+    async def create(self, event: ClassifiedMessage, object_type: str, ctx: DeliveryContext) -> Delivered:
         body = self.build_body(event, object_type, ctx)
         path = f"/crm/v3/objects/{OBJECTS[object_type]}"
         try:
@@ -222,9 +215,7 @@ class HubSpotAdapter(HttpAdapter):
             return existing
         return await self._delivered(response.json(), object_type)
 
-    async def find_existing(
-        self, event: ClassifiedMessage, object_type: str, ctx: DeliveryContext
-    ) -> Delivered | None:
+    async def find_existing(self, event: ClassifiedMessage, object_type: str, ctx: DeliveryContext) -> Delivered | None:
         if object_type != "contact":
             return None
         email = self.render(event, object_type, ctx).get("email")
@@ -242,9 +233,7 @@ class HubSpotAdapter(HttpAdapter):
 
     async def _delivered(self, body: Any, object_type: str, existing: bool = False) -> Delivered:
         if not isinstance(body, dict) or not body.get("id"):
-            raise RetryableError(
-                f"HubSpot answered without an object id: {body!r:.200}", code="bad_response"
-            )
+            raise RetryableError(f"HubSpot answered without an object id: {body!r:.200}", code="bad_response")
         record_id = str(body["id"])
         detail = {"existing": True} if existing else {}
         return Delivered(record_id, await self._record_url(object_type, record_id), detail)

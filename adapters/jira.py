@@ -146,9 +146,7 @@ class JiraAdapter(HttpAdapter):
     def validate_config(self) -> None:
         super().validate_config()
         if not self.base_url:
-            raise ConfigError(
-                "endpoints.baseUrl is required (https://<site>.atlassian.net)", code="missing_url"
-            )
+            raise ConfigError("endpoints.baseUrl is required (https://<site>.atlassian.net)", code="missing_url")
         auth_type = self.config.authType or "basic"
         if auth_type not in self.info.auth_types:
             raise ConfigError(
@@ -204,22 +202,16 @@ class JiraAdapter(HttpAdapter):
 
     def _delivered(self, issue: Any) -> Delivered:
         if not isinstance(issue, dict) or not issue.get("key"):
-            raise PermanentError(
-                f"Jira answered without an issue key: {str(issue)[:200]}", code="bad_response"
-            )
+            raise PermanentError(f"Jira answered without an issue key: {str(issue)[:200]}", code="bad_response")
         key = str(issue["key"])
         return Delivered(key, f"{self.site_url}/browse/{key}", {"id": str(issue.get("id", ""))})
 
-    async def create(
-        self, event: ClassifiedMessage, object_type: str, ctx: DeliveryContext
-    ) -> Delivered:
+    async def create(self, event: ClassifiedMessage, object_type: str, ctx: DeliveryContext) -> Delivered:
         body = self.issue_body(self.render(event, object_type, ctx), ctx)
         response = await self.http.send(Request("POST", ISSUE_PATH, json=body))
         return self._delivered(response.json())
 
-    async def find_existing(
-        self, event: ClassifiedMessage, object_type: str, ctx: DeliveryContext
-    ) -> Delivered | None:
+    async def find_existing(self, event: ClassifiedMessage, object_type: str, ctx: DeliveryContext) -> Delivered | None:
         if not self.config.extra("dedupeLabel", True):
             return None
         jql = f'labels = "{dedupe_label(ctx.idempotency_key)}" ORDER BY created ASC'

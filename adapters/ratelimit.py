@@ -69,7 +69,7 @@ class Limiter:
         """Wait for this request's turn in the rate (and for any pause to end)."""
         self._waiting += 1
         try:
-            while (wait := self.paused_for) > 0:
+            while (wait := self.paused_for) > 0:  # noqa: ASYNC110 - a later 429 may extend the pause
                 await asyncio.sleep(wait)
             await self._bucket.acquire()
         finally:

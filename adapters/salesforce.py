@@ -57,9 +57,7 @@ SOBJECTS = {"lead": "Lead", "case": "Case"}
 GRANTS = ("password", "client_credentials")
 
 # errorCodes worth another try: row lock contention and platform hiccups.
-RETRYABLE_CODES = frozenset(
-    {"UNABLE_TO_LOCK_ROW", "SERVER_UNAVAILABLE", "REQUEST_RUNNING_TOO_LONG"}
-)
+RETRYABLE_CODES = frozenset({"UNABLE_TO_LOCK_ROW", "SERVER_UNAVAILABLE", "REQUEST_RUNNING_TOO_LONG"})
 # The 24 h allocation is rolling: calls age out gradually and no reset time is sent.
 QUOTA_RETRY_AFTER = 900.0
 CONCURRENCY_RETRY_AFTER = 5.0
@@ -73,9 +71,7 @@ def api_version(value: Any) -> str:
     """'v58.0' or '58.0' → 'v58.0'; raises :class:`ConfigError` for anything else."""
     match = _VERSION.match(str(value or DEFAULT_API_VERSION).strip())
     if not match:
-        raise ConfigError(
-            f"endpoints.apiVersion must look like 'v58.0' (got {value!r})", code="bad_api_version"
-        )
+        raise ConfigError(f"endpoints.apiVersion must look like 'v58.0' (got {value!r})", code="bad_api_version")
     return f"v{match.group(1)}"
 
 
@@ -123,12 +119,8 @@ def classify(resp: Response) -> DeliveryError | None:
     if code == "REQUEST_LIMIT_EXCEEDED":
         usage = api_usage(resp.headers)
         if "TotalRequests" in message or (usage is not None and usage[0] >= usage[1]):
-            return QuotaExhaustedError(
-                message, code=code, status=status, retry_after=QUOTA_RETRY_AFTER
-            )
-        return RateLimitedError(
-            message, code=code, status=status, retry_after=CONCURRENCY_RETRY_AFTER
-        )
+            return QuotaExhaustedError(message, code=code, status=status, retry_after=QUOTA_RETRY_AFTER)
+        return RateLimitedError(message, code=code, status=status, retry_after=CONCURRENCY_RETRY_AFTER)
     retry_after = parse_retry_after(resp.headers.get("Retry-After"))
     if status == 429:
         return RateLimitedError(message, code=code, status=status, retry_after=retry_after)
@@ -170,25 +162,20 @@ class SalesforceAdapter(HttpAdapter):
     def validate_config(self) -> None:
         super().validate_config()
         if self.config.authType not in (None, "oauth2"):
-            raise ConfigError(
-                f"authType must be 'oauth2' (got {self.config.authType!r})", code="bad_auth_type"
-            )
+            raise ConfigError(f"authType must be 'oauth2' (got {self.config.authType!r})", code="bad_auth_type")
         self.version = api_version(self.config.endpoints.get("apiVersion"))
         self.grant = self._grant()
         self.config.secret("clientId")
         self.config.secret("clientSecret")
         if self.grant == "client_credentials" and not self._explicit_login_url():
             raise ConfigError(
-                "endpoints.baseUrl (the org's My Domain URL) is required for the client"
-                " credentials flow",
+                "endpoints.baseUrl (the org's My Domain URL) is required for the client credentials flow",
                 code="missing_url",
             )
         for object_type in self.object_types():
             field = self.external_id_field(object_type)
             if field is not None and not _FIELD.match(field):
-                raise ConfigError(
-                    f"externalIdField {field!r} is not a field API name", code="bad_field"
-                )
+                raise ConfigError(f"externalIdField {field!r} is not a field API name", code="bad_field")
 
     def _grant(self) -> str:
         grant = self.config.secret("grantType", required=False)
@@ -243,9 +230,7 @@ class SalesforceAdapter(HttpAdapter):
         }
         if self.grant == "password":
             form["username"] = self.config.secret("username")
-            form["password"] = self.config.secret("password") + self.config.secret(
-                "securityToken", required=False
-            )
+            form["password"] = self.config.secret("password") + self.config.secret("securityToken", required=False)
         return await oauth2_token(http, f"{self.login_url}/services/oauth2/token", form)
 
     def _place(self, request: Request, token: Token) -> None:
@@ -264,9 +249,7 @@ class SalesforceAdapter(HttpAdapter):
     ) -> dict[str, Any]:
         return {api_field_name(k): v for k, v in self.render(event, object_type, ctx).items()}
 
-    async def create(
-        self, event: ClassifiedMessage, object_type: str, ctx: DeliveryContext
-    ) -> Delivered:
+    async def create(self, event: ClassifiedMessage, object_type: str, ctx: DeliveryContext) -> Delivered:
         sobject = SOBJECTS[object_type]
         fields = self.build_fields(event, object_type, ctx)
         ext = self.external_id_field(object_type)
@@ -282,9 +265,7 @@ class SalesforceAdapter(HttpAdapter):
                     return found
         return self._delivered(response, sobject)
 
-    async def find_existing(
-        self, event: ClassifiedMessage, object_type: str, ctx: DeliveryContext
-    ) -> Delivered | None:
+    async def find_existing(self, event: ClassifiedMessage, object_type: str, ctx: DeliveryContext) -> Delivered | None:
         ext = self.external_id_field(object_type)
         if ext is None:
             return None
@@ -298,9 +279,7 @@ class SalesforceAdapter(HttpAdapter):
             raise
         return self._delivered(response, sobject, created=False)
 
-    def _delivered(
-        self, response: Response, sobject: str, created: bool | None = None
-    ) -> Delivered:
+    def _delivered(self, response: Response, sobject: str, created: bool | None = None) -> Delivered:
         body = response.json()
         if not isinstance(body, dict) or not (body.get("id") or body.get("Id")):
             raise RetryableError(

@@ -61,13 +61,9 @@ WEB_API_CODES = BodyCodes(
     ),
 )  # fmt: skip
 # Webhook reasons that mean the URL itself is dead or revoked (a credential problem).
-WEBHOOK_AUTH = frozenset(
-    {"invalid_token", "no_service", "no_team", "no_active_hooks", "team_disabled"}
-)
+WEBHOOK_AUTH = frozenset({"invalid_token", "no_service", "no_team", "no_active_hooks", "team_disabled"})
 # Answers to an empty test payload that prove the URL is live.
-WEBHOOK_CHECK_OK = frozenset(
-    {"no_text", "invalid_payload", "missing_text_or_fallback_or_attachments"}
-)
+WEBHOOK_CHECK_OK = frozenset({"no_text", "invalid_payload", "missing_text_or_fallback_or_attachments"})
 _TOKEN = re.compile(r"^[a-z_]{2,60}$")
 
 
@@ -92,9 +88,7 @@ def classify_webhook(response: Response) -> DeliveryError | None:
     if reason in WEBHOOK_AUTH:
         return AuthError(f"incoming webhook rejected: {reason}", code=code, status=response.status)
     if response.status == 403:  # action_prohibited: a workspace restriction, not a bad URL
-        return PermanentError(
-            f"incoming webhook refused: {reason}", code=code, status=response.status
-        )
+        return PermanentError(f"incoming webhook refused: {reason}", code=code, status=response.status)
     error = classify_status(response, lambda _: f"incoming webhook: {reason}")
     if error is not None and _TOKEN.match(reason):
         error.code = code
@@ -153,13 +147,9 @@ class SlackAdapter(HttpAdapter):
         for object_type, mapping in self.config.mappings.items():
             keys = set(mapping) if isinstance(mapping, dict) else set()
             if not keys & {"text", "blocks", "attachments"}:
-                raise ConfigError(
-                    f"mappings.{object_type} needs text, blocks or attachments", code="missing_text"
-                )
+                raise ConfigError(f"mappings.{object_type} needs text, blocks or attachments", code="missing_text")
             if not self.webhook and "channel" not in keys:
-                raise ConfigError(
-                    f"mappings.{object_type}.channel is required", code="missing_channel"
-                )
+                raise ConfigError(f"mappings.{object_type}.channel is required", code="missing_channel")
         if self.webhook:
             register_secret(self.config.secret("webhookUrl", "url"))
 
@@ -181,14 +171,10 @@ class SlackAdapter(HttpAdapter):
         )
 
     def permalink(self, channel: str, ts: str) -> str:
-        workspace = str(self.config.endpoints.get("workspaceUrl") or "https://slack.com").rstrip(
-            "/"
-        )
+        workspace = str(self.config.endpoints.get("workspaceUrl") or "https://slack.com").rstrip("/")
         return f"{workspace}/archives/{channel}/p{ts.replace('.', '')}"
 
-    async def create(
-        self, event: ClassifiedMessage, object_type: str, ctx: DeliveryContext
-    ) -> Delivered:
+    async def create(self, event: ClassifiedMessage, object_type: str, ctx: DeliveryContext) -> Delivered:
         if self.config.extra("escapeText", True):
             event = _escaped(event)
         message = self.render(event, object_type, ctx)

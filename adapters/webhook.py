@@ -53,9 +53,7 @@ class WebhookAdapter(HttpAdapter):
             default_headers=headers,
         )
 
-    async def create(
-        self, event: ClassifiedMessage, object_type: str, ctx: DeliveryContext
-    ) -> Delivered:
+    async def create(self, event: ClassifiedMessage, object_type: str, ctx: DeliveryContext) -> Delivered:
         body: dict[str, Any] = self.render(event, object_type, ctx) if self.templates else _default_body(event)
         response = await self.http.send(
             Request(

@@ -130,9 +130,7 @@ class WeComAdapter(HttpAdapter):
     def validate_config(self) -> None:
         super().validate_config()
         approval = self.config.mappings.get("oa_approval")
-        if isinstance(approval, Mapping) and not (
-            approval.get("template_id") or "apply_data" in approval
-        ):
+        if isinstance(approval, Mapping) and not (approval.get("template_id") or "apply_data" in approval):
             raise ConfigError("mappings.oa_approval.template_id is required", code="missing_field")
         controls = self.config.extra("controls")
         if controls is not None and not isinstance(controls, Mapping):
@@ -145,9 +143,7 @@ class WeComAdapter(HttpAdapter):
         try:
             return int(raw)
         except ValueError:
-            raise ConfigError(
-                "credentials.agentId must be the app's numeric AgentId", code="bad_config"
-            ) from None
+            raise ConfigError("credentials.agentId must be the app's numeric AgentId", code="bad_config") from None
 
     def make_http(self, limiter: Limiter) -> HttpClient:
         corp_id = self.config.secret("corpId", "corpid")
@@ -179,26 +175,18 @@ class WeComAdapter(HttpAdapter):
             timeouts=self.timeouts,
         )
 
-    async def create(
-        self, event: ClassifiedMessage, object_type: str, ctx: DeliveryContext
-    ) -> Delivered:
+    async def create(self, event: ClassifiedMessage, object_type: str, ctx: DeliveryContext) -> Delivered:
         fields = self.render(event, object_type, ctx)
         if object_type == "oa_approval":
-            response = await self.http.send(
-                Request("POST", APPLY_PATH, json=self._applyevent(fields))
-            )
+            response = await self.http.send(Request("POST", APPLY_PATH, json=self._applyevent(fields)))
             sp_no = (response.json() or {}).get("sp_no")
             if not sp_no:
                 raise PermanentError("applyevent answered without sp_no", code="bad_response")
             return Delivered(str(sp_no), None)
         if object_type == "message":
-            response = await self.http.send(
-                Request("POST", MESSAGE_PATH, json=self._message(fields))
-            )
+            response = await self.http.send(Request("POST", MESSAGE_PATH, json=self._message(fields)))
             data = response.json()
-            invalid = {
-                k: data[k] for k in ("invaliduser", "invalidparty", "invalidtag") if data.get(k)
-            }
+            invalid = {k: data[k] for k in ("invaliduser", "invalidparty", "invalidtag") if data.get(k)}
             return Delivered(str(data.get("msgid") or ctx.idempotency_key), None, invalid)
         raise ConfigError(f"wecom has no object type {object_type!r}", code="unknown_object_type")
 
@@ -259,9 +247,7 @@ class WeComAdapter(HttpAdapter):
 
     async def test_connection(self) -> None:
         if self.config.secret("agentId", "agentid", required=False):
-            await self.http.send(
-                Request("GET", AGENT_PATH, params={"agentid": str(self._agent_id())})
-            )
+            await self.http.send(Request("GET", AGENT_PATH, params={"agentid": str(self._agent_id())}))
         else:
             await self.http.send(Request("GET", "/cgi-bin/get_api_domain_ip"))
 

@@ -20,6 +20,7 @@ from daemon import metrics
 from daemon.config import CrmConfig
 from daemon.consumer import Health
 from daemon.dispatch import Dispatcher
+from daemon.net import bound_port
 from daemon.redaction import redact_value
 
 __all__ = ["AdminServer"]
@@ -66,9 +67,8 @@ class AdminServer:
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
         await site.start()
-        server = site._server
-        if server is not None and self.port == 0:
-            self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        if self.port == 0:
+            self.port = bound_port(site)
 
     async def stop(self) -> None:
         if self._runner is not None:
@@ -86,7 +86,9 @@ class AdminServer:
 
     async def readyz(self, request: web.Request) -> web.Response:
         ok, reason = self.health.ready()
-        return web.json_response({"status": "ready" if ok else "not ready", "reason": reason}, status=200 if ok else 503)
+        return web.json_response(
+            {"status": "ready" if ok else "not ready", "reason": reason}, status=200 if ok else 503
+        )
 
     async def supported(self, request: web.Request) -> web.Response:
         return web.json_response(describe())
@@ -112,9 +114,7 @@ class AdminServer:
         integration_id = body.get("integrationId") or body.get("id") if isinstance(body, dict) else None
         adapter = self.adapters.get(str(integration_id))
         if adapter is None:
-            return web.json_response(
-                {"success": False, "error": f"unknown integration {integration_id!r}"}, status=404
-            )
+            return web.json_response({"success": False, "error": f"unknown integration {integration_id!r}"}, status=404)
         try:
             await adapter.test_connection()
         except DeliveryError as exc:
@@ -126,7 +126,7 @@ class AdminServer:
         if self.config is None or integration_id not in self.adapters:
             return web.json_response({"error": f"unknown integration {integration_id!r}"}, status=404)
         outcomes: dict[str, float] = {}
-        for sample in metrics.OUTCOMES.collect()[0].samples:
+        for sample in next(iter(metrics.OUTCOMES.collect())).samples:
             if sample.name.endswith("_total") and sample.labels.get("integration") == integration_id:
                 outcomes[sample.labels["status"]] = sample.value
         breaker = self.dispatcher.breakers.get(integration_id) if self.dispatcher else None

@@ -162,7 +162,7 @@ async def _run_together(*loops: ConsumerLoop) -> None:
     """Run the loops; if one fails, stop the others (draining them) and re-raise."""
     tasks = [asyncio.create_task(loop.run()) for loop in loops]
     try:
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
     finally:
         for loop in loops:
             loop.stop()

@@ -15,13 +15,9 @@ import subprocess
 import time
 from collections.abc import Iterable
 
+from daemon.net import free_port
+
 __all__ = ["EmbeddedBroker", "create_topics", "free_port"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class EmbeddedBroker:

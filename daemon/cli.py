@@ -32,7 +32,9 @@ _SETTING_FLAGS: tuple[tuple[str, str, type, str], ...] = (
 def _settings(args: argparse.Namespace) -> Any:
     from daemon.settings import Settings
 
-    overrides = {field: getattr(args, field) for _, field, _, _ in _SETTING_FLAGS if getattr(args, field, None) is not None}
+    overrides = {
+        field: getattr(args, field) for _, field, _, _ in _SETTING_FLAGS if getattr(args, field, None) is not None
+    }
     if getattr(args, "no_idempotence", False):
         overrides["producer_idempotence"] = False
     if getattr(args, "create_topics", False):
@@ -68,10 +70,12 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     except ConfigFileError as exc:
         print(exc, file=sys.stderr)
         return 1
-    strategies = [config.strategy.strategy] if config.strategy else []
+    strategies: list[str] = [config.strategy.strategy] if config.strategy else []
     strategies += [f"{name}: {t.strategy.strategy}" for name, t in config.tenants.items() if t.strategy]
-    print(f"{args.file}: OK — {len(config.enabled)} enabled integrations "
-          f"({', '.join(f'{i.id} ({i.type})' for i in config.enabled)}); strategies: {', '.join(strategies) or 'none'}")
+    print(
+        f"{args.file}: OK — {len(config.enabled)} enabled integrations "
+        f"({', '.join(f'{i.id} ({i.type})' for i in config.enabled)}); strategies: {', '.join(strategies) or 'none'}"
+    )
     return 0
 
 
@@ -109,9 +113,7 @@ def _cmd_produce(args: argparse.Namespace) -> int:
     from daemon.producing import produce_file
 
     settings = _settings(args)
-    count = asyncio.run(
-        produce_file(settings, args.file, topic=args.topic or settings.input_topic, key_field=args.key)
-    )
+    count = asyncio.run(produce_file(settings, args.file, topic=args.topic or settings.input_topic, key_field=args.key))
     print(f"produced {count} records to {args.topic or settings.input_topic}")
     return 0
 
@@ -165,7 +167,9 @@ def _cmd_dlq_replay(args: argparse.Namespace) -> int:
 def _add_settings(parser: argparse.ArgumentParser) -> None:
     for flag, dest, kind, help_text in _SETTING_FLAGS:
         parser.add_argument(flag, dest=dest, type=kind, help=help_text)
-    parser.add_argument("--no-idempotence", action="store_true", help="plain producer (brokers without idempotence, e.g. Tansu)")
+    parser.add_argument(
+        "--no-idempotence", action="store_true", help="plain producer (brokers without idempotence, e.g. Tansu)"
+    )
     parser.add_argument("--create-topics", action="store_true", help="create missing topics at start")
 
 
@@ -182,7 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
     validate = sub.add_parser("validate-config", help="validate a configuration file; exit 0 or 1")
     validate.add_argument("file")
     validate.add_argument("--overlay", help="merge patch applied over FILE")
-    validate.add_argument("--allow-missing-env", action="store_true", help="check structure only; unset ${ENV} are fine")
+    validate.add_argument(
+        "--allow-missing-env", action="store_true", help="check structure only; unset ${ENV} are fine"
+    )
     validate.set_defaults(func=_cmd_validate)
 
     adapters = sub.add_parser("adapters", help="list supported target systems")
@@ -207,7 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
     replay = dlq_sub.add_parser("replay", help="re-inject dead letters into the input topic")
     replay.add_argument("--integration", action="append", help="only dead letters of this integration (repeatable)")
     replay.add_argument(
-        "--error-class", action="append",
+        "--error-class",
+        action="append",
         help="only this class (repeatable; 'all' for every class; default: delivery_failed, internal_error)",
     )
     replay.add_argument("--since", help="dead-lettered at or after (ISO 8601)")
@@ -216,7 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--limit", type=int, help="at most this many records")
     replay.add_argument("--dry-run", action="store_true", help="count what would be replayed")
     replay.add_argument(
-        "--from-beginning", action="store_true",
+        "--from-beginning",
+        action="store_true",
         help="scan the whole DLQ, ignoring what earlier replays already took",
     )
     _add_settings(replay)

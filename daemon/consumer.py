@@ -9,6 +9,7 @@ backlog. Per partition only the contiguous prefix of finished offsets is committ
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -146,10 +147,8 @@ class ConsumerLoop:
                 self.health.last_error = type(exc).__name__
                 log.warning("broker unreachable, retrying", error=type(exc).__name__, retry_in=delay)
                 await consumer.stop()
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), delay)
-                except TimeoutError:
-                    pass
                 delay = min(delay * 2, 30.0)
                 continue
             consumer.subscribe(list(self.topics), listener=_Listener(self))
@@ -321,8 +320,8 @@ class ConsumerLoop:
             states[TopicPartition(record.topic, record.partition)].running -= 1
         self._release(len(dropped))
         deadline = time.monotonic() + self.settings.revoke_timeout_s
-        while any(s.running > 0 for s in states.values()) and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
+        while any(s.running > 0 for s in states.values()) and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)  # bounded wait inside the rebalance callback
         abandoned = self._executor.cancel(of_revoked)
         self._release(sum(s.running for s in states.values()))
         await self.commit(set(states))
@@ -373,4 +372,4 @@ async def _committed(consumer: AIOKafkaConsumer, tp: TopicPartition) -> int | No
 
 
 def _has_lag_label(tp: TopicPartition) -> bool:
-    return (tp.topic, str(tp.partition)) in metrics.CONSUMER_LAG._metrics  # noqa: SLF001
+    return (tp.topic, str(tp.partition)) in metrics.CONSUMER_LAG._metrics

@@ -130,5 +130,3 @@ class SyncResult(BaseModel):
         import orjson
 
         return orjson.dumps(self.model_dump(mode="json", by_alias=True, exclude_none=True))
-
-

@@ -81,10 +81,14 @@ def _print_summary(results: list[dict[str, Any]], dlq: list[Any], sandbox: Sandb
     for name in sorted(by_target):
         print(f"{name:<36}" + "".join(f"{by_target[name][s]:>11}" for s in statuses))
     dlq_classes = collections.Counter(dict(r.headers).get("octopus-error-class", b"?").decode() for r in dlq)
-    print(f"\ndead-letter queue: {sum(dlq_classes.values())} records " + ", ".join(f"{k}={v}" for k, v in sorted(dlq_classes.items())))
-    print("records created in the local fakes: " + ", ".join(
-        f"{name}={len(getattr(fake, 'records', {}))}" for name, fake in sorted(sandbox.fakes.items())
-    ))
+    print(
+        f"\ndead-letter queue: {sum(dlq_classes.values())} records "
+        + ", ".join(f"{k}={v}" for k, v in sorted(dlq_classes.items()))
+    )
+    print(
+        "records created in the local fakes: "
+        + ", ".join(f"{name}={len(getattr(fake, 'records', {}))}" for name, fake in sorted(sandbox.fakes.items()))
+    )
     failed = [r for r in results if r["status"] == "failed"]
     for r in failed[:10]:
         print(f"  failed: {r.get('integrationId')} {r.get('objectType')}: {r.get('error')}")
@@ -102,8 +106,10 @@ async def run_demo(*, config_path: str | None = None, events_path: str | None = 
     raw = orjson.loads(config_file.read_bytes())
     integrations = [(i["id"], i["type"]) for i in raw.get("crmIntegrations", [])]
     sandbox = Sandbox.for_types(t for _, t in integrations)
-    print(f"octopus-crm demo: {len(lines)} sample events, {len(integrations)} integrations, "
-          f"fakes for {', '.join(sorted(sandbox.fakes)) or 'none'}")
+    print(
+        f"octopus-crm demo: {len(lines)} sample events, {len(integrations)} integrations, "
+        f"fakes for {', '.join(sorted(sandbox.fakes)) or 'none'}"
+    )
     with EmbeddedBroker() as broker:
         await sandbox.start()
         try:

@@ -28,7 +28,12 @@ import orjson
 import structlog
 
 from adapters.base import Adapter, Delivered, DeliveryContext
-from adapters.errors import AmbiguousDeliveryError, DeliveryError, QuotaExhaustedError, RetryableError
+from adapters.errors import (
+    AmbiguousDeliveryError,
+    DeliveryError,
+    QuotaExhaustedError,
+    RetryableError,
+)
 from daemon import metrics
 from daemon.config import CrmConfig
 from daemon.contracts import ClassifiedMessage, ResultError, ResultSource, SyncResult, SyncStatus
@@ -76,6 +81,17 @@ class Outcomes:
         self.dead_letters += other.dead_letters
 
 
+def _breaker(integration_id: str) -> CircuitBreaker:
+    """A breaker whose state is exported as ``octopus_crm_circuit_state{integration}``."""
+    gauge = metrics.BREAKER_STATE.labels(integration_id)
+    gauge.set(0)
+
+    def export(state: BreakerState) -> None:
+        gauge.set(int(state))
+
+    return CircuitBreaker(on_change=export)
+
+
 def _err(error: DeliveryError) -> dict[str, str]:
     return error.as_dict()
 
@@ -85,14 +101,7 @@ class Dispatcher:
         self.config = config
         self.adapters = adapters
         self.ledger = ledger
-        self.breakers: dict[str, CircuitBreaker] = {
-            integration_id: CircuitBreaker(
-                on_change=lambda state, i=integration_id: metrics.BREAKER_STATE.labels(i).set(int(state))
-            )
-            for integration_id in adapters
-        }
-        for integration_id in adapters:
-            metrics.BREAKER_STATE.labels(integration_id).set(0)
+        self.breakers = {integration_id: _breaker(integration_id) for integration_id in adapters}
 
     def policy(self, integration_id: str) -> RetryPolicy:
         return self.config.integration(integration_id).retry or self.config.retry
@@ -164,7 +173,9 @@ class Dispatcher:
             existing = await self.ledger.get(idempotency_key(event.eventId, spec))
             if existing is not None:
                 await self._release(scope, event, ordered)
-                return self._finish(state, event, Delivered(existing.external_id, existing.external_url), duplicate=True)
+                return self._finish(
+                    state, event, Delivered(existing.external_id, existing.external_url), duplicate=True
+                )
 
             breaker = self.breakers[spec.integration_id]
             limiter = adapter.current_limiter()
@@ -175,7 +186,9 @@ class Dispatcher:
                     return await self._defer(state, "backlog", time.time(), scope, ordered)
 
             state.attempt += 1
-            ctx = DeliveryContext(idempotency_key(event.eventId, spec), state.attempt, spec.integration_id, target.overrides)
+            ctx = DeliveryContext(
+                idempotency_key(event.eventId, spec), state.attempt, spec.integration_id, target.overrides
+            )
             delivered: Delivered | None = None
             error: DeliveryError | None
             if breaker.allow():
@@ -184,12 +197,20 @@ class Dispatcher:
                 error = CircuitOpenError(f"circuit open for {spec.integration_id}", code="circuit_open")
                 if state.index + 1 < len(state.chain):
                     state.attempt = self.policy(spec.integration_id).max_attempts
-            state.history.append(AttemptRecord(integration=spec.integration_id, at=time.time(), error=_err(error) if error else None))
+            state.history.append(
+                AttemptRecord(integration=spec.integration_id, at=time.time(), error=_err(error) if error else None)
+            )
             if error is None:
                 assert delivered is not None
                 await self.ledger.put(
                     ctx.idempotency_key,
-                    LedgerEntry(delivered.external_id, delivered.external_url, spec.integration_id, spec.object_type, time.time()),
+                    LedgerEntry(
+                        delivered.external_id,
+                        delivered.external_url,
+                        spec.integration_id,
+                        spec.object_type,
+                        time.time(),
+                    ),
                 )
                 await self._release(scope, event, ordered)
                 outcomes = self._finish(state, event, delivered)
@@ -316,7 +337,9 @@ class Dispatcher:
             completedAt=datetime.now(UTC),
         )
 
-    def _finish(self, state: RetryRecord, event: ClassifiedMessage, delivered: Delivered, duplicate: bool = False) -> Outcomes:
+    def _finish(
+        self, state: RetryRecord, event: ClassifiedMessage, delivered: Delivered, duplicate: bool = False
+    ) -> Outcomes:
         if duplicate:
             status: SyncStatus = "duplicate"
         elif state.index > 0:
@@ -327,8 +350,13 @@ class Dispatcher:
         if state.kind == "sync_back":
             reason = f"sync_back: delivered to the primary after fallback to {state.sync_back_from}"
         result = self._result(
-            state, event, status, state.target, delivered,
-            error=state.first_error if status == "fallback" else None, reason=reason,
+            state,
+            event,
+            status,
+            state.target,
+            delivered,
+            error=state.first_error if status == "fallback" else None,
+            reason=reason,
         )
         return Outcomes(results=[result])
 

@@ -96,7 +96,10 @@ async def replay_dlq(
     await consumer.start()
     await producer.start()
     try:
-        partitions = [TopicPartition(settings.dlq_topic, p) for p in sorted(consumer.partitions_for_topic(settings.dlq_topic) or [])]
+        partitions = [
+            TopicPartition(settings.dlq_topic, p)
+            for p in sorted(consumer.partitions_for_topic(settings.dlq_topic) or [])
+        ]
         consumer.assign(partitions)
         for tp in partitions:
             committed = await consumer.committed(tp) if group else None
@@ -123,7 +126,8 @@ async def replay_dlq(
                     error_class = headers.get("octopus-error-class", b"").decode()
                     report.by_class[error_class] = report.by_class.get(error_class, 0) + 1
                     origin = b":".join(
-                        headers.get(h, b"") for h in ("octopus-source-topic", "octopus-source-partition", "octopus-source-offset")
+                        headers.get(h, b"")
+                        for h in ("octopus-source-topic", "octopus-source-partition", "octopus-source-offset")
                     )
                     if origin in seen:
                         report.repeats += 1
@@ -133,7 +137,9 @@ async def replay_dlq(
                         continue
                     await pace.acquire()
                     replay_headers = [(k, v) for k, v in record.headers if not k.startswith("octopus-")]
-                    replay_headers.append(("octopus-replayed-from", f"{tp.topic}:{tp.partition}:{record.offset}".encode()))
+                    replay_headers.append(
+                        ("octopus-replayed-from", f"{tp.topic}:{tp.partition}:{record.offset}".encode())
+                    )
                     await producer.send_and_wait(target, value=record.value, key=record.key, headers=replay_headers)
                     report.replayed += 1
                 if group and records:

@@ -191,7 +191,7 @@ async def _until_ok(op: Callable[[], Awaitable[T]], what: str) -> T:
     while True:
         try:
             return await op()
-        except (OSError, sqlite3.OperationalError, *_redis_errors()) as exc:
+        except _RETRYABLE as exc:
             metrics.LEDGER_ERRORS.labels(what).inc()
             log.warning("ledger unavailable, retrying", op=what, error=type(exc).__name__, retry_in=delay)
             await asyncio.sleep(delay)
@@ -205,6 +205,9 @@ def _redis_errors() -> tuple[type[BaseException], ...]:
     except ImportError:  # pragma: no cover
         return ()
     return (RedisConnectionError, RedisTimeoutError)
+
+
+_RETRYABLE: tuple[type[BaseException], ...] = (OSError, sqlite3.OperationalError, *_redis_errors())
 
 
 class RedisLedger:
@@ -239,7 +242,7 @@ class RedisLedger:
             head = Waiting(**orjson.loads(raw))
             if _fresh([head], self._stale_after):
                 return head
-            await self._redis.lrem(key, 1, raw)
+            await self._redis.lrem(key, 1, raw)  # type: ignore[arg-type]
 
     async def _hold(self, scope: str, event_id: str, due: float) -> None:
         key = self._barriers + scope
@@ -247,7 +250,11 @@ class RedisLedger:
         for raw in items:
             item = Waiting(**orjson.loads(raw))
             if item.event_id == event_id:
-                await self._redis.lset(key, items.index(raw), orjson.dumps(Waiting(event_id, due, item.since).__dict__))
+                await self._redis.lset(
+                    key,
+                    items.index(raw),
+                    orjson.dumps(Waiting(event_id, due, item.since).__dict__),  # type: ignore[arg-type]
+                )
                 return
         await self._redis.rpush(key, orjson.dumps(Waiting(event_id, due, time.time()).__dict__))
         await self._redis.expire(key, int(self._stale_after * 2))
@@ -256,7 +263,7 @@ class RedisLedger:
         key = self._barriers + scope
         for raw in await self._redis.lrange(key, 0, -1):
             if orjson.loads(raw)["event_id"] == event_id:
-                await self._redis.lrem(key, 0, raw)
+                await self._redis.lrem(key, 0, raw)  # type: ignore[arg-type]
 
     async def get(self, key: str) -> LedgerEntry | None:
         raw = await _until_ok(lambda: self._redis.get(self._prefix + key), "get")

@@ -32,9 +32,7 @@ def _scrub_rendered(logger: WrappedLogger, method: str, rendered: Any) -> Any:
 def configure_logging(fmt: Literal["auto", "json", "console"] = "auto", level: str = "INFO") -> None:
     console = fmt == "console" or (fmt == "auto" and sys.stderr.isatty())
     exceptions: Any = (
-        structlog.processors.ExceptionRenderer(
-            structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
-        )
+        structlog.processors.ExceptionRenderer(structlog.tracebacks.ExceptionDictTransformer(show_locals=False))
         if not console
         else structlog.processors.format_exc_info
     )

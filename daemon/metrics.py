@@ -55,9 +55,7 @@ EVENT_LATENCY = Histogram(
     registry=REGISTRY,
 )
 IN_FLIGHT = Gauge("octopus_crm_in_flight_events", "Events consumed and not yet finished.", registry=REGISTRY)
-PAUSED = Gauge(
-    "octopus_crm_paused_partitions", "Partitions paused by backpressure.", registry=REGISTRY
-)
+PAUSED = Gauge("octopus_crm_paused_partitions", "Partitions paused by backpressure.", registry=REGISTRY)
 CONSUMER_LAG = Gauge(
     "octopus_crm_consumer_lag_records",
     "High watermark minus committed offset, per partition.",
@@ -65,18 +63,24 @@ CONSUMER_LAG = Gauge(
     registry=REGISTRY,
 )
 DLQ_RECORDS = Counter(
-    "octopus_crm_dlq_records_total", "Records sent to the dead-letter topic, by error class.", ["error_class"],
+    "octopus_crm_dlq_records_total",
+    "Records sent to the dead-letter topic, by error class.",
+    ["error_class"],
     registry=REGISTRY,
 )
 COMMIT_LATENCY = Histogram(
-    "octopus_crm_commit_duration_seconds", "Duration of offset commits.", buckets=_LATENCY_BUCKETS,
+    "octopus_crm_commit_duration_seconds",
+    "Duration of offset commits.",
+    buckets=_LATENCY_BUCKETS,
     registry=REGISTRY,
 )
 PRODUCE_ERRORS = Counter(
     "octopus_crm_produce_errors_total", "Failed produce attempts (retried).", ["topic"], registry=REGISTRY
 )
 RETRIES_SCHEDULED = Counter(
-    "octopus_crm_retries_scheduled_total", "Deliveries scheduled for a later retry.", ["integration"],
+    "octopus_crm_retries_scheduled_total",
+    "Deliveries scheduled for a later retry.",
+    ["integration"],
     registry=REGISTRY,
 )
 LEDGER_ERRORS = Counter(

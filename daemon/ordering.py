@@ -64,7 +64,7 @@ class KeyedExecutor(Generic[W]):
         for key, queue in list(self._queues.items()):
             running = key in self._tasks
             head = [queue[0]] if running and queue else []
-            rest = []
+            rest: list[W] = []
             for work in list(queue)[len(head) :]:
                 (dropped if predicate(work) else rest).append(work)
             queue.clear()

@@ -90,9 +90,7 @@ class Processor:
     async def handle(self, record: InboundRecord) -> None:
         started = record.received_at or time.monotonic()
         structlog.contextvars.clear_contextvars()
-        structlog.contextvars.bind_contextvars(
-            topic=record.topic, partition=record.partition, offset=record.offset
-        )
+        structlog.contextvars.bind_contextvars(topic=record.topic, partition=record.partition, offset=record.offset)
         try:
             event = decode(record, self.max_value_bytes)
         except BadInput as bad:
@@ -135,7 +133,12 @@ def log_outcomes(message: str, strategy: str, outcomes: Outcomes, started: float
             for r in outcomes.results
         ],
         scheduled=[
-            {"integration": r.target.integration_id, "kind": r.kind, "attempt": r.attempt, "inSeconds": round(r.due - time.time(), 1)}
+            {
+                "integration": r.target.integration_id,
+                "kind": r.kind,
+                "attempt": r.attempt,
+                "inSeconds": round(r.due - time.time(), 1),
+            }
             for r in outcomes.retries
         ],
         latency_ms=round((time.monotonic() - started) * 1000, 2),

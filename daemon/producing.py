@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,6 @@ async def produce_lines(settings: Settings, lines: list[bytes], *, topic: str, k
 
 
 async def produce_file(settings: Settings, path: str, *, topic: str, key_field: str) -> int:
-    raw = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
+    raw = sys.stdin.buffer.read() if path == "-" else await asyncio.to_thread(Path(path).read_bytes)
     lines = [line for line in raw.splitlines() if line.strip()]
     return await produce_lines(settings, lines, topic=topic, key_field=key_field)

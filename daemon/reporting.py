@@ -35,9 +35,7 @@ DLQ_HEADERS = (
 
 
 class Reporter:
-    def __init__(
-        self, producer: AIOKafkaProducer, *, results_topic: str, dlq_topic: str, retry_topic: str
-    ) -> None:
+    def __init__(self, producer: AIOKafkaProducer, *, results_topic: str, dlq_topic: str, retry_topic: str) -> None:
         self._producer = producer
         self.results_topic = results_topic
         self.dlq_topic = dlq_topic
@@ -81,9 +79,7 @@ class Reporter:
         await self._send(self.dlq_topic, record.key, record.value, headers)
         metrics.DLQ_RECORDS.labels(error_class).inc()
 
-    async def _send(
-        self, topic: str, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]
-    ) -> None:
+    async def _send(self, topic: str, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]) -> None:
         delay = 0.2
         while True:
             try:

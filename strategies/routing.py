@@ -91,8 +91,13 @@ class _Planner:
             self.skips.append(Skip(None, ref, f"integration {ref!r} not enabled for tenant {self.event.tenantId}"))
         return found
 
-    def targets(self, integration: Integration, objects: Sequence[str] | None = None,
-                extra: Mapping[str, Any] | None = None, variant: str = "") -> list[Target]:
+    def targets(
+        self,
+        integration: Integration,
+        objects: Sequence[str] | None = None,
+        extra: Mapping[str, Any] | None = None,
+        variant: str = "",
+    ) -> list[Target]:
         """Targets for one integration after its rules; records a skip when rules say no."""
         available = tuple(integration.config.mappings)
         decision = decide(integration.rules, self.event, available)
@@ -125,10 +130,14 @@ def _primary_backup(p: _Planner, strategy: PrimaryBackup) -> list[Route]:
     if not primary_targets:
         return [Route(backup_chain)] if backup_chain else []
     for index, target in enumerate(primary_targets):
-        backups = tuple(
-            Target(b.integration_id, b.integration_type, b.object_type, b.overrides, b.variant)
-            for b in backup_chain
-        ) if index == 0 else ()
+        backups = (
+            tuple(
+                Target(b.integration_id, b.integration_type, b.object_type, b.overrides, b.variant)
+                for b in backup_chain
+            )
+            if index == 0
+            else ()
+        )
         routes.append(Route((target, *backups), sync_back=strategy.rules.sync_back and bool(backups)))
     return routes
 
@@ -147,7 +156,7 @@ def _category_routing(p: _Planner, strategy: CategoryRouting) -> list[Route]:
     if strategy.mode == "first_available":
         chain = p.chain(refs)
         return [Route(chain)] if chain else []
-    routes = []
+    routes: list[Route] = []
     for ref in refs:
         for integration in p.candidates(ref):
             routes.extend(Route((t,)) for t in p.targets(integration))

@@ -91,9 +91,7 @@ def matches(condition: Condition, event: ClassifiedMessage) -> bool:
 
 
 def _when(when: Mapping[str, Any], event: ClassifiedMessage) -> bool:
-    return all(
-        any(v in _as_list(expected) for v in _as_list(_value(event, name))) for name, expected in when.items()
-    )
+    return all(any(v in _as_list(expected) for v in _as_list(_value(event, name))) for name, expected in when.items())
 
 
 def default_object_type(category: str, available: Sequence[str]) -> str | None:
@@ -131,5 +129,3 @@ def decide(rules: Rules, event: ClassifiedMessage, available: Sequence[str]) -> 
             return Decision(False, reason="no mapping configured")
         objects.append(fallback)
     return Decision(True, tuple(objects), overrides)
-
-

@@ -8,7 +8,9 @@ from typing import Any
 import orjson
 
 
-def make_event(i: int, *, key: str = "k0", tenant: str = "t-test", category: str = "销售线索", **extra: Any) -> dict[str, Any]:
+def make_event(
+    i: int, *, key: str = "k0", tenant: str = "t-test", category: str = "销售线索", **extra: Any
+) -> dict[str, Any]:
     event: dict[str, Any] = {
         "schemaVersion": 1,
         "eventId": str(uuid.uuid4()),
@@ -34,7 +36,9 @@ def keyed(events: list[dict[str, Any]]) -> list[tuple[bytes | None, bytes | None
     return [(f"{e['tenantId']}:{e['sender']['id']}".encode(), encode(e)) for e in events]
 
 
-def webhook_config(urls: dict[str, str], *, strategy: dict[str, Any] | None = None, **integration: Any) -> dict[str, Any]:
+def webhook_config(
+    urls: dict[str, str], *, strategy: dict[str, Any] | None = None, **integration: Any
+) -> dict[str, Any]:
     """A configuration of webhook integrations (id → URL) fanned out in parallel."""
     return {
         "crmIntegrations": [

@@ -43,12 +43,13 @@ class TestBroker:
         return Settings(**values)
 
     async def create(self, topics: Any, partitions: int = 4) -> None:
-        await create_topics(
-            self.bootstrap, [topics.input, topics.results, topics.dlq, topics.retry], partitions
-        )
+        await create_topics(self.bootstrap, [topics.input, topics.results, topics.dlq, topics.retry], partitions)
 
     async def produce(
-        self, topic: str, records: list[tuple[bytes | None, bytes | None]], headers: list[tuple[str, bytes]] | None = None
+        self,
+        topic: str,
+        records: list[tuple[bytes | None, bytes | None]],
+        headers: list[tuple[str, bytes]] | None = None,
     ) -> None:
         producer = AIOKafkaProducer(
             bootstrap_servers=self.bootstrap,

@@ -17,7 +17,9 @@ from daemon.broker import free_port
 
 
 class DaemonProcess:
-    def __init__(self, broker: Any, topics: Any, config: dict[str, Any], workdir: Path, name: str, **settings: Any) -> None:
+    def __init__(
+        self, broker: Any, topics: Any, config: dict[str, Any], workdir: Path, name: str, **settings: Any
+    ) -> None:
         self.name = name
         self.port = free_port()
         self.config_path = workdir / f"config-{name}.json"
@@ -48,9 +50,7 @@ class DaemonProcess:
 
     def start(self) -> DaemonProcess:
         log = open(self.log_path, "ab")  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "daemon.cli", "run"], env=self.env, stdout=log, stderr=log
-        )
+        self.proc = subprocess.Popen([sys.executable, "-m", "daemon.cli", "run"], env=self.env, stdout=log, stderr=log)
         return self
 
     def kill(self) -> None:
@@ -80,7 +80,7 @@ class DaemonProcess:
             return 0, b""
 
     def metric(self, name: str) -> float:
-        status, body = self.get("/metrics")
+        _, body = self.get("/metrics")
         total = 0.0
         for line in body.decode().splitlines():
             if line.startswith(name) and not line.startswith("#"):

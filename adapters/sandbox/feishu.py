@@ -48,12 +48,8 @@ DEFAULT_TABLES: dict[str, dict[str, dict[str, str]]] = {
     }
 }
 TEXT_MAX = 3000
-_MISSING_TOKEN = (
-    "Missing access token for authorization. Please make a request with token attached."
-)
-_INVALID_TOKEN = (
-    "Invalid access token for authorization. Please make a request with token attached."
-)
+_MISSING_TOKEN = "Missing access token for authorization. Please make a request with token attached."
+_INVALID_TOKEN = "Invalid access token for authorization. Please make a request with token attached."
 APPLINK = "https://applink.feishu.cn/client/todo/detail?guid={guid}&suite_entity_num={num}"
 MEMBER_PREFIX = {"open_id": "ou_", "union_id": "on_"}
 _TYPES: dict[str, tuple[type, ...]] = {
@@ -79,9 +75,7 @@ def check_meta(props: Mapping[str, Any], value: Any, path: str = "") -> list[str
             continue
         item = value[name]
         types = _TYPES.get(spec.get("type", ""), (object,))
-        if not isinstance(item, types) or (
-            spec.get("type") == "integer" and isinstance(item, bool)
-        ):
+        if not isinstance(item, types) or (spec.get("type") == "integer" and isinstance(item, bool)):
             problems.append(f"{where}: must be {spec.get('type')}")
             continue
         nested = spec.get("properties")
@@ -124,9 +118,7 @@ class FeishuFake(FakeVendor):
         super().__init__(**kw)
         self.app_id = app_id
         self.app_secret = app_secret
-        self.tables = {
-            a: {t: dict(f) for t, f in ts.items()} for a, ts in (tables or DEFAULT_TABLES).items()
-        }
+        self.tables = {a: {t: dict(f) for t, f in ts.items()} for a, ts in (tables or DEFAULT_TABLES).items()}
         self.tasks: dict[str, dict[str, Any]] = {}
         self.bitable: dict[str, dict[str, Any]] = {}
         self.by_client_token: dict[str, str] = {}
@@ -258,11 +250,7 @@ class FeishuFake(FakeVendor):
                     problems.append(f"members[{i}].role: must be assignee or follower")
                 if m.get("type", "user") not in ("user", "app"):
                     problems.append(f"members[{i}].type: must be user or app")
-                if (
-                    prefix
-                    and m.get("type", "user") == "user"
-                    and not str(m.get("id")).startswith(prefix)
-                ):
+                if prefix and m.get("type", "user") == "user" and not str(m.get("id")).startswith(prefix):
                     problems.append(f"members[{i}].id: not a valid {id_type}")
         due = body.get("due")
         if isinstance(due, dict) and not str(due.get("timestamp", "0")).isdigit():

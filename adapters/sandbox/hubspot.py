@@ -48,8 +48,7 @@ _TEXT = {
 _OPTIONS: dict[str, dict[str, tuple[str, ...]]] = {
     "contacts": {
         "lifecyclestage": _words(
-            "subscriber lead marketingqualifiedlead salesqualifiedlead opportunity customer"
-            " evangelist other"
+            "subscriber lead marketingqualifiedlead salesqualifiedlead opportunity customer evangelist other"
         ),
         "hs_lead_status": _words(
             "NEW OPEN IN_PROGRESS OPEN_DEAL UNQUALIFIED ATTEMPTED_TO_CONTACT CONNECTED BAD_TIMING"
@@ -95,12 +94,9 @@ class HubSpotFake(FakeVendor):
         self.client_id = client_id
         self.client_secret = client_secret
         self.refresh_token = refresh_token
-        custom = (
-            custom_properties if custom_properties is not None else {"contacts": {"lead_source"}}
-        )
+        custom = custom_properties if custom_properties is not None else {"contacts": {"lead_source"}}
         self.properties = {
-            kind: {**std, **dict.fromkeys(custom.get(kind, ()))}
-            for kind, std in STANDARD_PROPERTIES.items()
+            kind: {**std, **dict.fromkeys(custom.get(kind, ()))} for kind, std in STANDARD_PROPERTIES.items()
         }
         self.pipelines = dict(pipelines if pipelines is not None else DEFAULT_PIPELINES)
         self.portal_id = portal_id
@@ -155,9 +151,7 @@ class HubSpotFake(FakeVendor):
             }
         if not oauth:
             headers["X-HubSpot-RateLimit-Daily"] = str(self.daily_limit)
-            headers["X-HubSpot-RateLimit-Daily-Remaining"] = str(
-                max(0, self.daily_limit - self.daily_used)
-            )
+            headers["X-HubSpot-RateLimit-Daily-Remaining"] = str(max(0, self.daily_limit - self.daily_used))
         return headers
 
     def too_many(self, wait: float) -> web.Response:
@@ -282,19 +276,13 @@ class HubSpotFake(FakeVendor):
         headers = self.window_headers(oauth)
         kind = request.match_info["kind"]
         if kind not in self.properties:
-            return self.error(
-                404, f"Unable to infer object type from: {kind}", "OBJECT_NOT_FOUND", headers
-            )
+            return self.error(404, f"Unable to infer object type from: {kind}", "OBJECT_NOT_FOUND", headers)
         try:
             body = orjson.loads(await request.read())
         except orjson.JSONDecodeError as exc:
-            return self.error(
-                400, f"Invalid input JSON on line 1: {exc}", "VALIDATION_ERROR", headers
-            )
+            return self.error(400, f"Invalid input JSON on line 1: {exc}", "VALIDATION_ERROR", headers)
         schema = "SimplePublicObjectInputForCreate"
-        missing = [
-            k for k in ("properties", "associations") if not isinstance(body, dict) or k not in body
-        ]
+        missing = [k for k in ("properties", "associations") if not isinstance(body, dict) or k not in body]
         if missing:
             return self.error(
                 400,
@@ -307,8 +295,7 @@ class HubSpotFake(FakeVendor):
         if not isinstance(props, dict) or not isinstance(associations, list):
             return self.error(
                 400,
-                f"Invalid input JSON: {schema} properties must be an object and"
-                " associations an array",
+                f"Invalid input JSON: {schema} properties must be an object and associations an array",
                 "VALIDATION_ERROR",
                 headers,
             )
@@ -369,11 +356,7 @@ class HubSpotFake(FakeVendor):
                 bad(name, "PROPERTY_DOESNT_EXIST", f'Property "{name}" does not exist')
             elif value is not None and not isinstance(value, (str, int, float, bool)):
                 bad(name, "INVALID_PROPERTY_VALUE", f"{value!r} is not a valid value for {name}")
-            elif (
-                (options := known[name]) is not None
-                and value not in (None, "")
-                and str(value) not in options
-            ):
+            elif (options := known[name]) is not None and value not in (None, "") and str(value) not in options:
                 bad(
                     name,
                     "INVALID_OPTION",
@@ -402,8 +385,7 @@ class HubSpotFake(FakeVendor):
                 bad(
                     "hs_pipeline_stage",
                     "INVALID_OPTION",
-                    f"{stage} was not one of the allowed options:"
-                    f" [{', '.join(self.pipelines[pipeline])}]",
+                    f"{stage} was not one of the allowed options: [{', '.join(self.pipelines[pipeline])}]",
                 )
             if not props.get("subject"):
                 bad("subject", "REQUIRED_FIELD", "subject is required")
@@ -412,10 +394,7 @@ class HubSpotFake(FakeVendor):
     def contact_by_email(self, email: str) -> dict[str, Any] | None:
         wanted = email.lower()
         for record in self.records.values():
-            if (
-                record["kind"] == "contacts"
-                and str(record["properties"].get("email", "")).lower() == wanted
-            ):
+            if record["kind"] == "contacts" and str(record["properties"].get("email", "")).lower() == wanted:
                 return record
         return None
 

@@ -31,12 +31,8 @@ __all__ = ["JiraFake", "adf_to_text"]
 
 SPEC = Path(__file__).resolve().parent / "specs" / "jira_create_issue.json"
 _SCHEMAS = json.loads(SPEC.read_text(encoding="utf-8"))["components"]
-_CREATE = jsonschema.Draft202012Validator(
-    {"$ref": "#/components/schemas/IssueUpdateDetails", "components": _SCHEMAS}
-)
-_CREATED = jsonschema.Draft202012Validator(
-    {"$ref": "#/components/schemas/CreatedIssue", "components": _SCHEMAS}
-)
+_CREATE = jsonschema.Draft202012Validator({"$ref": "#/components/schemas/IssueUpdateDetails", "components": _SCHEMAS})
+_CREATED = jsonschema.Draft202012Validator({"$ref": "#/components/schemas/CreatedIssue", "components": _SCHEMAS})
 
 SYSTEM_FIELDS = frozenset(
     {
@@ -139,9 +135,7 @@ class JiraFake(FakeVendor):
             "X-RateLimit-Reset": reset.strftime("%Y-%m-%dT%H:%MZ"),
             "RateLimit-Reason": "jira-burst-based",
         }
-        return web.json_response(
-            {"errorMessages": ["Rate limit exceeded."], "errors": {}}, status=429, headers=headers
-        )
+        return web.json_response({"errorMessages": ["Rate limit exceeded."], "errors": {}}, status=429, headers=headers)
 
     def authenticated(self, request: web.Request) -> str | None:
         """The e-mail of a valid basic-auth caller, or None."""
@@ -173,10 +167,7 @@ class JiraFake(FakeVendor):
             body = orjson.loads(await request.read())
         except orjson.JSONDecodeError as exc:
             return self.errors(400, [f"Unexpected character in JSON body: {exc}"])
-        schema_errors = [
-            f"{'/'.join(map(str, e.path)) or 'body'}: {e.message}"
-            for e in _CREATE.iter_errors(body)
-        ]
+        schema_errors = [f"{'/'.join(map(str, e.path)) or 'body'}: {e.message}" for e in _CREATE.iter_errors(body)]
         if schema_errors:
             return self.errors(400, schema_errors)
         fields = body.get("fields") or {}
@@ -213,26 +204,17 @@ class JiraFake(FakeVendor):
         problems: dict[str, str] = {}
         for name in fields:
             known = name in SYSTEM_FIELDS or (
-                name.startswith("customfield_")
-                if self.custom_fields is None
-                else name in self.custom_fields
+                name.startswith("customfield_") if self.custom_fields is None else name in self.custom_fields
             )
             if not known:
-                problems[name] = (
-                    f"Field '{name}' cannot be set. "
-                    "It is not on the appropriate screen, or unknown."
-                )
+                problems[name] = f"Field '{name}' cannot be set. It is not on the appropriate screen, or unknown."
         project = self.project_key(fields.get("project"))
         if project is None:
             problems["project"] = "Specify a valid project ID or key"
         issuetype = fields.get("issuetype")
         if not isinstance(issuetype, dict) or not (issuetype.get("name") or issuetype.get("id")):
             problems["issuetype"] = "Specify an issue type"
-        elif (
-            project is not None
-            and "name" in issuetype
-            and issuetype["name"] not in self.projects[project]
-        ):
+        elif project is not None and "name" in issuetype and issuetype["name"] not in self.projects[project]:
             problems["issuetype"] = "The issue type selected is invalid."
         summary = fields.get("summary")
         if not isinstance(summary, str) or not summary.strip():
@@ -245,9 +227,7 @@ class JiraFake(FakeVendor):
             if name in fields and (problem := _adf_problem(fields[name])):
                 problems[name] = problem
         priority = fields.get("priority")
-        if priority is not None and (
-            not isinstance(priority, dict) or priority.get("name") not in self.priorities
-        ):
+        if priority is not None and (not isinstance(priority, dict) or priority.get("name") not in self.priorities):
             problems["priority"] = f"Specify a valid priority (one of {', '.join(self.priorities)})"
         labels = fields.get("labels", [])
         if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):

@@ -19,7 +19,9 @@ from typing import Any
 
 from aiohttp import web
 
-__all__ = ["Fault", "FakeVendor", "Recorded", "SandboxServer", "SlidingWindow"]
+from daemon.net import bound_port
+
+__all__ = ["FakeVendor", "Fault", "Recorded", "SandboxServer", "SlidingWindow"]
 
 
 class SlidingWindow:
@@ -138,9 +140,7 @@ class FakeVendor:
 
     def too_many(self, wait: float) -> web.Response:
         """The vendor's 429; fakes override for their own body shape."""
-        return web.json_response(
-            {"error": "rate_limited"}, status=429, headers={"Retry-After": str(math.ceil(wait))}
-        )
+        return web.json_response({"error": "rate_limited"}, status=429, headers={"Retry-After": str(math.ceil(wait))})
 
     def new_id(self, prefix: str = "") -> str:
         return f"{prefix}{secrets.token_hex(8)}"
@@ -198,9 +198,7 @@ class SandboxServer:
             await runner.setup()
             site = web.TCPSite(runner, self.host, (ports or {}).get(fake.name, 0))
             await site.start()
-            server = site._server
-            assert server is not None and isinstance(server, asyncio.base_events.Server)
-            port = server.sockets[0].getsockname()[1]
+            port = bound_port(site)
             fake.base_url = f"http://{self.host}:{port}"
             urls[fake.name] = fake.base_url
             self._runners.append(runner)

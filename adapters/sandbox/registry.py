@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from adapters.sandbox.kit import FakeVendor
 from adapters.sandbox.feishu import FeishuFake
 from adapters.sandbox.hubspot import HubSpotFake
 from adapters.sandbox.jira import JiraFake
+from adapters.sandbox.kit import FakeVendor
 from adapters.sandbox.salesforce import SalesforceFake
 from adapters.sandbox.slack import SlackFake
 from adapters.sandbox.smtp import SmtpFake

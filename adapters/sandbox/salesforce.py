@@ -64,9 +64,7 @@ STANDARD_FIELDS: dict[str, dict[str, Field]] = {
         "Id": Field("Lead ID", "id", 18, createable=False),
         "FirstName": Field("First Name", length=40),
         "LastName": Field("Last Name", length=80, required=True),
-        "Salutation": Field(
-            "Salutation", "picklist", values=("Mr.", "Ms.", "Mrs.", "Dr.", "Prof.")
-        ),
+        "Salutation": Field("Salutation", "picklist", values=("Mr.", "Ms.", "Mrs.", "Dr.", "Prof.")),
         "Company": Field("Company", length=255, required=True),
         "Title": Field("Title", length=128),
         "Email": Field("Email", "email", 80),
@@ -78,9 +76,7 @@ STANDARD_FIELDS: dict[str, dict[str, Field]] = {
             "picklist",
             values=("Web", "Phone Inquiry", "Partner Referral", "Purchased List", "Other"),
         ),
-        "Status": Field(
-            "Lead Status", "picklist", values=_LEAD_STATUS, restricted=True, default=_LEAD_STATUS[0]
-        ),
+        "Status": Field("Lead Status", "picklist", values=_LEAD_STATUS, restricted=True, default=_LEAD_STATUS[0]),
         "Rating": Field("Rating", "picklist", values=("Hot", "Warm", "Cold"), restricted=True),
         "Industry": Field("Industry", "picklist", values=("Technology", "Retail", "Other")),
         "Description": Field("Description", "textarea", 32000),
@@ -130,9 +126,7 @@ NOT_FOUND = "The requested resource does not exist"
 class Refused(Exception):
     """Salesforce's error answer: ``status`` with ``[{message, errorCode, fields}]``."""
 
-    def __init__(
-        self, status: int, code: str, message: str, fields: list[str] | None = None
-    ) -> None:
+    def __init__(self, status: int, code: str, message: str, fields: list[str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.body = [{"message": message, "errorCode": code, "fields": fields or []}]
@@ -175,9 +169,7 @@ class SalesforceFake(FakeVendor):
         if custom_fields is None:
             external = Field("Octopus Event Id", external_id=True)
             custom_fields = {obj: {EXTERNAL_ID: external} for obj in STANDARD_FIELDS}
-        self.fields = {
-            obj: {**std, **custom_fields.get(obj, {})} for obj, std in STANDARD_FIELDS.items()
-        }
+        self.fields = {obj: {**std, **custom_fields.get(obj, {})} for obj, std in STANDARD_FIELDS.items()}
         self.grants: list[str] = []
         self.rejected: list[tuple[int, Any]] = []
 
@@ -188,9 +180,7 @@ class SalesforceFake(FakeVendor):
         return ("/services/data/v",)
 
     def too_many(self, wait: float) -> web.Response:
-        return self._refuse(
-            Refused(403, "REQUEST_LIMIT_EXCEEDED", "ConcurrentPerOrgLongTxn Limit exceeded.")
-        )
+        return self._refuse(Refused(403, "REQUEST_LIMIT_EXCEEDED", "ConcurrentPerOrgLongTxn Limit exceeded."))
 
     def routes(self) -> list[web.RouteDef]:
         data = "/services/data/{version}"
@@ -224,9 +214,7 @@ class SalesforceFake(FakeVendor):
             return oauth_error("invalid_client_id", "client identifier invalid")
         if form.get("client_secret") != self.client_secret:
             return oauth_error("invalid_client", "invalid client credentials")
-        if grant == "password" and (
-            form.get("username") != self.username or form.get("password") != self.password
-        ):
+        if grant == "password" and (form.get("username") != self.username or form.get("password") != self.password):
             return oauth_error("invalid_grant", "authentication failure")
         if grant == "client_credentials" and not self.client_credentials:
             return oauth_error("invalid_grant", "no client credentials user enabled")
@@ -277,9 +265,7 @@ class SalesforceFake(FakeVendor):
 
     async def limits(self, request: web.Request) -> web.Response:
         remaining = self.api_limit - self.api_usage
-        return web.json_response(
-            {"DailyApiRequests": {"Max": self.api_limit, "Remaining": remaining}}
-        )
+        return web.json_response({"DailyApiRequests": {"Max": self.api_limit, "Remaining": remaining}})
 
     async def basic_info(self, request: web.Request) -> web.Response:
         sobject = request.match_info["sobject"]
@@ -411,16 +397,12 @@ class SalesforceFake(FakeVendor):
             spec = fields[name]
             if value in (None, ""):
                 continue
-            if not isinstance(value, (str, int, float, bool)) or (
-                spec.type == "int" and not isinstance(value, int)
-            ):
+            if not isinstance(value, (str, int, float, bool)) or (spec.type == "int" and not isinstance(value, int)):
                 message = f"Cannot deserialize instance of {spec.type} from {value!r:.40}"
                 raise Refused(400, "JSON_PARSER_ERROR", message, [name])
             text = str(value)
             if spec.type not in ("int", "reference", "id") and len(text) > spec.length:
-                message = (
-                    f"{spec.label}: data value too large: {text[:40]} (max length={spec.length})"
-                )
+                message = f"{spec.label}: data value too large: {text[:40]} (max length={spec.length})"
                 raise Refused(400, "STRING_TOO_LONG", message, [name])
             if spec.type == "email" and not _EMAIL.match(text):
                 message = f"{spec.label}: invalid email address: {text}"

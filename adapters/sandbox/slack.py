@@ -41,18 +41,14 @@ _ARGS_SCHEMA = {
     "type": "object",
     "required": [name for name, p in _ARGS.items() if p.get("required")],
     "properties": {
-        name: {
-            "type": ["array", "string"] if name in ("blocks", "attachments") else _TYPES[p["type"]]
-        }
+        name: {"type": ["array", "string"] if name in ("blocks", "attachments") else _TYPES[p["type"]]}
         for name, p in _ARGS.items()
     },
 }
 _DEFS = _SPEC["definitions"]
 _ARGS_CHECK = jsonschema.Draft7Validator(_ARGS_SCHEMA)
 _BLOCKS_CHECK = jsonschema.Draft7Validator({"$ref": "#/definitions/blocks", "definitions": _DEFS})
-_SUCCESS_CHECK = jsonschema.Draft7Validator(
-    {**_POST["responses"]["200"]["schema"], "definitions": _DEFS}
-)
+_SUCCESS_CHECK = jsonschema.Draft7Validator({**_POST["responses"]["200"]["schema"], "definitions": _DEFS})
 # The error enum the spec lists for chat.postMessage (old; the live API has more codes).
 SPEC_ERRORS = frozenset(_POST["responses"]["default"]["schema"]["properties"]["error"]["enum"])
 MAX_TEXT = 40_000
@@ -158,8 +154,7 @@ class SlackFake(FakeVendor):
         if error := self.token_error(request, args):
             return self.fail(error)
         problems = [
-            f"[ERROR] {e.message} [json-pointer:/{'/'.join(map(str, e.path))}]"
-            for e in _ARGS_CHECK.iter_errors(args)
+            f"[ERROR] {e.message} [json-pointer:/{'/'.join(map(str, e.path))}]" for e in _ARGS_CHECK.iter_errors(args)
         ]
         blocks = args.get("blocks")
         if isinstance(blocks, str):
@@ -168,9 +163,7 @@ class SlackFake(FakeVendor):
             except ValueError:
                 return self.fail("invalid_blocks_format")
         if blocks is not None and list(_BLOCKS_CHECK.iter_errors(blocks)):
-            return self.fail(
-                "invalid_blocks", "[ERROR] blocks must be a list of objects with a type"
-            )
+            return self.fail("invalid_blocks", "[ERROR] blocks must be a list of objects with a type")
         if problems:
             return self.fail("invalid_arguments", *problems)
         channel = self.channel_id(str(args["channel"]))

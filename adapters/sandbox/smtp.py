@@ -274,8 +274,7 @@ class SmtpFake:
             "headers": {k: str(v) for k, v in msg.items()},
             "envelope": {"mailFrom": envelope.mail_from, "rcptTos": list(envelope.rcpt_tos)},
             "authenticatedAs": session.auth_data,
-            "tls": server.transport is not None
-            and server.transport.get_extra_info("sslcontext") is not None,
+            "tls": server.transport is not None and server.transport.get_extra_info("sslcontext") is not None,
             "raw": raw,
             "copies": 1,
         }

@@ -7,7 +7,7 @@ checks.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import orjson
 from aiohttp import web
@@ -19,7 +19,7 @@ __all__ = ["WebhookFake"]
 
 class WebhookFake(FakeVendor):
     name = "webhook"
-    ENV: dict[str, str] = {}
+    ENV: ClassVar[dict[str, str]] = {}
 
     def __init__(self, *, token: str | None = None, dedupe: bool = True, **kw: Any) -> None:
         super().__init__(**kw)

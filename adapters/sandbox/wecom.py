@@ -198,8 +198,7 @@ class WeComFake(FakeVendor):
         for line in summary:
             info = line.get("summary_info") if isinstance(line, dict) else None
             if not isinstance(info, list) or not all(
-                isinstance(i, dict) and isinstance(i.get("text"), str) and i.get("lang")
-                for i in info
+                isinstance(i, dict) and isinstance(i.get("text"), str) and i.get("lang") for i in info
             ):
                 return "invalid summary_info"
         return ""
@@ -241,23 +240,14 @@ class WeComFake(FakeVendor):
         users = [u for u in str(body.get("touser") or "").split("|") if u]
         if not users and not body.get("toparty") and not body.get("totag"):
             return self._error(40031, "invalid user list")
-        invalid = [
-            u for u in users if self.users is not None and u != "@all" and u not in self.users
-        ]
-        if (
-            users
-            and len(invalid) == len(users)
-            and not body.get("toparty")
-            and not body.get("totag")
-        ):
+        invalid = [u for u in users if self.users is not None and u != "@all" and u not in self.users]
+        if users and len(invalid) == len(users) and not body.get("toparty") and not body.get("totag"):
             return self._error(81013, "user & party & tag all invalid")
         key = (str(body.get("touser")), str(msgtype), content)
         now = time.monotonic()
         if body.get("enable_duplicate_check") == 1:
             seen = self._recent.get(key)
-            if seen is not None and now - seen[0] < float(
-                body.get("duplicate_check_interval", 1800)
-            ):
+            if seen is not None and now - seen[0] < float(body.get("duplicate_check_interval", 1800)):
                 return _answer(invaliduser="|".join(invalid), msgid=seen[1])
         msgid = f"msg{next(self._seq):06d}-{self.new_id()}"
         self._recent[key] = (now, msgid)

@@ -122,7 +122,7 @@ async def test_message_id_is_stable_per_delivery_and_duplicates_are_counted(
 
 
 async def test_utf8_subject_and_body_arrive_exactly(fake: SmtpFake) -> None:
-    content = 'Hi {{senderEmail}} — "quoted" \'single\'\nline 2 😀\n\n第三行 <b>not html</b> ✅'
+    content = "Hi {{senderEmail}} — \"quoted\" 'single'\nline 2 😀\n\n第三行 <b>not html</b> ✅"
     category = '投诉 "紧急" 🚀 {{senderEmail}} and a long tail to force header folding ' * 2
     ev = event(
         1,
@@ -224,9 +224,7 @@ async def test_451_is_retryable(fake: SmtpFake, command: str) -> None:
         ("MAIL", 553, "5.7.1 Sender address rejected: not owned by user"),
     ],
 )
-async def test_5xx_is_permanent_with_the_server_text(
-    fake: SmtpFake, command: str, code: int, text: str
-) -> None:
+async def test_5xx_is_permanent_with_the_server_text(fake: SmtpFake, command: str, code: int, text: str) -> None:
     fake.inject(Fault(code, text, path_contains=command))
     with pytest.raises(PermanentError) as info:
         await adapter(fake).create(event(0), "email", ctx())
@@ -353,9 +351,7 @@ async def test_paced_to_the_server_limit_without_421s() -> None:
         email = adapter(fake, rateLimit={"requests": per_second, "concurrency": 4})
         count = 16  # ~3 s at 5/s
         started = time.monotonic()
-        await asyncio.gather(
-            *(email.create(event(i % len(EVENTS)), "email", ctx(f"k{i}")) for i in range(count))
-        )
+        await asyncio.gather(*(email.create(event(i % len(EVENTS)), "email", ctx(f"k{i}")) for i in range(count)))
         elapsed = time.monotonic() - started
         assert fake.window is not None and fake.window.rejected == 0
         assert len(fake.records) == count

@@ -57,8 +57,7 @@ FEISHU_ENTRY: dict[str, Any] = {
         "mappings": {
             "task": {
                 "summary": "[{{priority}}] {{category}} - {{messageContent|truncate:80}}",
-                "description": "{{messageContent}}\n\n来源: {{platform}} / {{senderName}}"
-                " ({{senderEmail}})",
+                "description": "{{messageContent}}\n\n来源: {{platform}} / {{senderName}} ({{senderEmail}})",
                 "assignee": "{{assigneeUserId}}",
             },
             "bitable_record": {
@@ -72,14 +71,10 @@ FEISHU_ENTRY: dict[str, Any] = {
                 "事件ID": "{{eventId}}",
             },
         },
-        "valueMaps": {
-            "bitable_record.优先级": {"low": "低", "medium": "中", "high": "高", "urgent": "紧急"}
-        },
+        "valueMaps": {"bitable_record.优先级": {"low": "低", "medium": "中", "high": "高", "urgent": "紧急"}},
     },
     "rules": {
-        "conditions": [
-            {"field": "category", "operator": "in", "value": ["技术支持", "客户投诉", "销售线索"]}
-        ],
+        "conditions": [{"field": "category", "operator": "in", "value": ["技术支持", "客户投诉", "销售线索"]}],
         "actions": [
             {"type": "create", "object": "task", "when": {"category": ["技术支持", "客户投诉"]}},
             {"type": "create", "object": "bitable_record"},
@@ -122,9 +117,7 @@ async def running(fake: FeishuFake, **overrides: Any) -> AsyncIterator[FeishuAda
 
 
 def _sent(fake: FeishuFake, path_part: str) -> list[dict[str, Any]]:
-    return [
-        orjson.loads(r.body) for r in fake.requests if path_part in r.path and r.method == "POST"
-    ]
+    return [orjson.loads(r.body) for r in fake.requests if path_part in r.path and r.method == "POST"]
 
 
 async def test_task_created_from_seed_style_mapping() -> None:
@@ -138,9 +131,7 @@ async def test_task_created_from_seed_style_mapping() -> None:
     body = _sent(fake, "/task/v2/tasks")[0]
     assert check_meta(TASK_CREATE_SPEC["requestBody"], body) == []
     assert body["summary"] == f"[urgent] 技术支持 - {event.content}"
-    assert body["description"].startswith(
-        event.content + "\n\n来源: whatsapp / 李雷 (user1@example.com)"
-    )
+    assert body["description"].startswith(event.content + "\n\n来源: whatsapp / 李雷 (user1@example.com)")
     assert body["members"] == [{"id": "manager-001", "role": "assignee", "type": "user"}]
     assert body["origin"]["platform_i18n_name"]["zh_cn"] == "Octopus"
     assert orjson.loads(body["extra"]) == {"eventId": event.eventId}
@@ -159,13 +150,10 @@ async def test_bitable_record_created_with_field_names_and_url() -> None:
     assert record["fields"]["客户"] == "王小明" and record["fields"]["优先级"] == "高"
     assert record["fields"]["事件ID"] == event.eventId
     assert delivered.external_url == (
-        "https://acme.feishu.cn/base/bascnOctopusFakeBase01"
-        f"?table=tblOctopusLeads01&record={delivered.external_id}"
+        f"https://acme.feishu.cn/base/bascnOctopusFakeBase01?table=tblOctopusLeads01&record={delivered.external_id}"
     )
     request = next(r for r in fake.requests if r.path.endswith("/records"))
-    assert request.query["client_token"] == client_token(
-        ctx(event, "bitable_record").idempotency_key
-    )
+    assert request.query["client_token"] == client_token(ctx(event, "bitable_record").idempotency_key)
 
 
 async def test_client_token_makes_repeats_return_the_same_record() -> None:
@@ -330,9 +318,7 @@ async def test_rate_limit_paced_without_429() -> None:
     fake = FeishuFake(rate_limit=(n, 1.0))
     limit = {"rateLimit": {"requests": n, "perSeconds": 1, "concurrency": 8}}
     async with running(fake, **limit) as adapter:
-        await asyncio.gather(
-            *(adapter.create(EVENTS[0], "task", DeliveryContext(f"rate-{i}")) for i in range(3 * n))
-        )
+        await asyncio.gather(*(adapter.create(EVENTS[0], "task", DeliveryContext(f"rate-{i}")) for i in range(3 * n)))
     stamps = [r.at for r in fake.requests if r.path == "/open-apis/task/v2/tasks"]
     achieved = (len(stamps) - 1) / (stamps[-1] - stamps[0])
     assert fake.rate_limited_answers == 0 and len(fake.tasks) == 3 * n
@@ -341,10 +327,7 @@ async def test_rate_limit_paced_without_429() -> None:
 
 async def test_both_domains_and_the_bare_fake_host_work() -> None:
     fake = FeishuFake()
-    assert (
-        make_adapter(fake, endpoints={"domain": "lark"}).base_url
-        == "https://open.larksuite.com/open-apis"
-    )
+    assert make_adapter(fake, endpoints={"domain": "lark"}).base_url == "https://open.larksuite.com/open-apis"
     assert make_adapter(fake, endpoints={}).base_url == "https://open.feishu.cn/open-apis"
     assert make_adapter(fake, endpoints={"baseUrl": "https://open.feishu.cn"}).base_url == (
         "https://open.feishu.cn/open-apis"
@@ -364,13 +347,9 @@ async def test_test_connection() -> None:
     fake = FeishuFake()
     async with running(fake) as adapter:
         await adapter.test_connection()
-    assert [r.path for r in fake.requests][
-        -1
-    ] == "/open-apis/bitable/v1/apps/bascnOctopusFakeBase01/tables"
+    assert [r.path for r in fake.requests][-1] == "/open-apis/bitable/v1/apps/bascnOctopusFakeBase01/tables"
     fake = FeishuFake()
-    async with running(
-        fake, mappings={"task": FEISHU_ENTRY["config"]["mappings"]["task"]}
-    ) as adapter:
+    async with running(fake, mappings={"task": FEISHU_ENTRY["config"]["mappings"]["task"]}) as adapter:
         await adapter.test_connection()
     assert fake.token_requests == 1
     fake = FeishuFake(app_id="cli_someone_else")

@@ -36,9 +36,7 @@ def seed_entry(type_name: str, env: dict[str, str]) -> dict[str, Any]:
     text = SEED.read_text(encoding="utf-8")
     for name, value in env.items():
         text = text.replace("${" + name + "}", value)
-    entry: dict[str, Any] = next(
-        e for e in json.loads(text)["crmIntegrations"] if e["type"] == type_name
-    )
+    entry: dict[str, Any] = next(e for e in json.loads(text)["crmIntegrations"] if e["type"] == type_name)
     return entry
 
 
@@ -126,9 +124,7 @@ async def test_seed_contact_is_created(fake: HubSpotFake, adapter: HubSpotAdapte
     assert sent.headers["Authorization"] == f"Bearer {fake.ENV['HUBSPOT_TOKEN']}"
 
 
-async def test_seed_ticket_uses_pipeline_ids_and_priority_map(
-    fake: HubSpotFake, adapter: HubSpotAdapter
-) -> None:
+async def test_seed_ticket_uses_pipeline_ids_and_priority_map(fake: HubSpotFake, adapter: HubSpotAdapter) -> None:
     for priority, expected in (
         ("urgent", "HIGH"),
         ("high", "HIGH"),
@@ -153,16 +149,11 @@ async def test_configured_portal_needs_no_lookup(fake: HubSpotFake) -> None:
         delivered = await hs.create(event_of("客户投诉"), "ticket", CTX)
     finally:
         await hs.aclose()
-    assert (
-        delivered.external_url
-        == f"https://app-eu1.hubspot.com/contacts/42/record/0-5/{delivered.external_id}"
-    )
+    assert delivered.external_url == f"https://app-eu1.hubspot.com/contacts/42/record/0-5/{delivered.external_id}"
     assert not [r for r in fake.requests if r.path.startswith("/account-info")]
 
 
-async def test_duplicate_email_is_the_existing_contact(
-    fake: HubSpotFake, adapter: HubSpotAdapter
-) -> None:
+async def test_duplicate_email_is_the_existing_contact(fake: HubSpotFake, adapter: HubSpotAdapter) -> None:
     event = event_of("销售线索")
     first = await adapter.create(event, "contact", CTX)
     second = await adapter.create(event, "contact", CTX)
@@ -258,9 +249,7 @@ async def test_oauth_cold_cache_fetches_one_token(fake: HubSpotFake) -> None:
 
 
 async def test_oauth_bad_refresh_token_is_auth_error(fake: HubSpotFake) -> None:
-    hs = make_adapter(
-        fake, authType="oauth2", credentials={**OAUTH["credentials"], "refreshToken": "nope"}
-    )
+    hs = make_adapter(fake, authType="oauth2", credentials={**OAUTH["credentials"], "refreshToken": "nope"})
     try:
         with pytest.raises(AuthError, match="token request failed"):
             await hs.create(event_of("客户投诉"), "ticket", CTX)
@@ -323,9 +312,7 @@ async def test_fake_enforces_the_create_schema(fake: HubSpotFake) -> None:
     headers = {"Authorization": f"Bearer {fake.ENV['HUBSPOT_TOKEN']}"}
     async with aiohttp.ClientSession() as session:
         url = f"{fake.base_url}/crm/v3/objects/contacts"
-        async with session.post(
-            url, json={"properties": {"email": "a@b.co"}}, headers=headers
-        ) as resp:
+        async with session.post(url, json={"properties": {"email": "a@b.co"}}, headers=headers) as resp:
             body = await resp.json()
     assert resp.status == 400 and body["category"] == "VALIDATION_ERROR"
     assert "required attributes are not set [associations]" in body["message"]

@@ -59,9 +59,7 @@ def seed_config(fake: JiraFake, **overrides: Any) -> tuple[str, IntegrationConfi
 
 
 @asynccontextmanager
-async def running(
-    fake: JiraFake | None = None, **overrides: Any
-) -> AsyncIterator[tuple[JiraFake, JiraAdapter]]:
+async def running(fake: JiraFake | None = None, **overrides: Any) -> AsyncIterator[tuple[JiraFake, JiraAdapter]]:
     fake = fake or JiraFake()
     async with SandboxServer(fake):
         adapter = JiraAdapter(*seed_config(fake, **overrides))
@@ -100,9 +98,7 @@ async def test_text_arrives_byte_for_byte() -> None:
     async with running() as (fake, jira):
         await jira.create(event, "issue", ctx())
         record = fake.records["SUP-1"]
-        assert (
-            record["descriptionText"] == f"{content}\n\n来源: {TECH.platform} / {TECH.sender.name}"
-        )
+        assert record["descriptionText"] == f"{content}\n\n来源: {TECH.platform} / {TECH.sender.name}"
         raw = fake.requests[-1].body
         assert orjson.dumps('said "refund now"')[1:-1] in raw
         assert "😀".encode() in raw and b"{{senderEmail}}" in raw
@@ -184,9 +180,7 @@ async def test_validation_errors_are_permanent_with_jira_messages() -> None:
         with pytest.raises(PermanentError, match=r"fields: .* is not of type 'object'"):
             await jira.http.send(Request("POST", "/rest/api/3/issue", json={"fields": []}))
         plain = {"project": {"key": "SUP"}, "issuetype": {"name": "Task"}, "summary": "s"}
-        with pytest.raises(
-            PermanentError, match="description: Operation value must be an Atlassian"
-        ):
+        with pytest.raises(PermanentError, match="description: Operation value must be an Atlassian"):
             body = {"fields": {**plain, "description": "v2-style plain text"}}
             await jira.http.send(Request("POST", "/rest/api/3/issue", json=body))
 
@@ -199,9 +193,7 @@ async def test_status_classes() -> None:
         with pytest.raises(AuthError) as auth:
             await jira.create(TECH, "issue", ctx())
         assert not isinstance(auth.value, TokenExpiredError) and auth.value.status == 401
-        assert "Client must be authenticated" in auth.value.message and "wrong" not in str(
-            auth.value
-        )
+        assert "Client must be authenticated" in auth.value.message and "wrong" not in str(auth.value)
         assert len(fake.requests) == 1  # static credentials: no refresh loop
         with pytest.raises(AuthError):
             await jira.test_connection()
@@ -214,9 +206,7 @@ async def test_status_classes() -> None:
         fake.inject(Fault(503, {"errorMessages": ["busy"]}, {"Retry-After": "7"}))
         with pytest.raises(RetryableError) as unavailable:
             await jira.create(TECH, "issue", ctx())
-        assert unavailable.value.retry_after == 7 and not isinstance(
-            unavailable.value, RateLimitedError
-        )
+        assert unavailable.value.retry_after == 7 and not isinstance(unavailable.value, RateLimitedError)
         reset = (datetime.now(UTC) + timedelta(minutes=2)).strftime("%Y-%m-%dT%H:%MZ")
         fake.inject(Fault(429, {"errorMessages": []}, {"X-RateLimit-Reset": reset}))
         with pytest.raises(RateLimitedError) as limited:
@@ -262,9 +252,7 @@ async def test_default_rate_limit_paces_under_the_vendor_limit() -> None:
     async with running(JiraFake(rate_limit=(limit, 1.0))) as (fake, jira):
         n = 3 * limit
         started = time.monotonic()
-        results = await asyncio.gather(
-            *(jira.create(TECH, "issue", ctx(f"k{i}")) for i in range(n))
-        )
+        results = await asyncio.gather(*(jira.create(TECH, "issue", ctx(f"k{i}")) for i in range(n)))
         elapsed = time.monotonic() - started
         assert len({r.external_id for r in results}) == n
         assert fake.window is not None and fake.window.rejected == 0

@@ -109,9 +109,7 @@ async def test_failed_fetch_reaches_every_waiter_and_the_next_call_fetches_again
 
     auth = TokenAuth(fetch)
     http = HttpClient(name="t")
-    results = await asyncio.gather(
-        *(auth.apply(Request("GET", "/"), http) for _ in range(10)), return_exceptions=True
-    )
+    results = await asyncio.gather(*(auth.apply(Request("GET", "/"), http) for _ in range(10)), return_exceptions=True)
     assert calls == 1
     assert all(isinstance(r, AuthError) for r in results)
     assert await auth.apply(Request("GET", "/"), http) == "tok-ok"
@@ -335,12 +333,8 @@ async def test_read_timeout_after_sending_is_ambiguous(fake: RecordsFake) -> Non
 
 async def test_429_with_retry_after_slows_the_limiter(fake: RecordsFake) -> None:
     limiter = Limiter(RateLimit(requests=1000))
-    http = HttpClient(
-        name="records", base_url=fake.base_url, auth=TokenAuth(fetch_from), limiter=limiter
-    )
-    fake.inject(
-        Fault(429, {"error": "slow down"}, headers={"Retry-After": "3"}, path_contains="/records")
-    )
+    http = HttpClient(name="records", base_url=fake.base_url, auth=TokenAuth(fetch_from), limiter=limiter)
+    fake.inject(Fault(429, {"error": "slow down"}, headers={"Retry-After": "3"}, path_contains="/records"))
     try:
         with pytest.raises(RateLimitedError) as info:
             await http.send(Request("POST", "/records", json={"n": 1}))
@@ -352,9 +346,7 @@ async def test_429_with_retry_after_slows_the_limiter(fake: RecordsFake) -> None
 
 async def test_429_without_retry_after_pauses_a_second(fake: RecordsFake) -> None:
     limiter = Limiter(RateLimit(requests=1000))
-    http = HttpClient(
-        name="records", base_url=fake.base_url, auth=TokenAuth(fetch_from), limiter=limiter
-    )
+    http = HttpClient(name="records", base_url=fake.base_url, auth=TokenAuth(fetch_from), limiter=limiter)
     fake.inject(Fault(429, {"error": "slow down"}, path_contains="/records"))
     try:
         with pytest.raises(RateLimitedError):
@@ -397,9 +389,7 @@ def test_body_codes_ok() -> None:
         (40003, PermanentError, "permanent", False),
     ],
 )
-def test_body_codes_map_to_the_taxonomy(
-    code: int, kind: type, error_class: str, retriable: bool
-) -> None:
+def test_body_codes_map_to_the_taxonomy(code: int, kind: type, error_class: str, retriable: bool) -> None:
     payload = f'{{"errcode": {code}, "errmsg": "vendor says {code}"}}'.encode()
     error = WECOM_LIKE.classify(body(200, payload))
     assert type(error) is kind
@@ -413,9 +403,7 @@ def test_body_codes_map_to_the_taxonomy(
 
 
 def test_body_code_rate_limit_and_quota_delays() -> None:
-    limited = WECOM_LIKE.classify(
-        body(200, b'{"errcode": 45009, "errmsg": "busy"}', **{"Retry-After": "12"})
-    )
+    limited = WECOM_LIKE.classify(body(200, b'{"errcode": 45009, "errmsg": "busy"}', **{"Retry-After": "12"}))
     assert limited is not None and limited.retry_after == 12.0
     quota = WECOM_LIKE.classify(body(200, b'{"errcode": 45033, "errmsg": "quota"}'))
     assert quota is not None and quota.retry_after == 3600.0

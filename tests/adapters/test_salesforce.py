@@ -36,9 +36,7 @@ def seed_entry(type_name: str, env: dict[str, str]) -> dict[str, Any]:
     text = SEED.read_text(encoding="utf-8")
     for name, value in env.items():
         text = text.replace("${" + name + "}", value)
-    entry: dict[str, Any] = next(
-        e for e in json.loads(text)["crmIntegrations"] if e["type"] == type_name
-    )
+    entry: dict[str, Any] = next(e for e in json.loads(text)["crmIntegrations"] if e["type"] == type_name)
     return entry
 
 
@@ -95,17 +93,13 @@ def data_requests(fake: SalesforceFake, method: str = "POST") -> list[Any]:
 # -- the seed's objects ---------------------------------------------------------------------
 
 
-async def test_seed_lead_is_created_with_api_field_names(
-    fake: SalesforceFake, adapter: SalesforceAdapter
-) -> None:
+async def test_seed_lead_is_created_with_api_field_names(fake: SalesforceFake, adapter: SalesforceAdapter) -> None:
     event = event_of("销售线索")
     delivered = await adapter.create(event, "lead", ctx())
 
     record = fake.records[delivered.external_id]
     assert delivered.external_id.startswith("00Q") and len(delivered.external_id) == 18
-    assert (
-        delivered.external_url == f"{fake.base_url}/lightning/r/Lead/{delivered.external_id}/view"
-    )
+    assert delivered.external_url == f"{fake.base_url}/lightning/r/Lead/{delivered.external_id}/view"
     assert record["FirstName"] == event.sender.name
     assert record["LastName"] == "客户"
     assert record["Company"] == event.tenantName
@@ -127,9 +121,7 @@ async def test_seed_lead_is_created_with_api_field_names(
     assert delivered.detail["apiUsage"]["used"] >= 1
 
 
-async def test_seed_case_maps_priority_to_the_picklist(
-    fake: SalesforceFake, adapter: SalesforceAdapter
-) -> None:
+async def test_seed_case_maps_priority_to_the_picklist(fake: SalesforceFake, adapter: SalesforceAdapter) -> None:
     for priority, expected in (
         ("urgent", "High"),
         ("high", "High"),
@@ -205,9 +197,7 @@ async def test_sandbox_flag_picks_test_login_host(fake: SalesforceFake) -> None:
     config = seed_entry("salesforce", fake.ENV)["config"]
     config["credentials"]["sandbox"] = True
     config["endpoints"] = {}
-    assert SalesforceAdapter("x", IntegrationConfig.model_validate(config)).login_url == (
-        "https://test.salesforce.com"
-    )
+    assert SalesforceAdapter("x", IntegrationConfig.model_validate(config)).login_url == ("https://test.salesforce.com")
 
 
 async def test_fake_speaks_salesforce(fake: SalesforceFake) -> None:
@@ -234,18 +224,14 @@ async def test_fake_speaks_salesforce(fake: SalesforceFake) -> None:
         assert fields["Octopus_Event_Id__c"]["externalId"]
         async with session.get(f"{api}/limits", headers=headers) as resp:
             assert (await resp.json())["DailyApiRequests"]["Max"] == fake.api_limit
-        async with session.get(
-            f"{fake.base_url}/services/data/vv58.0/limits", headers=headers
-        ) as resp:
+        async with session.get(f"{fake.base_url}/services/data/vv58.0/limits", headers=headers) as resp:
             assert resp.status == 404  # the seed's "v" + "v58.0" path
 
 
 # -- tokens ---------------------------------------------------------------------------------
 
 
-async def test_expired_session_refreshes_once(
-    fake: SalesforceFake, adapter: SalesforceAdapter
-) -> None:
+async def test_expired_session_refreshes_once(fake: SalesforceFake, adapter: SalesforceAdapter) -> None:
     await adapter.create(event_of("销售线索"), "lead", ctx("a"))
     fake.expire_tokens()
     delivered = await adapter.create(event_of("销售线索"), "lead", ctx("b"))
@@ -254,9 +240,7 @@ async def test_expired_session_refreshes_once(
     assert [r.path for r in fake.requests].count("/services/oauth2/token") == 2
 
 
-async def test_session_rejected_twice_is_an_auth_error(
-    fake: SalesforceFake, adapter: SalesforceAdapter
-) -> None:
+async def test_session_rejected_twice_is_an_auth_error(fake: SalesforceFake, adapter: SalesforceAdapter) -> None:
     invalid = [{"message": "Session expired or invalid", "errorCode": "INVALID_SESSION_ID"}]
     fake.inject(
         Fault(401, invalid, path_contains="/sobjects/"),
@@ -268,13 +252,9 @@ async def test_session_rejected_twice_is_an_auth_error(
     assert fake.token_requests == 2
 
 
-async def test_hundred_concurrent_deliveries_fetch_one_token(
-    fake: SalesforceFake, adapter: SalesforceAdapter
-) -> None:
+async def test_hundred_concurrent_deliveries_fetch_one_token(fake: SalesforceFake, adapter: SalesforceAdapter) -> None:
     event = event_of("销售线索")
-    results = await asyncio.gather(
-        *(adapter.create(event, "lead", ctx(f"k{i}")) for i in range(100))
-    )
+    results = await asyncio.gather(*(adapter.create(event, "lead", ctx(f"k{i}")) for i in range(100)))
     assert len({r.external_id for r in results}) == 100
     assert fake.token_requests == 1
 
@@ -454,9 +434,9 @@ async def test_upsert_on_external_id_never_duplicates(fake: SalesforceFake) -> N
     assert len(fake.by_type("Lead")) == 1
     assert fake.records[first.external_id]["Octopus_Event_Id__c"] == key
     upserts = data_requests(fake, "PATCH")
-    assert upserts[0].path.endswith(
-        "/sobjects/Lead/Octopus_Event_Id__c/6513270e%3Aprimary-crm%3Alead"
-    ) or (upserts[0].path.endswith("/sobjects/Lead/Octopus_Event_Id__c/6513270e:primary-crm:lead"))
+    assert upserts[0].path.endswith("/sobjects/Lead/Octopus_Event_Id__c/6513270e%3Aprimary-crm%3Alead") or (
+        upserts[0].path.endswith("/sobjects/Lead/Octopus_Event_Id__c/6513270e:primary-crm:lead")
+    )
     assert "Octopus_Event_Id__c" not in orjson.loads(upserts[0].body)
 
 
@@ -490,18 +470,14 @@ async def test_ambiguous_external_id_is_permanent(fake: SalesforceFake) -> None:
     assert len(fake.by_type("Lead")) == 2
 
 
-async def test_find_existing_without_external_id_cannot_tell(
-    fake: SalesforceFake, adapter: SalesforceAdapter
-) -> None:
+async def test_find_existing_without_external_id_cannot_tell(fake: SalesforceFake, adapter: SalesforceAdapter) -> None:
     assert await adapter.find_existing(event_of("销售线索"), "lead", ctx()) is None
 
 
 # -- content and pacing ---------------------------------------------------------------------
 
 
-async def test_message_arrives_byte_for_byte(
-    fake: SalesforceFake, adapter: SalesforceAdapter
-) -> None:
+async def test_message_arrives_byte_for_byte(fake: SalesforceFake, adapter: SalesforceAdapter) -> None:
     content = 'Literal {{senderEmail}} and "quotes"\nsecond line 🐙 \\n 中文'
     event = with_changes(event_of("销售线索"), content=content)
     delivered = await adapter.create(event, "lead", ctx())

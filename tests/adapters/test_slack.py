@@ -74,9 +74,7 @@ def webhook_overrides(url: str) -> dict[str, Any]:
 
 
 @asynccontextmanager
-async def running(
-    fake: SlackFake | None = None, **overrides: Any
-) -> AsyncIterator[tuple[SlackFake, SlackAdapter]]:
+async def running(fake: SlackFake | None = None, **overrides: Any) -> AsyncIterator[tuple[SlackFake, SlackAdapter]]:
     fake = fake or SlackFake()
     async with SandboxServer(fake):
         adapter = SlackAdapter(*seed_config(fake, **overrides))
@@ -102,9 +100,7 @@ async def test_seed_message_is_posted_from_the_seed_mapping() -> None:
         assert record["channel"] == "C0SUPPORT1"
         assert record["text"] == expected_text(SERVICE)
         assert delivered.external_id == f"C0SUPPORT1:{record['ts']}"
-        assert delivered.external_url == (
-            f"https://slack.com/archives/C0SUPPORT1/p{record['ts'].replace('.', '')}"
-        )
+        assert delivered.external_url == (f"https://slack.com/archives/C0SUPPORT1/p{record['ts'].replace('.', '')}")
         sent = fake.requests[-1]
         assert sent.headers["Authorization"] == f"Bearer {fake.ENV['SLACK_BOT_TOKEN']}"
         assert sent.headers["Content-Type"] == "application/json; charset=utf-8"
@@ -123,9 +119,7 @@ async def test_text_arrives_byte_for_byte_and_markup_is_made_inert() -> None:
         assert delivered.external_url.startswith("https://acme.slack.com/archives/C0SUPPORT1/p")
         hostile = SERVICE.model_copy(update={"content": "<!channel> Tom & Jerry <b>x</b>"})
         await slack.create(hostile, "message", ctx("k2"))
-        assert fake.messages[-1]["text"].endswith(
-            "&lt;!channel&gt; Tom &amp; Jerry &lt;b&gt;x&lt;/b&gt;"
-        )
+        assert fake.messages[-1]["text"].endswith("&lt;!channel&gt; Tom &amp; Jerry &lt;b&gt;x&lt;/b&gt;")
 
 
 async def test_fake_rejects_what_slack_rejects() -> None:
@@ -223,9 +217,7 @@ async def test_http_429_is_rate_limited_with_retry_after() -> None:
 
 
 async def test_incoming_webhook_flavour() -> None:
-    fake = SlackFake(
-        webhooks={SlackFake.WEBHOOK_PATH: "C0SUPPORT1", "/services/T000/B0OLD/YYYY": "C0ARCHIVE1"}
-    )
+    fake = SlackFake(webhooks={SlackFake.WEBHOOK_PATH: "C0SUPPORT1", "/services/T000/B0OLD/YYYY": "C0ARCHIVE1"})
     async with SandboxServer(fake):
         slack = SlackAdapter(*seed_config(fake, **webhook_overrides(fake.webhook_url)))
         try:

@@ -127,9 +127,7 @@ def test_tenant_name_falls_back_to_tenant_id() -> None:
         ({"name": "Hanna Schmidt", "lastName": "Schmidt-Weber"}, "Hanna", "Schmidt-Weber"),
     ],
 )
-def test_first_and_last_name_from_fields_or_split(
-    sender: dict[str, str], first: str, last: str
-) -> None:
+def test_first_and_last_name_from_fields_or_split(sender: dict[str, str], first: str, last: str) -> None:
     out = render(
         {"firstname": "{{senderFirstName}}", "lastname": "{{senderLastName}}"},
         event(sender={"id": "s1", **sender}),
@@ -179,20 +177,12 @@ def test_default_applies_only_to_missing_or_empty_values() -> None:
     sender_without_email = {"id": "s1", "name": "Li Lei"}
     assert render('{{senderEmail|default:"n/a"}}', event(sender=sender_without_email)) == "n/a"
     assert render('{{senderEmail|default:"n/a"}}') == "xiaoming@example.com"
-    assert (
-        render("{{sender.username|default:anonymous}}", event(sender=sender_without_email))
-        == "anonymous"
-    )
+    assert render("{{sender.username|default:anonymous}}", event(sender=sender_without_email)) == "anonymous"
 
 
 def test_upper_lower_trim() -> None:
     assert render("{{priority|upper}}") == "HIGH"
-    assert (
-        render(
-            "{{sender.username|lower}}", event(sender={"id": "1", "name": "A", "username": "MiXeD"})
-        )
-        == "mixed"
-    )
+    assert render("{{sender.username|lower}}", event(sender={"id": "1", "name": "A", "username": "MiXeD"})) == "mixed"
     assert render("[{{metadata.note|trim}}]") == "[padded note]"
 
 
@@ -298,11 +288,7 @@ def test_notion_property_tree_from_the_guide() -> None:
             "分类": {"select": {"name": "销售线索"}},
             "优先级": {"select": {"name": "high"}},
             "状态": {"select": {"name": "待处理"}},
-            "内容": {
-                "rich_text": [
-                    {"text": {"content": "你好，想了解企业版套餐的价格，我们有 200 人。"}}
-                ]
-            },
+            "内容": {"rich_text": [{"text": {"content": "你好，想了解企业版套餐的价格，我们有 200 人。"}}]},
             "创建时间": {"date": {"start": "2026-11-25T09:30:12Z"}},
         }
     }
@@ -350,10 +336,7 @@ def test_compile_errors_name_the_path(mapping: dict[str, Any], path: str, needle
 
 # -- untrusted content -----------------------------------------------------------------------
 
-HOSTILE = (
-    "Price? {{senderEmail}} {{ tenantId|upper }} \"quoted\" 'single'\n"
-    "第二行\r\n😀🎉 {% x %} ${HOME} \\n {{"
-)
+HOSTILE = "Price? {{senderEmail}} {{ tenantId|upper }} \"quoted\" 'single'\n第二行\r\n😀🎉 {% x %} ${HOME} \\n {{"
 
 
 def test_customer_text_is_inserted_byte_for_byte_never_reevaluated() -> None:

@@ -149,9 +149,7 @@ async def test_special_characters_arrive_byte_for_byte() -> None:
     fake = WeComFake()
     content = 'Mail me at {{senderEmail}} — "urgent"\nsecond line\t🐙🎉'
     event = EVENTS[0].model_copy(update={"content": content})
-    async with running(
-        fake, mappings={**ENTRY["config"]["mappings"], "message": MESSAGE_MAPPING}, **FAST
-    ) as adapter:
+    async with running(fake, mappings={**ENTRY["config"]["mappings"], "message": MESSAGE_MAPPING}, **FAST) as adapter:
         await adapter.create(event, "oa_approval", ctx(event))
         await adapter.create(event, "message", ctx(event, "message"))
     texts = {c["id"]: c["value"]["text"] for c in fake.approvals[0]["apply_data"]["contents"]}

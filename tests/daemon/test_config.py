@@ -83,9 +83,7 @@ def errors_of(raw: dict[str, Any], **kw: Any) -> list[tuple[str, str]]:
     return info.value.errors
 
 
-def hook(
-    id_: str = "hook", url: str = "https://hooks.example.com/x", **extra: Any
-) -> dict[str, Any]:
+def hook(id_: str = "hook", url: str = "https://hooks.example.com/x", **extra: Any) -> dict[str, Any]:
     entry: dict[str, Any] = {
         "id": id_,
         "type": "webhook",
@@ -120,9 +118,7 @@ def test_seed_config_loads_with_its_environment() -> None:
     assert [i.id for i in config.resolve("wework")] == ["cn-wework"]
     assert [i.id for i in config.resolve("wecom")] == ["cn-wework"]
     assert config.strategy is not None and config.strategy.strategy == "primary_backup"
-    tenant_strategies = {
-        name: t.strategy.strategy for name, t in config.tenants.items() if t.strategy
-    }
+    tenant_strategies = {name: t.strategy.strategy for name, t in config.tenants.items() if t.strategy}
     assert tenant_strategies == {
         "t-support-desk": "category_routing",
         "t-enterprise": "parallel_sync",
@@ -148,11 +144,7 @@ def test_unmodified_seed_fails_only_on_unregistered_types() -> None:
 
 def test_missing_environment_variables_are_all_listed_with_their_paths() -> None:
     seed, _ = seed_for_registry()
-    env = {
-        k: v
-        for k, v in SEED_ENV.items()
-        if k not in ("SALESFORCE_CLIENT_SECRET", "SLACK_BOT_TOKEN")
-    }
+    env = {k: v for k, v in SEED_ENV.items() if k not in ("SALESFORCE_CLIENT_SECRET", "SLACK_BOT_TOKEN")}
     errors = errors_of(seed, env=env)
     assert errors == [
         (
@@ -262,9 +254,7 @@ def test_bad_strategy_references() -> None:
 
 
 def test_bad_regex_condition() -> None:
-    entry = hook(
-        rules={"conditions": [{"field": "content", "operator": "regex", "value": "(unclosed"}]}
-    )
+    entry = hook(rules={"conditions": [{"field": "content", "operator": "regex", "value": "(unclosed"}]})
     errors = errors_of({"crmIntegrations": [entry]}, env={})
     assert len(errors) == 1
     assert errors[0][0] == "crmIntegrations[0].rules.conditions[0]"
@@ -273,9 +263,7 @@ def test_bad_regex_condition() -> None:
 
 def test_unknown_operator_and_strategy() -> None:
     entry = hook(rules={"conditions": [{"field": "category", "operator": "like", "value": "x"}]})
-    errors = errors_of(
-        {"crmIntegrations": [entry], "strategy": {"strategy": "round_robin"}}, env={}
-    )
+    errors = errors_of({"crmIntegrations": [entry], "strategy": {"strategy": "round_robin"}}, env={})
     paths = [p for p, _ in errors]
     assert "crmIntegrations[0].rules.conditions[0].operator" in paths
     assert "strategy" in paths
@@ -416,8 +404,7 @@ def test_validate_config_cli(tmp_path: Path) -> None:
     missing = run_cli(str(good))
     assert missing.returncode == 1
     assert (
-        "crmIntegrations[0].config.credentials.clientId: "
-        "environment variable SALESFORCE_CLIENT_ID is not set"
+        "crmIntegrations[0].config.credentials.clientId: environment variable SALESFORCE_CLIENT_ID is not set"
     ) in missing.stderr
     assert "Traceback" not in missing.stderr
 
@@ -439,7 +426,5 @@ def test_validate_config_cli(tmp_path: Path) -> None:
     invalid = run_cli(str(bad_path), "--allow-missing-env")
     assert invalid.returncode == 1
     assert f"invalid configuration in {bad_path}" in invalid.stderr
-    assert (
-        "strategy.primary: no enabled integration with id or type 'no-such-crm'" in invalid.stderr
-    )
+    assert "strategy.primary: no enabled integration with id or type 'no-such-crm'" in invalid.stderr
     assert "Traceback" not in invalid.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -58,9 +59,9 @@ async def test_barriers_queue_in_order_and_release(ledger: Ledger) -> None:
 
 async def test_stale_barriers_never_wedge_a_key() -> None:
     store = MemoryLedger()
-    store._stale_after = 0.05  # noqa: SLF001
+    store._stale_after = 0.05
     await store.barrier_hold("k|crm", "lost-in-a-crash", time.time())
-    time.sleep(0.1)
+    await asyncio.sleep(0.1)
     assert await store.barrier_head("k|crm") is None
 
 
@@ -72,7 +73,9 @@ def test_open_ledger_by_url(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-async def test_two_replicas_sharing_redis_never_create_twice(broker: Any, topics: Any, tmp_path: Path, redis_url: str) -> None:
+async def test_two_replicas_sharing_redis_never_create_twice(
+    broker: Any, topics: Any, tmp_path: Path, redis_url: str
+) -> None:
     """Replica A delivers everything; replica B, in a group that has committed nothing, gets every
     event again — and, sharing A's Redis ledger, reports duplicates instead of creating records."""
     await broker.create(topics)
@@ -89,7 +92,9 @@ async def test_two_replicas_sharing_redis_never_create_twice(broker: Any, topics
             a.terminate()
         finally:
             a.stop()
-        b = DaemonProcess(broker, topics, config, tmp_path, "b", ledger_url=prefix_db, group_id=f"{topics.group}-b").start()
+        b = DaemonProcess(
+            broker, topics, config, tmp_path, "b", ledger_url=prefix_db, group_id=f"{topics.group}-b"
+        ).start()
         try:
             results = await broker.read(topics.results, expect=200, timeout=60)
             b.terminate()

@@ -69,15 +69,20 @@ async def test_each_event_once_per_target_in_key_order(broker: Any, topics: Any)
             assert seq == sorted(seq), f"out of order for {key}"
 
 
-@pytest.mark.parametrize("value,error_class", [
-    (b"\xff\xfe not utf8", "undecodable"),
-    (b"{not json", "invalid_json"),
-    (b"[1, 2]", "schema_violation"),
-    (orjson.dumps({"schemaVersion": 1, "eventId": "x"}), "schema_violation"),
-    (orjson.dumps({**make_event(0), "schemaVersion": 2}), "unsupported_schema_version"),
-    (orjson.dumps({**make_event(0), "content": "x" * (1024 * 1024 + 10)}), "too_large"),
-])
-async def test_bad_input_reaches_the_dlq_with_original_bytes(broker: Any, topics: Any, value: bytes, error_class: str) -> None:
+@pytest.mark.parametrize(
+    "value,error_class",
+    [
+        (b"\xff\xfe not utf8", "undecodable"),
+        (b"{not json", "invalid_json"),
+        (b"[1, 2]", "schema_violation"),
+        (orjson.dumps({"schemaVersion": 1, "eventId": "x"}), "schema_violation"),
+        (orjson.dumps({**make_event(0), "schemaVersion": 2}), "unsupported_schema_version"),
+        (orjson.dumps({**make_event(0), "content": "x" * (1024 * 1024 + 10)}), "too_large"),
+    ],
+)
+async def test_bad_input_reaches_the_dlq_with_original_bytes(
+    broker: Any, topics: Any, value: bytes, error_class: str
+) -> None:
     await broker.create(topics, partitions=1)
     hook = WebhookFake()
     async with SandboxServer(hook):

@@ -67,7 +67,14 @@ async def test_two_replicas_share_partitions_through_a_rebalance(broker: Any, to
         events = [make_event(i, key=f"k{i % 40}") for i in range(800)]
         await broker.produce(topics.input, keyed(events))
         a = DaemonProcess(broker, topics, config, tmp_path, "a", max_in_flight=20).start()
-        b = DaemonProcess(broker, topics, config, tmp_path / "b" if (tmp_path / "b").mkdir() or True else tmp_path, "b", max_in_flight=20)
+        b = DaemonProcess(
+            broker,
+            topics,
+            config,
+            tmp_path / "b" if (tmp_path / "b").mkdir() or True else tmp_path,
+            "b",
+            max_in_flight=20,
+        )
         try:
             await wait_for(lambda: len(hook.deliveries) >= 100, 60, "first deliveries")
             b.start()

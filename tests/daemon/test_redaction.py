@@ -52,9 +52,7 @@ def test_secret_query_parameters_in_urls() -> None:
         "https://api.trello.com/1/cards?key=[REDACTED]&token=[REDACTED]&idList=9"
     )
     form = "grant_type=password&client_id=c&client_secret=S3&password=P4&username=u"
-    assert redact(form) == (
-        "grant_type=password&client_id=c&client_secret=[REDACTED]&password=[REDACTED]&username=u"
-    )
+    assert redact(form) == ("grant_type=password&client_id=c&client_secret=[REDACTED]&password=[REDACTED]&username=u")
 
 
 def test_authorization_headers() -> None:
@@ -62,9 +60,7 @@ def test_authorization_headers() -> None:
     assert redact("authorization=Basic dXNlcjpwYXNz") == "authorization=[REDACTED]"
     headers = {"Authorization": "Bearer abc.def", "Accept": "application/json"}
     assert redact(str(headers)) == "{'Authorization': '[REDACTED]', 'Accept': 'application/json'}"
-    assert (
-        redact('{"authorization":"Zoho-oauthtoken 1000.abc"}') == '{"authorization":"[REDACTED]"}'
-    )
+    assert redact('{"authorization":"Zoho-oauthtoken 1000.abc"}') == '{"authorization":"[REDACTED]"}'
 
 
 def test_redact_value_walks_nested_structures() -> None:

@@ -18,9 +18,7 @@ def breaker(
 ) -> tuple[CircuitBreaker, Clock, list[BreakerState]]:
     clock = Clock()
     changes: list[BreakerState] = []
-    policy = BreakerPolicy(
-        failureThreshold=threshold, openSeconds=open_seconds, halfOpenProbes=probes
-    )
+    policy = BreakerPolicy(failureThreshold=threshold, openSeconds=open_seconds, halfOpenProbes=probes)
     return CircuitBreaker(policy, clock=clock, on_change=changes.append), clock, changes
 
 

@@ -109,7 +109,7 @@ async def test_fan_out_one_target_failing_never_blocks_the_others(broker: Any, t
 
 async def test_a_waiting_retry_holds_later_events_of_its_key_only(broker: Any, topics: Any) -> None:
     await broker.create(topics, partitions=1)
-    hook, = fakes("hook")
+    (hook,) = fakes("hook")
     async with SandboxServer(hook):
         raw = webhook_config({"hook": f"{hook.base_url}/hooks/h"})
         raw["retry"] = {"maxAttempts": 5, "initialDelay": 1.0, "jitter": 0}
@@ -130,7 +130,9 @@ async def test_category_routes_unknown_category_default_and_skip(broker: Any, to
     await broker.create(topics)
     sales, support, fallback = fakes("sales", "support", "fallback")
     async with SandboxServer(sales, support, fallback):
-        urls = {n: f"{f.base_url}/hooks/{n}" for n, f in (("sales", sales), ("support", support), ("fallback", fallback))}
+        urls = {
+            n: f"{f.base_url}/hooks/{n}" for n, f in (("sales", sales), ("support", support), ("fallback", fallback))
+        }
         with_default = webhook_config(
             urls,
             strategy={
@@ -161,7 +163,7 @@ async def test_category_routes_unknown_category_default_and_skip(broker: Any, to
 
 async def test_unknown_category_without_default_is_an_explicit_skip(broker: Any, topics: Any) -> None:
     await broker.create(topics)
-    sales, = fakes("sales")
+    (sales,) = fakes("sales")
     async with SandboxServer(sales):
         raw = webhook_config(
             {"sales": f"{sales.base_url}/hooks/s"},

@@ -23,9 +23,7 @@ BASE: dict[str, Any] = {
 }
 
 
-def event(
-    category: str = "销售线索", tenant: str = "t-acme", priority: str = "high"
-) -> ClassifiedMessage:
+def event(category: str = "销售线索", tenant: str = "t-acme", priority: str = "high") -> ClassifiedMessage:
     data = copy.deepcopy(BASE)
     data["tenantId"] = tenant
     data["classification"]["category"] = category
@@ -46,9 +44,7 @@ def chains(p: Plan) -> list[list[str]]:
     return [[t.key for t in route.chain] for route in p.routes]
 
 
-def hook(
-    id_: str, priority: int = 1, objects: tuple[str, ...] = ("message",), **extra: Any
-) -> dict[str, Any]:
+def hook(id_: str, priority: int = 1, objects: tuple[str, ...] = ("message",), **extra: Any) -> dict[str, Any]:
     entry: dict[str, Any] = {
         "id": id_,
         "type": "webhook",
@@ -294,9 +290,7 @@ def test_integration_level_tenant_restriction() -> None:
     )
     other = plan(routed, event(tenant="t-other"))
     assert other.routes == ()
-    assert other.skips == (
-        Skip(None, "acme-only", "integration 'acme-only' not enabled for tenant t-other"),
-    )
+    assert other.skips == (Skip(None, "acme-only", "integration 'acme-only' not enabled for tenant t-other"),)
 
 
 def test_no_strategy_delivers_to_every_enabled_integration_whose_rules_accept() -> None:

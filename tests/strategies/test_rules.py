@@ -110,9 +110,7 @@ def test_match_all_and_any() -> None:
 
 
 def test_failed_condition_is_the_reason() -> None:
-    rules = Rules(
-        conditions=[cond("category", "in", ["销售线索"]), cond("priority", "eq", "urgent")]
-    )
+    rules = Rules(conditions=[cond("category", "in", ["销售线索"]), cond("priority", "eq", "urgent")])
     decision = decide(rules, event(), ["lead"])
     assert not decision.applies
     assert decision.reason == "rules: priority eq 'urgent' not met"
@@ -122,9 +120,7 @@ def test_failed_condition_is_the_reason() -> None:
 
 SEED_PRIMARY = Rules.model_validate(
     {
-        "conditions": [
-            {"field": "category", "operator": "in", "value": ["销售线索", "产品咨询", "客户投诉"]}
-        ],
+        "conditions": [{"field": "category", "operator": "in", "value": ["销售线索", "产品咨询", "客户投诉"]}],
         "actions": [
             {"type": "create", "object": "lead", "when": {"category": ["销售线索", "产品咨询"]}},
             {"type": "create", "object": "case", "when": {"category": ["客户投诉"]}},
