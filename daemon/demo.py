@@ -23,7 +23,7 @@ import orjson
 from adapters.sandbox.runner import Sandbox
 from daemon.app import Daemon
 from daemon.broker import EmbeddedBroker, create_topics, free_port
-from daemon.config import CrmConfig, load_config
+from daemon.config import CrmConfig, PrimaryBackup, load_config
 from daemon.contracts import ClassifiedMessage
 from daemon.logs import configure_logging
 from daemon.producing import event_key, produce_lines
@@ -41,6 +41,35 @@ BAD_RECORDS: list[tuple[bytes, str]] = [
     (orjson.dumps({"schemaVersion": 9, "eventId": "future"}), "unsupported_schema_version"),
     (orjson.dumps({"schemaVersion": 1, "eventId": "half", "tenantId": "t-acme"}), "schema_violation"),
 ]
+
+
+def _inject_outage(sandbox: Sandbox, config: CrmConfig, lines: list[bytes]) -> int:
+    """Salesforce answers 503 to every attempt at the first sample's lead: the seed's
+    primary_backup strategy falls back to HubSpot and, with sync_back, later delivers to
+    Salesforce too. Returns the extra results this adds."""
+    from adapters.sandbox.kit import Fault
+
+    fake = sandbox.fakes.get("salesforce")
+    if fake is None or not lines or not isinstance(config.strategy, PrimaryBackup):
+        return 0
+    phone = ClassifiedMessage.model_validate_json(lines[0]).sender.phone or ""
+    attempts = config.retry.max_attempts
+    fake.inject(
+        *[
+            Fault(
+                503,
+                [{"message": "Service Unavailable", "errorCode": "SERVER_UNAVAILABLE"}],
+                path_contains="/sobjects/Lead",
+                body_contains=phone,
+            )
+            for _ in range(attempts)
+        ]
+    )
+    print(
+        f"injected: Salesforce answers 503 to all {attempts} attempts at the first lead "
+        "(expect one fallback to HubSpot, then sync_back to Salesforce)"
+    )
+    return 1 if config.strategy.rules.sync_back else 0
 
 
 def _expected_results(config: CrmConfig, lines: list[bytes]) -> int:
@@ -89,6 +118,11 @@ def _print_summary(results: list[dict[str, Any]], dlq: list[Any], sandbox: Sandb
         "records created in the local fakes: "
         + ", ".join(f"{name}={len(getattr(fake, 'records', {}))}" for name, fake in sorted(sandbox.fakes.items()))
     )
+    for r in results:
+        if r["status"] == "fallback":
+            print(f"  fallback: {r['fallbackFrom']} failed ({r['error']['code']}), delivered to {r['integrationId']}")
+        elif (r.get("reason") or "").startswith("sync_back"):
+            print(f"  sync_back: {r['integrationId']} {r['objectType']} {r['externalId']} — {r['reason']}")
     failed = [r for r in results if r["status"] == "failed"]
     for r in failed[:10]:
         print(f"  failed: {r.get('integrationId')} {r.get('objectType')}: {r.get('error')}")
@@ -133,6 +167,8 @@ async def run_demo(*, config_path: str | None = None, events_path: str | None = 
                 [settings.input_topic, settings.results_topic, settings.dlq_topic, settings.retry_topic],
             )
             expected = _expected_results(config, lines)
+            if config_path is None:
+                expected += _inject_outage(sandbox, config, lines)
             started = time.monotonic()
             daemon = Daemon(settings, config)
             task = asyncio.create_task(daemon.run())
