@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from adapters.base import Adapter, IntegrationConfig
 from adapters.errors import ConfigError as AdapterConfigError
 from adapters.registry import adapter_class
+from strategies.breaker import BreakerPolicy
 from strategies.retry import RetryPolicy
 
 __all__ = [
@@ -110,6 +111,7 @@ class Integration(BaseModel):
     )
     ordered: bool = Field(default=True, description="Keep per-key order for this target.")
     retry: RetryPolicy | None = None
+    circuitBreaker: BreakerPolicy | None = None
     config: IntegrationConfig = Field(default_factory=IntegrationConfig)
     rules: Rules = Field(default_factory=Rules)
 

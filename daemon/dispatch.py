@@ -40,7 +40,7 @@ from daemon.contracts import ClassifiedMessage, ResultError, ResultSource, SyncR
 from daemon.ledger import Ledger, LedgerEntry
 from daemon.records import InboundRecord
 from daemon.retrying import AttemptRecord, RetryKind, RetryRecord, TargetSpec
-from strategies.breaker import BreakerState, CircuitBreaker
+from strategies.breaker import BreakerPolicy, BreakerState, CircuitBreaker
 from strategies.retry import RetryPolicy
 from strategies.routing import Plan, Target
 
@@ -81,7 +81,7 @@ class Outcomes:
         self.dead_letters += other.dead_letters
 
 
-def _breaker(integration_id: str) -> CircuitBreaker:
+def _breaker(integration_id: str, policy: BreakerPolicy | None) -> CircuitBreaker:
     """A breaker whose state is exported as ``octopus_crm_circuit_state{integration}``."""
     gauge = metrics.BREAKER_STATE.labels(integration_id)
     gauge.set(0)
@@ -89,7 +89,7 @@ def _breaker(integration_id: str) -> CircuitBreaker:
     def export(state: BreakerState) -> None:
         gauge.set(int(state))
 
-    return CircuitBreaker(on_change=export)
+    return CircuitBreaker(policy, on_change=export)
 
 
 def _err(error: DeliveryError) -> dict[str, str]:
@@ -101,7 +101,10 @@ class Dispatcher:
         self.config = config
         self.adapters = adapters
         self.ledger = ledger
-        self.breakers = {integration_id: _breaker(integration_id) for integration_id in adapters}
+        self.breakers = {
+            integration_id: _breaker(integration_id, config.integration(integration_id).circuitBreaker)
+            for integration_id in adapters
+        }
 
     def policy(self, integration_id: str) -> RetryPolicy:
         return self.config.integration(integration_id).retry or self.config.retry
