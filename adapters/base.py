@@ -148,6 +148,8 @@ class BodyCodes:
         if not isinstance(body, dict) or self.field not in body:
             return classify_status(response)
         code = body.get(self.field)
+        if not isinstance(code, (str, int, float, bool, type(None))):
+            code = str(code)  # a vendor answering with a list or object still gets classified
         if code == self.ok:
             return classify_status(response)
         message = f"{body.get(self.message_field) or ''} ({self.field}={code})".strip()
@@ -187,8 +189,17 @@ class Adapter(ABC):
         self._value_maps = {**self.value_maps, **config.valueMaps}
         self.validate_config()
 
+    #: Whether an integration may have no mappings at all (a webhook then posts the whole event).
+    allows_unmapped: ClassVar[bool] = False
+
     def validate_config(self) -> None:
         """Check vendor-specific settings at load time; raise :class:`ConfigError`."""
+        if not self.config.mappings and not self.allows_unmapped:
+            raise ConfigError(
+                f"mappings: {self.info.type} needs at least one object mapping"
+                f" ({', '.join(self.object_types())})",
+                code="missing_mapping",
+            )
         for object_type in self.config.mappings:
             if object_type not in self.object_types():
                 raise ConfigError(

@@ -31,6 +31,7 @@ class WebhookAdapter(HttpAdapter):
         idempotency="Idempotency-Key header",
     )
     base_url_key = "url"
+    allows_unmapped = True
 
     def object_types(self) -> tuple[str, ...]:
         return tuple(self.config.mappings) or self.info.object_types

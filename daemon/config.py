@@ -346,6 +346,15 @@ def _check_semantics(config: CrmConfig, errors: list[tuple[str, str]]) -> None:
             build_adapter(integration)
         except AdapterConfigError as exc:
             errors.append((f"crmIntegrations[{index}].config", exc.message))
+        mapped = set(integration.config.mappings)
+        for a, action in enumerate(integration.rules.actions):
+            if action.type == "create" and action.object and mapped and action.object not in mapped:
+                errors.append(
+                    (
+                        f"crmIntegrations[{index}].rules.actions[{a}].object",
+                        f"{action.object!r} has no mapping (mapped: {', '.join(sorted(mapped))})",
+                    )
+                )
     strategies: list[tuple[str, Strategy]] = []
     if config.strategy is not None:
         strategies.append(("strategy", config.strategy))
@@ -413,7 +422,14 @@ def load_config(
         raise ConfigFileError([("", "the top level must be an object")], str(source))
     patch: dict[str, Any] = {}
     if overlay_path:
-        extra = _read(Path(overlay_path))
+        try:
+            extra = _read(Path(overlay_path))
+        except OSError as exc:
+            raise ConfigFileError([("", f"cannot read overlay {overlay_path}: {exc.strerror}")], str(source)) from None
+        except (orjson.JSONDecodeError, yaml.YAMLError) as exc:
+            raise ConfigFileError(
+                [("", f"overlay {overlay_path} is not valid JSON/YAML: {exc}")], str(source)
+            ) from None
         patch = _merge(patch, extra)
     if overlay:
         patch = _merge(patch, dict(overlay))

@@ -48,11 +48,17 @@ def redact(text: str) -> str:
     return _AUTH_RE.sub(lambda m: m.group(1) + REDACTED, text)
 
 
+_SECRET_KEYS = re.compile(r"(?i)^(authorization|x-api-key|api[-_]?key|.*token|.*secret|.*password)$")
+
+
 def redact_value(value: Any) -> Any:
     if isinstance(value, str):
         return redact(value)
     if isinstance(value, dict):
-        return {k: redact_value(v) for k, v in value.items()}
+        return {
+            k: REDACTED if isinstance(k, str) and _SECRET_KEYS.match(k) and isinstance(v, str) else redact_value(v)
+            for k, v in value.items()
+        }
     if isinstance(value, (list, tuple)):
         return [redact_value(v) for v in value]
     return value

@@ -74,9 +74,24 @@ def test_redact_value_walks_nested_structures() -> None:
     }
     assert redact_value(value) == {
         "url": "https://x.example/api?api_key=[REDACTED]&q=1",
-        "headers": {"Authorization": f"Bearer {REDACTED}"},
+        "headers": {"Authorization": REDACTED},
         "attempts": [REDACTED, 3, None],
         "ok": True,
+    }
+
+
+def test_secret_named_keys_are_redacted_even_when_the_value_was_never_registered() -> None:
+    value = {
+        "Authorization": "Bearer never-registered-abc",
+        "X-Api-Key": "k-123456",
+        "client_secret": "s",
+        "name": "ok",
+    }
+    assert redact_value(value) == {
+        "Authorization": REDACTED,
+        "X-Api-Key": REDACTED,
+        "client_secret": REDACTED,
+        "name": "ok",
     }
 
 
