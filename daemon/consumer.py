@@ -327,7 +327,7 @@ class ConsumerLoop:
         await self.commit(set(states))
         for tp in states:
             self._partitions.pop(tp, None)
-            if _has_lag_label(tp):
+            with contextlib.suppress(KeyError):  # no lag sample yet for this partition
                 metrics.CONSUMER_LAG.remove(tp.topic, str(tp.partition))
         self.health.assigned = len(self._partitions)
         log.info(
@@ -370,6 +370,3 @@ async def _committed(consumer: AIOKafkaConsumer, tp: TopicPartition) -> int | No
     except KafkaError:
         return None
 
-
-def _has_lag_label(tp: TopicPartition) -> bool:
-    return (tp.topic, str(tp.partition)) in metrics.CONSUMER_LAG._metrics
