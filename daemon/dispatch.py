@@ -165,7 +165,7 @@ class Dispatcher:
             target = spec.target()
             integration = self.config.integration(spec.integration_id)
             adapter = self.adapters[spec.integration_id]
-            scope = f"{key}|{spec.integration_id}"
+            scope = f"{key}|{target.key}"  # the barrier: one key, one target (integration + object)
             ordered = integration.ordered and state.key is not None and state.kind != "sync_back"
 
             if ordered:
