@@ -33,5 +33,8 @@ sandbox: $(VENV)/.demo-installed
 bench: $(VENV)/.dev-installed
 	$(BIN)/python bench/run_all.py
 
+bench-smoke: $(VENV)/.dev-installed
+	$(BIN)/python bench/run_all.py --smoke --no-profile
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -184,7 +184,8 @@ class HttpClient:
                 token_used = await self.auth.apply(request, self)
             if self.limiter is not None:
                 async with self.limiter:
-                    response = await self.raw(request)
+                    with self.limiter.timed():
+                        response = await self.raw(request)
             else:
                 response = await self.raw(request)
             error = self.classify(response)

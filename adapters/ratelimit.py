@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -51,6 +52,8 @@ class Limiter:
         self._slots = asyncio.Semaphore(limit.concurrency)
         self._pause = _Pause()
         self._waiting = 0
+        self._service = 0.0  # smoothed seconds a request holds its slot; 0.0 until one finished
+        self._started: dict[object, float] = {}  # requests in progress → start (oldest first)
 
     @property
     def paused_for(self) -> float:
@@ -59,6 +62,34 @@ class Limiter:
     def slow_down(self, seconds: float) -> None:
         """Hold every request of this integration for ``seconds`` (429, Retry-After, quota)."""
         self._pause.until = max(self._pause.until, time.monotonic() + max(seconds, 0.0))
+
+    @contextlib.contextmanager
+    def timed(self) -> Iterator[None]:
+        """Around one request holding its slot: feeds :attr:`expected_latency`."""
+        token = object()
+        started = self._started[token] = time.monotonic()
+        try:
+            yield
+        finally:
+            del self._started[token]
+            took = time.monotonic() - started
+            self._service = took if self._service == 0.0 else self._service + 0.1 * (took - self._service)
+
+    @property
+    def expected_latency(self) -> float:
+        """Seconds until a request queued now would be answered: its wait for a turn (the backlog
+        over what this integration drains per second: its paced rate, or its concurrency over one
+        request's time) plus one request's time. A request's time is the smoothed one, or the age
+        of the oldest request in progress when that is longer. Infinite while nothing has been
+        answered yet and a queue of twice the concurrency has formed already."""
+        if self._service == 0.0 and self._waiting >= 2 * self.limit.concurrency:
+            return math.inf
+        service = self._service
+        if self._started:
+            service = max(service, time.monotonic() - next(iter(self._started.values())))
+        if service == 0.0:
+            return 0.0
+        return self._waiting / min(self.limit.rate, self.limit.concurrency / service) + service
 
     @property
     def waiting(self) -> int:

@@ -131,6 +131,7 @@ class ConsumerLoop:
             heartbeat_interval_ms=s.heartbeat_interval_ms,
             rebalance_timeout_ms=s.rebalance_timeout_ms,
             max_poll_interval_ms=s.max_poll_interval_ms,
+            fetch_max_wait_ms=s.fetch_max_wait_ms,
             max_partition_fetch_bytes=max(1024 * 1024, s.max_value_bytes * 2),
             fetch_max_bytes=max(16 * 1024 * 1024, s.max_value_bytes * 4),
         )

@@ -5,8 +5,9 @@ fallbacks). For each target, in this order:
 
 1. **barrier** — if the integration keeps per-key order and an earlier event of the same key
    waits for a retry there, this one queues behind it (on the retry topic);
-2. **ledger** — if this (event, integration, object type) already has a record, the outcome is
-   ``duplicate``;
+2. **ledger** — if this (event, integration, object type), or another target of the route,
+   already has a record, the outcome is ``duplicate`` (or, when the process stopped before that
+   delivery's result reached the broker, the delivery's own outcome, reported now);
 3. **circuit / park / backlog** — an open circuit goes straight to the fallback (or waits for
    the probe); an integration paused for a long quota or ``Retry-After`` is parked; a backlog
    on a slow integration is handed to the retry topic so the source partition keeps flowing;
@@ -19,6 +20,7 @@ fallbacks). For each target, in this order:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -49,6 +51,10 @@ __all__ = ["CircuitOpenError", "DeadLetter", "Dispatcher", "Outcomes", "idempote
 log = structlog.get_logger("octopus.dispatch")
 
 PARK_THRESHOLD_S = 5.0
+# A fresh event goes to the retry topic as "backlog" when its integration would answer it later
+# than this (slow answers, or a queue that takes that long to drain), so that it does not hold an
+# in-flight slot, and the later events of its key, while the source partition waits.
+BACKLOG_WAIT_S = 1.0
 
 
 def idempotency_key(event_id: str, target: Target | TargetSpec) -> str:
@@ -74,11 +80,14 @@ class Outcomes:
     results: list[SyncResult] = field(default_factory=list)
     retries: list[RetryRecord] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
+    # ledger entries of these results' deliveries, marked published once the results are acked
+    unpublished: list[tuple[str, LedgerEntry]] = field(default_factory=list)
 
     def extend(self, other: Outcomes) -> None:
         self.results += other.results
         self.retries += other.retries
         self.dead_letters += other.dead_letters
+        self.unpublished += other.unpublished
 
 
 def _breaker(integration_id: str, policy: BreakerPolicy | None) -> CircuitBreaker:
@@ -173,19 +182,27 @@ class Dispatcher:
                 if head is not None and head.event_id != event.eventId:
                     return await self._defer(state, "barrier", max(time.time(), head.due) + 0.2, scope, ordered)
 
-            existing = await self.ledger.get(idempotency_key(event.eventId, spec))
-            if existing is not None:
+            found = await self._recorded(state, event)
+            if found is not None:
                 await self._release(scope, event, ordered)
-                return self._finish(
-                    state, event, Delivered(existing.external_id, existing.external_url), duplicate=True
-                )
+                state.index, existing = found
+                known = Delivered(existing.external_id, existing.external_url)
+                if existing.published:
+                    return self._finish(state, event, known, duplicate=True)
+                # delivered, but the process stopped before the result was on the broker: this
+                # is the delivery's only report, so it carries the delivery's own outcome
+                outcomes = self._finish(state, event, known)
+                outcomes.unpublished.append((idempotency_key(event.eventId, state.target), existing))
+                if state.index > 0 and state.sync_back:
+                    outcomes.retries.append(self._sync_back(state))
+                return outcomes
 
             breaker = self.breakers[spec.integration_id]
             limiter = adapter.current_limiter()
             if limiter is not None and breaker.state is BreakerState.CLOSED:
                 if limiter.paused_for > PARK_THRESHOLD_S:
                     return await self._defer(state, "park", time.time() + limiter.paused_for, scope, ordered)
-                if fresh and limiter.waiting >= 2 * limiter.limit.concurrency:
+                if fresh and limiter.expected_latency > BACKLOG_WAIT_S:
                     return await self._defer(state, "backlog", time.time(), scope, ordered)
 
             state.attempt += 1
@@ -205,18 +222,18 @@ class Dispatcher:
             )
             if error is None:
                 assert delivered is not None
-                await self.ledger.put(
-                    ctx.idempotency_key,
-                    LedgerEntry(
-                        delivered.external_id,
-                        delivered.external_url,
-                        spec.integration_id,
-                        spec.object_type,
-                        time.time(),
-                    ),
+                entry = LedgerEntry(
+                    delivered.external_id,
+                    delivered.external_url,
+                    spec.integration_id,
+                    spec.object_type,
+                    time.time(),
+                    published=False,
                 )
+                await self.ledger.put(ctx.idempotency_key, entry)
                 await self._release(scope, event, ordered)
                 outcomes = self._finish(state, event, delivered)
+                outcomes.unpublished.append((ctx.idempotency_key, entry))
                 if state.index > 0 and state.sync_back:
                     outcomes.retries.append(self._sync_back(state))
                 return outcomes
@@ -235,6 +252,27 @@ class Dispatcher:
                 break
             self._next_target(state)
         return self._fail(state, event)
+
+    async def _recorded(self, state: RetryRecord, event: ClassifiedMessage) -> tuple[int, LedgerEntry] | None:
+        """The target of the route that already has the record, if any (primary first).
+
+        A route delivers to one target of its chain. After a crash, an event is redelivered from
+        the input topic and its retry records are replayed, so several copies of its route may be
+        at different targets: a copy must not deliver to the backup when another one delivered
+        to the primary, nor to the primary when another one fell back to the backup.
+        """
+        for index in range(len(state.chain)):
+            entry = await self.ledger.get(idempotency_key(event.eventId, state.chain[index]))
+            if entry is not None:
+                return index, entry
+        return None
+
+    async def confirm(self, outcomes: Outcomes) -> None:
+        """Once the results are acknowledged: mark their deliveries' ledger entries published.
+
+        A crash before this reports those deliveries again on redelivery (at least once)."""
+        for key, entry in outcomes.unpublished:
+            await self.ledger.put(key, dataclasses.replace(entry, published=True))
 
     async def _attempt(
         self,

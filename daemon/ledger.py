@@ -12,6 +12,8 @@ Entries older than ``stale_after`` are ignored so that a crash can never wedge a
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable
@@ -46,6 +48,9 @@ class LedgerEntry:
     integration_id: str
     object_type: str
     at: float
+    # False from the delivery until its result is on the broker: a redelivery (after a crash in
+    # between) reports the delivery's own outcome again instead of ``duplicate``.
+    published: bool = True
 
 
 @dataclass(frozen=True)
@@ -143,6 +148,10 @@ class MemoryLedger(_MemoryBarriers):
 class SqliteLedger(_MemoryBarriers):
     """One file, WAL mode; calls run in a worker thread so the loop never blocks on disk.
 
+    Calls queue up and run in order, in batches: every call that arrived while the previous batch
+    ran goes to the worker thread in one hop and one transaction (one hop per call cost more than
+    the SQL itself under load). A ``put`` returns once its batch is committed.
+
     SQLite means one replica, so its barriers live in that replica's memory: after a restart the
     retry topic replays the waiting events and they line up again.
     """
@@ -157,26 +166,61 @@ class SqliteLedger(_MemoryBarriers):
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS ledger (key TEXT PRIMARY KEY, entry BLOB NOT NULL, at REAL NOT NULL)"
         )
-        self._lock = asyncio.Lock()
+        self._queue: list[tuple[str, tuple[Any, ...], asyncio.Future[Any]]] = []
+        self._worker: asyncio.Task[None] | None = None
 
     async def get(self, key: str) -> LedgerEntry | None:
-        def read() -> Any:
-            return self._db.execute("SELECT entry FROM ledger WHERE key = ?", (key,)).fetchone()
-
-        async with self._lock:
-            row = await _until_ok(lambda: asyncio.to_thread(read), "get")
+        row = await self._call("SELECT entry FROM ledger WHERE key = ?", (key,))
         return _load(row[0]) if row else None
 
     async def put(self, key: str, entry: LedgerEntry) -> None:
-        def write() -> None:
-            self._db.execute(
-                "INSERT OR REPLACE INTO ledger (key, entry, at) VALUES (?, ?, ?)", (key, _dump(entry), entry.at)
-            )
+        await self._call(
+            "INSERT OR REPLACE INTO ledger (key, entry, at) VALUES (?, ?, ?)", (key, _dump(entry), entry.at)
+        )
 
-        async with self._lock:
-            await _until_ok(lambda: asyncio.to_thread(write), "put")
+    def _call(self, sql: str, params: tuple[Any, ...]) -> asyncio.Future[Any]:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queue.append((sql, params, future))
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.create_task(self._drain())
+        return future
+
+    async def _drain(self) -> None:
+        while self._queue:
+            batch, self._queue = self._queue, []
+            what = "put" if any(sql.startswith("INSERT") for sql, _, _ in batch) else "get"
+            try:
+                rows = await _until_ok(functools.partial(asyncio.to_thread, self._run, batch), what)
+            except Exception as exc:  # noqa: BLE001 - not an outage (retried above): handed to the callers
+                for _, _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            except BaseException:  # cancelled: nothing queued will run
+                for _, _, future in (*batch, *self._queue):
+                    future.cancel()
+                self._queue.clear()
+                raise
+            for (_, _, future), row in zip(batch, rows, strict=True):
+                if not future.done():
+                    future.set_result(row)
+
+    def _run(self, batch: list[tuple[str, tuple[Any, ...], asyncio.Future[Any]]]) -> list[Any]:
+        """In the worker thread: the batch's statements in one transaction, their first rows."""
+        db = self._db
+        db.execute("BEGIN")
+        try:
+            rows = [db.execute(sql, params).fetchone() for sql, params, _ in batch]
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+        return rows
 
     async def close(self) -> None:
+        if self._worker is not None and not self._worker.done():  # let the last batch commit
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(self._worker), 5.0)
         self._db.close()
 
 

@@ -106,6 +106,7 @@ class Processor:
             await self.reporter.dead_letter(record, "internal_error", f"{type(exc).__name__}: {exc}"[:1000])
             return
         await report(self.reporter, outcomes)
+        await self.dispatcher.confirm(outcomes)
         metrics.EVENT_LATENCY.observe(time.monotonic() - started)
         log_outcomes("event processed", plan.strategy, outcomes, started)
 

@@ -44,7 +44,8 @@ def redact(text: str) -> str:
     pattern = _pattern
     if pattern is not None:
         text = pattern.sub(REDACTED, text)
-    text = _PARAM_RE.sub(lambda m: m.group(1) + REDACTED, text)
+    if "=" in text:  # every _PARAM_RE match has one; scanning a line without costs ~40 us
+        text = _PARAM_RE.sub(lambda m: m.group(1) + REDACTED, text)
     return _AUTH_RE.sub(lambda m: m.group(1) + REDACTED, text)
 
 

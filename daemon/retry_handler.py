@@ -61,4 +61,5 @@ class RetryHandler:
             await self.reporter.dead_letter(retry.original(), "internal_error", f"{type(exc).__name__}: {exc}"[:1000])
             return
         await report(self.reporter, outcomes)
+        await self.dispatcher.confirm(outcomes)
         log_outcomes("retry processed", retry.strategy, outcomes, started)

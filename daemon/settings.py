@@ -48,6 +48,11 @@ class Settings(BaseSettings):
     heartbeat_interval_ms: int = 3_000
     rebalance_timeout_ms: int = 60_000
     max_poll_interval_ms: int = 300_000
+    fetch_max_wait_ms: int = Field(
+        default=500,
+        ge=0,
+        description="Longest a fetch waits for data; brokers that hold it (Tansu) add up to this much latency.",
+    )
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
     producer_idempotence: bool = Field(
         default=True, description="Idempotent producer; switch off for brokers without it (Tansu)."

@@ -1,0 +1,137 @@
+"""3. Isolation: a zero-latency integration keeps its throughput next to a 2-second one.
+
+Two tenants, two webhook integrations (each limited to its tenant, so their events are separate
+streams on the same partitions): ``fast`` (a zero-latency fake) and ``slow`` (a fake that answers
+after 2 s; at the webhook's 64 connections it can do at most 32 requests/s). In the same run:
+
+- **solo**: a backlog of N fast events only;
+- **mixed**: the same N fast events interleaved with slow ones (one slow per ``SLOW_EVERY`` fast
+  events: far more than the slow integration can take, so its backlog builds up).
+
+The figure is the fast integration's throughput (its results per second, first to last) mixed
+over solo; the target is ≥ 90%. The daemon hands a slow integration's backlog to the retry topic
+so the source partitions keep flowing: the run reports how many slow deliveries were scheduled
+there, how many slow deliveries completed meanwhile, and the fast results' latency.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import (
+    Broker,
+    CpuAccount,
+    DaemonProc,
+    Fakes,
+    bench_main,
+    events_for,
+    produce,
+    quantiles,
+    read_all,
+    wait_until,
+    webhook_integration,
+)
+
+__all__ = ["run"]
+
+PARTITIONS = 4
+SLOW_LATENCY_S = 2.0
+SLOW_EVERY = 10
+
+
+def _config(fakes: Fakes) -> dict[str, Any]:
+    return {
+        "crmIntegrations": [
+            webhook_integration("fast", fakes.hook("fast"), tenants=["t-fast"]),
+            webhook_integration("slow", fakes.hook("slow"), tenants=["t-slow"]),
+        ]
+    }
+
+
+def _integration(record: Any) -> str:
+    return str(orjson.loads(record.value).get("integrationId"))
+
+
+async def _phase(broker: Broker, fakes: Fakes, name: str, fast: int, slow: int) -> dict[str, Any]:
+    topics = await broker.topics(f"isolation-{name}", PARTITIONS)
+    fast_events = events_for("t-fast", fast)
+    slow_events = events_for("t-slow", slow, keys=200)
+    backlog: list[tuple[bytes, bytes]] = []
+    for index, record in enumerate(fast_events):  # interleaved: one slow per SLOW_EVERY fast
+        backlog.append(record)
+        if slow and index % SLOW_EVERY == 0 and index // SLOW_EVERY < len(slow_events):
+            backlog.append(slow_events[index // SLOW_EVERY])
+    await produce(broker.bootstrap, topics.input, backlog)
+    before_fast = (await fakes.stats("fast"))["created"]
+    before_slow = (await fakes.stats("slow"))["created"]
+    daemon = DaemonProc(broker.bootstrap, topics, _config(fakes), f"isolation-{name}")
+    daemon.start()
+    cpu = CpuAccount({"daemon": daemon.pid, "broker": broker.pid, "fakes": fakes.pid})
+    try:
+        await daemon.wait_ready()
+        cpu.start()
+
+        async def fast_done() -> bool:
+            return (await fakes.stats("fast"))["created"] - before_fast >= fast
+
+        await wait_until(fast_done, 300, f"{fast} fast deliveries", every=0.25)
+        cpu.stop()
+        slow_done = (await fakes.stats("slow"))["created"] - before_slow
+        retries = await _retries(daemon)
+        records = await read_all(
+            broker.bootstrap, topics.results, expect=fast, timeout=60, match=lambda r: _integration(r) == "fast"
+        )
+    finally:
+        exit_code = await daemon.stop()
+    stamps = sorted(r.timestamp / 1000 for r in records)
+    span = max(stamps[-1] - stamps[0], 1e-3) if stamps else 0.0
+    latencies = [orjson.loads(r.value).get("latencyMs", 0.0) for r in records]
+    return {
+        "fast_events": fast,
+        "slow_events": len(slow_events) if slow else 0,
+        "fast_results": len(records),
+        "fast_seconds": round(span, 3),
+        "fast_rate": round(len(records) / span, 1) if span else None,
+        "fast_result_latency_ms": quantiles(latencies),
+        "slow_delivered_meanwhile": slow_done,
+        "retries_scheduled": retries,
+        "cpu": cpu.result,
+        "daemon_exit": exit_code,
+        "at": time.strftime("%H:%M:%S"),
+    }
+
+
+async def _retries(daemon: DaemonProc) -> dict[str, float]:
+    _, body = await daemon.get("/metrics")
+    out: dict[str, float] = {}
+    for line in body.decode().splitlines():
+        if line.startswith("octopus_crm_retries_scheduled_total{"):
+            integration = line.split('integration="', 1)[1].split('"', 1)[0]
+            out[integration] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
+async def run(smoke: bool = False) -> dict[str, Any]:
+    fast = 1_000 if smoke else 20_000
+    slow = fast // SLOW_EVERY
+    out: dict[str, Any] = {"slow_latency_s": SLOW_LATENCY_S, "slow_every": SLOW_EVERY, "target_pct": 90.0}
+    with Broker("isolation") as broker:
+        async with Fakes({"name": "fast", "latency": 0.0}, {"name": "slow", "latency": SLOW_LATENCY_S}) as fakes:
+            out["solo"] = await _phase(broker, fakes, "solo", fast, 0)
+            out["mixed"] = await _phase(broker, fakes, "mixed", fast, slow)
+    solo, mixed = out["solo"]["fast_rate"], out["mixed"]["fast_rate"]
+    out["kept_pct"] = round(100 * mixed / solo, 1) if solo and mixed else None
+    out["meets_target"] = bool(out["kept_pct"] and out["kept_pct"] >= 90.0)
+    return out
+
+
+if __name__ == "__main__":
+    bench_main("isolation", __doc__ or "", lambda a: run(a.smoke))
