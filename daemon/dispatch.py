@@ -188,6 +188,8 @@ class Dispatcher:
                 state.index, existing = found
                 known = Delivered(existing.external_id, existing.external_url)
                 if existing.published:
+                    if not fresh:  # a retry record replayed after a restart: already reported
+                        return Outcomes()
                     return self._finish(state, event, known, duplicate=True)
                 # delivered, but the process stopped before the result was on the broker: this
                 # is the delivery's only report, so it carries the delivery's own outcome
@@ -222,21 +224,7 @@ class Dispatcher:
             )
             if error is None:
                 assert delivered is not None
-                entry = LedgerEntry(
-                    delivered.external_id,
-                    delivered.external_url,
-                    spec.integration_id,
-                    spec.object_type,
-                    time.time(),
-                    published=False,
-                )
-                await self.ledger.put(ctx.idempotency_key, entry)
-                await self._release(scope, event, ordered)
-                outcomes = self._finish(state, event, delivered)
-                outcomes.unpublished.append((ctx.idempotency_key, entry))
-                if state.index > 0 and state.sync_back:
-                    outcomes.retries.append(self._sync_back(state))
-                return outcomes
+                return await self._succeed(state, event, spec, ctx, delivered, scope, ordered)
 
             policy = self.policy(spec.integration_id)
             if isinstance(error, QuotaExhaustedError):
@@ -246,12 +234,55 @@ class Dispatcher:
             if error.retriable and not policy.exhausted(state.attempt):
                 delay = policy.delay(state.attempt, error.retry_after)
                 return await self._defer(state, "retry", time.time() + delay, scope, ordered)
+            if error.retriable and not isinstance(error, CircuitOpenError):
+                # a lost response may have created the record: look before giving up on the target
+                found_late = await self._look_up(adapter, target, event, ctx)
+                if found_late is not None:
+                    delivered, error = found_late, None
+                    state.history.append(AttemptRecord(integration=spec.integration_id, at=time.time()))
+                    return await self._succeed(state, event, spec, ctx, delivered, scope, ordered)
             await self._release(scope, event, ordered)
             self._note(state, error)
             if state.kind == "sync_back":
                 break
             self._next_target(state)
         return self._fail(state, event)
+
+    async def _succeed(
+        self,
+        state: RetryRecord,
+        event: ClassifiedMessage,
+        spec: TargetSpec,
+        ctx: DeliveryContext,
+        delivered: Delivered,
+        scope: str,
+        ordered: bool,
+    ) -> Outcomes:
+        """The record exists: tell the ledger first (the crash window), then report."""
+        entry = LedgerEntry(
+            delivered.external_id,
+            delivered.external_url,
+            spec.integration_id,
+            spec.object_type,
+            time.time(),
+            published=False,
+        )
+        await self.ledger.put(ctx.idempotency_key, entry)
+        await self._release(scope, event, ordered)
+        outcomes = self._finish(state, event, delivered)
+        outcomes.unpublished.append((ctx.idempotency_key, entry))
+        if state.index > 0 and state.sync_back:
+            outcomes.retries.append(self._sync_back(state))
+        return outcomes
+
+    @staticmethod
+    async def _look_up(
+        adapter: Adapter, target: Target, event: ClassifiedMessage, ctx: DeliveryContext
+    ) -> Delivered | None:
+        try:
+            return await adapter.find_existing(event, target.object_type, ctx)
+        except DeliveryError:
+            return None  # the vendor cannot answer now either: fall back as planned
 
     async def _recorded(self, state: RetryRecord, event: ClassifiedMessage) -> tuple[int, LedgerEntry] | None:
         """The target of the route that already has the record, if any (primary first).
