@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import logging
 import os
 import time
 import uuid
@@ -130,9 +129,7 @@ def _print_summary(results: list[dict[str, Any]], dlq: list[Any], sandbox: Sandb
 
 
 async def run_demo(*, config_path: str | None = None, events_path: str | None = None, verbose: bool = False) -> int:
-    configure_logging("console", "INFO" if verbose else "WARNING")
-    if not verbose:
-        logging.getLogger("octopus").setLevel(logging.ERROR)
+    configure_logging("console", "INFO" if verbose else "WARNING", own_level=None if verbose else "ERROR")
     config_file = Path(config_path) if config_path else EXAMPLES / "crm-config.seed.json"
     events_file = Path(events_path) if events_path else EXAMPLES / "events.sample.jsonl"
     lines = [line for line in events_file.read_bytes().splitlines() if line.strip()]
