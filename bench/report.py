@@ -50,6 +50,16 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
                 f"≥ 90%: {_ok(r['meets_target'])} ({r['kept_pct']}%)",
             )
         )
+        if "control" in r:
+            out.append(
+                (
+                    "",
+                    "same, neighbour answering at once (control)",
+                    _f(r["control"]["fast_rate"]),
+                    f"mixed/control {r['kept_vs_control_pct']}%",
+                    "latency effect alone",
+                )
+            )
     if (r := results.get("latency")) and "error" not in r:
         d, raw = r["daemon"]["to_result_ms"], r["raw"]["to_result_ms"]
         out.append(
