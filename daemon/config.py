@@ -39,6 +39,7 @@ __all__ = [
     "Tenant",
     "load_config",
     "parse_config",
+    "resolve_references",
 ]
 
 
@@ -277,6 +278,15 @@ def _resolve_refs(node: Any, path: str, env: Mapping[str, str], errors: list[tup
     if isinstance(node, list):
         return [_resolve_refs(v, f"{path}[{i}]", env, errors) for i, v in enumerate(node)]
     return node
+
+
+def resolve_references(node: Any, env: Mapping[str, str]) -> Any:
+    """``${NAME}``, ``${NAME:-default}`` and ``${file:/path}`` resolved in a configuration tree."""
+    errors: list[tuple[str, str]] = []
+    resolved = _resolve_refs(node, "", env, errors)
+    if errors:
+        raise ConfigFileError(errors)
+    return resolved
 
 
 def _loc(loc: tuple[int | str, ...]) -> str:

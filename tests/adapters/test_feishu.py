@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import re
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -31,6 +30,7 @@ from adapters.feishu import RECORD_RATE, TASK_RATE, FeishuAdapter, client_token
 from adapters.sandbox.feishu import TASK_CREATE_SPEC, FeishuFake, check_meta
 from adapters.sandbox.kit import Fault, SandboxServer
 from daemon.contracts import ClassifiedMessage
+from tests.adapters.seed import resolved
 
 ROOT = Path(__file__).resolve().parents[2]
 EVENTS = [
@@ -84,18 +84,8 @@ FEISHU_ENTRY: dict[str, Any] = {
 FAST = {"rateLimit": {"requests": 1000, "perSeconds": 1, "concurrency": 64}}
 
 
-def _substitute(node: Any, env: dict[str, str]) -> Any:
-    if isinstance(node, str):
-        return re.sub(r"\$\{(\w+)\}", lambda m: env[m.group(1)], node)
-    if isinstance(node, dict):
-        return {k: _substitute(v, env) for k, v in node.items()}
-    if isinstance(node, list):
-        return [_substitute(v, env) for v in node]
-    return node
-
-
 def make_adapter(fake: FeishuFake, **overrides: Any) -> FeishuAdapter:
-    config = _substitute(copy.deepcopy(FEISHU_ENTRY["config"]), fake.ENV)
+    config = resolved(copy.deepcopy(FEISHU_ENTRY["config"]), fake.ENV)
     config["endpoints"] = fake.endpoints()
     config.update(overrides)
     return FeishuAdapter(FEISHU_ENTRY["id"], IntegrationConfig.model_validate(config))

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -25,39 +23,7 @@ from adapters.errors import (
 from adapters.hubspot import HubSpotAdapter, seconds_until_midnight
 from adapters.sandbox.hubspot import HubSpotFake
 from adapters.sandbox.kit import Fault, SandboxServer
-from daemon.contracts import ClassifiedMessage
-
-ROOT = Path(__file__).resolve().parents[2]
-SEED = ROOT / "examples" / "crm-config.seed.json"
-EVENTS = ROOT / "examples" / "events.sample.jsonl"
-
-
-def seed_entry(type_name: str, env: dict[str, str]) -> dict[str, Any]:
-    text = SEED.read_text(encoding="utf-8")
-    for name, value in env.items():
-        text = text.replace("${" + name + "}", value)
-    entry: dict[str, Any] = next(e for e in json.loads(text)["crmIntegrations"] if e["type"] == type_name)
-    return entry
-
-
-def sample_events() -> list[ClassifiedMessage]:
-    lines = EVENTS.read_text(encoding="utf-8").splitlines()
-    return [ClassifiedMessage.model_validate_json(line) for line in lines if line.strip()]
-
-
-def event_of(category: str) -> ClassifiedMessage:
-    return next(e for e in sample_events() if e.classification.category == category)
-
-
-def with_changes(event: ClassifiedMessage, **changes: Any) -> ClassifiedMessage:
-    data = event.model_dump(mode="json")
-    for key, value in changes.items():
-        if isinstance(value, dict) and isinstance(data.get(key), dict):
-            data[key] = {**data[key], **value}
-        else:
-            data[key] = value
-    return ClassifiedMessage.model_validate_json(orjson.dumps(data))
-
+from tests.adapters.seed import event_of, seed_entry, with_changes
 
 CTX = DeliveryContext(idempotency_key="evt:backup-crm:contact", integration_id="backup-crm")
 OAUTH: dict[str, Any] = {

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -29,6 +28,7 @@ from adapters.jira import JiraAdapter, dedupe_label, text_to_adf
 from adapters.sandbox.jira import JiraFake, adf_to_text
 from adapters.sandbox.kit import Fault, SandboxServer
 from daemon.contracts import ClassifiedMessage
+from tests.adapters.seed import resolved
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 EVENTS = [
@@ -39,20 +39,10 @@ EVENTS = [
 TECH = next(e for e in EVENTS if e.classification.category == "技术支持")
 
 
-def _resolve(node: Any, env: dict[str, str]) -> Any:
-    if isinstance(node, str):
-        return re.sub(r"\$\{([^}]+)\}", lambda m: env[m.group(1)], node)
-    if isinstance(node, dict):
-        return {k: _resolve(v, env) for k, v in node.items()}
-    if isinstance(node, list):
-        return [_resolve(v, env) for v in node]
-    return node
-
-
 def seed_config(fake: JiraFake, **overrides: Any) -> tuple[str, IntegrationConfig]:
     seed = json.loads((EXAMPLES / "crm-config.seed.json").read_text(encoding="utf-8"))
     entry = next(i for i in seed["crmIntegrations"] if i["type"] == "jira")
-    config = _resolve(entry["config"], fake.ENV)
+    config = resolved(entry["config"], fake.ENV)
     config["endpoints"] = {**config["endpoints"], **fake.endpoints()}
     config.update(overrides)
     return entry["id"], IntegrationConfig.model_validate(config)

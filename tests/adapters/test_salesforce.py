@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -25,34 +23,7 @@ from adapters.errors import (
 from adapters.salesforce import SalesforceAdapter, api_field_name, api_version
 from adapters.sandbox.kit import Fault, SandboxServer
 from adapters.sandbox.salesforce import SalesforceFake
-from daemon.contracts import ClassifiedMessage
-
-ROOT = Path(__file__).resolve().parents[2]
-SEED = ROOT / "examples" / "crm-config.seed.json"
-EVENTS = ROOT / "examples" / "events.sample.jsonl"
-
-
-def seed_entry(type_name: str, env: dict[str, str]) -> dict[str, Any]:
-    text = SEED.read_text(encoding="utf-8")
-    for name, value in env.items():
-        text = text.replace("${" + name + "}", value)
-    entry: dict[str, Any] = next(e for e in json.loads(text)["crmIntegrations"] if e["type"] == type_name)
-    return entry
-
-
-def sample_events() -> list[ClassifiedMessage]:
-    lines = EVENTS.read_text(encoding="utf-8").splitlines()
-    return [ClassifiedMessage.model_validate_json(line) for line in lines if line.strip()]
-
-
-def event_of(category: str) -> ClassifiedMessage:
-    return next(e for e in sample_events() if e.classification.category == category)
-
-
-def with_changes(event: ClassifiedMessage, **changes: Any) -> ClassifiedMessage:
-    data = event.model_dump(mode="json")
-    data.update(changes)
-    return ClassifiedMessage.model_validate_json(orjson.dumps(data))
+from tests.adapters.seed import event_of, seed_entry, with_changes
 
 
 def ctx(key: str = "evt-1:primary-crm:lead") -> DeliveryContext:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -28,6 +27,7 @@ from adapters.sandbox.kit import Fault, SandboxServer
 from adapters.sandbox.slack import SPEC_ERRORS, SlackFake
 from adapters.slack import WEB_API_CODES, SlackAdapter
 from daemon.contracts import ClassifiedMessage
+from tests.adapters.seed import resolved
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 EVENTS = [
@@ -38,20 +38,10 @@ EVENTS = [
 SERVICE = next(e for e in EVENTS if e.classification.category == "客户服务")
 
 
-def _resolve(node: Any, env: dict[str, str]) -> Any:
-    if isinstance(node, str):
-        return re.sub(r"\$\{([^}]+)\}", lambda m: env[m.group(1)], node)
-    if isinstance(node, dict):
-        return {k: _resolve(v, env) for k, v in node.items()}
-    if isinstance(node, list):
-        return [_resolve(v, env) for v in node]
-    return node
-
-
 def seed_config(fake: SlackFake, **overrides: Any) -> tuple[str, IntegrationConfig]:
     seed = json.loads((EXAMPLES / "crm-config.seed.json").read_text(encoding="utf-8"))
     entry = next(i for i in seed["crmIntegrations"] if i["type"] == "slack")
-    config = _resolve(entry["config"], fake.ENV)
+    config = resolved(entry["config"], fake.ENV)
     config["endpoints"] = {
         **config["endpoints"],
         **fake.endpoints(),

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import re
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -27,6 +26,7 @@ from adapters.sandbox.kit import Fault, SandboxServer
 from adapters.sandbox.wecom import WeComFake
 from adapters.wecom import MESSAGE_RATE, WeComAdapter
 from daemon.contracts import ClassifiedMessage
+from tests.adapters.seed import resolved
 
 ROOT = Path(__file__).resolve().parents[2]
 SEED = orjson.loads((ROOT / "examples" / "crm-config.seed.json").read_bytes())
@@ -50,20 +50,10 @@ MESSAGE_MAPPING = {
 }
 
 
-def _substitute(node: Any, env: dict[str, str]) -> Any:
-    if isinstance(node, str):
-        return re.sub(r"\$\{(\w+)\}", lambda m: env[m.group(1)], node)
-    if isinstance(node, dict):
-        return {k: _substitute(v, env) for k, v in node.items()}
-    if isinstance(node, list):
-        return [_substitute(v, env) for v in node]
-    return node
-
-
 def seed_adapter(fake: WeComFake, **overrides: Any) -> WeComAdapter:
     """The seed's cn-wework integration pointed at ``fake``; ``overrides`` replace config keys."""
     assert ENTRY["type"] == "wework" and "wework" in WeComAdapter.info.aliases
-    config = _substitute(copy.deepcopy(ENTRY["config"]), fake.ENV)
+    config = resolved(copy.deepcopy(ENTRY["config"]), fake.ENV)
     config["endpoints"] = fake.endpoints()
     config.update(overrides)
     return WeComAdapter(ENTRY["id"], IntegrationConfig.model_validate(config))
@@ -273,7 +263,7 @@ def test_config_errors_name_the_key() -> None:
     with pytest.raises(ConfigError, match="template_id"):
         seed_adapter(fake, mappings=mappings)
     credentials = {
-        **_substitute(ENTRY["config"]["credentials"], fake.ENV),
+        **resolved(ENTRY["config"]["credentials"], fake.ENV),
         "agentId": "not-a-number",
     }
     with pytest.raises(ConfigError, match="agentId"):
