@@ -215,9 +215,7 @@ def slope_per_minute(samples: list[tuple[float, float]]) -> float | None:
     return 60 * sum((t - mt) * (v - mv) for t, v in samples) / den
 
 
-async def wait_until(
-    predicate: Callable[[], Awaitable[bool]], timeout: float, what: str, every: float = 0.2
-) -> None:
+async def wait_until(predicate: Callable[[], Awaitable[bool]], timeout: float, what: str, every: float = 0.2) -> None:
     deadline = time.monotonic() + timeout
     while not await predicate():
         if time.monotonic() > deadline:
@@ -300,9 +298,7 @@ def events_for(tenant: str, count: int, *, keys: int = 1000, start: int = 0) -> 
     return out
 
 
-async def produce(
-    bootstrap: str, topic: str, records: list[tuple[bytes, bytes]], *, linger_ms: int = 20
-) -> float:
+async def produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]], *, linger_ms: int = 20) -> float:
     """Produce ``records`` as fast as the broker takes them; return the seconds it took."""
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap,
@@ -521,9 +517,10 @@ class DaemonProc:
 
     async def get(self, path: str) -> tuple[int, bytes]:
         try:
-            async with aiohttp.ClientSession() as session, session.get(
-                f"http://127.0.0.1:{self.port}{path}", timeout=aiohttp.ClientTimeout(total=2)
-            ) as resp:
+            async with (
+                aiohttp.ClientSession() as session,
+                session.get(f"http://127.0.0.1:{self.port}{path}", timeout=aiohttp.ClientTimeout(total=2)) as resp,
+            ):
                 return resp.status, await resp.read()
         except (aiohttp.ClientError, TimeoutError):
             return 0, b""
@@ -574,15 +571,25 @@ class RawProc:
         log = open(work / f"{self.topics.group}-raw.log", "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [
-                PY, "-m", "bench.raw",
-                "--bootstrap", self.bootstrap,
-                "--topic", self.topics.input,
-                "--results", self.topics.results,
-                "--group", self.topics.group,
-                "--partitions", str(self.partitions),
-                "--url", self.url,
-                "--concurrency", str(self.concurrency),
-                "--fetch-max-wait-ms", str(self.fetch_max_wait_ms),
+                PY,
+                "-m",
+                "bench.raw",
+                "--bootstrap",
+                self.bootstrap,
+                "--topic",
+                self.topics.input,
+                "--results",
+                self.topics.results,
+                "--group",
+                self.topics.group,
+                "--partitions",
+                str(self.partitions),
+                "--url",
+                self.url,
+                "--concurrency",
+                str(self.concurrency),
+                "--fetch-max-wait-ms",
+                str(self.fetch_max_wait_ms),
             ],
             cwd=ROOT,
             stdout=log,

@@ -214,9 +214,7 @@ def _httpx_factory(
     return make
 
 
-async def _make_httpx_aiohttp(
-    base: str, conc: int
-) -> tuple[SendOne, Callable[[], Awaitable[None]]]:
+async def _make_httpx_aiohttp(base: str, conc: int) -> tuple[SendOne, Callable[[], Awaitable[None]]]:
     assert AiohttpTransport is not None
     limits = httpx.Limits(max_connections=conc, max_keepalive_connections=conc)
     client = httpx.AsyncClient(
@@ -281,8 +279,7 @@ def clients_under_test(concurrency: int) -> tuple[list[ClientUnderTest], list[st
         ),
         ClientUnderTest(
             "aiohttp",
-            f"aiohttp {_ver('aiohttp')} ClientSession, TCPConnector(limit={concurrency}), "
-            "data=orjson.dumps(...)",
+            f"aiohttp {_ver('aiohttp')} ClientSession, TCPConnector(limit={concurrency}), data=orjson.dumps(...)",
             _aiohttp_factory(None),
         ),
     ]
@@ -378,21 +375,15 @@ async def _drive(send_one: SendOne, seconds: float, concurrency: int, result: Ru
     result.mean_ms = statistics.fmean(latencies) * 1000 if latencies else float("nan")
 
 
-async def _measure(
-    cut: ClientUnderTest, base: str, seconds: float, concurrency: int, run: int
-) -> RunResult:
+async def _measure(cut: ClientUnderTest, base: str, seconds: float, concurrency: int, run: int) -> RunResult:
     result = RunResult(cut.name, run, seconds, concurrency)
     send_one, aclose = await cut.factory(base, concurrency)
     try:
         # Warm up: open the pool's connections so the measurement sees steady state.
         warm = RunResult(cut.name, run, WARMUP_SECONDS, concurrency)
-        await asyncio.wait_for(
-            _drive(send_one, WARMUP_SECONDS, concurrency, warm), WARMUP_SECONDS + GRACE_SECONDS
-        )
+        await asyncio.wait_for(_drive(send_one, WARMUP_SECONDS, concurrency, warm), WARMUP_SECONDS + GRACE_SECONDS)
         cpu0, wall0 = time.process_time(), time.perf_counter()
-        await asyncio.wait_for(
-            _drive(send_one, seconds, concurrency, result), seconds + GRACE_SECONDS
-        )
+        await asyncio.wait_for(_drive(send_one, seconds, concurrency, result), seconds + GRACE_SECONDS)
         cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
         result.cpu_pct = 100 * cpu / wall
         result.cpu_us_per_req = 1e6 * cpu / result.ok if result.ok else float("nan")
@@ -403,9 +394,7 @@ async def _measure(
     return result
 
 
-def measure(
-    cut: ClientUnderTest, base: str, seconds: float, concurrency: int, run: int
-) -> RunResult:
+def measure(cut: ClientUnderTest, base: str, seconds: float, concurrency: int, run: int) -> RunResult:
     gc.collect()
     try:
         return asyncio.run(_measure(cut, base, seconds, concurrency, run))
@@ -439,9 +428,7 @@ def environment() -> dict[str, Any]:
         "implementation": platform.python_implementation(),
         "platform": platform.platform(),
         "event_loop": _loop_name(),
-        "versions": {
-            d: _ver(d) for d in ("aiohttp", "httpx", "httpcore", "httpx-aiohttp", "orjson")
-        },
+        "versions": {d: _ver(d) for d in ("aiohttp", "httpx", "httpcore", "httpx-aiohttp", "orjson")},
         "body_bytes_orjson": len(BODY_BYTES),
         "body_bytes_httpx_json": len(httpx.Request("POST", "http://h/", json=BODY).content),
     }
@@ -467,9 +454,7 @@ def table(results: list[RunResult]) -> str:
         for r in sorted(runs, key=lambda x: x.run):
             note = r.note
             if r.exceptions:
-                note = (note + " " if note else "") + ", ".join(
-                    f"{k}x{v}" for k, v in sorted(r.exceptions.items())
-                )
+                note = (note + " " if note else "") + ", ".join(f"{k}x{v}" for k, v in sorted(r.exceptions.items()))
             lines.append(
                 f"| {name:<14} | {r.run:>3} | {_fmt(r.rps, '8.0f')} | {_fmt(r.p50_ms, '7.2f')} | "
                 f"{_fmt(r.p99_ms, '7.2f')} | {_fmt(r.cpu_pct, '5.0f')} | "
@@ -506,8 +491,7 @@ def main(argv: list[str] | None = None) -> int:
     env = environment()
     clients, skipped = clients_under_test(args.concurrency)
     print(
-        f"# {env['date_utc']}  nproc={env['nproc']}  python={env['python']}  "
-        f"loop={env['event_loop']}",
+        f"# {env['date_utc']}  nproc={env['nproc']}  python={env['python']}  loop={env['event_loop']}",
         flush=True,
     )
     print("# versions: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items()))
@@ -546,10 +530,7 @@ def main(argv: list[str] | None = None) -> int:
         for ref in ("aiohttp", "aiohttp@32"):
             if ref in summ:
                 ratio_cpu = summ["engine"]["mean_cpu_us_per_req"] / summ[ref]["mean_cpu_us_per_req"]
-                print(
-                    f"engine / {ref}: req/s {eng / summ[ref]['mean_rps']:.2f}, "
-                    f"CPU us/req {ratio_cpu:.2f}"
-                )
+                print(f"engine / {ref}: req/s {eng / summ[ref]['mean_rps']:.2f}, CPU us/req {ratio_cpu:.2f}")
     if args.json is not None:
         payload = {
             "environment": env,

@@ -60,9 +60,7 @@ WARMUP_S = 3.0
 FETCH_WAIT_MS = 20
 
 
-async def _load(
-    bootstrap: str, topic: str, results: str, rate: float, seconds: float, tenant: str
-) -> dict[str, Any]:
+async def _load(bootstrap: str, topic: str, results: str, rate: float, seconds: float, tenant: str) -> dict[str, Any]:
     """Produce at ``rate``/s for ``seconds`` while reading results; return latency figures."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=False, linger_ms=0)
     consumer = AIOKafkaConsumer(

@@ -54,11 +54,14 @@ async def run(args: argparse.Namespace) -> None:
                 "text": event["content"],
             }
         )
-        async with slots, session.post(
-            args.url,
-            data=body,
-            headers={"Content-Type": "application/json", "Idempotency-Key": event["eventId"]},
-        ) as resp:
+        async with (
+            slots,
+            session.post(
+                args.url,
+                data=body,
+                headers={"Content-Type": "application/json", "Idempotency-Key": event["eventId"]},
+            ) as resp,
+        ):
             answer = orjson.loads(await resp.read())
         result = orjson.dumps({"eventId": event["eventId"], "status": "succeeded", "externalId": answer["id"]})
         await (await producer.send(args.results, key=event["eventId"].encode(), value=result))

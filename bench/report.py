@@ -60,6 +60,16 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
                     "latency effect alone",
                 )
             )
+        if "paced_mixed" in r:
+            out.append(
+                (
+                    "",
+                    "fast paced at a vendor limit, slow one beside it",
+                    _f(r["paced_mixed"]["fast_rate"]),
+                    f"paced solo {_f(r['paced_solo']['fast_rate'])}",
+                    f"≥ 90%: {_ok((r['paced_kept_pct'] or 0) >= 90)} ({r['paced_kept_pct']}%)",
+                )
+            )
     if (r := results.get("latency")) and "error" not in r:
         d, raw = r["daemon"]["to_result_ms"], r["raw"]["to_result_ms"]
         out.append(

@@ -117,8 +117,19 @@ async def _profile(broker: Broker, url: str, backlog: list[tuple[bytes, bytes]])
     def attach(procs: list[Any]) -> None:
         recorder.append(
             subprocess.Popen(
-                [pyspy, "record", "--pid", str(procs[0].pid), "--rate", "200", "--gil", "--format", "raw",
-                 "--output", str(raw_path)],
+                [
+                    pyspy,
+                    "record",
+                    "--pid",
+                    str(procs[0].pid),
+                    "--rate",
+                    "200",
+                    "--gil",
+                    "--format",
+                    "raw",
+                    "--output",
+                    str(raw_path),
+                ],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
@@ -168,8 +179,12 @@ def summarize_collapsed(text: str, top: int = 15) -> dict[str, Any]:
     def share(counter: collections.Counter[str]) -> list[list[Any]]:
         return [[name, round(100 * n / total, 1)] for name, n in counter.most_common(top)]
 
-    return {"samples": total, "self_pct": share(self_count), "ours_inclusive_pct": share(ours_incl),
-            "inclusive_pct": share(incl)}
+    return {
+        "samples": total,
+        "self_pct": share(self_count),
+        "ours_inclusive_pct": share(ours_incl),
+        "inclusive_pct": share(incl),
+    }
 
 
 def _frame(frame: str) -> str:
