@@ -196,8 +196,7 @@ class Adapter(ABC):
         """Check vendor-specific settings at load time; raise :class:`ConfigError`."""
         if not self.config.mappings and not self.allows_unmapped:
             raise ConfigError(
-                f"mappings: {self.info.type} needs at least one object mapping"
-                f" ({', '.join(self.object_types())})",
+                f"mappings: {self.info.type} needs at least one object mapping ({', '.join(self.object_types())})",
                 code="missing_mapping",
             )
         for object_type in self.config.mappings:
@@ -210,10 +209,6 @@ class Adapter(ABC):
 
     def object_types(self) -> tuple[str, ...]:
         return self.info.object_types
-
-    def default_object_types(self) -> tuple[str, ...]:
-        """Object types this integration creates when no rule names one: its mapped types."""
-        return tuple(self.templates) or self.info.object_types[:1]
 
     def render(self, event: ClassifiedMessage, object_type: str, ctx: DeliveryContext | None = None) -> dict[str, Any]:
         """The mapping for ``object_type`` rendered for ``event``, rule overrides and vendor

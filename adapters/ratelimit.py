@@ -91,11 +91,6 @@ class Limiter:
             return 0.0
         return self._waiting / min(self.limit.rate, self.limit.concurrency / service) + service
 
-    @property
-    def waiting(self) -> int:
-        """Requests queued for a slot or for their turn: this integration's backlog."""
-        return self._waiting
-
     async def pace(self) -> None:
         """Wait for this request's turn in the rate (and for any pause to end)."""
         self._waiting += 1

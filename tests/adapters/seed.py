@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
+from adapters.base import Adapter, IntegrationConfig
+from adapters.sandbox.kit import FakeVendor, SandboxServer
 from daemon.config import resolve_references
 from daemon.contracts import ClassifiedMessage
 
+A = TypeVar("A", bound=Adapter)
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
@@ -38,6 +43,28 @@ def with_changes(event: ClassifiedMessage, **changes: Any) -> ClassifiedMessage:
 def resolved(node: Any, env: dict[str, str]) -> Any:
     """A configuration tree with its ``${ENV}`` references filled in from ``env``."""
     return resolve_references(node, env)
+
+
+@contextlib.asynccontextmanager
+async def serving(fake: FakeVendor, make: Callable[[], A]) -> AsyncIterator[A]:
+    """An adapter built by ``make`` once ``fake`` listens on loopback; both stopped afterwards."""
+    async with SandboxServer(fake):
+        adapter = make()
+        await adapter.start()
+        try:
+            yield adapter
+        finally:
+            await adapter.aclose()
+
+
+def seed_config(type_name: str, fake: Any, **overrides: Any) -> tuple[str, IntegrationConfig]:
+    """(id, config) of the seed's ``type_name`` integration pointed at ``fake``; ``overrides``
+    replace config keys (``endpoints`` is merged)."""
+    entry = seed_entry(type_name, fake.ENV)
+    config = entry["config"]
+    config["endpoints"] = {**config["endpoints"], **fake.endpoints(), **overrides.pop("endpoints", {})}
+    config.update(overrides)
+    return entry["id"], IntegrationConfig.model_validate(config)
 
 
 def seed_entry(type_name: str, env: dict[str, str]) -> dict[str, Any]:

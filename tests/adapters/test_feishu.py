@@ -30,7 +30,7 @@ from adapters.feishu import RECORD_RATE, TASK_RATE, FeishuAdapter, client_token
 from adapters.sandbox.feishu import TASK_CREATE_SPEC, FeishuFake, check_meta
 from adapters.sandbox.kit import Fault, SandboxServer
 from daemon.contracts import ClassifiedMessage
-from tests.adapters.seed import resolved
+from tests.adapters.seed import resolved, serving
 
 ROOT = Path(__file__).resolve().parents[2]
 EVENTS = [
@@ -97,13 +97,8 @@ def ctx(event: ClassifiedMessage, object_type: str = "task") -> DeliveryContext:
 
 @asynccontextmanager
 async def running(fake: FeishuFake, **overrides: Any) -> AsyncIterator[FeishuAdapter]:
-    async with SandboxServer(fake):
-        adapter = make_adapter(fake, **overrides)
-        await adapter.start()
-        try:
-            yield adapter
-        finally:
-            await adapter.aclose()
+    async with serving(fake, lambda: make_adapter(fake, **overrides)) as adapter:
+        yield adapter
 
 
 def _sent(fake: FeishuFake, path_part: str) -> list[dict[str, Any]]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -14,7 +13,7 @@ from typing import Any
 import orjson
 import pytest
 
-from adapters.base import DeliveryContext, IntegrationConfig
+from adapters.base import DeliveryContext
 from adapters.errors import (
     AmbiguousDeliveryError,
     AuthError,
@@ -28,7 +27,7 @@ from adapters.jira import JiraAdapter, dedupe_label, text_to_adf
 from adapters.sandbox.jira import JiraFake, adf_to_text
 from adapters.sandbox.kit import Fault, SandboxServer
 from daemon.contracts import ClassifiedMessage
-from tests.adapters.seed import resolved
+from tests.adapters.seed import seed_config
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 EVENTS = [
@@ -39,20 +38,11 @@ EVENTS = [
 TECH = next(e for e in EVENTS if e.classification.category == "技术支持")
 
 
-def seed_config(fake: JiraFake, **overrides: Any) -> tuple[str, IntegrationConfig]:
-    seed = json.loads((EXAMPLES / "crm-config.seed.json").read_text(encoding="utf-8"))
-    entry = next(i for i in seed["crmIntegrations"] if i["type"] == "jira")
-    config = resolved(entry["config"], fake.ENV)
-    config["endpoints"] = {**config["endpoints"], **fake.endpoints()}
-    config.update(overrides)
-    return entry["id"], IntegrationConfig.model_validate(config)
-
-
 @asynccontextmanager
 async def running(fake: JiraFake | None = None, **overrides: Any) -> AsyncIterator[tuple[JiraFake, JiraAdapter]]:
     fake = fake or JiraFake()
     async with SandboxServer(fake):
-        adapter = JiraAdapter(*seed_config(fake, **overrides))
+        adapter = JiraAdapter(*seed_config("jira", fake, **overrides))
         try:
             yield fake, adapter
         finally:

@@ -13,7 +13,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from adapters.base import DeliveryContext, IntegrationConfig
+from adapters.base import DeliveryContext
 from adapters.errors import (
     AuthError,
     DeliveryError,
@@ -27,7 +27,7 @@ from adapters.sandbox.kit import Fault, SandboxServer
 from adapters.sandbox.slack import SPEC_ERRORS, SlackFake
 from adapters.slack import WEB_API_CODES, SlackAdapter
 from daemon.contracts import ClassifiedMessage
-from tests.adapters.seed import resolved
+from tests.adapters.seed import seed_config
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 EVENTS = [
@@ -36,19 +36,6 @@ EVENTS = [
     if line.strip()
 ]
 SERVICE = next(e for e in EVENTS if e.classification.category == "客户服务")
-
-
-def seed_config(fake: SlackFake, **overrides: Any) -> tuple[str, IntegrationConfig]:
-    seed = json.loads((EXAMPLES / "crm-config.seed.json").read_text(encoding="utf-8"))
-    entry = next(i for i in seed["crmIntegrations"] if i["type"] == "slack")
-    config = resolved(entry["config"], fake.ENV)
-    config["endpoints"] = {
-        **config["endpoints"],
-        **fake.endpoints(),
-        **overrides.pop("endpoints", {}),
-    }
-    config.update(overrides)
-    return entry["id"], IntegrationConfig.model_validate(config)
 
 
 FAST = {"requests": 1000}  # tests that are not about pacing
@@ -67,7 +54,7 @@ def webhook_overrides(url: str) -> dict[str, Any]:
 async def running(fake: SlackFake | None = None, **overrides: Any) -> AsyncIterator[tuple[SlackFake, SlackAdapter]]:
     fake = fake or SlackFake()
     async with SandboxServer(fake):
-        adapter = SlackAdapter(*seed_config(fake, **overrides))
+        adapter = SlackAdapter(*seed_config("slack", fake, **overrides))
         try:
             yield fake, adapter
         finally:
@@ -209,7 +196,7 @@ async def test_http_429_is_rate_limited_with_retry_after() -> None:
 async def test_incoming_webhook_flavour() -> None:
     fake = SlackFake(webhooks={SlackFake.WEBHOOK_PATH: "C0SUPPORT1", "/services/T000/B0OLD/YYYY": "C0ARCHIVE1"})
     async with SandboxServer(fake):
-        slack = SlackAdapter(*seed_config(fake, **webhook_overrides(fake.webhook_url)))
+        slack = SlackAdapter(*seed_config("slack", fake, **webhook_overrides(fake.webhook_url)))
         try:
             await slack.test_connection()  # empty payload → 400 no_text: live, nothing posted
             assert fake.messages == []
@@ -233,7 +220,7 @@ async def test_incoming_webhook_flavour() -> None:
             ),
         ]
         for url, error_type, code in failures:
-            slack = SlackAdapter(*seed_config(fake, **webhook_overrides(url)))
+            slack = SlackAdapter(*seed_config("slack", fake, **webhook_overrides(url)))
             try:
                 with pytest.raises(error_type) as info:
                     await slack.create(SERVICE, "message", ctx())

@@ -22,11 +22,11 @@ from adapters.errors import (
     RateLimitedError,
     RetryableError,
 )
-from adapters.sandbox.kit import Fault, SandboxServer
+from adapters.sandbox.kit import Fault
 from adapters.sandbox.wecom import WeComFake
 from adapters.wecom import MESSAGE_RATE, WeComAdapter
 from daemon.contracts import ClassifiedMessage
-from tests.adapters.seed import resolved
+from tests.adapters.seed import resolved, serving
 
 ROOT = Path(__file__).resolve().parents[2]
 SEED = orjson.loads((ROOT / "examples" / "crm-config.seed.json").read_bytes())
@@ -65,13 +65,8 @@ def ctx(event: ClassifiedMessage, object_type: str = "oa_approval") -> DeliveryC
 
 @asynccontextmanager
 async def running(fake: WeComFake, **overrides: Any) -> AsyncIterator[WeComAdapter]:
-    async with SandboxServer(fake):
-        adapter = seed_adapter(fake, **overrides)
-        await adapter.start()
-        try:
-            yield adapter
-        finally:
-            await adapter.aclose()
+    async with serving(fake, lambda: seed_adapter(fake, **overrides)) as adapter:
+        yield adapter
 
 
 FAST = {"rateLimit": {"requests": 1000, "perSeconds": 1, "concurrency": 64}}
