@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -19,8 +20,9 @@ from aiokafka.errors import KafkaError
 from adapters.base import Adapter
 from daemon.admin import AdminServer
 from daemon.broker import create_topics
+from daemon.broker_probe import BrokerProbe
 from daemon.config import CrmConfig, build_adapter, load_config
-from daemon.consumer import ConsumerLoop, Health
+from daemon.consumer import ConsumerLoop, Health, shutdown_reserve
 from daemon.dispatch import Dispatcher
 from daemon.ledger import Ledger, open_ledger
 from daemon.processing import Processor
@@ -45,8 +47,10 @@ class Daemon:
     ) -> None:
         self.settings = settings
         self.config = config
-        self.health = Health(stall_timeout=settings.stall_timeout_s)
-        self.retry_health = Health(stall_timeout=settings.stall_timeout_s, watch_lag=False)
+        self.health = Health(stall_timeout=settings.stall_timeout_s, broker_timeout=settings.broker_timeout_s)
+        self.retry_health = Health(
+            stall_timeout=settings.stall_timeout_s, broker_timeout=settings.broker_timeout_s, watch_lag=False
+        )
         self.ledger = ledger
         self._adapters = dict(adapters) if adapters is not None else None
         self.consumer: ConsumerLoop | None = None
@@ -54,8 +58,11 @@ class Daemon:
         self.retry_handler: RetryHandler | None = None
         self.admin: AdminServer | None = None
         self._stop_requested = asyncio.Event()
+        self._stop_at: float | None = None
 
     def request_stop(self) -> None:
+        if self._stop_at is None:
+            self._stop_at = time.monotonic()
         self._stop_requested.set()
         for loop in (self.consumer, self.retry_consumer):
             if loop is not None:
@@ -88,8 +95,25 @@ class Daemon:
                     return None
                 delay = min(delay * 2, 30.0)
                 continue
-            stack.push_async_callback(producer.stop)
+            stack.push_async_callback(self._stop_producer, producer)
             return producer
+
+    async def _stop_producer(self, producer: AIOKafkaProducer) -> None:
+        """Flush what is queued, but only until the grace period ends: with the broker down the
+        flush never completes, and what it holds belongs to uncommitted events (redelivered)."""
+        grace = self.settings.grace_period_s
+        deadline = (self._stop_at or time.monotonic()) + grace
+        timeout = max(shutdown_reserve(grace) / 2, deadline - time.monotonic())
+        try:
+            await asyncio.wait_for(producer.stop(), timeout)
+        except TimeoutError:
+            log.warning(
+                "producer flush timed out: unsent results and dead letters abandoned;"
+                " their events are not committed and will be redelivered",
+                timeout_s=round(timeout, 1),
+            )
+        except KafkaError as exc:
+            log.warning("producer flush failed; its events are not committed and will be redelivered", error=str(exc))
 
     async def run(self) -> None:
         s = self.settings
@@ -123,6 +147,15 @@ class Daemon:
             producer = await self._start_producer(stack)
             if producer is None:
                 return
+            probe = BrokerProbe(
+                producer.client,
+                [s.input_topic, s.retry_topic, s.results_topic, s.dlq_topic],
+                [self.health, self.retry_health],
+                interval=s.broker_probe_interval_s,
+                timeout=s.broker_timeout_s,
+            )
+            probing = asyncio.create_task(probe.run(), name="broker-probe")
+            stack.push_async_callback(_cancel, probing)
             reporter = Reporter(
                 producer, results_topic=s.results_topic, dlq_topic=s.dlq_topic, retry_topic=s.retry_topic
             )
@@ -170,6 +203,11 @@ async def _run_together(*loops: ConsumerLoop) -> None:
     for result in results:
         if isinstance(result, BaseException):
             raise result
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
 
 
 def install_signal_handlers(daemon: Daemon) -> None:

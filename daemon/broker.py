@@ -56,8 +56,22 @@ class EmbeddedBroker:
         self.stop()
         raise RuntimeError(f"embedded broker did not listen on {self.bootstrap} within {timeout}s")
 
+    def freeze(self) -> None:
+        """SIGSTOP the broker: its sockets stay open and nothing answers, as with a hung broker."""
+        self._signal_group(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        """SIGCONT a frozen broker; it answers again with its state intact."""
+        self._signal_group(signal.SIGCONT)
+
+    def _signal_group(self, sig: signal.Signals) -> None:
+        if self._proc is None or self._proc.poll() is not None:
+            raise RuntimeError("embedded broker is not running")
+        os.killpg(self._proc.pid, sig)  # its own session (start_new_session), so only Tansu
+
     def stop(self) -> None:
         if self._proc is not None and self._proc.poll() is None:
+            os.killpg(self._proc.pid, signal.SIGCONT)  # a frozen broker would never see the SIGTERM
             self._proc.send_signal(signal.SIGTERM)
             try:
                 self._proc.wait(5)

@@ -19,6 +19,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
 from daemon import metrics
+from daemon.health import LAG_INTERVAL_S, Health
 from daemon.offsets import OffsetTracker
 from daemon.ordering import KeyedExecutor
 from daemon.records import InboundRecord
@@ -31,40 +32,6 @@ log = structlog.get_logger("octopus.consumer")
 
 class WorkAbandoned(Exception):
     """A handler gave a record up (shutting down before it was due): leave it uncommitted."""
-
-
-@dataclass
-class Health:
-    """What ``/healthz`` and ``/readyz`` report."""
-
-    stall_timeout: float = 300.0
-    connected: bool = False
-    joined: bool = False
-    assigned: int = 0
-    running: bool = False
-    crashed: str | None = None
-    last_progress: float = field(default_factory=time.monotonic)
-    lag: int = 0
-    last_error: str | None = None
-    watch_lag: bool = True  # the retry topic's lag is waiting work by design, not a stall
-
-    def progress(self) -> None:
-        self.last_progress = time.monotonic()
-
-    def alive(self) -> tuple[bool, str]:
-        if self.crashed:
-            return False, f"consumer loop crashed: {self.crashed}"
-        idle_for = time.monotonic() - self.last_progress
-        if self.watch_lag and self.running and self.lag > 0 and idle_for > self.stall_timeout:
-            return False, f"stuck: no progress for {idle_for:.0f}s while lag is {self.lag}"
-        return True, "ok"
-
-    def ready(self) -> tuple[bool, str]:
-        if not self.connected:
-            return False, f"broker not connected{f': {self.last_error}' if self.last_error else ''}"
-        if not self.joined:
-            return False, "not yet a member of the consumer group"
-        return True, f"{self.assigned} partitions assigned"
 
 
 @dataclass
@@ -101,11 +68,12 @@ class ConsumerLoop:
         self.group_id = group_id or settings.group_id
         self.max_in_flight = max_in_flight or settings.max_in_flight
         self.handle = handle
-        self.health = health or Health(stall_timeout=settings.stall_timeout_s)
+        self.health = health or Health(stall_timeout=settings.stall_timeout_s, broker_timeout=settings.broker_timeout_s)
         self._partitions: dict[TopicPartition, _Partition] = {}
         self._executor: KeyedExecutor[InboundRecord] = KeyedExecutor(self._work)
         self._consumer: AIOKafkaConsumer | None = None
         self._stopping = asyncio.Event()
+        self._stop_at: float | None = None
         self._paused = False
         self._in_flight = 0
         self._drained = asyncio.Event()
@@ -154,8 +122,7 @@ class ConsumerLoop:
                 continue
             consumer.subscribe(list(self.topics), listener=_Listener(self))
             self._consumer = consumer
-            self.health.connected = True
-            self.health.last_error = None
+            self.health.broker_answered()
             return
 
     async def run(self) -> None:
@@ -185,7 +152,7 @@ class ConsumerLoop:
                 if now - last_commit >= self.settings.commit_interval_s:
                     await self.commit()
                     last_commit = now
-                if now - last_lag >= 5.0:
+                if now - last_lag >= LAG_INTERVAL_S:
                     await self._update_lag(consumer)
                     last_lag = now
         except Exception as exc:
@@ -196,18 +163,41 @@ class ConsumerLoop:
             await self._shutdown(consumer)
 
     def stop(self) -> None:
+        if self._stop_at is None:
+            self._stop_at = time.monotonic()
         self._stopping.set()
 
     async def _shutdown(self, consumer: AIOKafkaConsumer) -> None:
+        """Drain, commit and leave the group, every stage bounded so the whole fits the grace period.
+
+        With the broker down nothing can finish: what is abandoned stays uncommitted and is
+        consumed again after the restart (the ledger keeps a redelivery from creating a second
+        CRM record).
+        """
         grace = self.settings.grace_period_s
+        stop_at = self._stop_at or time.monotonic()
+        reserve = shutdown_reserve(grace)
+        drain_until, close_until = stop_at + grace - reserve, stop_at + grace - reserve / 2
         log.info("stopping: finishing in-flight work", in_flight=self._in_flight, grace_s=grace)
         try:
-            await asyncio.wait_for(self._drained.wait(), grace)
+            await asyncio.wait_for(self._drained.wait(), max(0.0, drain_until - time.monotonic()))
         except TimeoutError:
-            log.warning("grace period over, abandoning unfinished work", in_flight=self._in_flight)
+            log.warning(
+                "grace period over, abandoning unfinished work: not committed, will be redelivered",
+                in_flight=self._in_flight,
+                broker_reachable=self.health.broker_reachable(),
+            )
         await self._executor.cancel_all()
-        await self.commit()
-        await consumer.stop()
+        await self.commit(timeout=max(0.5, close_until - time.monotonic()), final=True)
+        try:
+            await asyncio.wait_for(consumer.stop(), max(0.5, close_until - time.monotonic()))
+        except TimeoutError:
+            log.warning(
+                "leaving the consumer group timed out; the broker reassigns our partitions after the session timeout",
+                session_timeout_ms=self.settings.session_timeout_ms,
+            )
+        except KafkaError as exc:
+            log.warning("leaving the consumer group failed", error=type(exc).__name__)
         self._consumer = None
         log.info("consumer stopped")
 
@@ -276,7 +266,9 @@ class ConsumerLoop:
 
     # -- offsets and rebalances --------------------------------------------------------------
 
-    async def commit(self, only: set[TopicPartition] | None = None) -> None:
+    async def commit(
+        self, only: set[TopicPartition] | None = None, *, timeout: float | None = None, final: bool = False
+    ) -> None:
         consumer = self._consumer
         if consumer is None:
             return
@@ -289,9 +281,16 @@ class ConsumerLoop:
             return
         started = time.perf_counter()
         try:
-            await consumer.commit(offsets)
-        except KafkaError as exc:
-            log.warning("commit failed; will retry", error=type(exc).__name__)
+            await asyncio.wait_for(consumer.commit(offsets), timeout or self.settings.broker_timeout_s)
+        except (KafkaError, TimeoutError) as exc:
+            if final:
+                log.warning(
+                    "final commit failed: events finished since the last commit will be redelivered",
+                    error=type(exc).__name__,
+                    partitions=len(offsets),
+                )
+            else:
+                log.warning("commit failed; will retry", error=type(exc).__name__)
             return
         finally:
             metrics.COMMIT_LATENCY.observe(time.perf_counter() - started)
@@ -342,7 +341,7 @@ class ConsumerLoop:
         """Lag from the broker's end offsets (ListOffsets), not the fetcher, which may be stuck."""
         tps = [tp for tp in self._partitions if tp in consumer.assignment()]
         if not tps:
-            self.health.lag = 0
+            self.health.lag_sampled(0)
             return
         try:
             ends = await asyncio.wait_for(consumer.end_offsets(tps), 5.0)
@@ -362,12 +361,16 @@ class ConsumerLoop:
             lag = max(0, end - (committed or 0))
             total += lag
             metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(lag)
-        self.health.lag = total
+        self.health.lag_sampled(total)
+
+
+def shutdown_reserve(grace: float) -> float:
+    """The end of the grace period kept for committing, leaving the group and flushing results."""
+    return min(5.0, max(1.0, grace * 0.3))
 
 
 async def _committed(consumer: AIOKafkaConsumer, tp: TopicPartition) -> int | None:
     try:
-        return await consumer.committed(tp)  # type: ignore[no-any-return]
-    except KafkaError:
+        return await asyncio.wait_for(consumer.committed(tp), 5.0)
+    except (KafkaError, TimeoutError):
         return None
-

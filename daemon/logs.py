@@ -14,6 +14,7 @@ from typing import Any, Literal
 import structlog
 from structlog.types import EventDict, WrappedLogger
 
+from daemon.log_summary import ClientLogSummary
 from daemon.redaction import redact, redact_value
 
 __all__ = ["configure_logging"]
@@ -65,6 +66,7 @@ def configure_logging(
     )
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(formatter)
+    handler.addFilter(ClientLogSummary())  # a broker outage makes aiokafka log hundreds of lines a second
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

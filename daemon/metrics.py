@@ -6,6 +6,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 __all__ = [
     "BREAKER_STATE",
+    "BROKER_REACHABLE",
     "COMMIT_LATENCY",
     "CONSUMED",
     "CONSUMER_LAG",
@@ -90,5 +91,10 @@ BREAKER_STATE = Gauge(
     "octopus_crm_circuit_state",
     "Circuit breaker state per integration: 0 closed, 1 half-open, 2 open.",
     ["integration"],
+    registry=REGISTRY,
+)
+BROKER_REACHABLE = Gauge(
+    "octopus_crm_broker_reachable",
+    "1 while the broker answered a request within BROKER_TIMEOUT_S, else 0.",
     registry=REGISTRY,
 )

@@ -72,6 +72,12 @@ class Settings(BaseSettings):
     grace_period_s: float = 25.0
     revoke_timeout_s: float = 10.0
     stall_timeout_s: float = 300.0
+    broker_probe_interval_s: float = Field(
+        default=5.0, gt=0, description="How often a metadata request checks that the broker answers."
+    )
+    broker_timeout_s: float = Field(
+        default=15.0, gt=0, description="/readyz fails when the broker has not answered for this long."
+    )
     ledger_url: str = Field(
         default="sqlite:///octopus-crm-ledger.sqlite3",
         description="sqlite:///path (one replica), redis://host:port/db (several), memory://",

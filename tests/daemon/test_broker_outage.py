@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -64,3 +65,142 @@ async def test_sigterm_while_the_broker_is_unreachable_exits_zero(topics: Any, t
     finally:
         daemon.stop()
     assert code == 0 and took < 10, daemon.log()[-2000:]
+
+
+# -- an outage of a running broker: each test freezes (SIGSTOP) or kills its OWN Tansu, never the
+# -- session broker other tests share.
+
+OUTAGE_SETTINGS = {
+    "stall_timeout_s": 3,
+    "broker_timeout_s": 5,
+    "broker_probe_interval_s": 1,
+    "grace_period_s": 5,
+}
+
+
+@pytest.fixture
+def own_broker() -> Iterator[EmbeddedBroker]:
+    with EmbeddedBroker() as embedded:
+        yield embedded
+
+
+def aiokafka_lines(log: str) -> list[str]:
+    return [line for line in log.splitlines() if '"logger":"aiokafka' in line or '"logger": "aiokafka' in line]
+
+
+async def busy_daemon(
+    own_broker: EmbeddedBroker, topics: Any, tmp_path: Path, hook: WebhookFake, name: str, events: int
+) -> tuple[TestBroker, DaemonProcess]:
+    """A ready daemon with a backlog of slow deliveries, its lag measured above zero."""
+    broker = TestBroker(own_broker.bootstrap, idempotence=False, kind="tansu")
+    await broker.create(topics)
+    config = webhook_config({"hook": f"{hook.base_url}/hooks/a"})
+    daemon = DaemonProcess(broker, topics, config, tmp_path, name, **OUTAGE_SETTINGS).start()
+    await wait_for(lambda: daemon.get("/readyz")[0] == 200, 60)
+    await broker.produce(topics.input, keyed([make_event(i, key=f"k{i % 4}") for i in range(events)]))
+    await wait_for(lambda: daemon.metric("octopus_crm_consumer_lag_records") > 0, 30)
+    return broker, daemon
+
+
+async def test_readyz_fails_while_the_broker_is_frozen_and_recovers(
+    own_broker: EmbeddedBroker, topics: Any, tmp_path: Path
+) -> None:
+    broker = TestBroker(own_broker.bootstrap, idempotence=False, kind="tansu")
+    await broker.create(topics)
+    config = webhook_config({"hook": "http://127.0.0.1:9/hooks/a"})
+    daemon = DaemonProcess(broker, topics, config, tmp_path, "frozen", **OUTAGE_SETTINGS).start()
+    try:
+        await wait_for(lambda: daemon.get("/readyz")[0] == 200, 60)
+        assert daemon.metric("octopus_crm_broker_reachable") == 1
+        own_broker.freeze()
+        try:
+            await wait_for(lambda: daemon.get("/readyz")[0] == 503, 30)
+            status, body = daemon.get("/readyz")
+            assert status == 503 and b"broker" in body, body
+            assert daemon.metric("octopus_crm_broker_reachable") == 0
+            assert daemon.get("/healthz")[0] == 200, "an outage is not a reason to restart the pod"
+        finally:
+            own_broker.thaw()
+        await wait_for(lambda: daemon.get("/readyz")[0] == 200, 60)
+        assert daemon.metric("octopus_crm_broker_reachable") == 1
+    finally:
+        daemon.stop()
+    assert "broker unreachable since" in daemon.log()
+
+
+async def test_healthz_stays_ok_through_an_outage_with_a_backlog(
+    own_broker: EmbeddedBroker, topics: Any, tmp_path: Path
+) -> None:
+    hook = WebhookFake(latency=0.2)
+    async with SandboxServer(hook):
+        broker, daemon = await busy_daemon(own_broker, topics, tmp_path, hook, "backlog", events=160)
+        try:
+            own_broker.freeze()
+            try:
+                await wait_for(lambda: daemon.get("/readyz")[0] == 503, 30)
+                deadline = time.monotonic() + 4 * OUTAGE_SETTINGS["stall_timeout_s"]
+                while time.monotonic() < deadline:  # well past STALL_TIMEOUT_S without progress
+                    status, body = daemon.get("/healthz")
+                    assert status == 200, f"restarted for an outage: {body!r}"
+                    await asyncio.sleep(0.5)
+            finally:
+                own_broker.thaw()
+            results = await broker.read(topics.results, expect=160, timeout=90)
+            assert len({orjson.loads(r.value)["eventId"] for r in results}) == 160
+            assert daemon.get("/healthz")[0] == 200
+        finally:
+            daemon.stop()
+
+
+async def test_aiokafka_errors_are_summarised_while_the_broker_is_down(
+    own_broker: EmbeddedBroker, topics: Any, tmp_path: Path
+) -> None:
+    broker = TestBroker(own_broker.bootstrap, idempotence=False, kind="tansu")
+    await broker.create(topics)
+    config = webhook_config({"hook": "http://127.0.0.1:9/hooks/a"})
+    daemon = DaemonProcess(broker, topics, config, tmp_path, "killed", **OUTAGE_SETTINGS).start()
+    try:
+        await wait_for(lambda: daemon.get("/readyz")[0] == 200, 60)
+        before = len(aiokafka_lines(daemon.log()))
+        own_broker.stop()
+        await wait_for(lambda: daemon.get("/readyz")[0] == 503, 30)
+        await asyncio.sleep(15)
+        during = aiokafka_lines(daemon.log())[before:]
+        code, _ = daemon.terminate()
+    finally:
+        daemon.stop()
+    log = daemon.log()
+    assert "broker unreachable since" in log
+    # one summary per logger and interval, not one line per failed connect or fetch
+    assert len(during) <= 12, f"{len(during)} aiokafka lines in ~20 s of outage:\n" + "\n".join(during[:20])
+    assert any("suppressed" in line for line in during) or len(during) <= 3
+    assert code == 0
+
+
+async def test_sigterm_during_an_outage_exits_zero_within_the_grace_period(
+    own_broker: EmbeddedBroker, topics: Any, tmp_path: Path
+) -> None:
+    hook = WebhookFake(latency=0.2)
+    async with SandboxServer(hook):
+        broker, daemon = await busy_daemon(own_broker, topics, tmp_path, hook, "sigterm", events=160)
+        own_broker.freeze()
+        try:
+            await wait_for(lambda: daemon.get("/readyz")[0] == 503, 30)
+            code, took = daemon.terminate(timeout=60)
+        finally:
+            own_broker.thaw()
+            daemon.stop()
+        log = daemon.log()
+        assert code == 0, log[-3000:]
+        assert took < OUTAGE_SETTINGS["grace_period_s"] + 5, f"took {took:.1f}s"
+        assert "Traceback" not in log and "CancelledError" not in log, log[-3000:]
+        assert "redelivered" in log  # says what it abandoned and what becomes of it
+
+        # nothing lost: what was abandoned is consumed again by the next daemon
+        second = DaemonProcess(broker, topics, webhook_config({"hook": f"{hook.base_url}/hooks/a"}), tmp_path, "next")
+        second.start()
+        try:
+            results = await broker.read(topics.results, expect=160, timeout=90)
+        finally:
+            second.stop()
+    assert len({orjson.loads(r.value)["eventId"] for r in results}) == 160

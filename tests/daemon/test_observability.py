@@ -116,9 +116,10 @@ async def test_metrics_health_and_no_secret_in_logs(broker: Any, topics: Any, tm
 
 def test_health_reports_a_stuck_consumer() -> None:
     health = Health(stall_timeout=5)
-    health.running, health.connected, health.joined = True, True, True
+    health.running, health.joined = True, True
+    health.broker_answered()
     assert health.alive()[0] and health.ready()[0]
-    health.lag = 10
+    health.lag_sampled(10)
     health.last_progress = time.monotonic() - 6
     ok, reason = health.alive()
     assert not ok and "stuck" in reason
