@@ -152,7 +152,7 @@ class Daemon:
                 [s.input_topic, s.retry_topic, s.results_topic, s.dlq_topic],
                 [self.health, self.retry_health],
                 interval=s.broker_probe_interval_s,
-                timeout=s.broker_timeout_s,
+                timeout=max(1.0, min(s.broker_probe_interval_s, s.broker_timeout_s)),
             )
             probing = asyncio.create_task(probe.run(), name="broker-probe")
             stack.push_async_callback(_cancel, probing)

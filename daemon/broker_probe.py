@@ -45,6 +45,7 @@ class BrokerProbe:
         self._down_since: float | None = None
         self._down_since_wall: str = ""
         self._last_reminder = 0.0
+        metrics.BROKER_REACHABLE.set_function(lambda: float(any(h.broker_reachable() for h in healths)))
 
     async def run(self) -> None:
         """Probe until cancelled."""
@@ -72,7 +73,6 @@ class BrokerProbe:
         now = time.monotonic()
         for health in self._healths:
             health.broker_answered(now)
-        metrics.BROKER_REACHABLE.set(1)
         if self._down_since is not None:
             log.info("broker reachable again", unreachable_for_s=round(now - self._down_since, 1))
             self._down_since = None
@@ -83,7 +83,6 @@ class BrokerProbe:
             health.last_error = error
         if any(health.broker_reachable(now) for health in self._healths):
             return  # one missed answer within BROKER_TIMEOUT_S is not an outage yet
-        metrics.BROKER_REACHABLE.set(0)
         if self._down_since is None:
             answered = [h.broker_answered_at for h in self._healths if h.broker_answered_at is not None]
             self._down_since = max(answered) if answered else started

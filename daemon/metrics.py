@@ -95,6 +95,6 @@ BREAKER_STATE = Gauge(
 )
 BROKER_REACHABLE = Gauge(
     "octopus_crm_broker_reachable",
-    "1 while the broker answered a request within BROKER_TIMEOUT_S, else 0.",
+    "1 while the broker answered within BROKER_TIMEOUT_S (measured at scrape time), else 0.",
     registry=REGISTRY,
 )
