@@ -198,6 +198,11 @@ class ConsumerLoop:
             )
         except KafkaError as exc:
             log.warning("leaving the consumer group failed", error=type(exc).__name__)
+        except asyncio.CancelledError:
+            if (task := asyncio.current_task()) is not None and task.cancelling():
+                raise  # we are being cancelled ourselves
+            # aiokafka's stop() lets its own cancelled coordinator task escape when the broker is down
+            log.warning("leaving the consumer group failed: the broker is unreachable")
         self._consumer = None
         log.info("consumer stopped")
 
@@ -346,7 +351,8 @@ class ConsumerLoop:
         try:
             ends = await asyncio.wait_for(consumer.end_offsets(tps), 5.0)
         except (KafkaError, TimeoutError) as exc:
-            log.warning("end offsets unavailable", error=type(exc).__name__)
+            if self.health.broker_reachable():  # else the broker probe already says so
+                log.warning("end offsets unavailable", error=type(exc).__name__)
             return
         total = 0
         for tp, end in ends.items():
