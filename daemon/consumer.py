@@ -180,7 +180,8 @@ class ConsumerLoop:
         drain_until, close_until = stop_at + grace - reserve, stop_at + grace - reserve / 2
         log.info("stopping: finishing in-flight work", in_flight=self._in_flight, grace_s=grace)
         try:
-            await asyncio.wait_for(self._drained.wait(), max(0.0, drain_until - time.monotonic()))
+            if not self._drained.is_set():
+                await asyncio.wait_for(self._drained.wait(), max(0.0, drain_until - time.monotonic()))
         except TimeoutError:
             log.warning(
                 "grace period over, abandoning unfinished work: not committed, will be redelivered",

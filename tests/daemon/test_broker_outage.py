@@ -105,14 +105,19 @@ async def result_ids(broker: TestBroker, topic: str, expect: int, timeout: float
 async def busy_daemon(
     own_broker: EmbeddedBroker, topics: Any, tmp_path: Path, hook: WebhookFake, name: str, events: int
 ) -> tuple[TestBroker, DaemonProcess]:
-    """A ready daemon with a backlog of slow deliveries, its lag measured above zero."""
+    """A ready daemon busy with a backlog of slow deliveries, its lag measured above zero."""
     broker = TestBroker(own_broker.bootstrap, idempotence=False, kind="tansu")
     await broker.create(topics)
     config = webhook_config({"hook": f"{hook.base_url}/hooks/a"})
     daemon = DaemonProcess(broker, topics, config, tmp_path, name, **OUTAGE_SETTINGS).start()
     await wait_for(lambda: daemon.get("/readyz")[0] == 200, 60)
     await broker.produce(topics.input, keyed([make_event(i, key=f"k{i % 4}") for i in range(events)]))
-    await wait_for(lambda: daemon.metric("octopus_crm_consumer_lag_records") > 0, 30)
+    await wait_for(
+        lambda: (
+            daemon.metric("octopus_crm_in_flight_events") > 0 and daemon.metric("octopus_crm_consumer_lag_records") > 0
+        ),
+        30,
+    )
     return broker, daemon
 
 
