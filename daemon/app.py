@@ -22,7 +22,7 @@ from daemon.admin import AdminServer
 from daemon.broker import create_topics
 from daemon.broker_probe import BrokerProbe
 from daemon.config import CrmConfig, build_adapter, load_config
-from daemon.consumer import ConsumerLoop, Health, shutdown_reserve
+from daemon.consumer import ConsumerLoop, Health, shutdown_reserve, unless_stopped
 from daemon.dispatch import Dispatcher
 from daemon.ledger import Ledger, open_ledger
 from daemon.processing import Processor
@@ -84,7 +84,7 @@ class Daemon:
                 compression_type=None,
             )
             try:
-                await producer.start()
+                started = await unless_stopped(self._stop_requested, producer.start())
             except KafkaError as exc:
                 await producer.stop()
                 self.health.last_error = type(exc).__name__
@@ -95,6 +95,9 @@ class Daemon:
                     return None
                 delay = min(delay * 2, 30.0)
                 continue
+            if not started:  # stopped while a hung broker kept start() waiting
+                await self._stop_producer(producer)
+                return None
             stack.push_async_callback(self._stop_producer, producer)
             return producer
 

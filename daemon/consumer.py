@@ -25,7 +25,7 @@ from daemon.ordering import KeyedExecutor
 from daemon.records import InboundRecord
 from daemon.settings import Settings
 
-__all__ = ["ConsumerLoop", "Health", "WorkAbandoned"]
+__all__ = ["ConsumerLoop", "Health", "WorkAbandoned", "shutdown_reserve", "unless_stopped"]
 
 log = structlog.get_logger("octopus.consumer")
 
@@ -110,7 +110,7 @@ class ConsumerLoop:
         while not self._stopping.is_set():
             consumer = self._make_consumer()
             try:
-                await consumer.start()
+                started = await unless_stopped(self._stopping, consumer.start())
             except KafkaError as exc:
                 self.health.connected = False
                 self.health.last_error = type(exc).__name__
@@ -120,6 +120,10 @@ class ConsumerLoop:
                     await asyncio.wait_for(self._stopping.wait(), delay)
                 delay = min(delay * 2, 30.0)
                 continue
+            if not started:  # stopped while a hung broker kept start() waiting
+                with contextlib.suppress(KafkaError, TimeoutError):
+                    await asyncio.wait_for(consumer.stop(), 2.0)
+                return
             consumer.subscribe(list(self.topics), listener=_Listener(self))
             self._consumer = consumer
             self.health.broker_answered()
@@ -149,11 +153,12 @@ class ConsumerLoop:
                 now = time.monotonic()
                 for tp, records in batch.items():
                     self._dispatch(tp, records, now)
+                # both wait for the broker; a stop() must not wait for them (the shutdown commits)
                 if now - last_commit >= self.settings.commit_interval_s:
-                    await self.commit()
+                    await unless_stopped(self._stopping, self.commit())
                     last_commit = now
                 if now - last_lag >= LAG_INTERVAL_S:
-                    await self._update_lag(consumer)
+                    await unless_stopped(self._stopping, self._update_lag(consumer))
                     last_lag = now
         except Exception as exc:
             self.health.crashed = f"{type(exc).__name__}: {exc}"
@@ -369,6 +374,25 @@ class ConsumerLoop:
             total += lag
             metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(lag)
         self.health.lag_sampled(total)
+
+
+async def unless_stopped(stopping: asyncio.Event, work: Awaitable[None]) -> bool:
+    """Await ``work`` unless ``stopping`` is set first, then cancel it: False. Its errors propagate."""
+    task = asyncio.ensure_future(work)
+    waiter = asyncio.ensure_future(stopping.wait())
+    given_up = False
+    try:
+        await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
+        if not task.done():
+            given_up = True
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    if given_up:
+        return False
+    task.result()
+    return True
 
 
 def shutdown_reserve(grace: float) -> float:

