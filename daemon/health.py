@@ -64,9 +64,13 @@ class Health:
             return True, "ok (broker unreachable: waiting for it, not stuck)"
         if self.lag_sampled_at is None or now - self.lag_sampled_at > self.broker_timeout + 2 * LAG_INTERVAL_S:
             return True, "ok (lag not measured recently)"
-        idle_for = now - max(self.last_progress, self.reachable_since or 0.0)
-        if idle_for > self.stall_timeout:
-            return False, f"stuck: no progress for {idle_for:.0f}s while the broker answers and lag is {self.lag}"
+        stalled_since = max(self.last_progress, self.reachable_since or 0.0)
+        # evidence: the broker answered, and lag was still above zero, a full STALL_TIMEOUT_S into the stall
+        seen_stuck_at = min(self.broker_answered_at or 0.0, self.lag_sampled_at)
+        if seen_stuck_at - stalled_since > self.stall_timeout:
+            return False, (
+                f"stuck: no progress for {now - stalled_since:.0f}s while the broker answers and lag is {self.lag}"
+            )
         return True, "ok"
 
     def ready(self) -> tuple[bool, str]:

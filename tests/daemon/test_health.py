@@ -17,16 +17,18 @@ from daemon.log_summary import ClientLogSummary
 
 
 def stalled(health: Health, for_s: float) -> Health:
+    """No progress for ``for_s``; the broker answered all along and answers now, lag 10 just measured."""
+    now = time.monotonic()
     health.running, health.joined = True, True
-    health.broker_answered()
-    health.lag_sampled(10)
-    health.last_progress = time.monotonic() - for_s
+    health.broker_answered(now)
+    health.reachable_since = now - 3600
+    health.lag_sampled(10, now)
+    health.last_progress = now - for_s
     return health
 
 
 def test_a_stall_counts_only_while_the_broker_answers() -> None:
     health = stalled(Health(stall_timeout=5, broker_timeout=15), 6)
-    health.reachable_since = time.monotonic() - 60
     assert not health.alive()[0]
     health.broker_answered_at = time.monotonic() - 16  # silent longer than BROKER_TIMEOUT_S
     ok, reason = health.alive()
@@ -37,10 +39,16 @@ def test_a_stall_counts_only_while_the_broker_answers() -> None:
 
 def test_a_stale_lag_is_not_evidence_of_a_stall() -> None:
     health = stalled(Health(stall_timeout=5, broker_timeout=15), 600)
-    health.reachable_since = time.monotonic() - 600
     assert not health.alive()[0]
     health.lag_sampled_at = time.monotonic() - 60
     assert health.alive()[0]
+
+
+def test_a_broker_that_went_silent_soon_after_the_last_progress_is_no_evidence() -> None:
+    health = stalled(Health(stall_timeout=5, broker_timeout=15), 6)
+    health.broker_answered_at = time.monotonic() - 4  # frozen 2 s after the last progress
+    ok, reason = health.alive()
+    assert ok, reason
 
 
 def test_the_stall_clock_restarts_when_the_broker_comes_back() -> None:
@@ -50,6 +58,8 @@ def test_the_stall_clock_restarts_when_the_broker_comes_back() -> None:
     health.lag_sampled(10)
     assert health.alive()[0], "no chance to make progress yet"
     health.reachable_since = time.monotonic() - 6
+    health.broker_answered()
+    health.lag_sampled(10)
     assert not health.alive()[0]
 
 

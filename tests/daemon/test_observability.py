@@ -118,6 +118,7 @@ def test_health_reports_a_stuck_consumer() -> None:
     health = Health(stall_timeout=5)
     health.running, health.joined = True, True
     health.broker_answered()
+    health.reachable_since = time.monotonic() - 60  # the broker answers, and has for a minute
     assert health.alive()[0] and health.ready()[0]
     health.lag_sampled(10)
     health.last_progress = time.monotonic() - 6
