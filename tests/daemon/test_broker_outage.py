@@ -172,7 +172,7 @@ async def test_healthz_stays_ok_through_an_outage_with_a_backlog(
             daemon.stop()
 
 
-async def test_aiokafka_errors_are_summarised_while_the_broker_is_down(
+async def test_aiokafka_errors_are_summarised_while_the_broker_is_killed(
     own_broker: EmbeddedBroker, topics: Any, tmp_path: Path
 ) -> None:
     broker = TestBroker(own_broker.bootstrap, idempotence=False, kind="tansu")
@@ -185,15 +185,16 @@ async def test_aiokafka_errors_are_summarised_while_the_broker_is_down(
         own_broker.stop()
         await asyncio.sleep(20)
         during = aiokafka_lines(daemon.log())[before:]
-        code, _ = daemon.terminate()
+        code, took = daemon.terminate()
     finally:
         daemon.stop()
     log = daemon.log()
+    # the first line per logger and 30 s, not one per failed connect or fetch (~200 a second before)
+    assert len(during) <= 12, f"{len(during)} aiokafka lines in 20 s of outage:\n" + "\n".join(during[:20])
     assert "broker unreachable since" in log
-    # one summary per logger and interval, not one line per failed connect or fetch
-    assert len(during) <= 12, f"{len(during)} aiokafka lines in ~20 s of outage:\n" + "\n".join(during[:20])
-    assert any("suppressed" in line for line in during) or len(during) <= 3
-    assert code == 0
+    # SIGTERM with the broker gone (aiokafka's stop() raised CancelledError here before)
+    assert code == 0 and "Traceback" not in log, log[-3000:]
+    assert took < OUTAGE_SETTINGS["grace_period_s"] + 5, f"took {took:.1f}s"
 
 
 async def test_sigterm_during_an_outage_exits_zero_within_the_grace_period(
