@@ -71,7 +71,8 @@ class EmbeddedBroker:
 
     def stop(self) -> None:
         if self._proc is not None and self._proc.poll() is None:
-            os.killpg(self._proc.pid, signal.SIGCONT)  # a frozen broker would never see the SIGTERM
+            with contextlib.suppress(ProcessLookupError):  # a frozen broker would never see the SIGTERM
+                os.killpg(self._proc.pid, signal.SIGCONT)
             self._proc.send_signal(signal.SIGTERM)
             try:
                 self._proc.wait(5)
