@@ -176,8 +176,8 @@ class ConsumerLoop:
         """Drain, commit and leave the group, every stage bounded so the whole fits the grace period.
 
         With the broker down nothing can finish: what is abandoned stays uncommitted and is
-        consumed again after the restart (the ledger keeps a redelivery from creating a second
-        CRM record).
+        consumed again after the restart (the ledger turns deliveries that had already succeeded
+        into ``duplicate``).
         """
         grace = self.settings.grace_period_s
         stop_at = self._stop_at or time.monotonic()
