@@ -168,6 +168,14 @@ def _print_summary(results: list[dict[str, Any]], dlq: list[Any], sandbox: Sandb
         "records created in the local fakes: "
         + ", ".join(f"{name}={len(getattr(fake, 'records', {}))}" for name, fake in sorted(sandbox.fakes.items()))
     )
+    for r in results:
+        if r["status"] == "fallback":
+            print(f"  fallback: {r['fallbackFrom']} failed ({r['error']['code']}), delivered to {r['integrationId']}")
+        elif (r.get("reason") or "").startswith("sync_back"):
+            print(f"  sync_back: {r['integrationId']} {r['objectType']} {r['externalId']} — {r['reason']}")
+    failed = [r for r in results if r["status"] == "failed"]
+    for r in failed[:10]:
+        print(f"  failed: {r.get('integrationId')} {r.get('objectType')}: {r.get('error')}")
     skips = collections.Counter(
         (r.get("integrationId") or "-", r.get("reason") or "no reason given")
         for r in results
@@ -177,14 +185,6 @@ def _print_summary(results: list[dict[str, Any]], dlq: list[Any], sandbox: Sandb
         print("skipped deliveries (the configuration's rules chose not to deliver; expected, not failures):")
         for (target, reason), count in sorted(skips.items()):
             print(f"  {target} ×{count}: {reason}")
-    for r in results:
-        if r["status"] == "fallback":
-            print(f"  fallback: {r['fallbackFrom']} failed ({r['error']['code']}), delivered to {r['integrationId']}")
-        elif (r.get("reason") or "").startswith("sync_back"):
-            print(f"  sync_back: {r['integrationId']} {r['objectType']} {r['externalId']} — {r['reason']}")
-    failed = [r for r in results if r["status"] == "failed"]
-    for r in failed[:10]:
-        print(f"  failed: {r.get('integrationId')} {r.get('objectType')}: {r.get('error')}")
     print(f"\n{len(results)} results and {len(dlq)} dead letters in {elapsed:.1f}s")
 
 

@@ -135,8 +135,9 @@ async def run_sandbox(
         for key, value in sorted(sandbox.env().items()):
             print(f"  export {key}={value}")
         print(
-            f"then: octopus-crm run --config {config_path} --config-overlay {write_overlay or 'OVERLAY.json'} "
-            "--bootstrap-servers HOST:PORT",
+            f"then, with those exported: octopus-crm run --config {config_path} "
+            f"--config-overlay {write_overlay or 'OVERLAY.json'} --bootstrap-servers HOST:PORT "
+            "(or 'octopus-crm dev' for broker, fakes and daemon in one)",
             flush=True,
         )
         stop = asyncio.Event()
