@@ -190,6 +190,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     _require_demo_extra("demo")
     from daemon.demo import run_demo
 
+    _check_config_file(args.config)
+    if args.events is not None and not Path(args.events).is_file():
+        raise OperatorError(f"--events: no such file {args.events}")
+
     return asyncio.run(run_demo(config_path=args.config, events_path=args.events, verbose=args.verbose))
 
 
