@@ -193,7 +193,6 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     _check_config_file(args.config)
     if args.events is not None and not Path(args.events).is_file():
         raise OperatorError(f"--events: no such file {args.events}")
-
     return asyncio.run(run_demo(config_path=args.config, events_path=args.events, verbose=args.verbose))
 
 
@@ -361,6 +360,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_COMMANDS = ("run", "validate-config", "adapters", "produce", "dlq", "demo", "dev", "sandbox")
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, with its errors on one line."""
 
@@ -386,9 +388,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     return code
-
-
-_COMMANDS = ("run", "validate-config", "adapters", "produce", "dlq", "demo", "dev", "sandbox")
 
 
 if __name__ == "__main__":
