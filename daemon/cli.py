@@ -190,6 +190,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     _require_demo_extra("demo")
     from daemon.demo import run_demo
 
+    _settings(args)  # OCTOPUS_CRM_* variables apply to the demo's daemon too
     _check_config_file(args.config)
     if args.events is not None and not Path(args.events).is_file():
         raise OperatorError(f"--events: no such file {args.events}")
@@ -200,6 +201,7 @@ def _cmd_dev(args: argparse.Namespace) -> int:
     _require_demo_extra("dev")
     from daemon.dev import run_dev
 
+    _settings(args)  # OCTOPUS_CRM_* variables apply to the dev daemon too
     _check_config_file(args.config)
     return asyncio.run(
         run_dev(

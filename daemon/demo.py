@@ -2,9 +2,10 @@
 
 Starts the embedded broker (Tansu), the vendor fakes for every integration of the configuration
 (the seed example by default, its base URLs pointed at the fakes, credentials from the fakes),
-the daemon, and produces the sample events plus a few malformed records. It waits for every
-result and dead letter, prints a summary per target, and exits 0 when every sample reached its
-expected outcome.
+the daemon, and produces the sample events plus a few malformed records. It shows when the daemon
+joins its group and the results per target as they arrive, waits for every result and dead
+letter, prints a summary per target (explaining each skip), and exits 0 when every sample reached
+its expected outcome.
 """
 
 from __future__ import annotations
