@@ -1,10 +1,11 @@
-# Quick start: `make demo` runs the whole pipeline locally; `make test` runs the test suite.
+# Quick start: `make demo` runs the whole pipeline locally; `make run` runs the daemon against the
+# embedded broker and the vendor fakes until Ctrl-C; `make test` runs the test suite.
 # Each target creates .venv and installs what it needs on first use.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint bench bench-smoke sandbox clean
+.PHONY: demo run test lint bench bench-smoke sandbox clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +20,9 @@ $(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
 
 demo: $(VENV)/.demo-installed
 	$(BIN)/octopus-crm demo
+
+run: $(VENV)/.demo-installed
+	$(BIN)/octopus-crm dev
 
 test: $(VENV)/.dev-installed
 	$(BIN)/pytest -q

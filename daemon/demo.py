@@ -2,28 +2,30 @@
 
 Starts the embedded broker (Tansu), the vendor fakes for every integration of the configuration
 (the seed example by default, its base URLs pointed at the fakes, credentials from the fakes),
-the daemon, and produces the sample events plus a few malformed records. It waits for every
-result and dead letter, prints a summary per target, and exits 0 when every sample reached its
-expected outcome.
+the daemon, and produces the sample events plus a few malformed records. It shows when the daemon
+joins its group and the results per target as they arrive, waits for every result and dead
+letter, prints a summary per target (explaining each skip), and exits 0 when every sample reached
+its expected outcome.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import os
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from adapters.sandbox.runner import Sandbox
+from adapters.sandbox.runner import Sandbox, integrations_of
 from daemon.app import Daemon
-from daemon.broker import EmbeddedBroker, create_topics, free_port
-from daemon.config import CrmConfig, PrimaryBackup, load_config
+from daemon.broker import free_port
+from daemon.config import CrmConfig, PrimaryBackup
 from daemon.contracts import ClassifiedMessage
+from daemon.local_stack import EXAMPLES, local_stack
 from daemon.logs import configure_logging
 from daemon.producing import event_key, produce_lines
 from daemon.settings import Settings
@@ -31,7 +33,7 @@ from strategies.routing import plan
 
 __all__ = ["run_demo"]
 
-EXAMPLES = Path(__file__).resolve().parent / "examples"
+PROGRESS_EVERY_S = 2.0
 
 # Malformed input the demo sends along, with the dead-letter class each must get.
 BAD_RECORDS: list[tuple[bytes, str]] = [
@@ -80,7 +82,13 @@ def _expected_results(config: CrmConfig, lines: list[bytes]) -> int:
     return total
 
 
-async def _read(settings: Settings, topic: str, expect: int, timeout: float) -> list[Any]:
+async def _read(
+    settings: Settings,
+    topic: str,
+    expect: int,
+    timeout: float,
+    on_batch: Callable[[list[Any]], None] | None = None,
+) -> list[Any]:
     from aiokafka import AIOKafkaConsumer
 
     consumer = AIOKafkaConsumer(
@@ -93,9 +101,53 @@ async def _read(settings: Settings, topic: str, expect: int, timeout: float) -> 
         while len(out) < expect and time.monotonic() < deadline:
             for records in (await consumer.getmany(timeout_ms=200)).values():
                 out.extend(records)
+                if on_batch is not None:
+                    on_batch(records)
     finally:
         await consumer.stop()
     return out
+
+
+class _Progress:
+    """Results per target as they arrive, one line every ``PROGRESS_EVERY_S`` at most."""
+
+    def __init__(self, expected: int, started: float) -> None:
+        self.expected = expected
+        self.started = started
+        self.by_target: collections.Counter[str] = collections.Counter()
+        self.total = 0
+        self._printed_at = 0.0
+
+    def __call__(self, records: list[Any]) -> None:
+        for record in records:
+            self.by_target[orjson.loads(record.value).get("integrationId") or "no target"] += 1
+        self.total += len(records)
+        now = time.monotonic()
+        if now - self._printed_at >= PROGRESS_EVERY_S or self.total >= self.expected:
+            self._printed_at = now
+            targets = ", ".join(f"{name} {n}" for name, n in sorted(self.by_target.items()))
+            print(f"  {now - self.started:5.1f}s  results {self.total}/{self.expected}: {targets}", flush=True)
+
+
+async def _announce_join(settings: Settings, started: float) -> None:
+    """Print when the daemon has joined its consumer group (its /readyz turns 200)."""
+    import aiohttp
+
+    url = f"http://127.0.0.1:{settings.metrics_port}/readyz"
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
+        while True:
+            try:
+                async with session.get(url) as resp:
+                    if resp.status == 200:
+                        print(
+                            f"  {time.monotonic() - started:5.1f}s  joined consumer group {settings.group_id}; "
+                            "delivering",
+                            flush=True,
+                        )
+                        return
+            except (aiohttp.ClientError, TimeoutError):
+                pass  # the admin server is not up yet
+            await asyncio.sleep(0.25)
 
 
 def _print_summary(results: list[dict[str, Any]], dlq: list[Any], sandbox: Sandbox, elapsed: float) -> None:
@@ -125,6 +177,15 @@ def _print_summary(results: list[dict[str, Any]], dlq: list[Any], sandbox: Sandb
     failed = [r for r in results if r["status"] == "failed"]
     for r in failed[:10]:
         print(f"  failed: {r.get('integrationId')} {r.get('objectType')}: {r.get('error')}")
+    skips = collections.Counter(
+        (r.get("integrationId") or "-", r.get("reason") or "no reason given")
+        for r in results
+        if r["status"] == "skipped"
+    )
+    if skips:
+        print("skipped deliveries (the configuration's rules chose not to deliver; expected, not failures):")
+        for (target, reason), count in sorted(skips.items()):
+            print(f"  {target} ×{count}: {reason}")
     print(f"\n{len(results)} results and {len(dlq)} dead letters in {elapsed:.1f}s")
 
 
@@ -134,50 +195,48 @@ async def run_demo(*, config_path: str | None = None, events_path: str | None = 
     events_file = Path(events_path) if events_path else EXAMPLES / "events.sample.jsonl"
     lines = [line for line in events_file.read_bytes().splitlines() if line.strip()]
 
-    raw = orjson.loads(config_file.read_bytes())
-    integrations = [(i["id"], i["type"]) for i in raw.get("crmIntegrations", [])]
-    sandbox = Sandbox.for_types(t for _, t in integrations)
     print(
-        f"octopus-crm demo: {len(lines)} sample events, {len(integrations)} integrations, "
-        f"fakes for {', '.join(sorted(sandbox.fakes)) or 'none'}"
+        f"octopus-crm demo: {len(lines)} sample events, {len(integrations_of(config_file))} integrations; "
+        "starting the embedded broker and the vendor fakes",
+        flush=True,
     )
-    with EmbeddedBroker() as broker:
-        await sandbox.start()
+    async with local_stack(
+        config_file,
+        overlay_extra={"retry": {"maxAttempts": 2, "initialDelay": 0.2}},
+        group_id=f"octopus-demo-{uuid.uuid4().hex[:6]}",
+        metrics_port=free_port(),
+        commit_interval_s=0.5,
+    ) as stack:
+        settings, config, sandbox = stack.settings, stack.config, stack.sandbox
+        print(
+            f"embedded broker at {settings.bootstrap_servers}; fakes for {', '.join(sorted(sandbox.fakes)) or 'none'}; "
+            f"metrics at http://127.0.0.1:{settings.metrics_port}/metrics",
+            flush=True,
+        )
+        expected = _expected_results(config, lines)
+        if config_path is None:
+            expected += _inject_outage(sandbox, config, lines)
+        started = time.monotonic()
+        daemon = Daemon(settings, config)
+        task = asyncio.create_task(daemon.run())
+        joined = asyncio.create_task(_announce_join(settings, started))
         try:
-            env = {**os.environ, **sandbox.env()}
-            overlay = sandbox.overlay(integrations)
-            overlay["retry"] = {"maxAttempts": 2, "initialDelay": 0.2}
-            config = load_config(config_file, env=env, overlay=overlay)
-            settings = Settings(
-                bootstrap_servers=broker.bootstrap,
-                group_id=f"octopus-demo-{uuid.uuid4().hex[:6]}",
-                producer_idempotence=False,
-                create_topics=True,
-                metrics_host="127.0.0.1",
-                metrics_port=free_port(),
-                ledger_url="memory://",
-                commit_interval_s=0.5,
+            print(
+                f"daemon started; joining consumer group {settings.group_id} "
+                f"(the first join takes a few seconds); producing {len(lines)} events "
+                f"and {len(BAD_RECORDS)} malformed records",
+                flush=True,
             )
-            print(f"embedded broker at {broker.bootstrap}; metrics at http://127.0.0.1:{settings.metrics_port}/metrics")
-            await create_topics(
-                broker.bootstrap,
-                [settings.input_topic, settings.results_topic, settings.dlq_topic, settings.retry_topic],
-            )
-            expected = _expected_results(config, lines)
-            if config_path is None:
-                expected += _inject_outage(sandbox, config, lines)
-            started = time.monotonic()
-            daemon = Daemon(settings, config)
-            task = asyncio.create_task(daemon.run())
             await produce_lines(settings, lines, topic=settings.input_topic, key_field="tenantId:sender.id")
             await _produce_bad(settings)
-            raw_results = await _read(settings, settings.results_topic, expected, timeout=90)
+            progress = _Progress(expected, started)
+            raw_results = await _read(settings, settings.results_topic, expected, timeout=90, on_batch=progress)
             dlq = await _read(settings, settings.dlq_topic, len(BAD_RECORDS), timeout=30)
+        finally:
+            joined.cancel()
             daemon.request_stop()
             await asyncio.wait_for(task, 60)
-            elapsed = time.monotonic() - started
-        finally:
-            await sandbox.stop()
+        elapsed = time.monotonic() - started
     results = [orjson.loads(r.value) for r in raw_results]
     _print_summary(results, dlq, sandbox, elapsed)
     return _verdict(results, expected, dlq)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, PlatformCollector, ProcessCollector
+
+from daemon.version import VERSION
 
 __all__ = [
     "BREAKER_STATE",
     "BROKER_REACHABLE",
+    "BUILD_INFO",
     "COMMIT_LATENCY",
     "CONSUMED",
     "CONSUMER_LAG",
@@ -24,6 +27,12 @@ __all__ = [
 ]
 
 REGISTRY = CollectorRegistry(auto_describe=True)
+# The standard process_* (CPU, memory, file descriptors, start time) and python_info series.
+ProcessCollector(registry=REGISTRY)
+PlatformCollector(registry=REGISTRY)
+
+BUILD_INFO = Info("octopus_crm_build", "Version of the running octopus-crm-sync.", registry=REGISTRY)
+BUILD_INFO.info({"version": VERSION})
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 

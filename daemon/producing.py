@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import sys
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -12,7 +9,7 @@ from aiokafka import AIOKafkaProducer
 
 from daemon.settings import Settings
 
-__all__ = ["event_key", "produce_file", "produce_lines"]
+__all__ = ["event_key", "produce_lines"]
 
 
 def event_key(line: bytes, key_fields: str) -> bytes | None:
@@ -39,17 +36,11 @@ async def produce_lines(settings: Settings, lines: list[bytes], *, topic: str, k
         enable_idempotence=settings.producer_idempotence,
         max_request_size=settings.max_request_size,
     )
-    await producer.start()
     try:
+        await producer.start()
         futures = [await producer.send(topic, value=line, key=event_key(line, key_field)) for line in lines]
         for future in futures:
             await future
     finally:
         await producer.stop()
     return len(lines)
-
-
-async def produce_file(settings: Settings, path: str, *, topic: str, key_field: str) -> int:
-    raw = sys.stdin.buffer.read() if path == "-" else await asyncio.to_thread(Path(path).read_bytes)
-    lines = [line for line in raw.splitlines() if line.strip()]
-    return await produce_lines(settings, lines, topic=topic, key_field=key_field)

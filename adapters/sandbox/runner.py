@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import os
 import signal
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
+
+import yaml
 
 from adapters.registry import adapter_class
 from adapters.sandbox.kit import FakeVendor, SandboxServer
 from adapters.sandbox.registry import FAKES
 
-__all__ = ["Sandbox", "canonical_type", "run_sandbox"]
+__all__ = ["Sandbox", "canonical_type", "integrations_of", "run_sandbox", "unknown_types"]
 
 
 class _Standalone(Protocol):
@@ -21,8 +26,9 @@ class _Standalone(Protocol):
 
     name: str
     ENV: dict[str, str]
+    base_url: str
 
-    async def start(self) -> None: ...
+    async def start(self, port: int = 0) -> None: ...
 
     async def stop(self) -> None: ...
 
@@ -32,6 +38,18 @@ class _Standalone(Protocol):
 def canonical_type(type_name: str) -> str:
     cls = adapter_class(type_name)
     return cls.info.type if cls is not None else type_name
+
+
+def unknown_types(types: Iterable[str]) -> list[str]:
+    """The names among ``types`` that have no fake (aliases such as ``wework`` are fine)."""
+    return [t for t in types if canonical_type(t) not in FAKES]
+
+
+def integrations_of(config_path: str | os.PathLike[str]) -> list[tuple[str, str]]:
+    """(id, type) of every integration in a CRM configuration file (JSON or YAML), unvalidated."""
+    raw = yaml.safe_load(Path(config_path).read_text(encoding="utf-8")) or {}
+    items = raw.get("crmIntegrations", []) if isinstance(raw, dict) else []
+    return [(str(i["id"]), str(i["type"])) for i in items if isinstance(i, dict) and "id" in i and "type" in i]
 
 
 @dataclass
@@ -51,13 +69,16 @@ class Sandbox:
                 sandbox.fakes[canonical] = fake_cls(**fake_kwargs.get(canonical, {}))
         return sandbox
 
-    async def start(self) -> None:
+    async def start(self, base_port: int = 0) -> None:
+        """Serve every fake on loopback: on ``base_port``, ``base_port + 1``, … in the order of
+        ``fakes`` when given, else on free ports."""
+        ports = {name: base_port + i for i, name in enumerate(self.fakes)} if base_port else {}
         http = [f for f in self.fakes.values() if isinstance(f, FakeVendor)]
         self._http = SandboxServer(*http)
-        await self._http.start()
-        for fake in self.fakes.values():
+        await self._http.start({f.name: ports[name] for name, f in self.fakes.items() if name in ports})
+        for name, fake in self.fakes.items():
             if not isinstance(fake, FakeVendor):
-                await fake.start()
+                await fake.start(ports.get(name, 0))
 
     async def stop(self) -> None:
         for fake in self.fakes.values():
@@ -87,20 +108,51 @@ class Sandbox:
         return {"crmIntegrations": patched}
 
 
-async def run_sandbox(types: list[str] | None, *, base_port: int = 0) -> int:
+async def run_sandbox(
+    types: list[str] | None,
+    *,
+    base_port: int = 0,
+    config_path: str | os.PathLike[str],
+    write_overlay: str | os.PathLike[str] | None = None,
+) -> int:
+    """Run the fakes until SIGINT/SIGTERM; print where they listen, the config overlay that points
+    ``config_path``'s integrations at them, and the credentials they accept."""
     sandbox = Sandbox.for_types(types or list(FAKES))
-    await sandbox.start()
-    print("vendor fakes running on loopback (Ctrl-C to stop):")
-    for name, fake in sandbox.fakes.items():
-        print(f"  {name:<10} {fake.endpoints()}")
-    print("credentials they accept (export these for the seed configuration):")
-    for key, value in sorted(sandbox.env().items()):
-        print(f"  export {key}={value}")
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    await sandbox.stop()
+    await sandbox.start(base_port)
+    try:
+        overlay = sandbox.overlay(integrations_of(config_path))
+        text = json.dumps(overlay, indent=2, ensure_ascii=False)
+        print("vendor fakes on loopback (Ctrl-C to stop):")
+        for name, fake in sandbox.fakes.items():
+            print(f"  {name:<10} {fake.base_url}")
+        if write_overlay is not None:
+            _write_atomically(Path(write_overlay), text + "\n")
+            print(f"config overlay for {config_path} written to {write_overlay}")
+        else:
+            print(f"config overlay for {config_path} (save it, or use --write-overlay FILE):")
+            print(text)
+        print("credentials the fakes accept (the seed configuration's ${ENV} names):")
+        for key, value in sorted(sandbox.env().items()):
+            print(f"  export {key}={value}")
+        print(
+            f"then, with those exported: octopus-crm run --config {config_path} "
+            f"--config-overlay {write_overlay or 'OVERLAY.json'} --bootstrap-servers HOST:PORT "
+            "(or 'octopus-crm dev' for broker, fakes and daemon in one)",
+            flush=True,
+        )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+    finally:
+        await sandbox.stop()
     return 0
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Readers polling for the file never see half of it."""
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(text, encoding="utf-8")
+    partial.replace(path)
