@@ -100,10 +100,19 @@ class Daemon:
                 config=self.config,
                 host=s.metrics_host,
                 port=s.metrics_port,
+                api_host=s.admin_host,
+                api_port=s.admin_port,
+                token=s.admin_bearer(),
+                test_connections_per_minute=s.admin_test_connections_per_minute,
             )
             await self.admin.start()
             stack.push_async_callback(self.admin.stop)
-            log.info("admin server listening", port=self.admin.port)
+            log.info(
+                "admin server listening",
+                port=self.admin.port,
+                api=f"{self.admin.api_host}:{self.admin.api_port}",
+                api_auth="bearer token" if self.admin.token else "none (loopback only)",
+            )
 
             adapters = self._adapters
             if adapters is None:

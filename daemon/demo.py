@@ -155,6 +155,7 @@ async def run_demo(*, config_path: str | None = None, events_path: str | None = 
                 create_topics=True,
                 metrics_host="127.0.0.1",
                 metrics_port=free_port(),
+                admin_port=free_port(),
                 ledger_url="memory://",
                 commit_interval_s=0.5,
             )

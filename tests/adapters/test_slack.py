@@ -16,6 +16,7 @@ import pytest
 from adapters.base import DeliveryContext
 from adapters.errors import (
     AuthError,
+    ConfigError,
     DeliveryError,
     PermanentError,
     RateLimitedError,
@@ -198,8 +199,10 @@ async def test_incoming_webhook_flavour() -> None:
     async with SandboxServer(fake):
         slack = SlackAdapter(*seed_config("slack", fake, **webhook_overrides(fake.webhook_url)))
         try:
-            await slack.test_connection()  # empty payload → 400 no_text: live, nothing posted
-            assert fake.messages == []
+            with pytest.raises(ConfigError) as untestable:  # no read call: says so, posts nothing
+                await slack.test_connection()
+            assert untestable.value.code == "not_testable"
+            assert fake.messages == [] and not [r for r in fake.requests if "/services/" in r.path]
             delivered = await slack.create(SERVICE, "message", ctx())
             assert delivered.external_id == ctx().idempotency_key and delivered.external_url is None
             assert fake.messages[-1]["text"] == (
