@@ -86,9 +86,7 @@ class DaemonProcess:
         timeout: float = 2,
     ) -> tuple[int, bytes]:
         port = self.admin_port if path.startswith("/api/") else self.port
-        request = urllib.request.Request(
-            f"http://{host}:{port}{path}", data=body, headers=headers or {}, method=method
-        )
+        request = urllib.request.Request(f"http://{host}:{port}{path}", data=body, headers=headers or {}, method=method)
         try:
             with urllib.request.urlopen(request, timeout=timeout) as resp:
                 return resp.status, resp.read()

@@ -64,7 +64,10 @@ async def test_api_needs_the_bearer_token_and_json_while_probes_stay_open(
             )
             form = daemon.call("POST", "/api/crm/test-connection", b"integrationId=hook", auth)  # urlencoded
             tested = daemon.call(
-                "POST", "/api/crm/test-connection", b'{"integrationId": "hook"}', {**auth, "Content-Type": "application/json"}
+                "POST",
+                "/api/crm/test-connection",
+                b'{"integrationId": "hook"}',
+                {**auth, "Content-Type": "application/json"},
             )
             not_on_probe_port = daemon.call("GET", "/metrics/../api/crm/integrations")
             code, _ = daemon.terminate()
