@@ -145,9 +145,7 @@ class AdminServer:
     async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         if self.token is not None:
             scheme, _, supplied = request.headers.get("Authorization", "").partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(
-                supplied.strip().encode(), self.token.encode()
-            ):
+            if scheme.lower() != "bearer" or not hmac.compare_digest(supplied.strip().encode(), self.token.encode()):
                 return _answer(
                     {"error": "unauthorized: send Authorization: Bearer <admin token>"},
                     status=401,

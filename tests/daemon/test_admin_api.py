@@ -23,7 +23,7 @@ from daemon.config import parse_config
 from daemon.consumer import Health
 from daemon.contracts import ClassifiedMessage
 from tests.adapters.seed import seed_config
-from tests.events import keyed, make_event, webhook_config
+from tests.events import make_event, webhook_config
 from tests.process import DaemonProcess
 
 TOKEN = "admin-token-5d1f0c7e9a"
