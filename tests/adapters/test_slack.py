@@ -243,3 +243,13 @@ async def test_default_rate_limit_paces_under_one_message_per_second() -> None:
         assert fake.window is not None and fake.window.rejected == 0
         assert len(fake.messages) == n
         assert (n - 1) / elapsed >= 0.9 * limit
+
+
+async def test_test_connection_neither_spends_nor_waits_for_the_delivery_budget() -> None:
+    """One delivery a minute: operators' test calls must not hold the next real message back."""
+    async with running(rateLimit={"requests": 1, "perSeconds": 60}) as (fake, slack):
+        for _ in range(3):
+            await asyncio.wait_for(slack.test_connection(), 10)
+        delivered = await asyncio.wait_for(slack.create(SERVICE, "message", ctx()), 10)
+    assert delivered.external_id and len(fake.messages) == 1
+    assert len([r for r in fake.requests if r.path.endswith("/auth.test")]) == 3
