@@ -19,7 +19,7 @@ from aiokafka.errors import KafkaError
 from adapters.base import Adapter
 from daemon.admin import AdminServer
 from daemon.broker import create_topics
-from daemon.config import CrmConfig, build_adapter, load_config
+from daemon.config import ConfigFileError, CrmConfig, build_adapter, load_config
 from daemon.consumer import ConsumerLoop, Health
 from daemon.dispatch import Dispatcher
 from daemon.ledger import Ledger, open_ledger
@@ -93,6 +93,10 @@ class Daemon:
 
     async def run(self) -> None:
         s = self.settings
+        try:
+            admin_token = s.admin_bearer()
+        except ValueError as exc:  # a token file that is configured but unreadable: refuse to start
+            raise ConfigFileError([("OCTOPUS_CRM_ADMIN_TOKEN_FILE", str(exc))], "settings") from None
         async with contextlib.AsyncExitStack() as stack:
             self.admin = AdminServer(
                 health=self.health,
@@ -102,7 +106,7 @@ class Daemon:
                 port=s.metrics_port,
                 api_host=s.admin_host,
                 api_port=s.admin_port,
-                token=s.admin_bearer(),
+                token=admin_token,
                 test_connections_per_minute=s.admin_test_connections_per_minute,
             )
             await self.admin.start()

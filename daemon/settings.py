@@ -99,9 +99,12 @@ class Settings(BaseSettings):
         if self.admin_token is not None and self.admin_token.get_secret_value().strip():
             return self.admin_token.get_secret_value().strip()
         if self.admin_token_file:
-            token = Path(self.admin_token_file).read_text(encoding="utf-8").strip()
+            try:
+                token = Path(self.admin_token_file).read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise ValueError(f"cannot read the admin token file {self.admin_token_file}: {exc.strerror}") from None
             if not token:
-                raise ValueError(f"admin token file {self.admin_token_file} is empty")
+                raise ValueError(f"the admin token file {self.admin_token_file} is empty")
             return token
         return None
 
