@@ -154,6 +154,12 @@ class TokenAuth:
         finally:
             self._inflight = None
 
+    async def probe(self, http: HttpClient) -> None:
+        """Fetch a token to prove the credentials, leaving the cached one (and the deliveries
+        using it) alone."""
+        token = await self._fetch(http)
+        register_secret(token.value)
+
     async def apply(self, request: Request, http: HttpClient) -> str | None:
         token = await self.current(http)
         self._place(request, token)
@@ -177,12 +183,18 @@ async def oauth2_token(
     form: Mapping[str, str],
     *,
     default_ttl: float | None = None,
+    secret_parts: tuple[str, ...] = (),
 ) -> Token:
-    """An OAuth2 token endpoint (RFC 6749 §4.3/§4.4/§6), form-encoded; errors per §5.2."""
+    """An OAuth2 token endpoint (RFC 6749 §4.3/§4.4/§6), form-encoded; errors per §5.2.
+
+    ``secret_parts`` are pieces a form value is built from (Salesforce's password and security
+    token, sent concatenated): each is registered for redaction on its own too."""
     from adapters.http import Request
 
     for key in ("client_secret", "password", "refresh_token"):
         register_secret(form.get(key))
+    for part in secret_parts:
+        register_secret(part)
     response = await http.raw(Request("POST", url, form=form, authenticated=False))
     body = response.json() or {}
     if not response.ok or "access_token" not in body:

@@ -300,9 +300,8 @@ class FeishuAdapter(HttpAdapter):
     async def test_connection(self) -> None:
         if "bitable_record" in self.templates:
             app, _ = self._table()
-            await self.http.send(Request("GET", TABLES_PATH.format(app=app), params={"page_size": "1"}))
+            await self.http.send(Request("GET", TABLES_PATH.format(app=app), params={"page_size": "1"}, paced=False))
             return
         auth = self.http.auth
         if isinstance(auth, TokenAuth):  # a fresh token proves app_id / app_secret
-            await auth.invalidate(None)
-            await auth.current(self.http)
+            await auth.probe(self.http)

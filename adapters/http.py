@@ -55,6 +55,9 @@ class Request:
     params: dict[str, str] = field(default_factory=dict)
     headers: dict[str, str] = field(default_factory=dict)
     authenticated: bool = True
+    #: False for an operator's test call: it neither waits for nor spends the delivery limiter's
+    #: budget, and a 429 it meets does not slow deliveries down.
+    paced: bool = True
 
 
 @dataclass(frozen=True)
@@ -182,7 +185,7 @@ class HttpClient:
             token_used = None
             if request.authenticated and self.auth is not None:
                 token_used = await self.auth.apply(request, self)
-            if self.limiter is not None:
+            if self.limiter is not None and request.paced:
                 async with self.limiter:
                     with self.limiter.timed():
                         response = await self.raw(request)
@@ -197,7 +200,7 @@ class HttpClient:
                     refreshed = True
                     continue
                 raise AuthError(error.message, code=error.code, status=error.status)
-            if isinstance(error, RateLimitedError) and self.limiter is not None:
+            if isinstance(error, RateLimitedError) and self.limiter is not None and request.paced:
                 self.limiter.slow_down(error.retry_after if error.retry_after is not None else 1.0)
             raise error
 
@@ -218,7 +221,7 @@ class HttpClient:
             ) as resp:
                 sent = True
                 body = await resp.read()
-                return Response(resp.status, resp.headers, body, str(resp.url.with_query(None)))
+                return Response(resp.status, resp.headers, body, str(resp.url.with_query(None).with_user(None)))
         except (aiohttp.ConnectionTimeoutError, aiohttp.ClientConnectorError) as exc:
             raise RetryableError(
                 f"{self.name}: cannot connect to {_host(url)}: {type(exc).__name__}", code="connect"
@@ -243,5 +246,7 @@ class HttpClient:
 
 
 def _host(url: str) -> str:
+    """The host[:port] of ``url`` for an error message: never its ``user:password@``."""
     rest = url.split("://", 1)[-1]
-    return rest.split("/", 1)[0].split("?", 1)[0]
+    authority = rest.split("/", 1)[0].split("?", 1)[0].split("#", 1)[0]
+    return authority.rsplit("@", 1)[-1]

@@ -275,4 +275,4 @@ class HubSpotAdapter(HttpAdapter):
         return str(zone) if zone else None
 
     async def test_connection(self) -> None:
-        await self.account(strict=True)
+        await self.http.send(Request("GET", "/account-info/v3/details", paced=False))

@@ -221,4 +221,4 @@ class JiraAdapter(HttpAdapter):
         return self._delivered(issues[0]) if issues else None
 
     async def test_connection(self) -> None:
-        await self.http.send(Request("GET", MYSELF_PATH))
+        await self.http.send(Request("GET", MYSELF_PATH, paced=False))

@@ -228,10 +228,12 @@ class SalesforceAdapter(HttpAdapter):
             "client_id": self.config.secret("clientId"),
             "client_secret": self.config.secret("clientSecret"),
         }
+        parts: tuple[str, ...] = ()
         if self.grant == "password":
             form["username"] = self.config.secret("username")
-            form["password"] = self.config.secret("password") + self.config.secret("securityToken", required=False)
-        return await oauth2_token(http, f"{self.login_url}/services/oauth2/token", form)
+            parts = (self.config.secret("password"), self.config.secret("securityToken", required=False))
+            form["password"] = "".join(parts)
+        return await oauth2_token(http, f"{self.login_url}/services/oauth2/token", form, secret_parts=parts)
 
     def _place(self, request: Request, token: Token) -> None:
         request.headers["Authorization"] = f"Bearer {token.value}"
@@ -301,4 +303,6 @@ class SalesforceAdapter(HttpAdapter):
 
     async def test_connection(self) -> None:
         for object_type in self.templates or self.info.object_types[:1]:
-            await self.http.send(self._call("GET", f"sobjects/{SOBJECTS[object_type]}"))
+            request = self._call("GET", f"sobjects/{SOBJECTS[object_type]}")  # describe: a read
+            request.paced = False
+            await self.http.send(request)

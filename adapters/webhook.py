@@ -15,7 +15,7 @@ from adapters.errors import ConfigError
 from adapters.http import HttpClient, Request
 from adapters.ratelimit import Limiter, RateLimit
 from daemon.contracts import ClassifiedMessage
-from daemon.redaction import register_secret
+from daemon.redaction import register_secret_parts
 
 __all__ = ["WebhookAdapter"]
 
@@ -44,7 +44,8 @@ class WebhookAdapter(HttpAdapter):
     def make_http(self, limiter: Limiter) -> HttpClient:
         headers: dict[str, str] = {str(k): str(v) for k, v in (self.config.extra("headers") or {}).items()}
         for value in headers.values():
-            register_secret(value)
+            register_secret_parts(value)  # "Bearer X": X leaks on its own too
+        register_secret_parts(self.base_url)  # user:password@ and ?code= / ?sig= values
         token = self.config.secret("token", "bearerToken", required=False)
         return HttpClient(
             name=self.integration_id,
@@ -70,7 +71,8 @@ class WebhookAdapter(HttpAdapter):
         return Delivered(external_id, url if isinstance(url, str) else None)
 
     async def test_connection(self) -> None:
-        await self.http.send(Request("POST", self.base_url, json={"test": True}))
+        # A webhook has one verb, POST, and every POST is a record at the receiver.
+        raise ConfigError("a webhook cannot be tested without posting to it (it has no read call)", code="not_testable")
 
 
 def _default_body(event: ClassifiedMessage) -> dict[str, Any]:

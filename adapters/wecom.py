@@ -247,9 +247,9 @@ class WeComAdapter(HttpAdapter):
 
     async def test_connection(self) -> None:
         if self.config.secret("agentId", "agentid", required=False):
-            await self.http.send(Request("GET", AGENT_PATH, params={"agentid": str(self._agent_id())}))
+            await self.http.send(Request("GET", AGENT_PATH, params={"agentid": str(self._agent_id())}, paced=False))
         else:
-            await self.http.send(Request("GET", "/cgi-bin/get_api_domain_ip"))
+            await self.http.send(Request("GET", "/cgi-bin/get_api_domain_ip", paced=False))
 
 
 def _summary(custom: Any, data: Mapping[str, Any]) -> list[dict[str, Any]]:

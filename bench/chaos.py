@@ -338,7 +338,7 @@ class DaemonProc:
     """``python -m daemon.cli run`` configured by ``OCTOPUS_CRM_*``; ``kill()`` is SIGKILL."""
 
     def __init__(self, env: dict[str, str], log_path: Path) -> None:
-        self.env = {**env, "OCTOPUS_CRM_METRICS_PORT": str(free_port())}
+        self.env = {**env, "OCTOPUS_CRM_METRICS_PORT": str(free_port()), "OCTOPUS_CRM_ADMIN_PORT": str(free_port())}
         self.log_path = log_path
         self.proc: subprocess.Popen[bytes] | None = None
 

@@ -495,6 +495,7 @@ class DaemonProc:
             "OCTOPUS_CRM_CONFIG_PATH": str(config_path),
             "OCTOPUS_CRM_METRICS_HOST": "127.0.0.1",
             "OCTOPUS_CRM_METRICS_PORT": str(self.port),
+            "OCTOPUS_CRM_ADMIN_PORT": str(free_port()),
             "OCTOPUS_CRM_LEDGER_URL": ledger_url,
             "OCTOPUS_CRM_LOG_FORMAT": "json",
             "OCTOPUS_CRM_SESSION_TIMEOUT_MS": "10000",

@@ -21,7 +21,7 @@ from adapters.base import Adapter
 from daemon.admin import AdminServer
 from daemon.broker import create_topics
 from daemon.broker_probe import BrokerProbe
-from daemon.config import CrmConfig, build_adapter, load_config
+from daemon.config import ConfigFileError, CrmConfig, build_adapter, load_config
 from daemon.consumer import ConsumerLoop, Health, shutdown_reserve, unless_stopped
 from daemon.dispatch import Dispatcher
 from daemon.ledger import Ledger, open_ledger
@@ -123,6 +123,10 @@ class Daemon:
 
     async def run(self) -> None:
         s = self.settings
+        try:
+            admin_token = s.admin_bearer()
+        except ValueError as exc:  # a token file that is configured but unreadable: refuse to start
+            raise ConfigFileError([("OCTOPUS_CRM_ADMIN_TOKEN_FILE", str(exc))], "settings") from None
         async with contextlib.AsyncExitStack() as stack:
             self.admin = AdminServer(
                 health=self.health,
@@ -130,10 +134,19 @@ class Daemon:
                 config=self.config,
                 host=s.metrics_host,
                 port=s.metrics_port,
+                api_host=s.admin_host,
+                api_port=s.admin_port,
+                token=admin_token,
+                test_connections_per_minute=s.admin_test_connections_per_minute,
             )
             await self.admin.start()
             stack.push_async_callback(self.admin.stop)
-            log.info("admin server listening", port=self.admin.port)
+            log.info(
+                "admin server listening",
+                port=self.admin.port,
+                api=f"{self.admin.api_host}:{self.admin.api_port}",
+                api_auth="bearer token" if self.admin.token else "none (loopback only)",
+            )
 
             adapters = self._adapters
             if adapters is None:

@@ -1,7 +1,8 @@
 """The CRM configuration: the seed's ``crmIntegrations`` and strategy blocks, validated once.
 
-Loaded from JSON or YAML; ``${ENV}`` and ``${file:/path}`` references are resolved before
-validation so that secrets live in the environment or in mounted files, never in the file itself.
+Loaded from JSON or YAML; ``${ENV}`` and ``${file:/path}`` references in the secret-bearing fields
+(:data:`SECRET_BEARING_FIELDS`) are resolved before validation so that secrets live in the
+environment or in mounted files, never in the file itself; a reference anywhere else is an error.
 Every error names the exact key path (``crmIntegrations[2].config.mappings.case.subject``).
 Integration references in strategies (an id, or a type when one integration has it) are resolved
 at load; nothing is looked up by name at run time.
@@ -22,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from adapters.base import Adapter, IntegrationConfig
 from adapters.errors import ConfigError as AdapterConfigError
 from adapters.registry import adapter_class
+from daemon.redaction import register_secret_parts
 from strategies.breaker import BreakerPolicy
 from strategies.retry import RetryPolicy
 
@@ -280,6 +282,83 @@ def _resolve_refs(node: Any, path: str, env: Mapping[str, str], errors: list[tup
     return node
 
 
+# The fields a secret may sit in, relative to one ``crmIntegrations`` entry: references are
+# resolved here and nowhere else (``name: ${file:/etc/hostname}`` or ``${HOME}`` in a mapping would
+# otherwise put a file or the environment in front of the API and the vendors).
+SECRET_BEARING_FIELDS = ("config.credentials", "config.headers", "config.endpoints.url", "config.endpoints.webhookUrl")
+# Credentials that are identifiers rather than secrets (``agentId: 1000002`` must not be scrubbed
+# from every number in a log line); every other credential is registered for redaction.
+_PUBLIC_CREDENTIALS = re.compile(r"(?i)^(?:.*id|username|user|email|granttype|authtype|sandbox)$")
+
+
+def _secret_bearing(rel: str) -> bool:
+    return any(rel == f or rel.startswith((f"{f}.", f"{f}[")) for f in SECRET_BEARING_FIELDS)
+
+
+def _register_secrets(node: Any, rel: str) -> None:
+    """Resolved secret-bearing values are registered for redaction, with their parts."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            _register_secrets(value, f"{rel}.{key}")
+    elif isinstance(node, list):
+        for value in node:
+            _register_secrets(value, f"{rel}[]")
+    elif isinstance(node, str):
+        if rel.startswith("config.credentials.") and _PUBLIC_CREDENTIALS.match(rel.rsplit(".", 1)[-1]):
+            return
+        register_secret_parts(node)
+
+
+def _resolve_integration_refs(
+    node: Any, path: str, rel: str, env: Mapping[str, str], errors: list[tuple[str, str]]
+) -> Any:
+    if _secret_bearing(rel):
+        resolved = _resolve_refs(node, path, env, errors)
+        _register_secrets(resolved, rel)
+        return resolved
+    if isinstance(node, dict):
+        return {
+            k: _resolve_integration_refs(v, f"{path}.{k}", f"{rel}.{k}" if rel else str(k), env, errors)
+            for k, v in node.items()
+        }
+    if isinstance(node, list):
+        return [_resolve_integration_refs(v, f"{path}[{i}]", f"{rel}[{i}]", env, errors) for i, v in enumerate(node)]
+    _forbid_refs(node, path, errors)
+    return node
+
+
+def _forbid_refs(node: Any, path: str, errors: list[tuple[str, str]]) -> None:
+    if isinstance(node, str) and _REF.search(node):
+        errors.append(
+            (
+                path,
+                "${...} references are resolved only in secret-bearing fields "
+                f"({', '.join(SECRET_BEARING_FIELDS)}); write this value literally",
+            )
+        )
+    elif isinstance(node, dict):
+        for key, value in node.items():
+            _forbid_refs(value, f"{path}.{key}" if path else str(key), errors)
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            _forbid_refs(value, f"{path}[{i}]", errors)
+
+
+def _resolve_config_refs(tree: dict[str, Any], env: Mapping[str, str], errors: list[tuple[str, str]]) -> Any:
+    """References resolved in the secret-bearing fields of each integration; elsewhere an error."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if key == "crmIntegrations" and isinstance(value, list):
+            out[key] = [
+                _resolve_integration_refs(entry, f"crmIntegrations[{i}]", "", env, errors)
+                for i, entry in enumerate(value)
+            ]
+        else:
+            _forbid_refs(value, str(key), errors)
+            out[key] = value
+    return out
+
+
 def resolve_references(node: Any, env: Mapping[str, str]) -> Any:
     """``${NAME}``, ``${NAME:-default}`` and ``${file:/path}`` resolved in a configuration tree."""
     errors: list[tuple[str, str]] = []
@@ -335,7 +414,7 @@ def parse_config(
     """Validate a configuration tree; raise :class:`ConfigFileError` listing every bad path."""
     errors: list[tuple[str, str]] = []
     tree = _merge(dict(raw), dict(overlay)) if overlay else dict(raw)
-    tree = _resolve_refs(tree, "", os.environ if env is None else env, errors)
+    tree = _resolve_config_refs(tree, os.environ if env is None else env, errors)
     if errors:
         raise ConfigFileError(errors, source)
     try:

@@ -205,6 +205,7 @@ async def run_demo(*, config_path: str | None = None, events_path: str | None = 
         overlay_extra={"retry": {"maxAttempts": 2, "initialDelay": 0.2}},
         group_id=f"octopus-demo-{uuid.uuid4().hex[:6]}",
         metrics_port=free_port(),
+        admin_port=free_port(),
         commit_interval_s=0.5,
     ) as stack:
         settings, config, sandbox = stack.settings, stack.config, stack.sandbox

@@ -1,8 +1,14 @@
-"""Known secret values, scrubbed from every log line and every error message we render.
+"""Known secret values, scrubbed from everything that leaves the process.
 
-Credentials from the configuration and tokens fetched at run time register themselves here;
-the structlog processor in :mod:`daemon.logs` replaces them with ``[REDACTED]``. This is the
-second line of defence: the first is never putting secrets into messages at all.
+Credentials from the configuration and tokens fetched at run time register themselves here
+(:func:`register_secret_parts` also registers the pieces a secret is sent as: the value of an
+``Authorization: Bearer X`` header, the password of a URL's ``user:password@``, secret query
+values). :func:`redact` / :func:`redact_value` replace them, and anything that looks like a
+secret whether registered or not (URL userinfo, ``?sig=``-style query values, Authorization
+headers), with ``[REDACTED]``. They are applied at every exit: result, dead-letter and retry
+records and their headers (:mod:`daemon.reporting`), admin API answers (:mod:`daemon.admin`) and
+log lines (:mod:`daemon.logs`). This is the second line of defence: the first is never putting
+secrets into messages at all.
 """
 
 from __future__ import annotations
@@ -10,8 +16,9 @@ from __future__ import annotations
 import re
 import threading
 from typing import Any
+from urllib.parse import unquote_plus, urlsplit
 
-__all__ = ["REDACTED", "redact", "redact_value", "register_secret"]
+__all__ = ["REDACTED", "redact", "redact_bytes", "redact_value", "register_secret", "register_secret_parts"]
 
 REDACTED = "[REDACTED]"
 _MIN_LEN = 4
@@ -19,16 +26,28 @@ _lock = threading.Lock()
 _secrets: set[str] = set()
 _pattern: re.Pattern[str] | None = None
 
-# Query parameters and headers whose values are secret whatever they hold.
+# Query parameters whose values are secret whatever they hold, anywhere in a text (``password=``
+# in a form body). The left boundary keeps ``monkey=`` or ``errcode=`` out.
+_SECRET_PARAMS = (
+    "access_token|corpsecret|appsecret|app_secret|client_secret|password|passwd|pwd|api_token|apikey|api_key|"
+    "api-key|hapikey|token|key|refresh_token|id_token|secret|signature|x-amz-signature|x-goog-signature|auth"
+)
+# Names too common in plain text (``code=403``) to scrub anywhere: secret only inside a URL query.
+_QUERY_ONLY_PARAMS = "code|sig|sign|jwt|session|sessionid|credential|credentials"
 _PARAM_RE = re.compile(
-    r"(?i)((?:access_token|corpsecret|appsecret|app_secret|client_secret|password|api_token|"
-    r"apikey|api_key|hapikey|token|key|refresh_token)=)[^&\s'\"]+"
+    rf"(?i)((?:(?<![A-Za-z0-9])(?:{_SECRET_PARAMS})|(?<=[?&;])(?:{_QUERY_ONLY_PARAMS}))=)[^&\s'\"<>#]+"
 )
 _AUTH_RE = re.compile(r"(?i)(authorization['\"]?\s*[:=]\s*['\"]?)(?:bearer |basic |zoho-oauthtoken )?[^\s'\",}]+")
+# ``scheme://user:password@host`` and ``scheme://token@host``: the userinfo is a credential.
+_USERINFO_RE = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@?#'\"<>]+@")
+_AUTH_SCHEMES = frozenset(
+    {"bearer", "basic", "token", "digest", "apikey", "key", "sso-key", "zoho-oauthtoken", "splunk"}
+)
+_SECRET_QUERY_NAMES = re.compile(rf"(?i)^(?:{_SECRET_PARAMS}|{_QUERY_ONLY_PARAMS})$")
 
 
 def register_secret(value: str | None) -> None:
-    """Remember a secret value so that it never reaches a log line."""
+    """Remember a secret value so that it never leaves the process."""
     global _pattern
     if not value or len(value) < _MIN_LEN:
         return
@@ -40,12 +59,46 @@ def register_secret(value: str | None) -> None:
         _pattern = re.compile("|".join(re.escape(s) for s in ordered))
 
 
+def register_secret_parts(value: str | None) -> None:
+    """Register the secret parts of a value that is, or carries, a secret.
+
+    ``Bearer X`` → itself and ``X``; a URL → only its password (and ``user:password``), a lone
+    userinfo token and secret query values (``?code=``, ``?sig=`` …), so that the rest of the
+    URL stays readable.
+    """
+    if not value:
+        return
+    value = value.strip()
+    if "://" not in value:
+        register_secret(value)
+        scheme, sep, rest = value.partition(" ")
+        if sep and scheme.lower() in _AUTH_SCHEMES:
+            register_secret(rest.strip())
+    else:
+        try:
+            parts = urlsplit(value)
+        except ValueError:
+            return
+        if parts.password:
+            register_secret(parts.password)
+            register_secret(f"{parts.username}:{parts.password}")
+        elif parts.username:
+            register_secret(parts.username)  # ``https://token@host``: a lone userinfo is a token
+        for pair in parts.query.split("&"):
+            name, _, raw = pair.partition("=")
+            if _SECRET_QUERY_NAMES.match(unquote_plus(name)):
+                register_secret(raw)  # as written and as decoded: either may be echoed
+                register_secret(unquote_plus(raw))
+
+
 def redact(text: str) -> str:
     pattern = _pattern
     if pattern is not None:
         text = pattern.sub(REDACTED, text)
     if "=" in text:  # every _PARAM_RE match has one; scanning a line without costs ~40 us
         text = _PARAM_RE.sub(lambda m: m.group(1) + REDACTED, text)
+    if "@" in text:
+        text = _USERINFO_RE.sub(lambda m: m.group(1) + REDACTED + "@", text)
     return _AUTH_RE.sub(lambda m: m.group(1) + REDACTED, text)
 
 
@@ -53,13 +106,23 @@ _SECRET_KEYS = re.compile(r"(?i)^(authorization|x-api-key|api[-_]?key|.*token|.*
 
 
 def redact_value(value: Any) -> Any:
+    """``value`` with every string scrubbed (keys too) and secret-named keys' values replaced."""
     if isinstance(value, str):
         return redact(value)
     if isinstance(value, dict):
         return {
-            k: REDACTED if isinstance(k, str) and _SECRET_KEYS.match(k) and isinstance(v, str) else redact_value(v)
+            (redact(k) if isinstance(k, str) else k): REDACTED
+            if isinstance(k, str) and _SECRET_KEYS.match(k) and isinstance(v, str)
+            else redact_value(v)
             for k, v in value.items()
         }
     if isinstance(value, (list, tuple)):
         return [redact_value(v) for v in value]
     return value
+
+
+def redact_bytes(value: bytes) -> bytes:
+    """A header value, scrubbed (decoded as UTF-8 with replacement)."""
+    text = value.decode("utf-8", "replace")
+    scrubbed = redact(text)
+    return value if scrubbed == text else scrubbed.encode()

@@ -11,6 +11,7 @@ import asyncio
 import time
 from collections.abc import Sequence
 
+import orjson
 import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
@@ -18,6 +19,7 @@ from aiokafka.errors import KafkaError
 from daemon import metrics
 from daemon.contracts import SyncResult
 from daemon.records import InboundRecord
+from daemon.redaction import redact_bytes, redact_value
 from daemon.retrying import RetryRecord
 
 __all__ = ["DLQ_HEADERS", "Reporter"]
@@ -50,12 +52,12 @@ class Reporter:
                 ("octopus-retry-kind", retry.kind.encode()),
                 ("octopus-attempt", str(retry.attempt).encode()),
             ]
-            await self._send(self.retry_topic, retry.kafka_key(), retry.encode(), headers)
+            await self._send(self.retry_topic, retry.kafka_key(), retry.scrubbed().encode(), headers)
 
     async def publish(self, results: Sequence[SyncResult]) -> None:
         """Publish results keyed by eventId and wait for every acknowledgement."""
         for result in results:
-            await self._send(self.results_topic, result.eventId.encode(), result.to_json_bytes(), [])
+            await self._send(self.results_topic, result.eventId.encode(), _scrubbed(result), [])
             metrics.OUTCOMES.labels(result.integrationId or "-", result.status).inc()
 
     async def dead_letter(
@@ -65,16 +67,17 @@ class Reporter:
         reason: str,
         extra: Sequence[tuple[str, bytes]] = (),
     ) -> None:
-        """The original key and value bytes, unchanged, with headers naming what went wrong."""
+        """The original key and value bytes, unchanged, with headers naming what went wrong
+        (our own headers scrubbed of secrets; the original record's are kept as they came)."""
         headers = [(k, v) for k, v in record.headers if not k.startswith("octopus-")]
         headers += [
             ("octopus-error-class", error_class.encode()),
-            ("octopus-error-reason", reason.encode("utf-8", "replace")[:4096]),
+            ("octopus-error-reason", redact_bytes(reason.encode("utf-8", "replace"))[:4096]),
             ("octopus-source-topic", record.topic.encode()),
             ("octopus-source-partition", str(record.partition).encode()),
             ("octopus-source-offset", str(record.offset).encode()),
             ("octopus-dead-lettered-at", str(int(time.time() * 1000)).encode()),
-            *extra,
+            *((name, redact_bytes(value)) for name, value in extra),
         ]
         await self._send(self.dlq_topic, record.key, record.value, headers)
         metrics.DLQ_RECORDS.labels(error_class).inc()
@@ -91,3 +94,8 @@ class Reporter:
                 log.warning("produce failed, retrying", topic=topic, error=type(exc).__name__, retry_in=delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
+
+
+def _scrubbed(result: SyncResult) -> bytes:
+    """The result as JSON, every string in it scrubbed (vendor error text may echo a secret)."""
+    return orjson.dumps(redact_value(result.model_dump(mode="json", by_alias=True, exclude_none=True)))

@@ -16,6 +16,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 from daemon.records import InboundRecord
+from daemon.redaction import redact_value
 from strategies.routing import Target
 
 __all__ = ["AttemptRecord", "RetryKind", "RetryRecord", "TargetSpec"]
@@ -91,6 +92,19 @@ class RetryRecord(BaseModel):
     def kafka_key(self) -> bytes:
         original = base64.b64decode(self.key) if self.key is not None else b""
         return original + b"|" + self.target.integration_id.encode()
+
+    def scrubbed(self) -> RetryRecord:
+        """This record with the attempt errors scrubbed of secrets (the original event is kept as
+        it came, so the retry delivers exactly what was consumed)."""
+        return self.model_copy(
+            update={
+                "history": [
+                    h if h.error is None else h.model_copy(update={"error": redact_value(h.error)})
+                    for h in self.history
+                ],
+                "first_error": redact_value(self.first_error) if self.first_error else None,
+            }
+        )
 
     def encode(self) -> bytes:
         return orjson.dumps(self.model_dump(mode="json"))

@@ -86,6 +86,17 @@ class Settings(BaseSettings):
     # Observability
     metrics_host: str = "0.0.0.0"
     metrics_port: int = 9464
+
+    # Admin API (/api/*), on its own port so that a NetworkPolicy can open it to fewer clients
+    admin_token: SecretStr | None = Field(
+        default=None, description="Bearer token every /api/* call must send (env or secrets-dir file)."
+    )
+    admin_token_file: str | None = Field(default=None, description="A mounted file holding the admin token.")
+    admin_host: str | None = Field(
+        default=None, description="Admin API address: default 0.0.0.0 with a token; always 127.0.0.1 without."
+    )
+    admin_port: int = 9465
+    admin_test_connections_per_minute: int = Field(default=6, ge=1, description="per integration")
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
 
@@ -93,6 +104,20 @@ class Settings(BaseSettings):
     @classmethod
     def _upper_level(cls, value: Any) -> Any:
         return value.upper() if isinstance(value, str) else value
+
+    def admin_bearer(self) -> str | None:
+        """The admin API token: ``ADMIN_TOKEN`` (or its secrets-dir file), else ``ADMIN_TOKEN_FILE``."""
+        if self.admin_token is not None and self.admin_token.get_secret_value().strip():
+            return self.admin_token.get_secret_value().strip()
+        if self.admin_token_file:
+            try:
+                token = Path(self.admin_token_file).read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise ValueError(f"cannot read the admin token file {self.admin_token_file}: {exc.strerror}") from None
+            if not token:
+                raise ValueError(f"the admin token file {self.admin_token_file} is empty")
+            return token
+        return None
 
     def kafka_common(self) -> dict[str, Any]:
         """Connection arguments shared by every aiokafka client."""

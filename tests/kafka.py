@@ -30,6 +30,7 @@ class TestBroker:
             "group_id": topics.group,
             "producer_idempotence": self.idempotence,
             "metrics_port": 0,
+            "admin_port": 0,
             "metrics_host": "127.0.0.1",
             "ledger_url": "memory://",
             "commit_interval_s": 0.2,

@@ -22,6 +22,7 @@ class DaemonProcess:
     ) -> None:
         self.name = name
         self.port = free_port()
+        self.admin_port = free_port()
         self.config_path = workdir / f"config-{name}.json"
         self.config_path.write_bytes(orjson.dumps(config))
         self.log_path = workdir / f"daemon-{name}.log"
@@ -37,6 +38,7 @@ class DaemonProcess:
             "OCTOPUS_CRM_CONFIG_PATH": str(self.config_path),
             "OCTOPUS_CRM_METRICS_HOST": "127.0.0.1",
             "OCTOPUS_CRM_METRICS_PORT": str(self.port),
+            "OCTOPUS_CRM_ADMIN_PORT": str(self.admin_port),
             "OCTOPUS_CRM_LEDGER_URL": f"sqlite:///{workdir / 'ledger.sqlite3'}",
             "OCTOPUS_CRM_COMMIT_INTERVAL_S": "0.2",
             "OCTOPUS_CRM_SESSION_TIMEOUT_MS": "10000",
@@ -71,8 +73,22 @@ class DaemonProcess:
             self.proc.wait(10)
 
     def get(self, path: str) -> tuple[int, bytes]:
+        """A GET on the probe port, or for ``/api/*`` on the admin API port."""
+        return self.call("GET", path)
+
+    def call(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        host: str = "127.0.0.1",
+        timeout: float = 2,
+    ) -> tuple[int, bytes]:
+        port = self.admin_port if path.startswith("/api/") else self.port
+        request = urllib.request.Request(f"http://{host}:{port}{path}", data=body, headers=headers or {}, method=method)
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=2) as resp:
+            with urllib.request.urlopen(request, timeout=timeout) as resp:
                 return resp.status, resp.read()
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -23,6 +24,7 @@ from adapters.errors import (
 from adapters.salesforce import SalesforceAdapter, api_field_name, api_version
 from adapters.sandbox.kit import Fault, SandboxServer
 from adapters.sandbox.salesforce import SalesforceFake
+from daemon.redaction import REDACTED, redact
 from tests.adapters.seed import event_of, seed_entry, with_changes
 
 
@@ -471,7 +473,8 @@ async def test_paced_under_the_org_limit_without_rejections() -> None:
         sf = make_adapter(fake, rateLimit={"requests": limit, "perSeconds": 1, "concurrency": 25})
         event = event_of("销售线索")
         try:
-            await sf.test_connection()  # warm the token and the pool
+            http = sf.http  # warm the token (test_connection is unpaced: it would spend the window)
+            await sf.auth.current(http)
             count = 3 * limit
             start = time.monotonic()
             results = await asyncio.gather(
@@ -485,3 +488,17 @@ async def test_paced_under_the_org_limit_without_rejections() -> None:
     assert not errors and not fake.rejected
     assert fake.window is not None and fake.window.rejected == 0
     assert count / elapsed >= 0.9 * limit
+
+
+async def test_password_and_security_token_are_each_registered_for_redaction() -> None:
+    """The password flow sends them concatenated; a vendor or log may show either on its own."""
+    password, security_token = f"pw-{uuid.uuid4().hex}", f"st{uuid.uuid4().hex}"
+    fake = SalesforceFake(password=password + security_token)
+    async with SandboxServer(fake):
+        sf = make_adapter(fake, credentials={"password": password, "securityToken": security_token})
+        try:
+            await sf.test_connection()  # fetches a token with the password grant
+        finally:
+            await sf.aclose()
+    assert redact(f"login failed for {password}") == f"login failed for {REDACTED}"
+    assert redact(f"token {security_token} expired") == f"token {REDACTED} expired"

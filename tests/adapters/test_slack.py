@@ -16,6 +16,7 @@ import pytest
 from adapters.base import DeliveryContext
 from adapters.errors import (
     AuthError,
+    ConfigError,
     DeliveryError,
     PermanentError,
     RateLimitedError,
@@ -198,8 +199,10 @@ async def test_incoming_webhook_flavour() -> None:
     async with SandboxServer(fake):
         slack = SlackAdapter(*seed_config("slack", fake, **webhook_overrides(fake.webhook_url)))
         try:
-            await slack.test_connection()  # empty payload → 400 no_text: live, nothing posted
-            assert fake.messages == []
+            with pytest.raises(ConfigError) as untestable:  # no read call: says so, posts nothing
+                await slack.test_connection()
+            assert untestable.value.code == "not_testable"
+            assert fake.messages == [] and not [r for r in fake.requests if "/services/" in r.path]
             delivered = await slack.create(SERVICE, "message", ctx())
             assert delivered.external_id == ctx().idempotency_key and delivered.external_url is None
             assert fake.messages[-1]["text"] == (
@@ -240,3 +243,13 @@ async def test_default_rate_limit_paces_under_one_message_per_second() -> None:
         assert fake.window is not None and fake.window.rejected == 0
         assert len(fake.messages) == n
         assert (n - 1) / elapsed >= 0.9 * limit
+
+
+async def test_test_connection_neither_spends_nor_waits_for_the_delivery_budget() -> None:
+    """One delivery a minute: operators' test calls must not hold the next real message back."""
+    async with running(rateLimit={"requests": 1, "perSeconds": 60}) as (fake, slack):
+        for _ in range(3):
+            await asyncio.wait_for(slack.test_connection(), 10)
+        delivered = await asyncio.wait_for(slack.create(SERVICE, "message", ctx()), 10)
+    assert delivered.external_id and len(fake.messages) == 1
+    assert len([r for r in fake.requests if r.path.endswith("/auth.test")]) == 3

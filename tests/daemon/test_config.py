@@ -6,6 +6,7 @@ import copy
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ import yaml
 
 from adapters.registry import adapter_class
 from daemon.config import ConfigFileError, load_config, parse_config
+from daemon.redaction import REDACTED, redact
 
 ROOT = Path(__file__).resolve().parents[2]
 SEED_PATH = ROOT / "examples" / "crm-config.seed.json"
@@ -193,6 +195,39 @@ def test_file_references_read_mounted_secrets(tmp_path: Path) -> None:
     path, message = errors[0]
     assert path == "crmIntegrations[0].config.credentials.token"
     assert "cannot read secret file" in message and "absent" in message
+
+
+def test_references_outside_secret_bearing_fields_are_errors(tmp_path: Path) -> None:
+    hostname = tmp_path / "hostname"
+    hostname.write_text("build-node-7\n", encoding="utf-8")
+    entry = hook(name=f"${{file:{hostname}}}")
+    entry["config"]["mappings"] = {"message": {"text": "{{messageContent}} from ${HOME}"}}
+    entry["config"]["timeouts"] = {"read": "${READ_TIMEOUT:-5}"}
+    raw = {"crmIntegrations": [entry], "tenants": {"t": {"integrations": ["${TENANT_TARGET:-hook}"]}}}
+    errors = errors_of(raw, env={"HOME": "/home/octopus"})
+    assert sorted(path for path, _ in errors) == [
+        "crmIntegrations[0].config.mappings.message.text",
+        "crmIntegrations[0].config.timeouts.read",
+        "crmIntegrations[0].name",
+        "tenants.t.integrations[0]",
+    ]
+    assert all("resolved only in secret-bearing fields" in message for _, message in errors)
+
+
+def test_secret_bearing_fields_resolve_and_register_each_part(tmp_path: Path) -> None:
+    password, code = f"pw-{uuid.uuid4().hex}", f"code-{uuid.uuid4().hex}"
+    bearer = f"hdr-{uuid.uuid4().hex}"
+    entry = hook(url="https://ops:${HOOK_PASSWORD}@hooks.example.com/x?code=${HOOK_CODE}&team=support")
+    entry["config"]["headers"] = {"Authorization": "Bearer ${HOOK_BEARER}"}
+    config = parse_config(
+        {"crmIntegrations": [entry]}, env={"HOOK_PASSWORD": password, "HOOK_CODE": code, "HOOK_BEARER": bearer}
+    )
+    url = config.integration("hook").config.endpoints["url"]
+    assert password in url and code in url
+    assert redact(f"no answer from {password}; {code}; token {bearer}") == (
+        f"no answer from {REDACTED}; {REDACTED}; token {REDACTED}"
+    )
+    assert redact(url) == f"https://{REDACTED}@hooks.example.com/x?code={REDACTED}&team=support"
 
 
 # -- errors naming the path ---------------------------------------------------------------------
@@ -411,13 +446,19 @@ def test_validate_config_cli(tmp_path: Path) -> None:
     structure_only = run_cli(str(good), "--allow-missing-env")
     assert structure_only.returncode == 0, structure_only.stderr
 
-    # Structure-only validation still honours ${NAME:-default} (a typed field must parse).
+    # Structure-only validation still honours ${NAME:-default}; a reference outside the
+    # secret-bearing fields is an error naming its key, with or without the environment.
     typed = tmp_path / "typed.json"
-    entry = hook(url="https://${HOOK_HOST}/x")
-    entry["config"]["rateLimit"] = {"requests": "${HOOK_RATE:-10}"}
+    entry = hook(url="https://${HOOK_HOST:-hooks.example.com}/x")
+    entry["config"]["credentials"] = {"token": "${HOOK_TOKEN:-dev-token}"}
     typed.write_bytes(orjson.dumps({"crmIntegrations": [entry]}))
     defaulted = run_cli(str(typed), "--allow-missing-env")
     assert defaulted.returncode == 0, defaulted.stderr
+    entry["config"]["rateLimit"] = {"requests": "${HOOK_RATE:-10}"}
+    typed.write_bytes(orjson.dumps({"crmIntegrations": [entry]}))
+    referenced = run_cli(str(typed), "--allow-missing-env")
+    assert referenced.returncode == 1
+    assert "crmIntegrations[0].config.rateLimit.requests: ${...} references are resolved only" in referenced.stderr
 
     bad = copy.deepcopy(seed)
     bad["strategy"]["primary"] = {"id": "no-such-crm"}
