@@ -1,0 +1,88 @@
+"""Hostile events through the running daemon on a real broker: bounded cost, clear dead letters."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+import pytest
+
+from adapters.sandbox.kit import SandboxServer
+from adapters.sandbox.webhook import WebhookFake
+from daemon.app import Daemon
+from daemon.config import parse_config
+from tests.daemon.test_pipeline import run_until
+from tests.events import keyed, make_event, webhook_config
+
+CATASTROPHIC = "^(a+)+$"  # exponential on a backtracking engine when the text almost matches
+
+
+# A backtracking engine never returns from this pattern, and a frozen loop cannot time itself
+# out: the thread method ends the session instead of hanging it.
+@pytest.mark.timeout(180, method="thread")
+async def test_a_catastrophic_rule_pattern_keeps_the_loop_responsive(broker: Any, topics: Any) -> None:
+    await broker.create(topics, partitions=1)
+    hook = WebhookFake()
+    async with SandboxServer(hook):
+        raw = webhook_config(
+            {"hook": f"{hook.base_url}/hooks/a"},
+            rules={"conditions": [{"field": "content", "operator": "regex", "value": CATASTROPHIC}]},
+        )
+        entry = raw["crmIntegrations"][0]
+        entry["rules"] = entry["config"].pop("rules")
+        config = parse_config(raw)
+        hostile = make_event(0, content="a" * 41 + "!")
+        matching = make_event(1, content="a" * 41)
+        await broker.produce(topics.input, keyed([hostile, matching]))
+
+        gaps: list[float] = []
+
+        async def heartbeat() -> None:
+            loop = asyncio.get_running_loop()
+            last = loop.time()
+            while True:
+                await asyncio.sleep(0.05)
+                now = loop.time()
+                gaps.append(now - last)
+                last = now
+
+        beat = asyncio.create_task(heartbeat())
+        try:
+            daemon = Daemon(broker.settings(topics), config)
+            await run_until(daemon, lambda: len(hook.deliveries) >= 1)
+            results = await broker.read(topics.results, expect=2)
+        finally:
+            beat.cancel()
+    by_event = {orjson.loads(r.value)["eventId"]: orjson.loads(r.value) for r in results}
+    assert by_event[matching["eventId"]]["status"] == "succeeded"
+    assert by_event[hostile["eventId"]]["status"] == "skipped"
+    assert [d["body"]["eventId"] for d in hook.deliveries] == [matching["eventId"]]
+    assert max(gaps) < 10.0  # generous for a loaded machine; the old engine froze for minutes
+
+
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("eventId", "ev-1\r\nX-Injected: yes"),
+        ("messageId", "msg\n1"),
+        ("tenantId", "t-acme\x00"),
+        ("tenantId", "t acme"),
+    ],
+)
+async def test_ids_that_are_not_header_safe_are_schema_violations(
+    broker: Any, topics: Any, field: str, value: str
+) -> None:
+    await broker.create(topics, partitions=1)
+    hook = WebhookFake()
+    async with SandboxServer(hook):
+        config = parse_config(webhook_config({"hook": f"{hook.base_url}/hooks/a"}))
+        bad = orjson.dumps({**make_event(0), field: value})
+        await broker.produce(topics.input, [(b"bad", bad), *keyed([make_event(1)])])
+        daemon = Daemon(broker.settings(topics), config)
+        await run_until(daemon, lambda: len(hook.deliveries) >= 1)
+        dlq = await broker.read(topics.dlq, expect=1)
+    assert len(dlq) == 1 and dlq[0].value == bad
+    headers = dict(dlq[0].headers)
+    assert headers["octopus-error-class"] == b"schema_violation"
+    assert field.encode() in headers["octopus-error-reason"]
