@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from adapters.errors import ConfigError, DeliveryError, PermanentError
-from adapters.http import HttpClient, Response, Timeouts, classify_status
+from adapters.http import DEFAULT_MAX_BODY_BYTES, HttpClient, Response, Timeouts, classify_status
 from adapters.ratelimit import Limiter, RateLimit
 from adapters.templates import Compiled, TemplateError, compile_template, template_vars
 from daemon.contracts import ClassifiedMessage
@@ -89,6 +89,8 @@ class AdapterInfo:
     aliases: tuple[str, ...] = ()
     idempotency: str = "ledger only"
     docs: str = ""
+    #: Largest rendered request body; a vendor's documented limit where there is one.
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
 
 
 @dataclass(frozen=True)
@@ -281,6 +283,7 @@ class HttpAdapter(Adapter):
     def http(self) -> HttpClient:
         if self._http is None:
             self._http = self.make_http(Limiter(self.rate_limit))
+            self._http.max_body_bytes = self.info.max_body_bytes
         return self._http
 
     @abstractmethod

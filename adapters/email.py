@@ -56,7 +56,7 @@ from adapters.errors import (
     RateLimitedError,
     RetryableError,
 )
-from adapters.http import Timeouts
+from adapters.http import Timeouts, check_body_size
 from adapters.ratelimit import Limiter, RateLimit
 from daemon.contracts import ClassifiedMessage
 from daemon.redaction import redact, register_secret
@@ -199,8 +199,11 @@ class EmailAdapter(Adapter):
             mapped = (t for t in self.info.object_types if t in self.templates)
             object_type = next(mapped, object_type)
         limits = {**self._address_limits.get(object_type, {}), **address_limits(dict(ctx.overrides))}
+        fields = self.render(event, object_type, ctx)
+        rendered = sum(len(_text(v).encode("utf-8")) for v in fields.values() if not isinstance(v, list))
+        check_body_size(rendered, self.info.max_body_bytes, self.integration_id)
         message, sender, recipients = build_message(
-            self.render(event, object_type, ctx), message_id=message_id, event_id=event.eventId, limits=limits
+            fields, message_id=message_id, event_id=event.eventId, limits=limits
         )
         try:
             async with self.limiter.slot():

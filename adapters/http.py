@@ -36,14 +36,31 @@ if TYPE_CHECKING:
     from adapters.auth import Auth
 
 __all__ = [
+    "DEFAULT_MAX_BODY_BYTES",
     "Classifier",
     "HttpClient",
     "Request",
     "Response",
     "Timeouts",
+    "check_body_size",
     "classify_status",
     "parse_retry_after",
 ]
+
+
+# A rendered body above this is a mapping that repeats the message (or a vendor limit we do
+# not know): refused before it costs the vendor, the network or our memory any more.
+DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+
+
+def check_body_size(size: int, limit: int, name: str) -> None:
+    """Raise a :class:`PermanentError` when a rendered body of ``size`` bytes exceeds ``limit``."""
+    if size > limit:
+        raise PermanentError(
+            f"{name}: rendered body is {size:,} bytes, over the {limit:,}-byte limit; shorten the mapping"
+            " (e.g. {{messageContent|truncate:2000}}) or use the field once",
+            code="body_too_large",
+        )
 
 
 @dataclass
@@ -150,6 +167,7 @@ class HttpClient:
         self.timeouts = timeouts
         self._default_headers = dict(default_headers or {})
         self._session: aiohttp.ClientSession | None = None
+        self.max_body_bytes = DEFAULT_MAX_BODY_BYTES
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -207,6 +225,7 @@ class HttpClient:
         data: bytes | aiohttp.FormData | None = None
         if request.json is not None:
             data = orjson.dumps(request.json)
+            check_body_size(len(data), self.max_body_bytes, self.name)
             headers.setdefault("Content-Type", "application/json; charset=utf-8")
         elif request.form is not None:
             data = aiohttp.FormData(dict(request.form))

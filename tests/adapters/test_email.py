@@ -210,6 +210,16 @@ async def test_a_template_value_cannot_add_envelope_recipients(fake: SmtpFake) -
     assert all("attacker@evil.example" not in m["envelope"]["rcptTos"] for m in fake.records.values())
 
 
+async def test_a_message_blown_up_by_the_template_is_refused_before_smtp(fake: SmtpFake) -> None:
+    mapping = {"from": "o@company.com", "to": "support@company.com", "body": "{{messageContent}}" * 100}
+    email = adapter(fake, mappings={"email": mapping})
+    with pytest.raises(PermanentError) as info:
+        await email.create(event(0, content="x" * 400_000), "email", ctx())
+    assert info.value.code == "body_too_large"
+    assert "bytes, over the 1,048,576-byte limit" in info.value.message
+    assert fake.messages == []
+
+
 # -- errors ------------------------------------------------------------------------------------
 
 

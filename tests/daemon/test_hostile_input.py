@@ -86,3 +86,25 @@ async def test_ids_that_are_not_header_safe_are_schema_violations(
     headers = dict(dlq[0].headers)
     assert headers["octopus-error-class"] == b"schema_violation"
     assert field.encode() in headers["octopus-error-reason"]
+
+
+async def test_a_body_blown_up_by_the_template_fails_permanently_and_is_not_sent(broker: Any, topics: Any) -> None:
+    await broker.create(topics, partitions=1)
+    hook = WebhookFake()
+    async with SandboxServer(hook):
+        raw = webhook_config({"hook": f"{hook.base_url}/hooks/a"})
+        raw["crmIntegrations"][0]["config"]["mappings"]["message"]["text"] = "{{messageContent}}" * 100
+        config = parse_config(raw)
+        big = make_event(0, content="x" * 400_000)
+        small = make_event(1)
+        await broker.produce(topics.input, keyed([big, small]))
+        daemon = Daemon(broker.settings(topics), config)
+        await run_until(daemon, lambda: len(hook.deliveries) >= 1)
+        results = await broker.read(topics.results, expect=2)
+    by_event = {orjson.loads(r.value)["eventId"]: orjson.loads(r.value) for r in results}
+    failed = by_event[big["eventId"]]
+    assert failed["status"] == "failed"
+    assert failed["error"]["class"] == "permanent" and failed["error"]["code"] == "body_too_large"
+    assert "over the 1,048,576-byte limit" in failed["error"]["message"]
+    assert by_event[small["eventId"]]["status"] == "succeeded"
+    assert [d["body"]["eventId"] for d in hook.deliveries] == [small["eventId"]]
