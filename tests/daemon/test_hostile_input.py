@@ -8,10 +8,12 @@ from typing import Any
 import orjson
 import pytest
 
-from adapters.sandbox.kit import SandboxServer
+from adapters.sandbox.kit import Fault, SandboxServer
+from adapters.sandbox.salesforce import SalesforceFake
 from adapters.sandbox.webhook import WebhookFake
 from daemon.app import Daemon
 from daemon.config import parse_config
+from tests.adapters.seed import seed_entry
 from tests.daemon.test_pipeline import run_until
 from tests.events import keyed, make_event, webhook_config
 
@@ -108,3 +110,31 @@ async def test_a_body_blown_up_by_the_template_fails_permanently_and_is_not_sent
     assert "over the 1,048,576-byte limit" in failed["error"]["message"]
     assert by_event[small["eventId"]]["status"] == "succeeded"
     assert [d["body"]["eventId"] for d in hook.deliveries] == [small["eventId"]]
+
+
+@pytest.mark.parametrize("answer", [[1, 2], "token", {"access_token": ["not", "a", "string"]}])
+async def test_a_token_endpoint_of_the_wrong_shape_fails_only_its_target(broker: Any, topics: Any, answer: Any) -> None:
+    await broker.create(topics, partitions=1)
+    crm, hook = SalesforceFake(), WebhookFake()
+    async with SandboxServer(crm, hook):
+        raw = webhook_config({"hook": f"{hook.base_url}/hooks/a"})
+        entry = seed_entry("salesforce", crm.ENV)
+        entry["config"]["endpoints"] = {**entry["config"]["endpoints"], **crm.endpoints()}
+        raw["crmIntegrations"].append(entry)
+        raw["strategy"] = {"strategy": "parallel_sync", "targets": [{"id": "hook"}, {"id": entry["id"]}]}
+        config = parse_config(raw)
+        crm.inject(Fault(200, body=answer, path_contains="/oauth2/token"))
+        event = make_event(0)
+        await broker.produce(topics.input, keyed([event]))
+        daemon = Daemon(broker.settings(topics), config)
+        await run_until(daemon, lambda: len(hook.deliveries) >= 1)
+        results = await broker.read(topics.results, expect=2)
+        dlq = await broker.read(topics.dlq, expect=1, timeout=5)
+    by_target = {orjson.loads(r.value)["integrationId"]: orjson.loads(r.value) for r in results}
+    assert by_target["hook"]["status"] == "succeeded"
+    failed = by_target[entry["id"]]
+    assert failed["status"] == "failed"
+    assert failed["error"]["class"] in ("permanent", "auth"), failed
+    assert failed["error"]["code"] in ("unexpected_response", "token_rejected"), failed
+    assert all(dict(r.headers).get("octopus-error-class") != b"internal_error" for r in dlq)
+    assert crm.records == {}
