@@ -478,3 +478,31 @@ def test_regex_conditions_re2_cannot_run_are_refused_at_load(pattern: str) -> No
     errors = errors_of({"crmIntegrations": [entry]}, env={})
     assert [path for path, _ in errors] == ["crmIntegrations[0].rules.conditions[0]"]
     assert f"invalid regex {pattern!r}" in errors[0][1] and "RE2" in errors[0][1]
+
+
+@pytest.mark.parametrize(
+    "url,reason",
+    [
+        ("not a url", "'not a url' is not an http(s) URL"),
+        ("file:///etc/passwd", "'file:///etc/passwd' is not an http(s) URL"),
+        ("gopher://example.com/", "'gopher://example.com/' is not an http(s) URL"),
+        ("http://169.254.169.254/", "'http://169.254.169.254/' points at a link-local address"),
+    ],
+)
+def test_validate_config_refuses_urls_that_are_not_public_http(tmp_path: Path, url: str, reason: str) -> None:
+    path = tmp_path / "config.json"
+    path.write_bytes(orjson.dumps({"crmIntegrations": [hook(url=url)]}))
+    done = run_cli(str(path))
+    assert done.returncode == 1, done.stdout
+    lines = done.stderr.splitlines()
+    assert len(lines) == 2 and lines[1].startswith(f"  crmIntegrations[0].config: endpoints.url: {reason}")
+    assert "Traceback" not in done.stderr
+
+
+def test_a_private_network_integration_says_so_explicitly() -> None:
+    entry = hook(url="http://10.1.2.3/hooks/x")
+    assert any("allowPrivateNetwork" in m for _, m in errors_of({"crmIntegrations": [entry]}, env={}))
+    entry["config"]["endpoints"]["allowPrivateNetwork"] = True
+    parse_config({"crmIntegrations": [entry]}, env={})
+    entry["config"]["endpoints"]["allowPrivateNetwork"] = "${ALLOW_PRIVATE:-true}"
+    parse_config({"crmIntegrations": [entry]}, env={})
