@@ -196,12 +196,15 @@ async def oauth2_token(
     for part in secret_parts:
         register_secret(part)
     response = await http.raw(Request("POST", url, form=form, authenticated=False))
-    body = response.json() or {}
-    if not response.ok or "access_token" not in body:
-        raise _token_error(response, body.get("error_description") or body.get("error"))
+    if not response.ok:
+        raise _token_error(response, response.field("error_description") or response.field("error"))
+    body = response.json_object(f"{http.name}: token endpoint")
+    token = body.get("access_token")
+    if not isinstance(token, str) or not token:
+        raise _token_error(response, body.get("error_description") or body.get("error") or "no access_token")
     ttl = body.get("expires_in", default_ttl)
     extra = {k: v for k, v in body.items() if k not in ("access_token", "refresh_token")}
-    return Token(str(body["access_token"]), _expiry(ttl), extra)
+    return Token(token, _expiry(ttl), extra)
 
 
 async def fetch_json_token(
@@ -222,11 +225,15 @@ async def fetch_json_token(
     response = await http.raw(request)
     if classify is not None and isinstance(error := classify(response), RetryableError):
         raise error
-    body = response.json() or {}
+    if not response.ok:
+        code = response.field(code_field) if code_field else None
+        raise _token_error(response, f"{response.field(message_field) or ''} (code {code})".strip())
+    body = response.json_object(f"{http.name}: token endpoint")
     code = body.get(code_field) if code_field else 0
-    if not response.ok or code not in (0, None) or token_field not in body:
+    token = body.get(token_field)
+    if code not in (0, None) or not isinstance(token, str) or not token:
         raise _token_error(response, f"{body.get(message_field) or ''} (code {code})".strip())
-    return Token(str(body[token_field]), _expiry(body.get(ttl_field)), body)
+    return Token(token, _expiry(body.get(ttl_field)), body)
 
 
 def _token_error(response: Response, reason: Any) -> DeliveryError:

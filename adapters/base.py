@@ -16,9 +16,10 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from adapters.errors import ConfigError, DeliveryError, PermanentError
-from adapters.http import HttpClient, Response, Timeouts, classify_status
+from adapters.http import DEFAULT_MAX_BODY_BYTES, HttpClient, Response, Timeouts, classify_status
 from adapters.ratelimit import Limiter, RateLimit
 from adapters.templates import Compiled, TemplateError, compile_template, template_vars
+from adapters.urlguard import allows_private_network, url_problem
 from daemon.contracts import ClassifiedMessage
 
 __all__ = [
@@ -89,6 +90,8 @@ class AdapterInfo:
     aliases: tuple[str, ...] = ()
     idempotency: str = "ledger only"
     docs: str = ""
+    #: Largest rendered request body; a vendor's documented limit where there is one.
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
 
 
 @dataclass(frozen=True)
@@ -264,6 +267,28 @@ class HttpAdapter(Adapter):
     def __init__(self, integration_id: str, config: IntegrationConfig) -> None:
         super().__init__(integration_id, config)
         self._http: HttpClient | None = None
+        self._check_urls()
+
+    @property
+    def allow_private_network(self) -> bool:
+        return allows_private_network(self.config.endpoints)
+
+    def _check_urls(self) -> None:
+        """Every configured URL (``endpoints.*Url``, ``credentials.*Url``, the base URL) is
+        http(s) with a host, and not a literal private address unless allowed."""
+        allow = self.allow_private_network
+        candidates = [("endpoints", k, v) for k, v in self.config.endpoints.items()]
+        candidates += [("credentials", k, v) for k, v in self.config.credentials.items()]
+        for section, key, value in candidates:
+            if not key.lower().endswith("url") or value is None or isinstance(value, bool):
+                continue
+            text = value.get_secret_value() if isinstance(value, SecretStr) else value
+            problem = url_problem(text, allow_private=allow)
+            if problem is not None:
+                shown = problem if section == "endpoints" else "must be a public http(s) URL (value not shown)"
+                raise ConfigError(f"{section}.{key}: {shown}", code="bad_url")
+        if self.base_url and (problem := url_problem(self.base_url, allow_private=allow)) is not None:
+            raise ConfigError(f"endpoints.{self.base_url_key}: {problem}", code="bad_url")
 
     @property
     def base_url(self) -> str:
@@ -281,6 +306,8 @@ class HttpAdapter(Adapter):
     def http(self) -> HttpClient:
         if self._http is None:
             self._http = self.make_http(Limiter(self.rate_limit))
+            self._http.max_body_bytes = self.info.max_body_bytes
+            self._http.allow_private_network = self.allow_private_network
         return self._http
 
     @abstractmethod

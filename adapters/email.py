@@ -56,12 +56,12 @@ from adapters.errors import (
     RateLimitedError,
     RetryableError,
 )
-from adapters.http import Timeouts
+from adapters.http import Timeouts, check_body_size
 from adapters.ratelimit import Limiter, RateLimit
 from daemon.contracts import ClassifiedMessage
 from daemon.redaction import redact, register_secret
 
-__all__ = ["EmailAdapter", "SmtpEndpoints", "build_message", "classify_reply", "message_id_for"]
+__all__ = ["EmailAdapter", "SmtpEndpoints", "address_limits", "build_message", "classify_reply", "message_id_for"]
 
 # 7-bit transfer encodings (quoted-printable / base64) work with every server, 8BITMIME or not.
 POLICY = _SMTP_POLICY.clone(cte_type="7bit")
@@ -72,6 +72,8 @@ QUOTA_PAUSE = 3600.0  # daily sending quota spent (e.g. Gmail 550 5.4.5)
 _RATE = re.compile(r"too many (messages|mails|emails|connections)|slow down|throttl|\brate\b", re.I)
 _QUOTA = re.compile(r"\b5\.4\.5\b|quota|sending limit exceeded", re.I)
 _LINEBREAKS = re.compile(r"[\r\n]+")
+_SLOT = re.compile(r"\{\{.*?\}\}", re.S)
+ADDRESS_FIELDS = ("from", "to", "cc", "bcc", "replyTo")
 
 
 class SmtpEndpoints(BaseModel):
@@ -138,6 +140,7 @@ class EmailAdapter(Adapter):
     _credentials: tuple[str, str] | None
     _tls: ssl.SSLContext | None
     _limiter: Limiter | None = None
+    _address_limits: dict[str, dict[str, tuple[int, int]]]
 
     # -- configuration -----------------------------------------------------------------------
 
@@ -149,8 +152,10 @@ class EmailAdapter(Adapter):
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"])
             raise ConfigError(f"endpoints.{where}: {first['msg']}", code="bad_endpoints") from None
+        self._address_limits = {}
         for object_type, mapping in self.config.mappings.items():
             _check_mapping(object_type, mapping)
+            self._address_limits[object_type] = address_limits(mapping)
         self._credentials = None
         if (self.config.authType or "smtp") != "none":
             user = self.config.secret("username", "user")
@@ -193,8 +198,12 @@ class EmailAdapter(Adapter):
         if object_type not in self.templates:  # "email" and "message" are one object type
             mapped = (t for t in self.info.object_types if t in self.templates)
             object_type = next(mapped, object_type)
+        limits = {**self._address_limits.get(object_type, {}), **address_limits(dict(ctx.overrides))}
+        fields = self.render(event, object_type, ctx)
+        rendered = sum(len(_text(v).encode("utf-8")) for v in fields.values() if not isinstance(v, list))
+        check_body_size(rendered, self.info.max_body_bytes, self.integration_id)
         message, sender, recipients = build_message(
-            self.render(event, object_type, ctx), message_id=message_id, event_id=event.eventId
+            fields, message_id=message_id, event_id=event.eventId, limits=limits
         )
         try:
             async with self.limiter.slot():
@@ -358,12 +367,61 @@ def message_id_for(idempotency_key: str, domain: str = "octopus-crm-sync") -> st
     return f"<{digest}@{domain}>"
 
 
-def build_message(fields: dict[str, Any], *, message_id: str, event_id: str) -> tuple[EmailMessage, str, list[str]]:
-    """The MIME message, the envelope sender and the envelope recipients (Bcc included)."""
-    sender = _addresses(fields.get("from"), "from")
+def address_limits(mapping: Any) -> dict[str, tuple[int, int]]:
+    """For each address field of a mapping, how many addresses its rendering may hold.
+
+    The bounds are (addresses written literally, those plus one per template slot); a slot is
+    one address however it is written (``"{{senderName}} <{{senderEmail}}>"`` is one). A
+    customer-supplied value such as ``eve@example.com, attacker@evil.example`` would otherwise
+    add recipients to the envelope.
+    """
+    if not isinstance(mapping, dict):
+        return {}
+    limits: dict[str, tuple[int, int]] = {}
+    for key in ADDRESS_FIELDS:
+        if key not in mapping:
+            continue
+        value = mapping[key]
+        items = value if isinstance(value, list) else [value]
+        literal = templated = 0
+        for item in items:
+            skeleton = _SLOT.sub("\x00", _text(item))  # a slot: one opaque token, no comma, no @
+            for name, addr in getaddresses([skeleton]):
+                if not (name or addr):
+                    continue
+                if "\x00" in name or "\x00" in addr:
+                    templated += 1
+                else:
+                    literal += 1
+        limits[key] = (literal, literal + templated)
+    return limits
+
+
+def build_message(
+    fields: dict[str, Any],
+    *,
+    message_id: str,
+    event_id: str,
+    limits: dict[str, tuple[int, int]] | None = None,
+) -> tuple[EmailMessage, str, list[str]]:
+    """The MIME message, the envelope sender and the envelope recipients (Bcc included).
+
+    ``limits`` (from :func:`address_limits`) bounds how many addresses each rendered field holds.
+    """
+    parsed = {key: _addresses(fields.get(key), key) for key in ADDRESS_FIELDS}
+    for key, (low, high) in (limits or {}).items():
+        count = len(parsed.get(key, ()))
+        if not low <= count <= high:
+            allowed = f"{high}" if low == high else f"{low} to {high}"
+            raise PermanentError(
+                f"{key}: rendered to {count} addresses where the mapping allows {allowed}"
+                " (each template value must be exactly one address)",
+                code="address_count",
+            )
+    sender = parsed["from"]
     if len(sender) != 1:
         raise PermanentError("from must be exactly one address", code="bad_address")
-    to, cc, bcc = (_addresses(fields.get(k), k) for k in ("to", "cc", "bcc"))
+    to, cc, bcc = parsed["to"], parsed["cc"], parsed["bcc"]
     if not (to or cc or bcc):
         raise PermanentError("the message has no recipients (to, cc, bcc)", code="no_recipients")
     msg = EmailMessage(policy=POLICY)
@@ -372,7 +430,7 @@ def build_message(fields: dict[str, Any], *, message_id: str, event_id: str) -> 
         msg["To"] = to
     if cc:
         msg["Cc"] = cc
-    reply_to = _addresses(fields.get("replyTo"), "replyTo")
+    reply_to = parsed["replyTo"]
     if reply_to:
         msg["Reply-To"] = reply_to
     # Header values cannot hold line breaks: a templated subject gets them as spaces.

@@ -234,8 +234,8 @@ class FeishuAdapter(HttpAdapter):
         if object_type == "task":
             body = self._task(fields, event, token)
             response = await self.http.send(Request("POST", TASK_PATH, json=body, params={"user_id_type": id_type}))
-            task = ((response.json() or {}).get("data") or {}).get("task") or {}
-            if not task.get("guid"):
+            task = response.field("data", "task")
+            if not isinstance(task, dict) or not task.get("guid"):
                 raise PermanentError("task create answered without a task guid", code="bad_response")
             return Delivered(str(task["guid"]), task.get("url") or None)
         if object_type == "bitable_record":
@@ -249,8 +249,8 @@ class FeishuAdapter(HttpAdapter):
                     params={"client_token": token, "user_id_type": id_type},
                 )
             )
-            record = ((response.json() or {}).get("data") or {}).get("record") or {}
-            record_id = record.get("record_id") or record.get("id")
+            record = response.field("data", "record")
+            record_id = (record.get("record_id") or record.get("id")) if isinstance(record, dict) else None
             if not record_id:
                 raise PermanentError("record create answered without a record_id", code="bad_response")
             return Delivered(str(record_id), self._record_url(app, table, str(record_id)))

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
@@ -23,6 +24,7 @@ import orjson
 from adapters.errors import (
     AmbiguousDeliveryError,
     AuthError,
+    ConfigError,
     DeliveryError,
     PermanentError,
     RateLimitedError,
@@ -30,20 +32,38 @@ from adapters.errors import (
     TokenExpiredError,
 )
 from adapters.ratelimit import Limiter
+from adapters.urlguard import BlockedAddressError, GuardedResolver, check_url
 from daemon.redaction import redact
 
 if TYPE_CHECKING:
     from adapters.auth import Auth
 
 __all__ = [
+    "DEFAULT_MAX_BODY_BYTES",
     "Classifier",
     "HttpClient",
     "Request",
     "Response",
     "Timeouts",
+    "check_body_size",
     "classify_status",
     "parse_retry_after",
 ]
+
+
+# A rendered body above this is a mapping that repeats the message (or a vendor limit we do
+# not know): refused before it costs the vendor, the network or our memory any more.
+DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+
+
+def check_body_size(size: int, limit: int, name: str) -> None:
+    """Raise a :class:`PermanentError` when a rendered body of ``size`` bytes exceeds ``limit``."""
+    if size > limit:
+        raise PermanentError(
+            f"{name}: rendered body is {size:,} bytes, over the {limit:,}-byte limit; shorten the mapping"
+            " (e.g. {{messageContent|truncate:2000}}) or use the field once",
+            code="body_too_large",
+        )
 
 
 @dataclass
@@ -73,6 +93,28 @@ class Response:
             return orjson.loads(self.body) if self.body else None
         except orjson.JSONDecodeError:
             return None
+
+    def field(self, *path: str) -> Any:
+        """The value at ``path`` in a JSON object body; ``None`` where any level is not an object.
+
+        Vendor bodies are hostile input: a list where an object was documented must end as a
+        typed error at the caller, never as an ``AttributeError``.
+        """
+        node = self.json()
+        for key in path:
+            if not isinstance(node, dict):
+                return None
+            node = node.get(key)
+        return node
+
+    def json_object(self, what: str) -> dict[str, Any]:
+        """The body as a JSON object, else an ``unexpected_response`` error naming ``what``."""
+        body = self.json()
+        if isinstance(body, dict):
+            return body
+        kind = "no JSON" if body is None else f"a JSON {type(body).__name__}"
+        error = RetryableError if self.status >= 500 or self.status == 429 else PermanentError
+        raise error(f"{what}: expected a JSON object, got {kind} (HTTP {self.status})", code="unexpected_response")
 
     @property
     def text(self) -> str:
@@ -118,6 +160,14 @@ def classify_status(resp: Response, message_of: MessageOf = _default_message) ->
     status = resp.status
     if 200 <= status < 300:
         return None
+    if 300 <= status < 400:
+        target = urlsplit(resp.headers.get("Location", "")).hostname or "another path"
+        return PermanentError(
+            f"HTTP {status} redirect to {target} not followed (credentials stay with the configured host);"
+            " configure the final URL",
+            code=f"http_{status}",
+            status=status,
+        )
     message = redact(message_of(resp)) or f"HTTP {status}"
     retry_after = parse_retry_after(resp.headers.get("Retry-After"))
     if status == 401:
@@ -144,6 +194,7 @@ class HttpClient:
         classify: Classifier | None = None,
         timeouts: Timeouts = Timeouts(),
         default_headers: Mapping[str, str] | None = None,
+        allow_private_network: bool = False,
     ) -> None:
         self.name = name
         self.base_url = base_url.rstrip("/")
@@ -153,13 +204,20 @@ class HttpClient:
         self.timeouts = timeouts
         self._default_headers = dict(default_headers or {})
         self._session: aiohttp.ClientSession | None = None
+        self.max_body_bytes = DEFAULT_MAX_BODY_BYTES
+        #: Loopback, link-local and private addresses are refused unless this is set.
+        self.allow_private_network = allow_private_network
 
     @property
     def session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             limit = self.limiter.limit.concurrency if self.limiter else 32
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=limit, ttl_dns_cache=300),
+                connector=aiohttp.TCPConnector(
+                    limit=limit,
+                    ttl_dns_cache=300,
+                    resolver=GuardedResolver(allow_private=self.allow_private_network),
+                ),
                 timeout=aiohttp.ClientTimeout(
                     total=None, sock_connect=self.timeouts.connect, sock_read=self.timeouts.read
                 ),
@@ -210,19 +268,33 @@ class HttpClient:
         data: bytes | aiohttp.FormData | None = None
         if request.json is not None:
             data = orjson.dumps(request.json)
+            check_body_size(len(data), self.max_body_bytes, self.name)
             headers.setdefault("Content-Type", "application/json; charset=utf-8")
         elif request.form is not None:
             data = aiohttp.FormData(dict(request.form))
         url = self.url(request.url)
+        check_url(url, allow_private=self.allow_private_network, name=self.name)
         sent = False
         try:
+            # Never follow a redirect: it would carry credentials to a host nobody configured.
             async with self.session.request(
-                request.method, url, params=request.params or None, data=data, headers=headers
+                request.method,
+                url,
+                params=request.params or None,
+                data=data,
+                headers=headers,
+                allow_redirects=False,
             ) as resp:
                 sent = True
                 body = await resp.read()
                 return Response(resp.status, resp.headers, body, str(resp.url.with_query(None).with_user(None)))
-        except (aiohttp.ConnectionTimeoutError, aiohttp.ClientConnectorError) as exc:
+        except aiohttp.ClientConnectorError as exc:
+            if isinstance(exc.os_error, BlockedAddressError):
+                raise ConfigError(f"{self.name}: refusing to call: {exc.os_error}", code="blocked_address") from None
+            raise RetryableError(
+                f"{self.name}: cannot connect to {_host(url)}: {type(exc).__name__}", code="connect"
+            ) from None
+        except aiohttp.ConnectionTimeoutError as exc:
             raise RetryableError(
                 f"{self.name}: cannot connect to {_host(url)}: {type(exc).__name__}", code="connect"
             ) from None
@@ -238,8 +310,6 @@ class HttpClient:
                 code="disconnected",
             ) from None
         except aiohttp.InvalidURL:
-            from adapters.errors import ConfigError
-
             raise ConfigError(f"{self.name}: invalid URL for host {_host(url)}", code="bad_url") from None
         except aiohttp.ClientError as exc:
             raise RetryableError(f"{self.name}: {type(exc).__name__}", code="transport") from None

@@ -108,7 +108,8 @@ def _error_messages(response: Response) -> str:
     if not isinstance(body, dict) or not ("errorMessages" in body or "errors" in body):
         return response.text[:500]
     messages = [str(m) for m in body.get("errorMessages") or []]
-    messages += [f"{name}: {text}" for name, text in (body.get("errors") or {}).items()]
+    errors = body.get("errors")
+    messages += [f"{name}: {text}" for name, text in errors.items()] if isinstance(errors, dict) else []
     return "; ".join(messages) or f"HTTP {response.status}"
 
 
@@ -217,8 +218,8 @@ class JiraAdapter(HttpAdapter):
         jql = f'labels = "{dedupe_label(ctx.idempotency_key)}" ORDER BY created ASC'
         params = {"jql": jql, "fields": "summary", "maxResults": "1"}
         response = await self.http.send(Request("GET", SEARCH_PATH, params=params))
-        issues = (response.json() or {}).get("issues") or []
-        return self._delivered(issues[0]) if issues else None
+        issues = response.field("issues")
+        return self._delivered(issues[0]) if isinstance(issues, list) and issues else None
 
     async def test_connection(self) -> None:
         await self.http.send(Request("GET", MYSELF_PATH, paced=False))

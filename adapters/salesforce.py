@@ -132,7 +132,8 @@ def classify(resp: Response) -> DeliveryError | None:
 
 
 def _describe(error: dict[str, Any]) -> str:
-    fields = error.get("fields") or []
+    fields = error.get("fields")
+    fields = fields if isinstance(fields, list) else []
     suffix = f" [{', '.join(str(f) for f in fields)}]" if fields else ""
     return f"{error.get('errorCode', 'ERROR')}: {error.get('message', '')}{suffix}"
 

@@ -71,7 +71,8 @@ def classify_web_api(response: Response) -> DeliveryError | None:
     body = response.json()
     if error is None or not isinstance(body, dict) or "error" not in body:
         return error
-    detail = [str(m) for m in (body.get("response_metadata") or {}).get("messages") or []]
+    messages = response.field("response_metadata", "messages")
+    detail = [str(m) for m in messages] if isinstance(messages, list) else []
     if body.get("needed"):
         detail.append(f"needed scope: {body['needed']}")
     message = f"{body['error']}: {'; '.join(detail)}" if detail else str(body["error"])
@@ -181,7 +182,7 @@ class SlackAdapter(HttpAdapter):
             await self.http.send(Request("POST", url, json=message))
             return Delivered(ctx.idempotency_key, None, {"via": "webhook"})
         response = await self.http.send(Request("POST", "chat.postMessage", json=message))
-        data = response.json() or {}
+        data = response.json_object("chat.postMessage")
         channel, ts = str(data.get("channel", "")), str(data.get("ts", ""))
         if not channel or not ts:
             raise PermanentError(f"chat.postMessage answered without channel/ts: {str(data)[:200]}")

@@ -179,13 +179,13 @@ class WeComAdapter(HttpAdapter):
         fields = self.render(event, object_type, ctx)
         if object_type == "oa_approval":
             response = await self.http.send(Request("POST", APPLY_PATH, json=self._applyevent(fields)))
-            sp_no = (response.json() or {}).get("sp_no")
+            sp_no = response.field("sp_no")
             if not sp_no:
                 raise PermanentError("applyevent answered without sp_no", code="bad_response")
             return Delivered(str(sp_no), None)
         if object_type == "message":
             response = await self.http.send(Request("POST", MESSAGE_PATH, json=self._message(fields)))
-            data = response.json()
+            data = response.json_object("message/send")
             invalid = {k: data[k] for k in ("invaliduser", "invalidparty", "invalidtag") if data.get(k)}
             return Delivered(str(data.get("msgid") or ctx.idempotency_key), None, invalid)
         raise ConfigError(f"wecom has no object type {object_type!r}", code="unknown_object_type")

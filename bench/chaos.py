@@ -246,7 +246,7 @@ class FlakyHubSpot(_Chaos, HubSpotFake):
 
 def crm_config(sf: SalesforceFake, hs: HubSpotFake, opts: ChaosOptions) -> dict[str, Any]:
     retry = {"maxAttempts": 3, "initialDelay": 0.2, "multiplier": 2, "maxDelay": 2, "jitter": 0.2}
-    sf_endpoints: dict[str, Any] = {"baseUrl": sf.base_url, "apiVersion": "v58.0"}
+    sf_endpoints: dict[str, Any] = {"baseUrl": sf.base_url, "apiVersion": "v58.0", "allowPrivateNetwork": True}
     if opts.external_id:
         sf_endpoints["externalIdField"] = EXTERNAL_ID
     return {
@@ -285,7 +285,7 @@ def crm_config(sf: SalesforceFake, hs: HubSpotFake, opts: ChaosOptions) -> dict[
                 "config": {
                     "authType": "apikey",
                     "credentials": {"apiKey": "${HUBSPOT_TOKEN}"},
-                    "endpoints": {"baseUrl": hs.base_url, "portalId": hs.portal_id},
+                    "endpoints": {"baseUrl": hs.base_url, "portalId": hs.portal_id, "allowPrivateNetwork": True},
                     "rateLimit": {"requests": 1000, "perSeconds": 1, "concurrency": 16},
                     "timeouts": {"read": opts.read_timeout_s},
                     "mappings": {

@@ -443,7 +443,7 @@ def webhook_integration(
         "id": name,
         "type": "webhook",
         "config": {
-            "endpoints": {"url": url},
+            "endpoints": {"url": url, "allowPrivateNetwork": True},  # receivers on loopback
             "mappings": {
                 "message": {
                     "eventId": "{{eventId}}",

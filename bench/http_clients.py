@@ -251,7 +251,7 @@ def _aiohttp_factory(
 
 
 async def _make_engine(base: str, conc: int) -> tuple[SendOne, Callable[[], Awaitable[None]]]:
-    client = HttpClient(name="bench", base_url=base)
+    client = HttpClient(name="bench", base_url=base, allow_private_network=True)
 
     async def send_one() -> bool:
         try:

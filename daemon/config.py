@@ -25,6 +25,7 @@ from adapters.errors import ConfigError as AdapterConfigError
 from adapters.registry import adapter_class
 from daemon.redaction import register_secret_parts
 from strategies.breaker import BreakerPolicy
+from strategies.patterns import pattern_error
 from strategies.retry import RetryPolicy
 
 __all__ = [
@@ -72,10 +73,9 @@ class Condition(BaseModel):
     @model_validator(mode="after")
     def _check_regex(self) -> Condition:
         if self.operator == "regex":
-            try:
-                re.compile(str(self.value))
-            except re.error as exc:
-                raise ValueError(f"invalid regex {self.value!r}: {exc}") from None
+            error = pattern_error(str(self.value))
+            if error is not None:
+                raise ValueError(error)
         return self
 
 
@@ -485,11 +485,80 @@ def build_adapter(integration: Integration) -> Adapter:
     return cls(integration.id, integration.config)
 
 
+# -- reading ----------------------------------------------------------------------------------
+
+MAX_FILE_BYTES = 1024 * 1024
+MAX_DEPTH = 64  # a real configuration nests about ten levels; recursion in the parsers is ~1000
+
+
+class _TooHostile(ValueError):
+    """A file the loader refuses before validating it: too big, too deep, or using aliases."""
+
+
+class _ConfigYamlLoader(yaml.SafeLoader):
+    """YAML without aliases (an alias bomb expands exponentially) and with a nesting cap."""
+
+    def __init__(self, stream: bytes) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]
+            raise _TooHostile(f"YAML aliases (*name) are not allowed ({_where(mark)})")
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]
+                raise _TooHostile(f"nested deeper than {MAX_DEPTH} levels ({_where(mark)})")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def _where(mark: yaml.Mark | None) -> str:
+    return f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "unknown position"
+
+
+def _yaml_reason(exc: yaml.YAMLError) -> str:
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem:
+        return f"{exc.problem} ({_where(exc.problem_mark)})"
+    return " ".join(str(exc).split())
+
+
+def _check_depth(tree: Any) -> None:
+    stack: list[tuple[Any, int]] = [(tree, 1)]
+    while stack:
+        node, depth = stack.pop()
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
+        for child in children:
+            if isinstance(child, (dict, list)):
+                if depth + 1 > MAX_DEPTH:
+                    raise _TooHostile(f"nested deeper than {MAX_DEPTH} levels")
+                stack.append((child, depth + 1))
+
+
 def _read(path: Path) -> Any:
-    text = path.read_bytes()
+    """A JSON or YAML file within the size and depth limits; raises ``_TooHostile`` as one line."""
+    with path.open("rb") as handle:
+        text = handle.read(MAX_FILE_BYTES + 1)
+    if len(text) > MAX_FILE_BYTES:
+        raise _TooHostile(f"larger than {MAX_FILE_BYTES // 1024} KiB")
     if path.suffix.lower() in (".yaml", ".yml"):
-        return yaml.safe_load(text)
-    return orjson.loads(text)
+        loader = _ConfigYamlLoader(text)
+        try:
+            tree = loader.get_single_data()
+        except yaml.YAMLError as exc:
+            raise _TooHostile(f"not valid YAML: {_yaml_reason(exc)}") from None
+        finally:
+            loader.dispose()
+    else:
+        try:
+            tree = orjson.loads(text)
+        except orjson.JSONDecodeError as exc:
+            raise _TooHostile(f"not valid JSON: {exc}") from None
+    _check_depth(tree)
+    return tree
 
 
 def load_config(
@@ -505,8 +574,8 @@ def load_config(
         raw = _read(source)
     except OSError as exc:
         raise ConfigFileError([("", f"cannot read {source}: {exc.strerror}")], str(source)) from None
-    except (orjson.JSONDecodeError, yaml.YAMLError) as exc:
-        raise ConfigFileError([("", f"not valid JSON/YAML: {exc}")], str(source)) from None
+    except _TooHostile as exc:
+        raise ConfigFileError([("", str(exc))], str(source)) from None
     if not isinstance(raw, dict):
         raise ConfigFileError([("", "the top level must be an object")], str(source))
     patch: dict[str, Any] = {}
@@ -515,10 +584,8 @@ def load_config(
             extra = _read(Path(overlay_path))
         except OSError as exc:
             raise ConfigFileError([("", f"cannot read overlay {overlay_path}: {exc.strerror}")], str(source)) from None
-        except (orjson.JSONDecodeError, yaml.YAMLError) as exc:
-            raise ConfigFileError(
-                [("", f"overlay {overlay_path} is not valid JSON/YAML: {exc}")], str(source)
-            ) from None
+        except _TooHostile as exc:
+            raise ConfigFileError([("", f"overlay {overlay_path}: {exc}")], str(source)) from None
         patch = _merge(patch, extra)
     if overlay:
         patch = _merge(patch, dict(overlay))

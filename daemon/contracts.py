@@ -26,6 +26,10 @@ __all__ = [
 
 SUPPORTED_SCHEMA_VERSIONS = frozenset({1})
 
+# Ids travel in Kafka headers, HTTP headers, ledger keys and log lines: visible ASCII only, so
+# a CR/LF or a control character is a schema violation at the door, not a crash further in.
+HEADER_SAFE_ID = r"^[!-~]+$"
+
 
 class _Inbound(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True, strict=True)
@@ -67,9 +71,9 @@ class Assignment(_Inbound):
 
 class ClassifiedMessage(_Inbound):
     schemaVersion: StrictInt
-    eventId: StrictStr = Field(min_length=1, max_length=200)
-    messageId: StrictStr
-    tenantId: StrictStr = Field(min_length=1)
+    eventId: StrictStr = Field(min_length=1, max_length=200, pattern=HEADER_SAFE_ID)
+    messageId: StrictStr = Field(min_length=1, max_length=500, pattern=HEADER_SAFE_ID)
+    tenantId: StrictStr = Field(min_length=1, max_length=200, pattern=HEADER_SAFE_ID)
     tenantName: StrictStr | None = None
     platform: StrictStr
     platformMessageId: StrictStr | None = None

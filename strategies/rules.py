@@ -7,15 +7,14 @@ Pure functions over the event; no I/O. Field names in conditions are the templat
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any
 
 from adapters.templates import template_vars
 from daemon.config import Condition, Rules
 from daemon.contracts import ClassifiedMessage
+from strategies.patterns import compile_pattern
 
 __all__ = ["DEFAULT_OBJECTS", "Decision", "decide", "default_object_type", "matches"]
 
@@ -55,11 +54,6 @@ def _value(event: ClassifiedMessage, name: str) -> Any:
     return template_vars(event).get(name)
 
 
-@lru_cache(maxsize=256)
-def _regex(pattern: str) -> re.Pattern[str]:
-    return re.compile(pattern, re.I)
-
-
 def _as_list(value: Any) -> list[Any]:
     return list(value) if isinstance(value, (list, tuple, set)) else [value]
 
@@ -82,7 +76,7 @@ def matches(condition: Condition, event: ClassifiedMessage) -> bool:
         found = any(str(word).lower() in text for word in _as_list(expected))
         return found if op == "contains" else not found
     if op == "regex":
-        return actual is not None and _regex(str(expected)).search(str(actual)) is not None
+        return actual is not None and compile_pattern(str(expected)).search(str(actual)) is not None
     try:
         a, b = float(actual), float(expected)
     except (TypeError, ValueError):

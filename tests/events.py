@@ -47,7 +47,7 @@ def webhook_config(
                 "type": "webhook",
                 "priority": index,
                 "config": {
-                    "endpoints": {"url": url},
+                    "endpoints": {"url": url, "allowPrivateNetwork": True},  # receivers on loopback
                     "mappings": {
                         "message": {
                             "eventId": "{{eventId}}",

@@ -127,7 +127,7 @@ class FeishuFake(FakeVendor):
         self._seq = itertools.count(1)
 
     def endpoints(self) -> dict[str, Any]:
-        return {"baseUrl": f"{self.base_url}/open-apis"}
+        return {"baseUrl": f"{self.base_url}/open-apis", "allowPrivateNetwork": True}  # the fakes listen on loopback
 
     def routes(self) -> list[web.RouteDef]:
         return [

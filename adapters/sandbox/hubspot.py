@@ -107,7 +107,7 @@ class HubSpotFake(FakeVendor):
         self._ids = itertools.count(51_000_000_001)
 
     def endpoints(self) -> dict[str, Any]:
-        return {"baseUrl": self.base_url}
+        return {"baseUrl": self.base_url, "allowPrivateNetwork": True}  # the fakes listen on loopback
 
     def limited_paths(self) -> tuple[str, ...]:
         return ("/crm/", "/account-info/")

@@ -106,7 +106,7 @@ class JiraFake(FakeVendor):
         self.created_at: dict[str, float] = {}
 
     def endpoints(self) -> dict[str, Any]:
-        return {"baseUrl": self.base_url}
+        return {"baseUrl": self.base_url, "allowPrivateNetwork": True}  # the fakes listen on loopback
 
     def routes(self) -> list[web.RouteDef]:
         return [

@@ -174,7 +174,7 @@ class SalesforceFake(FakeVendor):
         self.rejected: list[tuple[int, Any]] = []
 
     def endpoints(self) -> dict[str, Any]:
-        return {"baseUrl": self.base_url}
+        return {"baseUrl": self.base_url, "allowPrivateNetwork": True}  # the fakes listen on loopback
 
     def limited_paths(self) -> tuple[str, ...]:
         return ("/services/data/v",)

@@ -89,7 +89,7 @@ class SlackFake(FakeVendor):
         return f"{self.base_url}{self.WEBHOOK_PATH}"
 
     def endpoints(self) -> dict[str, Any]:
-        return {"baseUrl": f"{self.base_url}/api"}
+        return {"baseUrl": f"{self.base_url}/api", "allowPrivateNetwork": True}  # the fakes listen on loopback
 
     def routes(self) -> list[web.RouteDef]:
         return [

@@ -30,7 +30,7 @@ class WebhookFake(FakeVendor):
         self.replays = 0
 
     def endpoints(self) -> dict[str, Any]:
-        return {"url": f"{self.base_url}/hooks/demo"}
+        return {"url": f"{self.base_url}/hooks/demo", "allowPrivateNetwork": True}  # the fakes listen on loopback
 
     def routes(self) -> list[web.RouteDef]:
         return [web.post("/hooks/{name}", self.receive), web.get("/records", self.list_records)]

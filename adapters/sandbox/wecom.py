@@ -89,7 +89,7 @@ class WeComFake(FakeVendor):
         self._seq = itertools.count(1)
 
     def endpoints(self) -> dict[str, Any]:
-        return {"baseUrl": self.base_url}
+        return {"baseUrl": self.base_url, "allowPrivateNetwork": True}  # the fakes listen on loopback
 
     def routes(self) -> list[web.RouteDef]:
         return [

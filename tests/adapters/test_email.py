@@ -185,6 +185,41 @@ async def test_header_injection_through_an_address_is_refused(fake: SmtpFake) ->
         await email.create(ev, "email", ctx())
 
 
+async def test_a_template_value_cannot_add_envelope_recipients(fake: SmtpFake) -> None:
+    mapping = {
+        "from": "o@company.com",
+        "to": "support@company.com",
+        "cc": "{{senderName}} <{{senderEmail}}>",
+        "subject": "s",
+        "body": "b",
+    }
+    email = adapter(fake, mappings={"email": mapping})
+    honest = await email.create(event(0, sender={"email": "eve@example.com"}), "email", ctx("k-honest"))
+    assert fake.records[honest.external_id]["envelope"]["rcptTos"] == ["support@company.com", "eve@example.com"]
+
+    hostile = [
+        event(0, sender={"email": "eve@example.com, attacker@evil.example"}),
+        event(0, sender={"name": "Eve <attacker@evil.example>,", "email": "eve@example.com"}),
+    ]
+    for ev in hostile:
+        with pytest.raises(PermanentError) as info:
+            await email.create(ev, "email", ctx("k-hostile"))
+        assert info.value.code == "address_count"
+        assert "cc: rendered to 2 addresses where the mapping allows 0 to 1" in info.value.message
+    assert len(fake.messages) == 1
+    assert all("attacker@evil.example" not in m["envelope"]["rcptTos"] for m in fake.records.values())
+
+
+async def test_a_message_blown_up_by_the_template_is_refused_before_smtp(fake: SmtpFake) -> None:
+    mapping = {"from": "o@company.com", "to": "support@company.com", "body": "{{messageContent}}" * 100}
+    email = adapter(fake, mappings={"email": mapping})
+    with pytest.raises(PermanentError) as info:
+        await email.create(event(0, content="x" * 400_000), "email", ctx())
+    assert info.value.code == "body_too_large"
+    assert "bytes, over the 1,048,576-byte limit" in info.value.message
+    assert fake.messages == []
+
+
 # -- errors ------------------------------------------------------------------------------------
 
 

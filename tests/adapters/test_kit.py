@@ -260,7 +260,7 @@ def test_parse_retry_after_seconds_and_http_dates() -> None:
 
 
 async def test_expired_token_is_refreshed_once_and_the_request_retried(fake: RecordsFake) -> None:
-    http = HttpClient(name="records", base_url=fake.base_url, auth=TokenAuth(fetch_from))
+    http = HttpClient(name="records", base_url=fake.base_url, allow_private_network=True, auth=TokenAuth(fetch_from))
     try:
         first = await http.send(Request("POST", "/records", json={"n": 1}))
         assert first.status == 201
@@ -276,7 +276,7 @@ async def test_expired_token_is_refreshed_once_and_the_request_retried(fake: Rec
 
 async def test_still_401_after_refresh_is_an_auth_error(fake: RecordsFake) -> None:
     auth = TokenAuth(fetch_from)
-    http = HttpClient(name="records", base_url=fake.base_url, auth=auth)
+    http = HttpClient(name="records", base_url=fake.base_url, allow_private_network=True, auth=auth)
     fake.inject(
         Fault(401, {"error": "invalid_token"}, path_contains="/records"),
         Fault(401, {"error": "invalid_token"}, path_contains="/records"),
@@ -301,7 +301,7 @@ def free_port() -> int:
 
 
 async def test_connection_refused_is_retryable_connect() -> None:
-    http = HttpClient(name="down", base_url=f"http://127.0.0.1:{free_port()}")
+    http = HttpClient(name="down", base_url=f"http://127.0.0.1:{free_port()}", allow_private_network=True)
     try:
         with pytest.raises(RetryableError) as info:
             await http.send(Request("POST", "/records", json={}))
@@ -319,6 +319,7 @@ async def test_read_timeout_after_sending_is_ambiguous(fake: RecordsFake) -> Non
         base_url=fake.base_url,
         auth=TokenAuth(fetch_from),
         timeouts=Timeouts(connect=1.0, read=0.15),
+        allow_private_network=True,
     )
     started = time.monotonic()
     try:
@@ -333,7 +334,9 @@ async def test_read_timeout_after_sending_is_ambiguous(fake: RecordsFake) -> Non
 
 async def test_429_with_retry_after_slows_the_limiter(fake: RecordsFake) -> None:
     limiter = Limiter(RateLimit(requests=1000))
-    http = HttpClient(name="records", base_url=fake.base_url, auth=TokenAuth(fetch_from), limiter=limiter)
+    http = HttpClient(
+        name="records", base_url=fake.base_url, allow_private_network=True, auth=TokenAuth(fetch_from), limiter=limiter
+    )
     fake.inject(Fault(429, {"error": "slow down"}, headers={"Retry-After": "3"}, path_contains="/records"))
     try:
         with pytest.raises(RateLimitedError) as info:
@@ -346,7 +349,9 @@ async def test_429_with_retry_after_slows_the_limiter(fake: RecordsFake) -> None
 
 async def test_429_without_retry_after_pauses_a_second(fake: RecordsFake) -> None:
     limiter = Limiter(RateLimit(requests=1000))
-    http = HttpClient(name="records", base_url=fake.base_url, auth=TokenAuth(fetch_from), limiter=limiter)
+    http = HttpClient(
+        name="records", base_url=fake.base_url, allow_private_network=True, auth=TokenAuth(fetch_from), limiter=limiter
+    )
     fake.inject(Fault(429, {"error": "slow down"}, path_contains="/records"))
     try:
         with pytest.raises(RateLimitedError):

@@ -136,7 +136,7 @@ async def test_client_credentials_and_instance_url(fake: SalesforceFake) -> None
     """No username/password → client credentials; API calls go to the token's instance_url."""
     config = seed_entry("salesforce", fake.ENV)["config"]
     del config["credentials"]["username"], config["credentials"]["password"]
-    config["endpoints"] = {"loginUrl": fake.base_url, "apiVersion": "v58.0"}
+    config["endpoints"] = {"loginUrl": fake.base_url, "apiVersion": "v58.0", "allowPrivateNetwork": True}
     sf = SalesforceAdapter("primary-crm", IntegrationConfig.model_validate(config))
     try:
         delivered = await sf.create(event_of("销售线索"), "lead", ctx())

@@ -355,7 +355,7 @@ def test_unreadable_and_malformed_files(tmp_path: Path) -> None:
     broken.write_text("crmIntegrations: [\n", encoding="utf-8")
     with pytest.raises(ConfigFileError) as info:
         load_config(broken, env={})
-    assert "not valid JSON/YAML" in str(info.value)
+    assert "not valid YAML" in str(info.value)
     listed = tmp_path / "list.json"
     listed.write_text("[]", encoding="utf-8")
     with pytest.raises(ConfigFileError, match="top level must be an object"):
@@ -469,3 +469,81 @@ def test_validate_config_cli(tmp_path: Path) -> None:
     assert f"invalid configuration in {bad_path}" in invalid.stderr
     assert "strategy.primary: no enabled integration with id or type 'no-such-crm'" in invalid.stderr
     assert "Traceback" not in invalid.stderr
+
+
+# -- hostile files -------------------------------------------------------------------------------
+
+
+def _alias_bomb(levels: int) -> str:
+    lines = ['a0: &a0 ["x", "x", "x", "x", "x", "x", "x", "x", "x"]']
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, levels + 1)]
+    return "\n".join([*lines, f"crmIntegrations: *a{levels}", ""])
+
+
+@pytest.mark.parametrize(
+    "name,content,reason",
+    [
+        ("bomb.yaml", _alias_bomb(9), "YAML aliases (*name) are not allowed (line 2, column 10)"),
+        (
+            "deep.yaml",
+            "crmIntegrations: " + "[" * 5000 + "]" * 5000 + "\n",
+            "nested deeper than 64 levels (line 1, column 81)",
+        ),
+        ("deep.json", '{"crmIntegrations": ' + "[" * 800 + "]" * 800 + "}", "nested deeper than 64 levels"),
+        ("big.json", '{"crmIntegrations": [], "pad": "' + "a" * (1024 * 1024) + '"}', "larger than 1024 KiB"),
+    ],
+)
+def test_validate_config_refuses_hostile_files_with_one_line(
+    tmp_path: Path, name: str, content: str, reason: str
+) -> None:
+    path = tmp_path / name
+    path.write_text(content, encoding="utf-8")
+    done = run_cli(str(path))
+    assert done.returncode == 1, done.stdout
+    assert done.stderr.splitlines() == [f"invalid configuration in {path}:", f"  <root>: {reason}"]
+
+
+def test_an_overlay_is_held_to_the_same_limits(tmp_path: Path) -> None:
+    base = tmp_path / "base.json"
+    base.write_bytes(orjson.dumps({"crmIntegrations": [hook()]}))
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text(_alias_bomb(3), encoding="utf-8")
+    with pytest.raises(ConfigFileError) as info:
+        load_config(base, env={}, overlay_path=overlay)
+    assert info.value.errors == [("", f"overlay {overlay}: YAML aliases (*name) are not allowed (line 2, column 10)")]
+
+
+@pytest.mark.parametrize("pattern", [r"(a)\1", r"(?=urgent)", r"(?<!not )urgent"])
+def test_regex_conditions_re2_cannot_run_are_refused_at_load(pattern: str) -> None:
+    entry = hook(rules={"conditions": [{"field": "content", "operator": "regex", "value": pattern}]})
+    errors = errors_of({"crmIntegrations": [entry]}, env={})
+    assert [path for path, _ in errors] == ["crmIntegrations[0].rules.conditions[0]"]
+    assert f"invalid regex {pattern!r}" in errors[0][1] and "RE2" in errors[0][1]
+
+
+@pytest.mark.parametrize(
+    "url,reason",
+    [
+        ("not a url", "'not a url' is not an http(s) URL"),
+        ("file:///etc/passwd", "'file:///etc/passwd' is not an http(s) URL"),
+        ("gopher://example.com/", "'gopher://example.com/' is not an http(s) URL"),
+        ("http://169.254.169.254/", "'http://169.254.169.254/' points at a link-local address"),
+    ],
+)
+def test_validate_config_refuses_urls_that_are_not_public_http(tmp_path: Path, url: str, reason: str) -> None:
+    path = tmp_path / "config.json"
+    path.write_bytes(orjson.dumps({"crmIntegrations": [hook(url=url)]}))
+    done = run_cli(str(path))
+    assert done.returncode == 1, done.stdout
+    lines = done.stderr.splitlines()
+    assert len(lines) == 2 and lines[1].startswith(f"  crmIntegrations[0].config: endpoints.url: {reason}")
+    assert "Traceback" not in done.stderr
+
+
+def test_a_private_network_integration_says_so_explicitly() -> None:
+    entry = hook(url="http://10.1.2.3/hooks/x")
+    assert any("allowPrivateNetwork" in m for _, m in errors_of({"crmIntegrations": [entry]}, env={}))
+    entry["config"]["endpoints"]["allowPrivateNetwork"] = True
+    parse_config({"crmIntegrations": [entry]}, env={})
+    entry["config"]["endpoints"]["allowPrivateNetwork"] = "${ALLOW_PRIVATE:-true}"
+    parse_config({"crmIntegrations": [entry]}, env={})
