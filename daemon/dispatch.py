@@ -39,6 +39,7 @@ from adapters.errors import (
     AmbiguousDeliveryError,
     DeliveryError,
     QuotaExhaustedError,
+    RateLimitedError,
     RetryableError,
 )
 from adapters.ratelimit import waits_measured
@@ -299,8 +300,10 @@ class Dispatcher:
                 outcomes.leases.append((key_of_target, owner))
                 return outcomes
 
-            if isinstance(error, QuotaExhaustedError):
-                state.attempt -= 1  # a spent quota is not the record's fault
+            if isinstance(error, QuotaExhaustedError) or (
+                isinstance(error, RateLimitedError) and (error.retry_after or 0.0) > PARK_THRESHOLD_S
+            ):
+                state.attempt -= 1  # a spent quota, or a vendor's long block, is not the record's fault
                 await self.ledger.release(key_of_target, owner)
                 wait = error.retry_after or policy.park_after
                 return await self._defer(state, "park", time.time() + wait, scope, ordered)

@@ -1,0 +1,105 @@
+"""Delivery fairness on a real broker and fakes over HTTP: a paced or hanging target never holds
+back its siblings, and two copies of one delivery call the vendor once."""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from typing import Any
+
+import orjson
+
+from adapters.sandbox.kit import Fault, SandboxServer
+from adapters.sandbox.webhook import WebhookFake
+from daemon.app import Daemon
+from daemon.config import parse_config
+from tests.daemon.test_pipeline import running
+from tests.events import keyed, make_event, webhook_config
+
+
+def fake(name: str, **kw: Any) -> WebhookFake:
+    vendor = WebhookFake(dedupe=False, **kw)
+    vendor.name = name
+    return vendor
+
+
+def by_integration(records: list[Any], integration: str) -> list[Any]:
+    return [r for r in records if orjson.loads(r.value).get("integrationId") == integration]
+
+
+async def wait_for(predicate: Any, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.1)
+
+
+async def test_a_paced_target_does_not_hold_back_a_fast_sibling(broker: Any, topics: Any) -> None:
+    """WeCom's 16 messages/min beside a fast target in the same events (5 keys, so per-key order
+    would chain the events behind the paced deliveries if they were made inline)."""
+    await broker.create(topics)
+    paced, fast = fake("paced"), fake("fast")
+    n = 30
+    async with SandboxServer(paced, fast):
+        raw = webhook_config({"paced": f"{paced.base_url}/hooks/p", "fast": f"{fast.base_url}/hooks/f"})
+        raw["crmIntegrations"][0]["config"]["rateLimit"] = {"requests": 16, "perSeconds": 60, "concurrency": 4}
+        events = [make_event(i, key=f"k{i % 5}") for i in range(n)]
+        produced = time.time()
+        await broker.produce(topics.input, keyed(events))
+        async with running(Daemon(broker.settings(topics), parse_config(raw))):
+            results = []
+            deadline = time.monotonic() + 60
+            while len(by_integration(results, "fast")) < n and time.monotonic() < deadline:
+                results = await broker.read(topics.results, expect=n, timeout=5)
+            retries = await broker.read(topics.retry, expect=n - 2, timeout=10)
+    fast_results = by_integration(results, "fast")
+    assert len(fast_results) == n
+    assert {orjson.loads(r.value)["status"] for r in fast_results} == {"succeeded"}
+    lags = sorted(r.timestamp / 1000 - produced for r in fast_results)
+    p99 = lags[min(n - 1, round(0.99 * n))]
+    print(f"fast target result lag: p50 {statistics.median(lags):.2f} s, p99 {p99:.2f} s")
+    assert p99 < 10.0  # inline, the 30th event would wait ~28 paced turns of 3.9 s
+    kinds = [(h[1].decode()) for r in retries for h in r.headers if h[0] == "octopus-retry-kind"]
+    # handed off: as backlog, or (the webhook keeps per-key order) queued behind the key's backlog
+    assert kinds.count("backlog") + kinds.count("barrier") >= n - 3
+    assert len(paced.deliveries) <= 3
+
+
+async def test_a_hanging_target_does_not_hold_back_its_siblings_result(broker: Any, topics: Any) -> None:
+    await broker.create(topics)
+    hang, fast = fake("hang"), fake("fast")
+    hang.inject(Fault(503, {"error": "too late"}, delay=12.0))
+    async with SandboxServer(hang, fast):
+        raw = webhook_config({"hang": f"{hang.base_url}/hooks/h", "fast": f"{fast.base_url}/hooks/f"})
+        await broker.produce(topics.input, keyed([make_event(0, key="solo")]))
+        async with running(Daemon(broker.settings(topics), parse_config(raw))):
+            results = await broker.read(topics.results, expect=1, timeout=30)
+            delivered = fast.requests[0].at
+            delivered_wall = time.time() - (time.monotonic() - delivered)
+            hang_answered = len(hang.deliveries)
+    assert len(results) == 1 and orjson.loads(results[0].value)["integrationId"] == "fast"
+    assert hang_answered == 0  # the hanging call was still in flight when the sibling's result was out
+    lag = results[0].timestamp / 1000 - delivered_wall
+    print(f"sibling result {lag:.3f} s after its delivery")
+    assert lag < 2.0  # 1 s in the issue; slack for a loaded test machine (was ≥ 12 s)
+
+
+async def test_two_copies_of_one_delivery_call_the_vendor_once(broker: Any, topics: Any) -> None:
+    """The same event consumed twice at once (a redelivery racing the first copy): the second copy
+    finds the first one's claim and waits for its outcome instead of calling the vendor."""
+    await broker.create(topics)
+    slow = fake("slow", latency=1.0)
+    async with SandboxServer(slow):
+        raw = webhook_config({"slow": f"{slow.base_url}/hooks/s"})
+        value = orjson.dumps(make_event(0))
+        await broker.produce(topics.input, [(b"copy-a", value), (b"copy-b", value)])
+        async with running(Daemon(broker.settings(topics), parse_config(raw))):
+            results = await broker.read(topics.results, expect=1, timeout=30)
+            await wait_for(lambda: len(slow.requests) >= 1)
+            await asyncio.sleep(4.0)  # the second copy looks again (2-s poll) and finds it done
+            results = await broker.read(topics.results, expect=2, timeout=3)
+    assert len(slow.deliveries) == 1
+    statuses = [orjson.loads(r.value)["status"] for r in results]
+    assert statuses.count("succeeded") == 1
+    assert set(statuses) <= {"succeeded", "duplicate"}
