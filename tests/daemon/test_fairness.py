@@ -45,7 +45,6 @@ async def test_a_paced_target_does_not_hold_back_a_fast_sibling(broker: Any, top
         raw = webhook_config({"paced": f"{paced.base_url}/hooks/p", "fast": f"{fast.base_url}/hooks/f"})
         raw["crmIntegrations"][0]["config"]["rateLimit"] = {"requests": 16, "perSeconds": 60, "concurrency": 4}
         events = [make_event(i, key=f"k{i % 5}") for i in range(n)]
-        produced = time.time()
         await broker.produce(topics.input, keyed(events))
         async with running(Daemon(broker.settings(topics), parse_config(raw))):
             results = []
@@ -56,10 +55,12 @@ async def test_a_paced_target_does_not_hold_back_a_fast_sibling(broker: Any, top
     fast_results = by_integration(results, "fast")
     assert len(fast_results) == n
     assert {orjson.loads(r.value)["status"] for r in fast_results} == {"succeeded"}
-    lags = sorted(r.timestamp / 1000 - produced for r in fast_results)
+    # from consumption to the result on the broker (the daemon's start-up is not the target's doing)
+    lags = sorted(orjson.loads(r.value)["latencyMs"] / 1000 for r in fast_results)
+    spread = max(r.timestamp for r in fast_results) / 1000 - min(r.timestamp for r in fast_results) / 1000
     p99 = lags[min(n - 1, round(0.99 * n))]
-    print(f"fast target result lag: p50 {statistics.median(lags):.2f} s, p99 {p99:.2f} s")
-    assert p99 < 10.0  # inline, the 30th event would wait ~28 paced turns of 3.9 s
+    print(f"fast target: latency p50 {statistics.median(lags):.3f} s, p99 {p99:.3f} s; results within {spread:.2f} s")
+    assert p99 < 5.0 and spread < 5.0  # inline, the 30th event would wait ~28 paced turns of 3.9 s
     kinds = [(h[1].decode()) for r in retries for h in r.headers if h[0] == "octopus-retry-kind"]
     # handed off: as backlog, or (the webhook keeps per-key order) queued behind the key's backlog
     assert kinds.count("backlog") + kinds.count("barrier") >= n - 3
