@@ -12,8 +12,12 @@ import orjson
 
 from adapters.sandbox.kit import Fault, SandboxServer
 from adapters.sandbox.webhook import WebhookFake
+from adapters.sandbox.wecom import WeComFake
 from daemon.app import Daemon
 from daemon.config import parse_config
+from daemon.retrying import RetryRecord
+from tests.adapters.seed import resolved
+from tests.conftest import ROOT
 from tests.daemon.test_pipeline import running
 from tests.events import keyed, make_event, webhook_config
 
@@ -104,3 +108,27 @@ async def test_two_copies_of_one_delivery_call_the_vendor_once(broker: Any, topi
     statuses = [orjson.loads(r.value)["status"] for r in results]
     assert statuses.count("succeeded") == 1
     assert set(statuses) <= {"succeeded", "duplicate"}
+
+
+async def test_wecom_rate_limit_codes_park_without_spending_attempts(broker: Any, topics: Any) -> None:
+    """45009 (a 60-s block) parks the delivery on the retry topic with its attempt given back,
+    instead of five 60-s retries that dead-letter the event during an hourly block."""
+    await broker.create(topics)
+    wecom = WeComFake()
+    for _ in range(3):
+        wecom.inject(Fault(200, {"errcode": 45009, "errmsg": "api freq out of limit"}, path_contains="/oa/"))
+    async with SandboxServer(wecom):
+        seed = orjson.loads((ROOT / "examples" / "crm-config.seed.json").read_bytes())
+        entry = next(i for i in seed["crmIntegrations"] if i["id"] == "cn-wework")
+        entry["config"] = resolved(entry["config"], wecom.ENV) | {"endpoints": wecom.endpoints()}
+        raw = {"crmIntegrations": [entry], "strategy": {"strategy": "parallel_sync", "targets": [{"id": "cn-wework"}]}}
+        lines = (ROOT / "examples" / "events.sample.jsonl").read_bytes().splitlines()
+        await broker.produce(topics.input, [(b"k", lines[0])])
+        async with running(Daemon(broker.settings(topics), parse_config(raw))):
+            retries = await broker.read(topics.retry, expect=1, timeout=30)
+            dead = await broker.read(topics.dlq, expect=1, timeout=2)
+    assert not dead
+    record = RetryRecord.decode(retries[0].value)
+    assert record.kind == "park" and record.attempt == 0
+    assert 50 <= record.due - time.time() <= 61  # WeCom's minute block, not a retry backoff
+    assert len([r for r in wecom.requests if r.path == "/cgi-bin/oa/applyevent"]) == 1
