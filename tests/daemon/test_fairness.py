@@ -9,10 +9,12 @@ import time
 from typing import Any
 
 import orjson
+import structlog
 
 from adapters.sandbox.kit import Fault, SandboxServer
 from adapters.sandbox.webhook import WebhookFake
 from adapters.sandbox.wecom import WeComFake
+from daemon import metrics
 from daemon.app import Daemon
 from daemon.config import parse_config
 from daemon.retrying import RetryRecord
@@ -132,3 +134,43 @@ async def test_wecom_rate_limit_codes_park_without_spending_attempts(broker: Any
     assert record.kind == "park" and record.attempt == 0
     assert 50 <= record.due - time.time() <= 61  # WeCom's minute block, not a retry backoff
     assert len([r for r in wecom.requests if r.path == "/cgi-bin/oa/applyevent"]) == 1
+
+
+def sample(name: str, **labels: str) -> float:
+    return metrics.REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+async def test_limiter_wait_is_apart_from_vendor_latency_and_detail_reaches_the_result(
+    broker: Any, topics: Any
+) -> None:
+    """Four messages to WeCom paced at 2/s (a budget of 5 s keeps them inline): the ~1.5 s they
+    wait for their turns is in ..._rate_limit_wait_seconds, not in ..._delivery_duration_seconds;
+    WeCom's ``invaliduser`` reaches the result and the ``target final`` log line."""
+    await broker.create(topics)
+    wecom = WeComFake()
+    integration = f"wecom-{topics.group}"
+    async with SandboxServer(wecom):
+        seed = orjson.loads((ROOT / "examples" / "crm-config.seed.json").read_bytes())
+        entry = next(i for i in seed["crmIntegrations"] if i["id"] == "cn-wework")
+        config = resolved(entry["config"], wecom.ENV) | {"endpoints": wecom.endpoints()}
+        config["mappings"] = {"message": {"touser": "zhangsan|ghost", "content": "{{messageContent}}"}}
+        config["rateLimit"] = {"requests": 2, "perSeconds": 1, "concurrency": 4}
+        raw = {
+            "crmIntegrations": [{"id": integration, "type": "wecom", "config": config}],
+            "strategy": {"strategy": "parallel_sync", "targets": [{"id": integration}]},
+            "retry": {"handoffBudget": 5},
+        }
+        await broker.produce(topics.input, keyed([make_event(i, key=f"k{i}") for i in range(4)]))
+        with structlog.testing.capture_logs() as logs:
+            async with running(Daemon(broker.settings(topics), parse_config(raw))):
+                results = await broker.read(topics.results, expect=4, timeout=30)
+    assert [orjson.loads(r.value)["detail"] for r in results] == [{"invaliduser": "ghost"}] * 4
+    finals = [e for e in logs if e["event"] == "target final"]
+    assert len(finals) == 4 and all(e["detail"] == {"invaliduser": "ghost"} for e in finals)
+    labels = {"integration": integration, "type": "wecom"}
+    waited = sample("octopus_crm_delivery_rate_limit_wait_seconds_sum", **labels)
+    vendor = sample("octopus_crm_delivery_duration_seconds_sum", **labels)
+    print(f"limiter wait {waited:.2f} s, vendor time {vendor:.2f} s over 4 deliveries")
+    assert sample("octopus_crm_delivery_rate_limit_wait_seconds_count", **labels) == 4
+    assert waited >= 1.0 and vendor < waited
+    assert sample("octopus_crm_retries_scheduled_total", integration=integration, reason="backlog") == 0
