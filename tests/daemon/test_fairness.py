@@ -61,12 +61,15 @@ async def test_a_paced_target_does_not_hold_back_a_fast_sibling(broker: Any, top
     fast_results = by_integration(results, "fast")
     assert len(fast_results) == n
     assert {orjson.loads(r.value)["status"] for r in fast_results} == {"succeeded"}
-    # from consumption to the result on the broker (the daemon's start-up is not the target's doing)
-    lags = sorted(orjson.loads(r.value)["latencyMs"] / 1000 for r in fast_results)
-    spread = max(r.timestamp for r in fast_results) / 1000 - min(r.timestamp for r in fast_results) / 1000
+    # from the fast target's delivery to its result on the broker: inline, the result of an event
+    # whose paced delivery waits for its turn would wait with it (3.9 s a turn)
+    now_wall, now_mono = time.time(), time.monotonic()
+    delivered = {r.headers.get("X-Octopus-Event-Id"): now_wall - (now_mono - r.at) for r in fast.requests}
+    lags = sorted(r.timestamp / 1000 - delivered[orjson.loads(r.value)["eventId"]] for r in fast_results)
     p99 = lags[min(n - 1, round(0.99 * n))]
-    print(f"fast target: latency p50 {statistics.median(lags):.3f} s, p99 {p99:.3f} s; results within {spread:.2f} s")
-    assert p99 < 5.0 and spread < 5.0  # inline, the 30th event would wait ~28 paced turns of 3.9 s
+    print(f"fast target: result after delivery p50 {statistics.median(lags):.3f} s, p99 {p99:.3f} s")
+    assert p99 < 2.0
+    assert sample("octopus_crm_retries_scheduled_total", integration="paced", reason="backlog") >= 1
     kinds = [(h[1].decode()) for r in retries for h in r.headers if h[0] == "octopus-retry-kind"]
     # handed off: as backlog, or (the webhook keeps per-key order) queued behind the key's backlog
     assert kinds.count("backlog") + kinds.count("barrier") >= n - 3
