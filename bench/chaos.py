@@ -784,6 +784,7 @@ def _report(
             "dangling": dangling[:5],
             "strays": strays[:5],
             "orphans": orphans[:5],
+            "two_successes": [f"{e}@{t}" for (e, t), n in successes.items() if n > 1][:5],
             "conflicting": [
                 f"{e}: " + ", ".join(f"{r['status']}@{r['integrationId']}" for r in rs)
                 for e, rs in list(conflicting.items())[:5]

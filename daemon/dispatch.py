@@ -218,6 +218,9 @@ class Dispatcher:
 
     async def _advance(self, state: RetryRecord, event: ClassifiedMessage, *, fresh: bool) -> Outcomes:
         key = state.key or ""
+        # one claim per route, not per target: a copy at the backup must not deliver while
+        # another copy's call to the primary is in flight
+        route_key = "route:" + idempotency_key(event.eventId, state.chain[0])
         while state.index < len(state.chain):
             spec = state.target
             target = spec.target()
@@ -237,7 +240,7 @@ class Dispatcher:
                 found_key = idempotency_key(event.eventId, state.chain[index])
                 owner = lease_owner()
                 if not existing.published:  # reported by a live copy right now, or by nobody yet
-                    claim = await self.ledger.claim(found_key, owner, LEASE_TTL_S)
+                    claim = await self.ledger.claim(route_key, owner, LEASE_TTL_S)
                     if not claim.granted:
                         return await self._wait_for_copy(state, claim.previous, scope, ordered)
                 await self._release(scope, event, ordered)
@@ -251,7 +254,7 @@ class Dispatcher:
                 # the broker: this is the delivery's only report, so it carries its own outcome
                 outcomes = self._finish(state, event, known)
                 outcomes.unpublished.append((found_key, existing))
-                outcomes.leases.append((found_key, owner))
+                outcomes.leases.append((route_key, owner))
                 if state.index > 0 and state.sync_back:
                     outcomes.retries.append(self._sync_back(state))
                 return outcomes
@@ -268,11 +271,11 @@ class Dispatcher:
 
             key_of_target = idempotency_key(event.eventId, spec)
             owner = lease_owner()
-            claim = await self.ledger.claim(key_of_target, owner, LEASE_TTL_S)
+            claim = await self.ledger.claim(route_key, owner, LEASE_TTL_S)
             if not claim.granted:
                 return await self._wait_for_copy(state, claim.previous, scope, ordered)
             if await self._recorded(state, event) is not None:  # another copy finished meanwhile
-                await self.ledger.release(key_of_target, owner)
+                await self.ledger.release(route_key, owner)
                 continue
 
             state.attempt += 1
@@ -297,18 +300,18 @@ class Dispatcher:
             if error is None:
                 assert delivered is not None
                 outcomes = await self._succeed(state, event, spec, ctx, delivered, scope, ordered)
-                outcomes.leases.append((key_of_target, owner))
+                outcomes.leases.append((route_key, owner))
                 return outcomes
 
             if isinstance(error, QuotaExhaustedError) or (
                 isinstance(error, RateLimitedError) and (error.retry_after or 0.0) > PARK_THRESHOLD_S
             ):
                 state.attempt -= 1  # a spent quota, or a vendor's long block, is not the record's fault
-                await self.ledger.release(key_of_target, owner)
+                await self.ledger.release(route_key, owner)
                 wait = error.retry_after or policy.park_after
                 return await self._defer(state, "park", time.time() + wait, scope, ordered)
             if error.retriable and not policy.exhausted(state.attempt):
-                await self.ledger.release(key_of_target, owner)
+                await self.ledger.release(route_key, owner)
                 delay = policy.delay(state.attempt, error.retry_after)
                 return await self._defer(state, "retry", time.time() + delay, scope, ordered)
             if error.retriable and not isinstance(error, CircuitOpenError):
@@ -318,9 +321,9 @@ class Dispatcher:
                     delivered, error = found_late, None
                     state.history.append(AttemptRecord(integration=spec.integration_id, at=time.time()))
                     outcomes = await self._succeed(state, event, spec, ctx, delivered, scope, ordered)
-                    outcomes.leases.append((key_of_target, owner))
+                    outcomes.leases.append((route_key, owner))
                     return outcomes
-            await self.ledger.release(key_of_target, owner)
+            await self.ledger.release(route_key, owner)
             await self._release(scope, event, ordered)
             self._note(state, error)
             if state.kind == "sync_back":
