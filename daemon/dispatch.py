@@ -101,6 +101,8 @@ class Outcomes:
 
 
 OnRoute = Callable[[Outcomes], Awaitable[None]]
+# (event id, integration id, object type, since epoch seconds) → is its result on the broker?
+PublishedCheck = Callable[[str, str, str, float], Awaitable[bool]]
 _REASONS: dict[RetryKind, str] = {
     "retry": "retry",
     "backlog": "backlog",
@@ -138,10 +140,17 @@ def _bounded(detail: Mapping[str, Any]) -> dict[str, Any]:
 
 
 class Dispatcher:
-    def __init__(self, config: CrmConfig, adapters: Mapping[str, Adapter], ledger: Ledger) -> None:
+    def __init__(
+        self,
+        config: CrmConfig,
+        adapters: Mapping[str, Adapter],
+        ledger: Ledger,
+        published: PublishedCheck | None = None,
+    ) -> None:
         self.config = config
         self.adapters = adapters
         self.ledger = ledger
+        self.published = published
         self.breakers = {
             integration_id: _breaker(integration_id, config.integration(integration_id).circuitBreaker)
             for integration_id in adapters
@@ -243,6 +252,10 @@ class Dispatcher:
                     claim = await self.ledger.claim(route_key, owner, LEASE_TTL_S)
                     if not claim.granted:
                         return await self._wait_for_copy(state, claim.previous, scope, ordered)
+                    if await self._reported_by_gone_copy(event, state.chain[index], existing):
+                        existing = dataclasses.replace(existing, published=True)
+                        await self.ledger.put(found_key, existing)
+                        await self.ledger.release(route_key, owner)
                 await self._release(scope, event, ordered)
                 state.index = index
                 known = Delivered(existing.external_id, existing.external_url)
@@ -390,6 +403,13 @@ class Dispatcher:
             await self.ledger.put(key, dataclasses.replace(entry, published=True))
         for key, owner in outcomes.leases:
             await self.ledger.release(key, owner)
+
+    async def _reported_by_gone_copy(self, event: ClassifiedMessage, spec: TargetSpec, entry: LedgerEntry) -> bool:
+        """The copy that delivered this is gone: did its result reach the broker before it went
+        (it died between the broker's ack and the ledger's note of it)?"""
+        if self.published is None:
+            return False
+        return await self.published(event.eventId, spec.integration_id, spec.object_type, entry.at - 1.0)
 
     async def _wait_for_copy(self, state: RetryRecord, holder: Lease | None, scope: str, ordered: bool) -> Outcomes:
         """Another live copy holds this delivery: look again once it is done (its lease ends, or

@@ -4,6 +4,7 @@ back its siblings, and two copies of one delivery call the vendor once."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import statistics
 import time
 from typing import Any
@@ -17,6 +18,7 @@ from adapters.sandbox.wecom import WeComFake
 from daemon import metrics
 from daemon.app import Daemon
 from daemon.config import parse_config
+from daemon.ledger import MemoryLedger
 from daemon.retrying import RetryRecord
 from tests.adapters.seed import resolved
 from tests.conftest import ROOT
@@ -177,3 +179,28 @@ async def test_limiter_wait_is_apart_from_vendor_latency_and_detail_reaches_the_
     assert sample("octopus_crm_delivery_rate_limit_wait_seconds_count", **labels) == 4
     assert waited >= 1.0 and vendor < waited
     assert sample("octopus_crm_retries_scheduled_total", integration=integration, reason="backlog") == 0
+
+
+async def test_a_copy_adopting_a_dead_copys_delivery_does_not_report_it_twice(broker: Any, topics: Any) -> None:
+    """The process died between the broker's ack of a result and the ledger's note of it: the
+    copy that adopts the delivery finds the result on the results topic and reports ``duplicate``
+    instead of a second ``succeeded``."""
+    await broker.create(topics)
+    hook = fake("hook")
+    ledger = MemoryLedger()
+    async with SandboxServer(hook):
+        raw = webhook_config({"hook": f"{hook.base_url}/hooks/h"})
+        event = make_event(0)
+        await broker.produce(topics.input, keyed([event]))
+        async with running(Daemon(broker.settings(topics), parse_config(raw), ledger=ledger)):
+            await broker.read(topics.results, expect=1, timeout=30)
+            await wait_for(lambda: any(e.published for e in ledger.entries.values()))
+        # what a SIGKILL right after the ack leaves: the entry not marked published, the lease held
+        ((key, entry),) = ledger.entries.items()
+        ledger.entries[key] = dataclasses.replace(entry, published=False)
+        await ledger.claim(f"route:{key}", "0123456789ab/gone", 120)
+        await broker.produce(topics.input, keyed([event]))  # redelivered after the restart
+        async with running(Daemon(broker.settings(topics), parse_config(raw), ledger=ledger)):
+            results = await broker.read(topics.results, expect=2, timeout=30)
+    assert [orjson.loads(r.value)["status"] for r in results] == ["succeeded", "duplicate"]
+    assert len(hook.deliveries) == 1
