@@ -55,7 +55,7 @@ async def test_a_paced_target_does_not_hold_back_a_fast_sibling(broker: Any, top
         events = [make_event(i, key=f"k{i % 5}") for i in range(n)]
         await broker.produce(topics.input, keyed(events))
         async with running(Daemon(broker.settings(topics), parse_config(raw))):
-            results = []
+            results: list[Any] = []
             deadline = time.monotonic() + 60
             while len(by_integration(results, "fast")) < n and time.monotonic() < deadline:
                 results = await broker.read(topics.results, expect=n, timeout=5)
