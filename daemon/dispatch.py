@@ -287,15 +287,15 @@ class Dispatcher:
             claim = await self.ledger.claim(route_key, owner, LEASE_TTL_S)
             if not claim.granted:
                 return await self._wait_for_copy(state, claim.previous, scope, ordered)
-            if await self._recorded(state, event) is not None:  # another copy finished meanwhile
-                await self.ledger.release(route_key, owner)
+            if claim.previous is not None and await self._recorded(state, event) is not None:
+                await self.ledger.release(route_key, owner)  # another copy finished meanwhile
                 continue
 
             state.attempt += 1
             ctx = DeliveryContext(key_of_target, state.attempt, spec.integration_id, target.overrides)
             delivered: Delivered | None = None
             error: DeliveryError | None = None
-            if claim.previous is not None:
+            if claim.abandoned:
                 # the copy that held this delivery is gone: its vendor call may have created the
                 # record, so look before creating (where the vendor can tell)
                 delivered = await self._look_up(adapter, target, event, ctx)

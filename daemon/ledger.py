@@ -89,11 +89,18 @@ class Lease:
 class Claim:
     """The answer to :meth:`Ledger.claim`: granted or not, and the lease found there before.
 
-    Granted over a previous lease means that copy is gone (expired, or its process died): its
-    vendor call may or may not have happened, so it is resolved like an ambiguous create."""
+    Granted over a previous lease means another copy came first: one that finished (its lease
+    ended, see :attr:`abandoned`) — look at the ledger again — or one that is gone (expired, or
+    its process died): its vendor call may or may not have happened, so it is resolved like an
+    ambiguous create."""
 
     granted: bool
     previous: Lease | None = None
+
+    @property
+    def abandoned(self) -> bool:
+        """Granted over a lease its holder never ended."""
+        return self.granted and self.previous is not None and self.previous.until > 0
 
 
 def _decide(previous: Lease | None, owner: str, now: float, single_replica: bool) -> bool:
@@ -112,7 +119,8 @@ class Ledger(Protocol):
         another owner holds a live lease on it."""
 
     async def release(self, key: str, owner: str) -> None:
-        """Drop ``owner``'s lease on ``key`` (no-op when it holds none)."""
+        """End ``owner``'s lease on ``key`` (no-op when it holds none). The lease stays, ended
+        (``until`` 0), so that the next claim learns a copy came before it and looks again."""
 
     async def barrier_head(self, scope: str) -> Waiting | None:
         """The first event still waiting in ``scope`` (None: nothing waits)."""
@@ -200,7 +208,7 @@ class MemoryLedger(_MemoryBarriers):
     async def release(self, key: str, owner: str) -> None:
         lease = self.leases.get(key)
         if lease is not None and lease.owner == owner:
-            del self.leases[key]
+            self.leases[key] = Lease(owner, 0.0)
 
     async def close(self) -> None:
         return None
@@ -261,7 +269,7 @@ class SqliteLedger(_MemoryBarriers):
         return Claim(True, None if previous is None or previous.owner == owner else previous)
 
     async def release(self, key: str, owner: str) -> None:
-        await self._call("DELETE FROM leases WHERE key = ? AND owner = ?", (key, owner))
+        await self._call("UPDATE leases SET until = 0 WHERE key = ? AND owner = ?", (key, owner))
 
     def _call(self, sql: str, params: tuple[Any, ...]) -> asyncio.Future[Any]:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -273,7 +281,7 @@ class SqliteLedger(_MemoryBarriers):
     async def _drain(self) -> None:
         while self._queue:
             batch, self._queue = self._queue, []
-            what = "put" if any(sql.startswith(("INSERT", "DELETE")) for sql, _, _ in batch) else "get"
+            what = "put" if any(sql.startswith(("INSERT", "UPDATE")) for sql, _, _ in batch) else "get"
             try:
                 rows = await _until_ok(functools.partial(asyncio.to_thread, self._run, batch), what)
             except Exception as exc:  # noqa: BLE001 - not an outage (retried above): handed to the callers
@@ -448,7 +456,7 @@ return {1, current or ''}
 _RELEASE_LUA = """
 local current = redis.call('GET', KEYS[1])
 if current and string.sub(current, string.find(current, '|', 1, true) + 1) == ARGV[1] then
-  redis.call('DEL', KEYS[1])
+  redis.call('SET', KEYS[1], '0|' .. ARGV[1], 'KEEPTTL')
 end
 return 0
 """

@@ -120,13 +120,11 @@ async def report(reporter: Reporter, outcomes: Outcomes) -> None:
     """Publish everything one pass produced; returns once the broker has acknowledged it all.
 
     Each result is a target's final outcome, published once wherever it was decided (the input
-    or the retry topic): it is logged here, once, as ``target final``."""
+    or the retry topic); the canonical line of that pass logs it, once."""
     await reporter.schedule(outcomes.retries)
     for dead in outcomes.dead_letters:
         await reporter.dead_letter(dead.record, "delivery_failed", dead.reason, dead.headers)
     await reporter.publish(outcomes.results)
-    for result in outcomes.results:
-        log.info("target final", **_outcome(result), latency_ms=result.latencyMs, attempts=result.attempts)
 
 
 def _outcome(r: SyncResult) -> dict[str, Any]:

@@ -150,7 +150,7 @@ async def test_limiter_wait_is_apart_from_vendor_latency_and_detail_reaches_the_
 ) -> None:
     """Four messages to WeCom paced at 2/s (a budget of 5 s keeps them inline): the ~1.5 s they
     wait for their turns is in ..._rate_limit_wait_seconds, not in ..._delivery_duration_seconds;
-    WeCom's ``invaliduser`` reaches the result and the ``target final`` log line."""
+    WeCom's ``invaliduser`` reaches the result and the canonical log line."""
     await broker.create(topics)
     wecom = WeComFake()
     integration = f"wecom-{topics.group}"
@@ -170,8 +170,8 @@ async def test_limiter_wait_is_apart_from_vendor_latency_and_detail_reaches_the_
             async with running(Daemon(broker.settings(topics), parse_config(raw))):
                 results = await broker.read(topics.results, expect=4, timeout=30)
     assert [orjson.loads(r.value)["detail"] for r in results] == [{"invaliduser": "ghost"}] * 4
-    finals = [e for e in logs if e["event"] == "target final"]
-    assert len(finals) == 4 and all(e["detail"] == {"invaliduser": "ghost"} for e in finals)
+    finals = [o for e in logs if e["event"] == "event processed" for o in e["outcomes"]]
+    assert len(finals) == 4 and all(o["detail"] == {"invaliduser": "ghost"} for o in finals)
     labels = {"integration": integration, "type": "wecom"}
     waited = sample("octopus_crm_delivery_rate_limit_wait_seconds_sum", **labels)
     vendor = sample("octopus_crm_delivery_duration_seconds_sum", **labels)

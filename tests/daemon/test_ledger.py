@@ -16,6 +16,7 @@ from adapters.sandbox.kit import SandboxServer
 from adapters.sandbox.webhook import WebhookFake
 from daemon.ledger import (
     Claim,
+    Lease,
     Ledger,
     LedgerEntry,
     MemoryLedger,
@@ -125,13 +126,14 @@ async def test_claims_admit_one_copy_until_released_or_expired(ledger: Ledger) -
     await ledger.release("e1:crm:lead", second)  # not the holder: no effect
     assert not (await ledger.claim("e1:crm:lead", second, 30)).granted
     await ledger.release("e1:crm:lead", first)
-    assert await ledger.claim("e1:crm:lead", second, 30) == Claim(True, None)
+    after = await ledger.claim("e1:crm:lead", second, 30)  # granted, and told a copy came first
+    assert after.granted and after.previous == Lease(first, 0.0) and not after.abandoned
 
     # a lease that ran out was left by a copy that is gone: taken over, and said so
     await ledger.claim("e2:crm:lead", first, 0.05)
     await asyncio.sleep(0.1)
     taken = await ledger.claim("e2:crm:lead", second, 30)
-    assert taken.granted and taken.previous is not None and taken.previous.owner == first
+    assert taken.abandoned and taken.previous is not None and taken.previous.owner == first
 
 
 async def test_concurrent_claims_grant_exactly_one(ledger: Ledger) -> None:
