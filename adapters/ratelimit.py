@@ -69,12 +69,6 @@ class _Pause:
 class Limiter:
     """Async context manager: ``async with limiter:`` around each vendor request."""
 
-    def _arrive(self) -> None:
-        """A request starts waiting: it takes over the turn serves_within promised (most likely to it)."""
-        self._waiting += 1
-        if self._promised:
-            self._promised.popleft()
-
     def __init__(self, limit: RateLimit) -> None:
         self.limit = limit
         self._bucket = AsyncLimiter(limit.burst, limit.burst / limit.rate)
@@ -110,6 +104,12 @@ class Limiter:
             return False
         self._promised.append(time.monotonic() + budget + 1.0)
         return True
+
+    def _arrive(self) -> None:
+        """A request starts waiting: it takes over the turn serves_within promised (most likely to it)."""
+        self._waiting += 1
+        if self._promised:
+            self._promised.popleft()
 
     @property
     def paused_for(self) -> float:
