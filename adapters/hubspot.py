@@ -15,7 +15,9 @@
   have no natural key: ``find_existing`` cannot tell.
 - Errors: ``{status, message, correlationId, category}``. 429 names a ``policyName``:
   ``DAILY`` is a quota until midnight in the account's time zone, anything else (``SECONDLY``,
-  ``TEN_SECONDLY_ROLLING``) is plain rate limiting.
+  ``TEN_SECONDLY_ROLLING``) is plain rate limiting. The zone is ``endpoints.timeZone`` when set,
+  else the account's ``timeZone`` from ``GET /account-info/v3/details``, asked once before the
+  first delivery whether or not ``portalId`` is configured (UTC only if that call fails).
 - Pacing: 100 requests per 10 s (Free/Starter; set ``rateLimit`` for higher tiers). Every answer
   carries ``X-HubSpot-RateLimit-Max/-Remaining/-Interval-Milliseconds``; when ``Remaining`` hits
   0 the integration waits one request slot (``interval / max``). The window is rolling, so the
@@ -199,6 +201,8 @@ class HubSpotAdapter(HttpAdapter):
         return {"properties": properties, "associations": associations}
 
     async def create(self, event: ClassifiedMessage, object_type: str, ctx: DeliveryContext) -> Delivered:
+        if self._account is None and not self.config.endpoints.get("timeZone"):
+            await self.account()  # the daily quota resets at the account's midnight: learn its zone
         body = self.build_body(event, object_type, ctx)
         path = f"/crm/v3/objects/{OBJECTS[object_type]}"
         try:

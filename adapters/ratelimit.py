@@ -12,14 +12,37 @@ import asyncio
 import contextlib
 import math
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from types import TracebackType
 
 from aiolimiter import AsyncLimiter
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["Limiter", "RateLimit"]
+__all__ = ["Limiter", "RateLimit", "waits_measured"]
+
+# Seconds this task spent waiting in limiters (its turn in the pace, a pause, a slot), when a
+# caller asked to know: the time a delivery took minus this is the vendor's own latency.
+_waited: ContextVar[list[float] | None] = ContextVar("octopus_limiter_waited", default=None)
+
+
+@contextlib.contextmanager
+def waits_measured() -> Iterator[list[float]]:
+    """Collect, in the list it yields, every limiter wait of the code run inside (this task)."""
+    waited: list[float] = []
+    token = _waited.set(waited)
+    try:
+        yield waited
+    finally:
+        _waited.reset(token)
+
+
+def _note_wait(since: float) -> None:
+    waited = _waited.get()
+    if waited is not None:
+        waited.append(time.monotonic() - since)
 
 
 class RateLimit(BaseModel):
@@ -54,6 +77,39 @@ class Limiter:
         self._waiting = 0
         self._service = 0.0  # smoothed seconds a request holds its slot; 0.0 until one finished
         self._started: dict[object, float] = {}  # requests in progress → start (oldest first)
+        self._promised: deque[float] = deque()  # admitted by serves_within, not yet pacing: expiry
+
+    def turn_in(self, ahead: int = 0) -> float:
+        """Seconds until a request queued now (behind ``ahead`` more) would pass the pace, from
+        the pause, the bucket's level and the requests already waiting; no request's duration is
+        guessed. A limiter whose slots are all busy answers infinity until one request was timed."""
+        now = time.monotonic()
+        while self._promised and self._promised[0] < now:
+            self._promised.popleft()
+        queued = self._waiting + len(self._promised) + ahead
+        bucket = self._bucket
+        level = max(0.0, bucket._level - (asyncio.get_running_loop().time() - bucket._last_check) * self.limit.rate)
+        pacing = max(0.0, level + queued + 1 - bucket.max_rate) / self.limit.rate
+        busy = len(self._started) + queued - self.limit.concurrency + 1
+        slot = 0.0
+        if busy > 0:
+            slot = math.inf if self._service == 0.0 else busy * self._service / self.limit.concurrency
+        return self.paused_for + max(pacing, slot)
+
+    def serves_within(self, budget: float) -> bool:
+        """Whether a request queued now gets its turn within ``budget`` seconds. A yes holds the
+        turn for the caller briefly (until its request starts pacing, at most ``budget`` + 1 s),
+        so that many callers asking at once are not all told yes. Takes no capacity."""
+        if self.turn_in() > budget:
+            return False
+        self._promised.append(time.monotonic() + budget + 1.0)
+        return True
+
+    def _arrive(self) -> None:
+        """A request starts waiting: it takes over the turn serves_within promised (most likely to it)."""
+        self._waiting += 1
+        if self._promised:
+            self._promised.popleft()
 
     @property
     def paused_for(self) -> float:
@@ -94,32 +150,38 @@ class Limiter:
     async def pace(self) -> None:
         """Wait for this request's turn in the rate (and for any pause to end)."""
         self._waiting += 1
+        since = time.monotonic()
         try:
             while (wait := self.paused_for) > 0:  # noqa: ASYNC110 - a later 429 may extend the pause
                 await asyncio.sleep(wait)
             await self._bucket.acquire()
         finally:
             self._waiting -= 1
+            _note_wait(since)
 
     @contextlib.asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
         """Hold one of the ``concurrency`` slots (without pacing)."""
-        self._waiting += 1
+        self._arrive()
+        since = time.monotonic()
         try:
             await self._slots.acquire()
         finally:
             self._waiting -= 1
+            _note_wait(since)
         try:
             yield
         finally:
             self._slots.release()
 
     async def __aenter__(self) -> None:
-        self._waiting += 1
+        self._arrive()
+        since = time.monotonic()
         try:
             await self._slots.acquire()
         finally:
             self._waiting -= 1
+            _note_wait(since)
         try:
             await self.pace()
         except BaseException:

@@ -25,18 +25,20 @@ idempotency key and no lookup by our key, so an ambiguous approval cannot be res
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from adapters.auth import Token, TokenAuth, fetch_json_token
-from adapters.base import AdapterInfo, BodyCodes, Delivered, DeliveryContext, HttpAdapter
+from adapters.base import AdapterInfo, BodyCodes, Delivered, DeliveryContext, HttpAdapter, IntegrationConfig
 from adapters.errors import ConfigError, DeliveryError, PermanentError, RateLimitedError
 from adapters.http import HttpClient, Request, Response
 from adapters.ratelimit import Limiter, RateLimit
 from daemon.contracts import ClassifiedMessage
 from daemon.redaction import register_secret
 
-__all__ = ["WECOM_CODES", "WeComAdapter"]
+__all__ = ["WECOM_CODES", "RateLimitBlocks", "WeComAdapter"]
 
 TOKEN_PATH = "/cgi-bin/gettoken"
 APPLY_PATH = "/cgi-bin/oa/applyevent"
@@ -65,8 +67,14 @@ WECOM_CODES = BodyCodes(
         }
     ),
 )
-# WeCom blocks a caller for 60 s after a minute limit (an hour after an hourly one).
-RATE_LIMIT_PAUSE = 60.0
+# WeCom blocks a caller for 60 s after a minute limit and for 60 min after an hourly one
+# (frequency-limit doc, path/90454); 45009 does not say which. 45033 (too many concurrent calls)
+# clears as soon as a call in flight finishes.
+MINUTE_BLOCK_S = 60.0
+HOUR_BLOCK_S = 3600.0
+CONCURRENCY_PAUSE_S = 2.0
+MINUTE_QUOTA = 45011
+CONCURRENCY_LIMIT = 45033
 
 # App messages: ≤ 30/min and ≤ 1,000/h per app per member, and the excess is dropped silently,
 # so an integration that sends messages paces under the hourly cap (16/min ≈ 960/h).
@@ -75,10 +83,39 @@ MESSAGE_RATE = RateLimit(requests=16, perSeconds=60, concurrency=4)
 PRIORITY_ZH = {"low": "低", "medium": "中", "high": "高", "urgent": "紧急"}
 
 
-def _classify(response: Response) -> DeliveryError | None:
+@dataclass
+class RateLimitBlocks:
+    """How long WeCom's block lasts, learnt from the codes: a limit answered again once a minute
+    block is over is the hourly one, so the wait runs to an hour after the block began (waking
+    every minute would spend a call, and a retry attempt, on each 45009)."""
+
+    clock: Callable[[], float] = time.monotonic
+    began: float | None = None  # first block code of the current run of blocks
+    last: float | None = None  # latest block code
+
+    def pause(self, code: object, message: str) -> float:
+        now = self.clock()
+        if code == CONCURRENCY_LIMIT:
+            return CONCURRENCY_PAUSE_S
+        hourly = "hour" in message.lower()
+        if self.last is not None and self.began is not None and now - self.last < MINUTE_BLOCK_S + 90:
+            # still blocked: the answers of calls sent during the block, or the hourly limit
+            # when this one came after a minute block had run out
+            hourly = hourly or (code != MINUTE_QUOTA and now - self.began >= MINUTE_BLOCK_S - 5)
+        else:
+            self.began = now
+        self.last = now
+        if hourly:
+            return max(MINUTE_BLOCK_S, HOUR_BLOCK_S - (now - self.began))
+        return max(1.0, MINUTE_BLOCK_S - (now - self.began))
+
+
+def _classify(response: Response, blocks: RateLimitBlocks | None = None) -> DeliveryError | None:
     error = WECOM_CODES.classify(response)
     if isinstance(error, RateLimitedError) and error.retry_after is None:
-        error.retry_after = RATE_LIMIT_PAUSE
+        body = response.json()
+        code = body.get("errcode") if isinstance(body, dict) else None
+        error.retry_after = (blocks or RateLimitBlocks()).pause(code, error.message)
     return error
 
 
@@ -117,6 +154,10 @@ class WeComAdapter(HttpAdapter):
     default_base_url = "https://qyapi.weixin.qq.com"
     value_maps: ClassVar[Mapping[str, Mapping[str, Any]]] = {"oa_approval.priority": PRIORITY_ZH}
 
+    def __init__(self, integration_id: str, config: IntegrationConfig) -> None:
+        super().__init__(integration_id, config)
+        self.blocks = RateLimitBlocks()
+
     @property
     def base_url(self) -> str:
         return super().base_url.removesuffix("/cgi-bin")
@@ -149,6 +190,10 @@ class WeComAdapter(HttpAdapter):
         corp_id = self.config.secret("corpId", "corpid")
         secret = self.config.secret("secret", "corpSecret", "corpsecret")
         register_secret(secret)
+        blocks = self.blocks
+
+        def classify(response: Response) -> DeliveryError | None:
+            return _classify(response, blocks)
 
         async def fetch(http: HttpClient) -> Token:
             request = Request(
@@ -163,7 +208,7 @@ class WeComAdapter(HttpAdapter):
                 token_field="access_token",
                 ttl_field="expires_in",
                 code_field="errcode",
-                classify=_classify,
+                classify=classify,
             )
 
         return HttpClient(
@@ -171,7 +216,7 @@ class WeComAdapter(HttpAdapter):
             base_url=self.base_url,
             limiter=limiter,
             auth=TokenAuth(fetch, place=_place_query),
-            classify=_classify,
+            classify=classify,
             timeouts=self.timeouts,
         )
 

@@ -741,6 +741,10 @@ def _report(
             "events_other": sorted(set(other)),
         }
 
+    successes = collections.Counter(
+        (r["eventId"], r["integrationId"]) for r in results if r["status"] in ("succeeded", "fallback")
+    )
+    sf_rw, hs_rw = rewrites(sf), rewrites(hs)
     report: dict[str, Any] = {
         "events_produced": len(produced),
         "events_with_final_result": len(wanted & set(finals)),
@@ -751,6 +755,10 @@ def _report(
         "results_total": len(results),
         "events_with_several_final_results": len(several),
         "events_with_conflicting_final_results": len(conflicting),
+        "pairs_with_two_success_results": sum(1 for n in successes.values() if n > 1),
+        # vendor calls that would have been a second record at a vendor without idempotency:
+        # not explained by a lost response (the crash window and racing copies)
+        "duplicate_vendor_calls_crash_or_race": sum(rw["across_a_sigkill"] + rw["other"] for rw in (sf_rw, hs_rw)),
         "records_primary": len(stores[PRIMARY]),
         "records_backup": len(stores[BACKUP]),
         "pairs_with_more_than_one_record": len(doubled),
@@ -768,14 +776,15 @@ def _report(
         "writes_backup": hs.writes,
         "ambiguous_lookups_primary": dict(sf.lookups),
         "stalled_primary": sf.stalled,
-        "rewrites_primary": rewrites(sf),
-        "rewrites_backup": rewrites(hs),
+        "rewrites_primary": sf_rw,
+        "rewrites_backup": hs_rw,
         "samples": {
             "no_result": sorted(no_result)[:5],
             "doubled": [f"{e}:{t}x{n}" for (e, t), n in list(doubled.items())[:5]],
             "dangling": dangling[:5],
             "strays": strays[:5],
             "orphans": orphans[:5],
+            "two_successes": [f"{e}@{t}" for (e, t), n in successes.items() if n > 1][:5],
             "conflicting": [
                 f"{e}: " + ", ".join(f"{r['status']}@{r['integrationId']}" for r in rs)
                 for e, rs in list(conflicting.items())[:5]
@@ -807,6 +816,12 @@ def _print(report: dict[str, Any], out: Any) -> None:
             "events with several final results",
             report["events_with_several_final_results"],
             f"conflicting: {report['events_with_conflicting_final_results']}",
+        ),
+        ("(event, target) pairs with >1 success", report["pairs_with_two_success_results"], "should be 0"),
+        (
+            "duplicate vendor calls (SIGKILL or race)",
+            report["duplicate_vendor_calls_crash_or_race"],
+            "a second record where the vendor has no idempotency; should be 0",
         ),
         ("records in the primary (Salesforce)", report["records_primary"], ""),
         ("records in the backup (HubSpot)", report["records_backup"], ""),

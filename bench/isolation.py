@@ -134,7 +134,8 @@ async def _retries(daemon: DaemonProc) -> dict[str, float]:
     for line in body.decode().splitlines():
         if line.startswith("octopus_crm_retries_scheduled_total{"):
             integration = line.split('integration="', 1)[1].split('"', 1)[0]
-            out[integration] = float(line.rsplit(" ", 1)[1])
+            reason = line.split('reason="', 1)[1].split('"', 1)[0] if 'reason="' in line else "all"
+            out[f"{integration}/{reason}"] = float(line.rsplit(" ", 1)[1])
     return out
 
 

@@ -27,6 +27,7 @@ from daemon.dispatch import Dispatcher
 from daemon.ledger import Ledger, open_ledger
 from daemon.operator_errors import IdempotenceRefused, refused_idempotence
 from daemon.processing import Processor
+from daemon.published import PublishedResults
 from daemon.reporting import Reporter
 from daemon.retry_handler import RetryHandler
 from daemon.settings import Settings
@@ -178,7 +179,9 @@ class Daemon:
             reporter = Reporter(
                 producer, results_topic=s.results_topic, dlq_topic=s.dlq_topic, retry_topic=s.retry_topic
             )
-            dispatcher = Dispatcher(self.config, adapters, ledger)
+            published = PublishedResults(s.results_topic, s.kafka_common())
+            stack.push_async_callback(published.close)
+            dispatcher = Dispatcher(self.config, adapters, ledger, published.contains)
             processor = Processor(
                 planner=lambda event: plan(self.config, event),
                 dispatcher=dispatcher,

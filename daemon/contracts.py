@@ -127,6 +127,9 @@ class SyncResult(BaseModel):
     error: ResultError | None = None
     reason: str | None = None
     fallbackFrom: str | None = None
+    detail: dict[str, Any] | None = Field(
+        default=None, description="what the target reported beyond the id (refused recipients, invalid users)"
+    )
     source: ResultSource
     completedAt: datetime = Field(default_factory=lambda: datetime.now(UTC))
 

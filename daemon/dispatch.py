@@ -9,9 +9,13 @@ fallbacks). For each target, in this order:
    already has a record, the outcome is ``duplicate`` (or, when the process stopped before that
    delivery's result reached the broker, the delivery's own outcome, reported now);
 3. **circuit / park / backlog** — an open circuit goes straight to the fallback (or waits for
-   the probe); an integration paused for a long quota or ``Retry-After`` is parked; a backlog
-   on a slow integration is handed to the retry topic so the source partition keeps flowing;
-4. **attempt** — an ambiguous failure (sent, no answer) is resolved by a lookup where the
+   the probe); an integration paused for a long quota or ``Retry-After`` is parked; a fresh
+   event whose integration cannot take it within the hand-off budget (its pace, a pause, busy
+   slots) is handed to the retry topic so that its siblings and the source partition keep flowing;
+4. **claim** — a lease on (event, target) in the ledger, held from before the vendor call until
+   the result is on the broker: a second copy of the delivery waits for the first one's outcome
+   instead of calling the vendor; a lease left by a dead copy is resolved by a lookup first;
+5. **attempt** — an ambiguous failure (sent, no answer) is resolved by a lookup where the
    vendor allows it; a retryable failure is scheduled on the retry topic with backoff; a final
    failure moves on to the fallback, and when no target is left the event gets a ``failed``
    result and a dead letter with its full attempt history.
@@ -22,9 +26,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import orjson
 import structlog
@@ -34,12 +39,14 @@ from adapters.errors import (
     AmbiguousDeliveryError,
     DeliveryError,
     QuotaExhaustedError,
+    RateLimitedError,
     RetryableError,
 )
+from adapters.ratelimit import waits_measured
 from daemon import metrics
 from daemon.config import CrmConfig
 from daemon.contracts import ClassifiedMessage, ResultError, ResultSource, SyncResult, SyncStatus
-from daemon.ledger import Ledger, LedgerEntry
+from daemon.ledger import Lease, Ledger, LedgerEntry, lease_owner
 from daemon.records import InboundRecord
 from daemon.retrying import AttemptRecord, RetryKind, RetryRecord, TargetSpec
 from strategies.breaker import BreakerPolicy, BreakerState, CircuitBreaker
@@ -51,10 +58,10 @@ __all__ = ["CircuitOpenError", "DeadLetter", "Dispatcher", "Outcomes", "idempote
 log = structlog.get_logger("octopus.dispatch")
 
 PARK_THRESHOLD_S = 5.0
-# A fresh event goes to the retry topic as "backlog" when its integration would answer it later
-# than this (slow answers, or a queue that takes that long to drain), so that it does not hold an
-# in-flight slot, and the later events of its key, while the source partition waits.
-BACKLOG_WAIT_S = 1.0
+# A claim outlives any one vendor call and the publishing of its result; a copy that finds a live
+# lease of another copy looks again after at most LEASE_POLL_S.
+LEASE_TTL_S = 120.0
+LEASE_POLL_S = 2.0
 
 
 def idempotency_key(event_id: str, target: Target | TargetSpec) -> str:
@@ -82,12 +89,27 @@ class Outcomes:
     dead_letters: list[DeadLetter] = field(default_factory=list)
     # ledger entries of these results' deliveries, marked published once the results are acked
     unpublished: list[tuple[str, LedgerEntry]] = field(default_factory=list)
+    # (idempotency key, owner) of the claims held until then
+    leases: list[tuple[str, str]] = field(default_factory=list)
 
     def extend(self, other: Outcomes) -> None:
         self.results += other.results
         self.retries += other.retries
         self.dead_letters += other.dead_letters
         self.unpublished += other.unpublished
+        self.leases += other.leases
+
+
+OnRoute = Callable[[Outcomes], Awaitable[None]]
+# (event id, integration id, object type, since epoch seconds) → is its result on the broker?
+PublishedCheck = Callable[[str, str, str, float], Awaitable[bool]]
+_REASONS: dict[RetryKind, str] = {
+    "retry": "retry",
+    "backlog": "backlog",
+    "park": "parked",
+    "barrier": "barrier",
+    "sync_back": "sync_back",
+}
 
 
 def _breaker(integration_id: str, policy: BreakerPolicy | None) -> CircuitBreaker:
@@ -105,11 +127,30 @@ def _err(error: DeliveryError) -> dict[str, str]:
     return error.as_dict()
 
 
+def _bounded(detail: Mapping[str, Any]) -> dict[str, Any]:
+    """A delivery's detail for the result: JSON scalars as they are, anything else as short text."""
+    out: dict[str, Any] = {}
+    for key, value in list(detail.items())[:20]:
+        if value is None or isinstance(value, (bool, int, float)):
+            out[str(key)[:100]] = value
+        else:
+            text = value if isinstance(value, str) else orjson.dumps(value, default=str).decode()
+            out[str(key)[:100]] = text[:1000]
+    return out
+
+
 class Dispatcher:
-    def __init__(self, config: CrmConfig, adapters: Mapping[str, Adapter], ledger: Ledger) -> None:
+    def __init__(
+        self,
+        config: CrmConfig,
+        adapters: Mapping[str, Adapter],
+        ledger: Ledger,
+        published: PublishedCheck | None = None,
+    ) -> None:
         self.config = config
         self.adapters = adapters
         self.ledger = ledger
+        self.published = published
         self.breakers = {
             integration_id: _breaker(integration_id, config.integration(integration_id).circuitBreaker)
             for integration_id in adapters
@@ -120,8 +161,14 @@ class Dispatcher:
 
     # -- entry points ------------------------------------------------------------------------
 
-    async def run(self, plan: Plan, event: ClassifiedMessage, record: InboundRecord) -> Outcomes:
-        """A fresh event from the input topic."""
+    async def run(
+        self, plan: Plan, event: ClassifiedMessage, record: InboundRecord, on_route: OnRoute | None = None
+    ) -> Outcomes:
+        """A fresh event from the input topic.
+
+        With ``on_route``, each route's outcomes are handed over as soon as that route is final
+        (so one slow target does not hold back the results of its siblings), the skips last; the
+        merged outcomes are returned either way."""
         received_at = time.time() - (time.monotonic() - record.received_at if record.received_at else 0.0)
         states = [
             RetryRecord(
@@ -140,11 +187,19 @@ class Dispatcher:
             )
             for route in plan.routes
         ]
+
+        async def route(state: RetryRecord) -> Outcomes:
+            done = await self._advance(state, event, fresh=True)
+            if on_route is not None:
+                await on_route(done)
+            return done
+
         outcomes = Outcomes()
-        for done in await asyncio.gather(*(self._advance(s, event, fresh=True) for s in states)):
+        for done in await asyncio.gather(*(route(s) for s in states)):
             outcomes.extend(done)
+        skipped = Outcomes()
         for skip in plan.skips:
-            outcomes.results.append(
+            skipped.results.append(
                 SyncResult(
                     eventId=event.eventId,
                     messageId=event.messageId,
@@ -159,6 +214,9 @@ class Dispatcher:
                     latencyMs=round((time.time() - received_at) * 1000, 3),
                 )
             )
+        if on_route is not None and skipped.results:
+            await on_route(skipped)
+        outcomes.extend(skipped)
         return outcomes
 
     async def resume(self, retry: RetryRecord, event: ClassifiedMessage) -> Outcomes:
@@ -169,6 +227,9 @@ class Dispatcher:
 
     async def _advance(self, state: RetryRecord, event: ClassifiedMessage, *, fresh: bool) -> Outcomes:
         key = state.key or ""
+        # one claim per route, not per target: a copy at the backup must not deliver while
+        # another copy's call to the primary is in flight
+        route_key = "route:" + idempotency_key(event.eventId, state.chain[0])
         while state.index < len(state.chain):
             spec = state.target
             target = spec.target()
@@ -184,36 +245,63 @@ class Dispatcher:
 
             found = await self._recorded(state, event)
             if found is not None:
+                index, existing = found
+                found_key = idempotency_key(event.eventId, state.chain[index])
+                owner = lease_owner()
+                if not existing.published:  # reported by a live copy right now, or by nobody yet
+                    claim = await self.ledger.claim(route_key, owner, LEASE_TTL_S)
+                    if not claim.granted:
+                        return await self._wait_for_copy(state, claim.previous, scope, ordered)
+                    if await self._reported_by_gone_copy(event, state.chain[index], existing):
+                        existing = dataclasses.replace(existing, published=True)
+                        await self.ledger.put(found_key, existing)
+                        await self.ledger.release(route_key, owner)
                 await self._release(scope, event, ordered)
-                state.index, existing = found
+                state.index = index
                 known = Delivered(existing.external_id, existing.external_url)
                 if existing.published:
                     if not fresh:  # a retry record replayed after a restart: already reported
                         return Outcomes()
                     return self._finish(state, event, known, duplicate=True)
-                # delivered, but the process stopped before the result was on the broker: this
-                # is the delivery's only report, so it carries the delivery's own outcome
+                # delivered, but the copy that delivered it was gone before its result reached
+                # the broker: this is the delivery's only report, so it carries its own outcome
                 outcomes = self._finish(state, event, known)
-                outcomes.unpublished.append((idempotency_key(event.eventId, state.target), existing))
+                outcomes.unpublished.append((found_key, existing))
+                outcomes.leases.append((route_key, owner))
                 if state.index > 0 and state.sync_back:
                     outcomes.retries.append(self._sync_back(state))
                 return outcomes
 
             breaker = self.breakers[spec.integration_id]
             limiter = adapter.current_limiter()
+            policy = self.policy(spec.integration_id)
             if limiter is not None and breaker.state is BreakerState.CLOSED:
                 if limiter.paused_for > PARK_THRESHOLD_S:
                     return await self._defer(state, "park", time.time() + limiter.paused_for, scope, ordered)
-                if fresh and limiter.expected_latency > BACKLOG_WAIT_S:
+                budget = policy.handoff_budget
+                if fresh and (limiter.expected_latency > budget or not limiter.serves_within(budget)):
                     return await self._defer(state, "backlog", time.time(), scope, ordered)
 
+            key_of_target = idempotency_key(event.eventId, spec)
+            owner = lease_owner()
+            claim = await self.ledger.claim(route_key, owner, LEASE_TTL_S)
+            if not claim.granted:
+                return await self._wait_for_copy(state, claim.previous, scope, ordered)
+            if claim.previous is not None and await self._recorded(state, event) is not None:
+                await self.ledger.release(route_key, owner)  # another copy finished meanwhile
+                continue
+
             state.attempt += 1
-            ctx = DeliveryContext(
-                idempotency_key(event.eventId, spec), state.attempt, spec.integration_id, target.overrides
-            )
+            ctx = DeliveryContext(key_of_target, state.attempt, spec.integration_id, target.overrides)
             delivered: Delivered | None = None
-            error: DeliveryError | None
-            if breaker.allow():
+            error: DeliveryError | None = None
+            if claim.abandoned:
+                # the copy that held this delivery is gone: its vendor call may have created the
+                # record, so look before creating (where the vendor can tell)
+                delivered = await self._look_up(adapter, target, event, ctx)
+            if delivered is not None:
+                pass
+            elif breaker.allow():
                 delivered, error = await self._attempt(adapter, breaker, target, event, ctx)
             else:  # fail fast: straight to the fallback, or an attempt of the budget spent waiting
                 error = CircuitOpenError(f"circuit open for {spec.integration_id}", code="circuit_open")
@@ -224,14 +312,19 @@ class Dispatcher:
             )
             if error is None:
                 assert delivered is not None
-                return await self._succeed(state, event, spec, ctx, delivered, scope, ordered)
+                outcomes = await self._succeed(state, event, spec, ctx, delivered, scope, ordered)
+                outcomes.leases.append((route_key, owner))
+                return outcomes
 
-            policy = self.policy(spec.integration_id)
-            if isinstance(error, QuotaExhaustedError):
-                state.attempt -= 1  # a spent quota is not the record's fault
+            if isinstance(error, QuotaExhaustedError) or (
+                isinstance(error, RateLimitedError) and (error.retry_after or 0.0) > PARK_THRESHOLD_S
+            ):
+                state.attempt -= 1  # a spent quota, or a vendor's long block, is not the record's fault
+                await self.ledger.release(route_key, owner)
                 wait = error.retry_after or policy.park_after
                 return await self._defer(state, "park", time.time() + wait, scope, ordered)
             if error.retriable and not policy.exhausted(state.attempt):
+                await self.ledger.release(route_key, owner)
                 delay = policy.delay(state.attempt, error.retry_after)
                 return await self._defer(state, "retry", time.time() + delay, scope, ordered)
             if error.retriable and not isinstance(error, CircuitOpenError):
@@ -240,7 +333,10 @@ class Dispatcher:
                 if found_late is not None:
                     delivered, error = found_late, None
                     state.history.append(AttemptRecord(integration=spec.integration_id, at=time.time()))
-                    return await self._succeed(state, event, spec, ctx, delivered, scope, ordered)
+                    outcomes = await self._succeed(state, event, spec, ctx, delivered, scope, ordered)
+                    outcomes.leases.append((route_key, owner))
+                    return outcomes
+            await self.ledger.release(route_key, owner)
             await self._release(scope, event, ordered)
             self._note(state, error)
             if state.kind == "sync_back":
@@ -299,11 +395,29 @@ class Dispatcher:
         return None
 
     async def confirm(self, outcomes: Outcomes) -> None:
-        """Once the results are acknowledged: mark their deliveries' ledger entries published.
+        """Once the results are acknowledged: mark their deliveries' ledger entries published,
+        then drop the claims (a waiting copy now finds a published entry: ``duplicate``).
 
         A crash before this reports those deliveries again on redelivery (at least once)."""
         for key, entry in outcomes.unpublished:
             await self.ledger.put(key, dataclasses.replace(entry, published=True))
+        for key, owner in outcomes.leases:
+            await self.ledger.release(key, owner)
+
+    async def _reported_by_gone_copy(self, event: ClassifiedMessage, spec: TargetSpec, entry: LedgerEntry) -> bool:
+        """The copy that delivered this is gone: did its result reach the broker before it went
+        (it died between the broker's ack and the ledger's note of it)?"""
+        if self.published is None:
+            return False
+        return await self.published(event.eventId, spec.integration_id, spec.object_type, entry.at - 1.0)
+
+    async def _wait_for_copy(self, state: RetryRecord, holder: Lease | None, scope: str, ordered: bool) -> Outcomes:
+        """Another live copy holds this delivery: look again once it is done (its lease ends, or
+        after a short poll), without spending an attempt and without calling the vendor."""
+        due = time.time() + LEASE_POLL_S
+        if holder is not None:
+            due = min(due, holder.until + 0.1)
+        return await self._defer(state, "backlog", due, scope, ordered)
 
     async def _attempt(
         self,
@@ -315,6 +429,23 @@ class Dispatcher:
     ) -> tuple[Delivered | None, DeliveryError | None]:
         started = time.perf_counter()
         labels = (target.integration_id, target.integration_type)
+        with waits_measured() as waited:
+            try:
+                return await self._call(adapter, breaker, target, event, ctx, labels)
+            finally:
+                wait = sum(waited)
+                metrics.RATE_LIMIT_WAIT.labels(*labels).observe(wait)
+                metrics.DELIVERY_LATENCY.labels(*labels).observe(max(0.0, time.perf_counter() - started - wait))
+
+    @staticmethod
+    async def _call(
+        adapter: Adapter,
+        breaker: CircuitBreaker,
+        target: Target,
+        event: ClassifiedMessage,
+        ctx: DeliveryContext,
+        labels: tuple[str, str],
+    ) -> tuple[Delivered | None, DeliveryError | None]:
         try:
             try:
                 delivered = await adapter.create(event, target.object_type, ctx)
@@ -328,8 +459,6 @@ class Dispatcher:
             if exc.retriable:
                 breaker.failure()
             return None, exc
-        finally:
-            metrics.DELIVERY_LATENCY.labels(*labels).observe(time.perf_counter() - started)
         breaker.success()
         metrics.DELIVERIES.labels(*labels, "ok").inc()
         return delivered, None
@@ -353,7 +482,7 @@ class Dispatcher:
         state.due = due
         if ordered:
             await self.ledger.barrier_hold(scope, state.event_id, due)
-        metrics.RETRIES_SCHEDULED.labels(state.target.integration_id).inc()
+        metrics.RETRIES_SCHEDULED.labels(state.target.integration_id, _REASONS[kind]).inc()
         return Outcomes(retries=[state])
 
     async def _release(self, scope: str, event: ClassifiedMessage, ordered: bool) -> None:
@@ -388,6 +517,7 @@ class Dispatcher:
         delivered: Delivered | None = None,
         error: dict[str, str] | None = None,
         reason: str | None = None,
+        detail: Mapping[str, Any] | None = None,
     ) -> SyncResult:
         return SyncResult(
             eventId=event.eventId,
@@ -405,6 +535,7 @@ class Dispatcher:
             error=ResultError.model_validate(error) if error else None,
             reason=reason,
             fallbackFrom=state.chain[0].integration_id if status == "fallback" else None,
+            detail=_bounded(detail) if detail else None,
             source=ResultSource(topic=state.source_topic, partition=state.source_partition, offset=state.source_offset),
             completedAt=datetime.now(UTC),
         )
@@ -429,6 +560,7 @@ class Dispatcher:
             delivered,
             error=state.first_error if status == "fallback" else None,
             reason=reason,
+            detail=delivered.detail,
         )
         return Outcomes(results=[result])
 

@@ -16,6 +16,7 @@ import contextlib
 import functools
 import sqlite3
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,9 @@ T = TypeVar("T")
 log = structlog.get_logger("octopus.ledger")
 
 __all__ = [
+    "PROCESS",
+    "Claim",
+    "Lease",
     "Ledger",
     "LedgerEntry",
     "MemoryLedger",
@@ -62,10 +66,61 @@ class Waiting:
     since: float
 
 
+# This process's part of every lease owner: a single-replica store (memory, SQLite) knows that a
+# lease of another process was left by a process that is gone.
+PROCESS = uuid.uuid4().hex[:12]
+
+
+def lease_owner() -> str:
+    """A fresh owner id: one per copy of a delivery, so two copies in one process are told apart."""
+    return f"{PROCESS}/{uuid.uuid4().hex[:12]}"
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A copy of a delivery holds ``key`` from before the vendor call until its result is on the
+    broker (or it gave up); ``until`` is epoch seconds."""
+
+    owner: str
+    until: float
+
+
+@dataclass(frozen=True)
+class Claim:
+    """The answer to :meth:`Ledger.claim`: granted or not, and the lease found there before.
+
+    Granted over a previous lease means another copy came first: one that finished (its lease
+    ended, see :attr:`abandoned`) — look at the ledger again — or one that is gone (expired, or
+    its process died): its vendor call may or may not have happened, so it is resolved like an
+    ambiguous create."""
+
+    granted: bool
+    previous: Lease | None = None
+
+    @property
+    def abandoned(self) -> bool:
+        """Granted over a lease its holder never ended."""
+        return self.granted and self.previous is not None and self.previous.until > 0
+
+
+def _decide(previous: Lease | None, owner: str, now: float, single_replica: bool) -> bool:
+    if previous is None or previous.owner == owner or previous.until < now:
+        return True
+    return single_replica and not previous.owner.startswith(PROCESS + "/")
+
+
 class Ledger(Protocol):
     async def get(self, key: str) -> LedgerEntry | None: ...
 
     async def put(self, key: str, entry: LedgerEntry) -> None: ...
+
+    async def claim(self, key: str, owner: str, ttl: float) -> Claim:
+        """Take the delivery of ``key`` for ``owner`` for ``ttl`` seconds, atomically, unless
+        another owner holds a live lease on it."""
+
+    async def release(self, key: str, owner: str) -> None:
+        """End ``owner``'s lease on ``key`` (no-op when it holds none). The lease stays, ended
+        (``until`` 0), so that the next claim learns a copy came before it and looks again."""
 
     async def barrier_head(self, scope: str) -> Waiting | None:
         """The first event still waiting in ``scope`` (None: nothing waits)."""
@@ -134,12 +189,26 @@ class MemoryLedger(_MemoryBarriers):
     def __init__(self) -> None:
         super().__init__()
         self.entries: dict[str, LedgerEntry] = {}
+        self.leases: dict[str, Lease] = {}
 
     async def get(self, key: str) -> LedgerEntry | None:
         return self.entries.get(key)
 
     async def put(self, key: str, entry: LedgerEntry) -> None:
         self.entries[key] = entry
+
+    async def claim(self, key: str, owner: str, ttl: float) -> Claim:
+        now = time.time()
+        previous = self.leases.get(key)
+        if not _decide(previous, owner, now, single_replica=True):
+            return Claim(False, previous)
+        self.leases[key] = Lease(owner, now + ttl)
+        return Claim(True, None if previous is None or previous.owner == owner else previous)
+
+    async def release(self, key: str, owner: str) -> None:
+        lease = self.leases.get(key)
+        if lease is not None and lease.owner == owner:
+            self.leases[key] = Lease(owner, 0.0)
 
     async def close(self) -> None:
         return None
@@ -166,6 +235,9 @@ class SqliteLedger(_MemoryBarriers):
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS ledger (key TEXT PRIMARY KEY, entry BLOB NOT NULL, at REAL NOT NULL)"
         )
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS leases (key TEXT PRIMARY KEY, owner TEXT NOT NULL, until REAL NOT NULL)"
+        )
         self._queue: list[tuple[str, tuple[Any, ...], asyncio.Future[Any]]] = []
         self._worker: asyncio.Task[None] | None = None
 
@@ -178,6 +250,27 @@ class SqliteLedger(_MemoryBarriers):
             "INSERT OR REPLACE INTO ledger (key, entry, at) VALUES (?, ?, ?)", (key, _dump(entry), entry.at)
         )
 
+    async def claim(self, key: str, owner: str, ttl: float) -> Claim:
+        """The read and the conditional write run next to each other in one batch (one worker
+        thread, one transaction), so no other claim comes between them."""
+        now = time.time()
+        read = self._call("SELECT owner, until FROM leases WHERE key = ?", (key,))
+        write = self._call(
+            "INSERT INTO leases (key, owner, until) VALUES (?, ?, ?) ON CONFLICT(key) DO UPDATE"
+            " SET owner = excluded.owner, until = excluded.until"
+            " WHERE leases.owner = excluded.owner OR leases.until < ? OR substr(leases.owner, 1, ?) != ?",
+            (key, owner, now + ttl, now, len(PROCESS) + 1, PROCESS + "/"),
+        )
+        row = await read
+        await write
+        previous = Lease(row[0], row[1]) if row else None
+        if not _decide(previous, owner, now, single_replica=True):
+            return Claim(False, previous)
+        return Claim(True, None if previous is None or previous.owner == owner else previous)
+
+    async def release(self, key: str, owner: str) -> None:
+        await self._call("UPDATE leases SET until = 0 WHERE key = ? AND owner = ?", (key, owner))
+
     def _call(self, sql: str, params: tuple[Any, ...]) -> asyncio.Future[Any]:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._queue.append((sql, params, future))
@@ -188,7 +281,7 @@ class SqliteLedger(_MemoryBarriers):
     async def _drain(self) -> None:
         while self._queue:
             batch, self._queue = self._queue, []
-            what = "put" if any(sql.startswith("INSERT") for sql, _, _ in batch) else "get"
+            what = "put" if any(sql.startswith(("INSERT", "UPDATE")) for sql, _, _ in batch) else "get"
             try:
                 rows = await _until_ok(functools.partial(asyncio.to_thread, self._run, batch), what)
             except Exception as exc:  # noqa: BLE001 - not an outage (retried above): handed to the callers
@@ -265,6 +358,9 @@ class RedisLedger:
         self._redis = redis.from_url(url)
         self._prefix = prefix + "ledger:"
         self._barriers = prefix + "barrier:"
+        self._leases = prefix + "lease:"
+        self._claim = self._redis.register_script(_CLAIM_LUA)
+        self._release_lease = self._redis.register_script(_RELEASE_LUA)
         self._ttl = ttl
         self._stale_after = stale_after
 
@@ -316,8 +412,54 @@ class RedisLedger:
     async def put(self, key: str, entry: LedgerEntry) -> None:
         await _until_ok(lambda: self._redis.set(self._prefix + key, _dump(entry), ex=self._ttl), "put")
 
+    async def claim(self, key: str, owner: str, ttl: float) -> Claim:
+        now = time.time()
+        granted, raw = await _until_ok(
+            lambda: self._claim(
+                keys=[self._leases + key], args=[owner, repr(now + ttl), repr(now), int(LEASE_KEEP_S * 1000)]
+            ),
+            "claim",
+        )
+        previous = None
+        if raw:
+            until, _, holder = (raw.decode() if isinstance(raw, bytes) else raw).partition("|")
+            previous = Lease(holder, float(until))
+        if not granted:
+            return Claim(False, previous)
+        return Claim(True, None if previous is None or previous.owner == owner else previous)
+
+    async def release(self, key: str, owner: str) -> None:
+        await _until_ok(lambda: self._release_lease(keys=[self._leases + key], args=[owner]), "release")
+
     async def close(self) -> None:
         await self._redis.aclose()
+
+
+# A lease key outlives its lease: a copy that finds an expired one knows a vendor call may have
+# happened (and looks before creating), where a vanished key would look like a fresh delivery.
+LEASE_KEEP_S = 86400.0
+
+# KEYS[1] lease; ARGV owner, until, now, keep_ms. Value "until|owner". → {granted, previous or ""}
+_CLAIM_LUA = """
+local current = redis.call('GET', KEYS[1])
+if current then
+  local sep = string.find(current, '|', 1, true)
+  local untilv = tonumber(string.sub(current, 1, sep - 1))
+  local holder = string.sub(current, sep + 1)
+  if holder ~= ARGV[1] and untilv >= tonumber(ARGV[3]) then
+    return {0, current}
+  end
+end
+redis.call('SET', KEYS[1], ARGV[2] .. '|' .. ARGV[1], 'PX', ARGV[4])
+return {1, current or ''}
+"""
+_RELEASE_LUA = """
+local current = redis.call('GET', KEYS[1])
+if current and string.sub(current, string.find(current, '|', 1, true) + 1) == ARGV[1] then
+  redis.call('SET', KEYS[1], '0|' .. ARGV[1], 'KEEPTTL')
+end
+return 0
+"""
 
 
 def open_ledger(url: str) -> Ledger:

@@ -22,6 +22,7 @@ __all__ = [
     "OUTCOMES",
     "PAUSED",
     "PRODUCE_ERRORS",
+    "RATE_LIMIT_WAIT",
     "REGISTRY",
     "RETRIES_SCHEDULED",
 ]
@@ -53,7 +54,15 @@ DELIVERIES = Counter(
 )
 DELIVERY_LATENCY = Histogram(
     "octopus_crm_delivery_duration_seconds",
-    "Duration of one delivery attempt to a target.",
+    "Duration of one delivery attempt to a target, our own rate-limit wait excluded (that is "
+    "octopus_crm_delivery_rate_limit_wait_seconds).",
+    ["integration", "type"],
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+RATE_LIMIT_WAIT = Histogram(
+    "octopus_crm_delivery_rate_limit_wait_seconds",
+    "Time one delivery attempt waited for its turn in the integration's own limiter (pace, pause, slot).",
     ["integration", "type"],
     buckets=_LATENCY_BUCKETS,
     registry=REGISTRY,
@@ -89,8 +98,10 @@ PRODUCE_ERRORS = Counter(
 )
 RETRIES_SCHEDULED = Counter(
     "octopus_crm_retries_scheduled_total",
-    "Deliveries scheduled for a later retry.",
-    ["integration"],
+    "Deliveries handed to the retry topic, by reason: retry (a failed attempt), backlog (the "
+    "integration could not take it within the hand-off budget, or another copy holds it), parked "
+    "(a long pause or quota), barrier (behind an earlier event of its key), sync_back.",
+    ["integration", "reason"],
     registry=REGISTRY,
 )
 LEDGER_ERRORS = Counter(

@@ -1,21 +1,23 @@
 """Processing of one inbound record: decode, route, deliver, report.
 
 Bad input never raises: it becomes a dead-letter record with the original bytes and a reason.
-When this coroutine returns, every result or the dead letter of the record is on the broker, so
-its offset may be committed.
+Each target's result is published as soon as that target is final (a slow sibling does not hold
+it back); when this coroutine returns, every result or the dead letter of the record is on the
+broker, so its offset may be committed.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 import orjson
 import structlog
 from pydantic import ValidationError
 
 from daemon import metrics
-from daemon.contracts import SUPPORTED_SCHEMA_VERSIONS, ClassifiedMessage
+from daemon.contracts import SUPPORTED_SCHEMA_VERSIONS, ClassifiedMessage, SyncResult
 from daemon.dispatch import Dispatcher, Outcomes
 from daemon.records import InboundRecord
 from daemon.reporting import Reporter
@@ -98,41 +100,49 @@ class Processor:
             log.warning("dead-lettered", error_class=bad.error_class, reason=bad.reason)
             return
         structlog.contextvars.bind_contextvars(eventId=event.eventId, tenantId=event.tenantId)
+
+        async def publish(route: Outcomes) -> None:
+            await report(self.reporter, route)
+            await self.dispatcher.confirm(route)
+
         try:
             plan = self.planner(event)
-            outcomes = await self.dispatcher.run(plan, event, record)
+            outcomes = await self.dispatcher.run(plan, event, record, on_route=publish)
         except Exception as exc:  # a bug, not bad input: keep the record, never stall the partition
             log.exception("processing failed", error=type(exc).__name__)
             await self.reporter.dead_letter(record, "internal_error", f"{type(exc).__name__}: {exc}"[:1000])
             return
-        await report(self.reporter, outcomes)
-        await self.dispatcher.confirm(outcomes)
         metrics.EVENT_LATENCY.observe(time.monotonic() - started)
         log_outcomes("event processed", plan.strategy, outcomes, started)
 
 
 async def report(reporter: Reporter, outcomes: Outcomes) -> None:
-    """Publish everything one pass produced; returns once the broker has acknowledged it all."""
+    """Publish everything one pass produced; returns once the broker has acknowledged it all.
+
+    Each result is a target's final outcome, published once wherever it was decided (the input
+    or the retry topic); the canonical line of that pass logs it, once."""
     await reporter.schedule(outcomes.retries)
     for dead in outcomes.dead_letters:
         await reporter.dead_letter(dead.record, "delivery_failed", dead.reason, dead.headers)
     await reporter.publish(outcomes.results)
 
 
+def _outcome(r: SyncResult) -> dict[str, Any]:
+    return {
+        "integration": r.integrationId,
+        "object": r.objectType,
+        "status": r.status,
+        **({"externalId": r.externalId} if r.externalId else {}),
+        **({"error": r.error.code} if r.error else {}),
+        **({"detail": r.detail} if r.detail else {}),
+    }
+
+
 def log_outcomes(message: str, strategy: str, outcomes: Outcomes, started: float) -> None:
     log.info(
         message,
         strategy=strategy,
-        outcomes=[
-            {
-                "integration": r.integrationId,
-                "object": r.objectType,
-                "status": r.status,
-                **({"externalId": r.externalId} if r.externalId else {}),
-                **({"error": r.error.code} if r.error else {}),
-            }
-            for r in outcomes.results
-        ],
+        outcomes=[_outcome(r) for r in outcomes.results],
         scheduled=[
             {
                 "integration": r.target.integration_id,

@@ -25,6 +25,13 @@ class RetryPolicy(BaseModel):
         alias="parkAfter",
         description="A requested delay longer than this parks the integration instead of retrying.",
     )
+    handoff_budget: float = Field(
+        default=1.0,
+        ge=0,
+        alias="handoffBudget",
+        description="A fresh delivery the integration cannot start within this many seconds (its pace, "
+        "a pause, busy slots) goes to the retry topic instead of holding back its event's other targets.",
+    )
 
     def delay(self, attempt: int, requested: float | None = None, rng: random.Random | None = None) -> float:
         """Seconds to wait before attempt ``attempt + 1`` (``attempt`` counts from 1)."""

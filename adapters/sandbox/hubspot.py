@@ -23,6 +23,7 @@ import itertools
 import re
 import uuid
 from typing import Any, ClassVar
+from zoneinfo import ZoneInfo
 
 import orjson
 from aiohttp import web
@@ -86,6 +87,7 @@ class HubSpotFake(FakeVendor):
         pipelines: dict[str, tuple[str, ...]] | None = None,
         portal_id: int = 20260101,
         daily_limit: int = 250_000,
+        time_zone: str = "Asia/Shanghai",
         rate_limit: tuple[int, float] | None = (100, 10.0),
         **kw: Any,
     ) -> None:
@@ -101,6 +103,7 @@ class HubSpotFake(FakeVendor):
         self.pipelines = dict(pipelines if pipelines is not None else DEFAULT_PIPELINES)
         self.portal_id = portal_id
         self.daily_limit = daily_limit
+        self.time_zone = time_zone
         self.daily_used = 0
         self.rejected: list[tuple[int, str]] = []
         self.issued: set[str] = set()  # OAuth tokens ever issued: expired ones say so
@@ -232,15 +235,18 @@ class HubSpotFake(FakeVendor):
         oauth, error = self._auth(request)
         if error is not None:
             return error
+        offset = dt.datetime.now(ZoneInfo(self.time_zone)).utcoffset() or dt.timedelta()
+        offset_ms = int(offset.total_seconds() * 1000)
         return web.json_response(
             {
                 "portalId": self.portal_id,
                 "accountType": "STANDARD",
-                "timeZone": "Asia/Shanghai",
+                "timeZone": self.time_zone,
                 "companyCurrency": "CNY",
                 "additionalCurrencies": [],
-                "utcOffset": "+08:00",
-                "utcOffsetMilliseconds": 28_800_000,
+                "utcOffset": f"{'-' if offset_ms < 0 else '+'}{abs(offset_ms) // 3_600_000:02d}:"
+                f"{abs(offset_ms) // 60_000 % 60:02d}",
+                "utcOffsetMilliseconds": offset_ms,
                 "uiDomain": "app.hubspot.com",
                 "dataHostingLocation": "na1",
             },

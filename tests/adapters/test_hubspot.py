@@ -109,8 +109,8 @@ async def test_seed_ticket_uses_pipeline_ids_and_priority_map(fake: HubSpotFake,
     assert len(account_calls) == 1  # the portal id is looked up once
 
 
-async def test_configured_portal_needs_no_lookup(fake: HubSpotFake) -> None:
-    hs = make_adapter(fake, endpoints={"portalId": 42, "uiDomain": "app-eu1.hubspot.com"})
+async def test_configured_portal_and_zone_need_no_lookup(fake: HubSpotFake) -> None:
+    hs = make_adapter(fake, endpoints={"portalId": 42, "uiDomain": "app-eu1.hubspot.com", "timeZone": "Europe/Berlin"})
     try:
         delivered = await hs.create(event_of("客户投诉"), "ticket", CTX)
     finally:
@@ -382,10 +382,27 @@ async def test_daily_limit_is_a_quota_until_midnight() -> None:
     assert abs((info.value.retry_after or 0) - seconds_until_midnight("Asia/Shanghai")) < 5
 
 
+async def test_daily_limit_resets_at_the_accounts_midnight_even_with_portal_configured() -> None:
+    """The README tells users to set ``portalId``; the zone is learnt from the account anyway."""
+    fake = HubSpotFake(daily_limit=3, time_zone="America/Los_Angeles")
+    async with SandboxServer(fake):
+        hs = make_adapter(fake, endpoints={"portalId": 1})
+        try:
+            await hs.create(event_of("客户投诉"), "ticket", CTX)  # + the account lookup, once
+            await hs.create(event_of("客户投诉"), "ticket", CTX)
+            with pytest.raises(QuotaExhaustedError) as info:
+                await hs.create(event_of("客户投诉"), "ticket", CTX)
+        finally:
+            await hs.aclose()
+    assert len([r for r in fake.requests if r.path == "/account-info/v3/details"]) == 1
+    assert abs((info.value.retry_after or 0) - seconds_until_midnight("America/Los_Angeles")) < 5
+    assert abs((info.value.retry_after or 0) - seconds_until_midnight(None)) > 3000  # not UTC's
+
+
 async def test_secondly_window_429_is_rate_limited() -> None:
     fake = HubSpotFake(rate_limit=(2, 0.2))
     async with SandboxServer(fake):
-        hs = make_adapter(fake, endpoints={"portalId": 1})
+        hs = make_adapter(fake, endpoints={"portalId": 1, "timeZone": "UTC"})
         try:
             await hs.create(event_of("客户投诉"), "ticket", CTX)
             await hs.create(event_of("客户投诉"), "ticket", CTX)

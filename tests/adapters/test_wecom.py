@@ -24,7 +24,7 @@ from adapters.errors import (
 )
 from adapters.sandbox.kit import Fault
 from adapters.sandbox.wecom import WeComFake
-from adapters.wecom import MESSAGE_RATE, WeComAdapter
+from adapters.wecom import MESSAGE_RATE, RateLimitBlocks, WeComAdapter
 from daemon.contracts import ClassifiedMessage
 from tests.adapters.seed import resolved, serving
 
@@ -199,8 +199,10 @@ async def test_errcode_in_http_200_maps_to_error_type(
             await adapter.create(EVENTS[0], "oa_approval", ctx(EVENTS[0]))
     assert type(info.value) is error_type
     assert errmsg in info.value.message and info.value.code == f"errcode_{errcode}"
-    if error_type is RateLimitedError:
+    if errcode == 45009:
         assert info.value.retry_after == 60.0  # WeCom blocks for a minute
+    if errcode == 45033:
+        assert info.value.retry_after == 2.0  # too many calls at once: clears within seconds
 
 
 async def test_vendor_validation_errors_keep_wecom_message() -> None:
@@ -265,3 +267,27 @@ def test_config_errors_name_the_key() -> None:
         seed_adapter(fake, mappings={"message": MESSAGE_MAPPING}, credentials=credentials)
     with pytest.raises(ConfigError, match="no object type"):
         seed_adapter(fake, mappings={"lead": {"a": "b"}})
+
+
+async def test_a_limit_answered_again_after_the_minute_block_is_the_hourly_one() -> None:
+    """FACTS: blocks last 60 s (minute limits) / 60 min (hour limits); 45009 does not say which."""
+    fake = WeComFake()
+    now = [1000.0]
+    async with running(fake) as adapter:
+        adapter.blocks.clock = lambda: now[0]
+        answers = []
+        for at in (0.0, 5.0, 61.0, 200.0 + 3600):
+            now[0] = 1000.0 + at
+            adapter.http.limiter._pause.until = 0.0  # type: ignore[union-attr]  # time passes on the fake clock only
+            fake.inject(Fault(200, {"errcode": 45009, "errmsg": "api freq out of limit"}, path_contains="/oa/"))
+            with pytest.raises(RateLimitedError) as info:
+                await adapter.create(EVENTS[0], "oa_approval", ctx(EVENTS[0]))
+            answers.append(info.value.retry_after)
+    # the block's first answer, a call sent during it, the hourly limit, a fresh block an hour later
+    assert answers == [60.0, 55.0, 3600.0 - 61.0, 60.0]
+
+
+def test_an_hourly_hint_in_the_message_or_minute_quota_code() -> None:
+    blocks = RateLimitBlocks(clock=lambda: 0.0)
+    assert blocks.pause(45009, "api freq out of limit, hour limit") == 3600.0
+    assert RateLimitBlocks(clock=lambda: 0.0).pause(45011, "api minute-quota out of limit") == 60.0

@@ -14,7 +14,17 @@ import pytest
 
 from adapters.sandbox.kit import SandboxServer
 from adapters.sandbox.webhook import WebhookFake
-from daemon.ledger import Ledger, LedgerEntry, MemoryLedger, RedisLedger, SqliteLedger, open_ledger
+from daemon.ledger import (
+    Claim,
+    Lease,
+    Ledger,
+    LedgerEntry,
+    MemoryLedger,
+    RedisLedger,
+    SqliteLedger,
+    lease_owner,
+    open_ledger,
+)
 from tests.events import keyed, make_event, webhook_config
 from tests.process import DaemonProcess
 
@@ -104,3 +114,40 @@ async def test_two_replicas_sharing_redis_never_create_twice(
     second = [orjson.loads(r.value) for r in results[100:]]
     assert len(second) == 100 and {r["status"] for r in second} == {"duplicate"}
     assert len(hook.deliveries) == 100
+
+
+async def test_claims_admit_one_copy_until_released_or_expired(ledger: Ledger) -> None:
+    first, second = lease_owner(), lease_owner()
+    granted = await ledger.claim("e1:crm:lead", first, 30)
+    assert granted == Claim(True, None)
+    refused = await ledger.claim("e1:crm:lead", second, 30)
+    assert not refused.granted and refused.previous is not None and refused.previous.owner == first
+    assert (await ledger.claim("e1:crm:lead", first, 30)).granted  # the holder may renew
+    await ledger.release("e1:crm:lead", second)  # not the holder: no effect
+    assert not (await ledger.claim("e1:crm:lead", second, 30)).granted
+    await ledger.release("e1:crm:lead", first)
+    after = await ledger.claim("e1:crm:lead", second, 30)  # granted, and told a copy came first
+    assert after.granted and after.previous == Lease(first, 0.0) and not after.abandoned
+
+    # a lease that ran out was left by a copy that is gone: taken over, and said so
+    await ledger.claim("e2:crm:lead", first, 0.05)
+    await asyncio.sleep(0.1)
+    taken = await ledger.claim("e2:crm:lead", second, 30)
+    assert taken.abandoned and taken.previous is not None and taken.previous.owner == first
+
+
+async def test_concurrent_claims_grant_exactly_one(ledger: Ledger) -> None:
+    owners = [lease_owner() for _ in range(20)]
+    claims = await asyncio.gather(*(ledger.claim("e3:crm:lead", owner, 30) for owner in owners))
+    assert sum(c.granted for c in claims) == 1
+
+
+async def test_single_replica_store_knows_a_lease_of_another_process_is_dead(tmp_path: Path) -> None:
+    """SQLite serves one replica: after a SIGKILL, the restarted process need not wait out the
+    leases its predecessor left (they are resolved by a lookup instead)."""
+    path = str(tmp_path / "ledger.sqlite3")
+    store = SqliteLedger(path)
+    await store.claim("e4:crm:lead", "deadbeef0000/1", 3600)  # another process's owner id
+    claim = await store.claim("e4:crm:lead", lease_owner(), 30)
+    await store.close()
+    assert claim.granted and claim.previous is not None and claim.previous.owner == "deadbeef0000/1"

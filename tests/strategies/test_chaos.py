@@ -30,6 +30,10 @@ async def test_two_sigkills_under_a_flaky_primary_lose_and_double_nothing(broker
     # nothing doubled: each (event, target) at most once in the fakes, and no stray records
     assert report["pairs_with_more_than_one_record"] == 0, printed
     assert report["records_of_no_produced_event"] == 0, printed
+    # the claim: no (event, target) reported as delivered twice, and no vendor call repeated across
+    # a SIGKILL or by two copies racing (only lost responses make a second call)
+    assert report["pairs_with_two_success_results"] == 0, printed
+    assert report["duplicate_vendor_calls_crash_or_race"] == 0, printed
     assert report["records_primary"] + report["records_backup"] >= 500, printed
     # the chaos really happened: faults on the primary, lost responses absorbed by its upsert
     assert report["faults_primary"].get("fail", 0) > 0, printed
