@@ -22,6 +22,7 @@ from daemon.broker import create_topics
 from daemon.config import CrmConfig, build_adapter, load_config
 from daemon.consumer import ConsumerLoop, Health
 from daemon.dispatch import Dispatcher
+from daemon.fleet import FleetSync, open_fleet
 from daemon.ledger import Ledger, open_ledger
 from daemon.processing import Processor
 from daemon.reporting import Reporter
@@ -108,6 +109,11 @@ class Daemon:
             adapters = self._adapters
             if adapters is None:
                 adapters = {i.id: build_adapter(i) for i in self.config.enabled}
+            fleet = open_fleet(s)
+            if fleet is not None:
+                stack.push_async_callback(fleet.close)
+                for adapter in adapters.values():
+                    adapter.fleet = adapter.fleet or fleet
             for adapter in adapters.values():
                 await adapter.start()
                 stack.push_async_callback(adapter.aclose)
@@ -126,7 +132,9 @@ class Daemon:
             reporter = Reporter(
                 producer, results_topic=s.results_topic, dlq_topic=s.dlq_topic, retry_topic=s.retry_topic
             )
-            dispatcher = Dispatcher(self.config, adapters, ledger)
+            dispatcher = Dispatcher(self.config, adapters, ledger, fleet)
+            fleet_sync = asyncio.create_task(FleetSync(adapters, dispatcher.breakers, fleet).run())
+            stack.callback(fleet_sync.cancel)
             processor = Processor(
                 planner=lambda event: plan(self.config, event),
                 dispatcher=dispatcher,

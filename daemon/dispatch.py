@@ -36,6 +36,7 @@ from adapters.errors import (
     QuotaExhaustedError,
     RetryableError,
 )
+from adapters.fleet import FleetStore
 from daemon import metrics
 from daemon.config import CrmConfig
 from daemon.contracts import ClassifiedMessage, ResultError, ResultSource, SyncResult, SyncStatus
@@ -90,15 +91,23 @@ class Outcomes:
         self.unpublished += other.unpublished
 
 
-def _breaker(integration_id: str, policy: BreakerPolicy | None) -> CircuitBreaker:
-    """A breaker whose state is exported as ``octopus_crm_circuit_state{integration}``."""
+def _breaker(integration_id: str, policy: BreakerPolicy | None, fleet: FleetStore | None = None) -> CircuitBreaker:
+    """A breaker whose state is exported as ``octopus_crm_circuit_state{integration}`` and, with a
+    fleet store, written for every replica (an opening) or cleared (a successful probe)."""
     gauge = metrics.BREAKER_STATE.labels(integration_id)
     gauge.set(0)
 
     def export(state: BreakerState) -> None:
         gauge.set(int(state))
+        if fleet is None:
+            return
+        if state is BreakerState.OPEN:
+            fleet.in_background(fleet.open_circuit(integration_id, breaker.retry_in))
+        elif state is BreakerState.CLOSED:
+            fleet.in_background(fleet.close_circuit(integration_id))
 
-    return CircuitBreaker(policy, on_change=export)
+    breaker = CircuitBreaker(policy, on_change=export)
+    return breaker
 
 
 def _err(error: DeliveryError) -> dict[str, str]:
@@ -106,12 +115,14 @@ def _err(error: DeliveryError) -> dict[str, str]:
 
 
 class Dispatcher:
-    def __init__(self, config: CrmConfig, adapters: Mapping[str, Adapter], ledger: Ledger) -> None:
+    def __init__(
+        self, config: CrmConfig, adapters: Mapping[str, Adapter], ledger: Ledger, fleet: FleetStore | None = None
+    ) -> None:
         self.config = config
         self.adapters = adapters
         self.ledger = ledger
         self.breakers = {
-            integration_id: _breaker(integration_id, config.integration(integration_id).circuitBreaker)
+            integration_id: _breaker(integration_id, config.integration(integration_id).circuitBreaker, fleet)
             for integration_id in adapters
         }
 

@@ -13,11 +13,14 @@ __all__ = [
     "DELIVERY_LATENCY",
     "DLQ_RECORDS",
     "EVENT_LATENCY",
+    "FLEET_SHARED",
     "IN_FLIGHT",
     "LEDGER_ERRORS",
     "OUTCOMES",
+    "PARKED_UNTIL",
     "PAUSED",
     "PRODUCE_ERRORS",
+    "RATE_LIMIT_TOKENS",
     "REGISTRY",
     "RETRIES_SCHEDULED",
 ]
@@ -90,5 +93,25 @@ BREAKER_STATE = Gauge(
     "octopus_crm_circuit_state",
     "Circuit breaker state per integration: 0 closed, 1 half-open, 2 open.",
     ["integration"],
+    registry=REGISTRY,
+)
+RATE_LIMIT_TOKENS = Gauge(
+    "octopus_crm_rate_limit_tokens",
+    "Requests the integration's vendor limit allows right now, fleet-wide (every replica's view of one "
+    "shared schedule; absent while pacing locally).",
+    ["integration"],
+    registry=REGISTRY,
+)
+PARKED_UNTIL = Gauge(
+    "octopus_crm_parked_until_seconds",
+    "Epoch seconds until which the integration is paused (Retry-After, parked quota), fleet-wide when "
+    "shared; 0 when not paused.",
+    ["integration"],
+    registry=REGISTRY,
+)
+FLEET_SHARED = Gauge(
+    "octopus_crm_fleet_limits_shared",
+    "1 while vendor limits are paced fleet-wide through Redis, 0 while this replica paces locally "
+    "(no fleet Redis configured, or unreachable: limit / expected replicas).",
     registry=REGISTRY,
 )

@@ -81,6 +81,11 @@ class CircuitBreaker:
             self._opened_at = self._clock()
             self._set(BreakerState.OPEN)
 
+    def trip(self, seconds: float) -> None:
+        """Open for ``seconds`` from now: another replica opened this circuit (fleet-wide state)."""
+        self._opened_at = self._clock() - (self.policy.open_seconds - seconds)
+        self._set(BreakerState.OPEN)
+
     def _set(self, state: BreakerState) -> None:
         if state is not self._state:
             self._state = state
