@@ -101,7 +101,7 @@ def _breaker(integration_id: str, policy: BreakerPolicy | None, fleet: FleetStor
         gauge.set(int(state))
         if fleet is None:
             return
-        if state is BreakerState.OPEN:
+        if state is BreakerState.OPEN and not breaker.opened_elsewhere:
             fleet.in_background(fleet.open_circuit(integration_id, breaker.retry_in))
         elif state is BreakerState.CLOSED:
             fleet.in_background(fleet.close_circuit(integration_id))
