@@ -220,15 +220,22 @@ class FleetLimiter(Limiter):
                 while (wait := self.paused_for) > 0:  # noqa: ASYNC110 - a later 429 may extend the pause
                     await asyncio.sleep(wait)
                 answer = await self.store.schedule(self.scope, self.limit, reserve=True)
-                if answer is None:
+                if answer is None:  # Redis unreachable: this replica's share, locally
                     await self._fallback.acquire()
-                    return
+                    if self.paused_for <= 0:
+                        return
+                    continue
                 self._learn(answer)
                 turn_in, paused, _ = answer
                 if paused > 0:
                     continue
-                if turn_in > 0:
-                    await asyncio.sleep(turn_in)
-                return
+                if turn_in <= 0:
+                    return
+                await asyncio.sleep(turn_in)
+                # a replica may have met a 429 while this one waited for its turn: look before
+                # going (the turn is given up if so: the schedule errs on the slow side)
+                await self.refresh()
+                if self.paused_for <= 0:
+                    return
         finally:
             self._waiting -= 1

@@ -109,6 +109,25 @@ async def test_retry_after_learned_by_one_pauses_the_others(store: FleetStore) -
     assert time.monotonic() - started >= 1.0  # it waited out (most of) the shared pause
 
 
+async def test_turns_already_queued_wait_out_a_pause_learned_elsewhere(store: FleetStore) -> None:
+    """Requests queued for later turns of the schedule do not go during another replica's pause."""
+    limit = RateLimit(requests=4, perSeconds=1, headroom=1.0)
+    learner, queued = store.limiter(limit, "crm"), store.limiter(limit, "crm")
+    await queued.pace()  # the first turn: now
+    done: list[float] = []
+
+    async def take() -> None:
+        await queued.pace()
+        done.append(time.monotonic())
+
+    takers = [asyncio.create_task(take()) for _ in range(3)]  # turns at +0.25, +0.5, +0.75 s
+    await asyncio.sleep(0.05)
+    paused_at = time.monotonic()
+    learner.slow_down(2.0)
+    await asyncio.gather(*takers)
+    assert all(t - paused_at >= 1.5 for t in done), [round(t - paused_at, 2) for t in done]
+
+
 async def test_a_longer_pause_is_not_shortened(store: FleetStore) -> None:
     await store.pause("crm", 30)
     await store.pause("crm", 1)
