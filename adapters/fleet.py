@@ -3,7 +3,10 @@
 A vendor's limit belongs to the customer's account, not to our pod count. With a coordination
 Redis (by default the ledger's), every replica paces one integration (or one vendor scope, e.g. a
 HubSpot account) through one GCRA schedule kept in Redis, computed in a Lua script on Redis's
-clock, so N replicas together stay at the configured fraction of the limit whatever N is. A
+clock, so N replicas together stay at the configured fraction of the limit whatever N is. Each
+replica holds at most one reserved turn per scope (its other requests queue locally), so a pause
+or an outage never meets turns handed out long in advance; the price is one Redis round trip per
+request (two when it had to wait), one after the other per scope and replica. A
 ``Retry-After`` or a parked quota is one Redis key with a PX expiry, and an open circuit one hash
 with an expiry: learned by one replica, honoured by all.
 
@@ -192,6 +195,9 @@ class FleetLimiter(Limiter):
         share = limit.rate / store.expected_replicas
         self._fallback = AsyncLimiter(limit.burst, limit.burst / share)
         self._tokens: float | None = None
+        # One turn reserved at a time per replica: the others queue here, not in the shared
+        # schedule, so a pause or an outage never meets a backlog of turns already handed out.
+        self._head: asyncio.Lock | None = None
 
     @property
     def tokens(self) -> float | None:
@@ -214,28 +220,34 @@ class FleetLimiter(Limiter):
             super().slow_down(paused)
 
     async def pace(self) -> None:
+        if self._head is None:
+            self._head = asyncio.Lock()
         self._waiting += 1
         try:
-            while True:
-                while (wait := self.paused_for) > 0:  # noqa: ASYNC110 - a later 429 may extend the pause
-                    await asyncio.sleep(wait)
-                answer = await self.store.schedule(self.scope, self.limit, reserve=True)
-                if answer is None:  # Redis unreachable: this replica's share, locally
-                    await self._fallback.acquire()
-                    if self.paused_for <= 0:
-                        return
-                    continue
-                self._learn(answer)
-                turn_in, paused, _ = answer
-                if paused > 0:
-                    continue
-                if turn_in <= 0:
-                    return
-                await asyncio.sleep(turn_in)
-                # a replica may have met a 429 while this one waited for its turn: look before
-                # going (the turn is given up if so: the schedule errs on the slow side)
-                await self.refresh()
-                if self.paused_for <= 0:
-                    return
+            async with self._head:
+                await self._take_turn()
         finally:
             self._waiting -= 1
+
+    async def _take_turn(self) -> None:
+        while True:
+            while (wait := self.paused_for) > 0:  # noqa: ASYNC110 - a later 429 may extend the pause
+                await asyncio.sleep(wait)
+            answer = await self.store.schedule(self.scope, self.limit, reserve=True)
+            if answer is None:  # Redis unreachable: this replica's share, locally
+                await self._fallback.acquire()
+                if self.paused_for <= 0:
+                    return
+                continue
+            self._learn(answer)
+            turn_in, paused, _ = answer
+            if paused > 0:
+                continue
+            if turn_in <= 0:
+                return
+            await asyncio.sleep(turn_in)
+            # a replica may have met a 429 while this one waited for its turn: look before
+            # going (the turn is given up if so: the schedule errs on the slow side)
+            await self.refresh()
+            if self.paused_for <= 0:
+                return
