@@ -22,8 +22,11 @@ from pathlib import Path
 import pytest
 import structlog
 
+from adapters.base import IntegrationConfig
 from adapters.fleet import FleetStore, scope_of_secret
 from adapters.ratelimit import Limiter, RateLimit
+from adapters.webhook import WebhookAdapter
+from daemon import metrics
 from daemon.broker import free_port
 from daemon.dispatch import _breaker
 from daemon.fleet import FleetSync
@@ -169,6 +172,26 @@ async def test_circuit_opened_by_one_replica_opens_the_others(redis_url: str) ->
     finally:
         await a_store.close()
         await b_store.close()
+
+
+async def test_metrics_show_the_fleet_view(store: FleetStore) -> None:
+    """Each pod's /metrics shows the fleet's tokens and pause, learned without sending anything."""
+    config = IntegrationConfig.model_validate(
+        {"endpoints": {"url": "http://127.0.0.1:9/hook"}, "rateLimit": {"requests": 10, "burst": 4}}
+    )
+    adapter = WebhookAdapter("fleet-metrics", config)
+    adapter.fleet = store
+    await adapter.start()
+    try:
+        await store.pause("fleet-metrics", 20)  # written by another replica
+        await FleetSync({"fleet-metrics": adapter}, {}, store).tick()
+        parked = metrics.PARKED_UNTIL.labels("fleet-metrics")._value.get()
+        assert parked > time.time() + 15
+        assert metrics.RATE_LIMIT_TOKENS.labels("fleet-metrics")._value.get() == pytest.approx(4, abs=0.2)
+        assert metrics.FLEET_SHARED._value.get() == 1
+        assert adapter.current_limiter() is not None and adapter.current_limiter().paused_for > 15  # type: ignore[union-attr]
+    finally:
+        await adapter.aclose()
 
 
 def test_scope_never_holds_the_secret() -> None:
