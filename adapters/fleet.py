@@ -25,7 +25,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import structlog
-from aiolimiter import AsyncLimiter
 
 from adapters.ratelimit import Limiter, RateLimit
 
@@ -192,8 +191,7 @@ class FleetLimiter(Limiter):
         super().__init__(limit)
         self.store = store
         self.scope = scope
-        share = limit.rate / store.expected_replicas
-        self._fallback = AsyncLimiter(limit.burst, limit.burst / share)
+        self._fallback = _Pacer(limit.rate / store.expected_replicas)
         self._tokens: float | None = None
         # One turn reserved at a time per replica: the others queue here, not in the shared
         # schedule, so a pause or an outage never meets a backlog of turns already handed out.
@@ -251,3 +249,18 @@ class FleetLimiter(Limiter):
             await self.refresh()
             if self.paused_for <= 0:
                 return
+
+
+class _Pacer:
+    """Evenly spaced turns, without a burst: the first turn after an idle spell (or after the
+    switch from the shared schedule, whose last turn may have just gone) waits one interval too."""
+
+    def __init__(self, rate: float) -> None:
+        self.interval = 1 / rate
+        self._next = 0.0
+
+    async def acquire(self) -> None:
+        now = time.monotonic()
+        at = self._next if self._next >= now else now + self.interval
+        self._next = at + self.interval
+        await asyncio.sleep(at - now)

@@ -164,7 +164,7 @@ async def run(smoke: bool = False) -> dict[str, Any]:
                         return len(first) == len(LIMITS)
 
                     await wait_until(delivering, 120, "first deliveries")
-                    start = max(first.values()) + 1
+                    start = steady_start = max(first.values()) + 1
                     await asyncio.sleep(max(0.0, start + window + 1.5 - time.time()))
                     stats = {name: await fakes.stats(name) for name in LIMITS}
                     out["steady"] = {}
@@ -238,6 +238,15 @@ async def run(smoke: bool = False) -> dict[str, Any]:
                     out["redis_restarted"] = {"back_on_fleet_after_s": round(time.time() - back, 1)}
                     final = {n: await fakes.stats(n) for n in LIMITS}
                     out["rejected_429_total"] = {n: final[n]["rejected"] for n in LIMITS}
+                    out["rejected_429_at_s"] = {  # seconds since the steady window began: when they came
+                        n: {s - steady_start: c for s, c in sorted(final[n]["rejected_per_second"].items())}
+                        for n in LIMITS
+                    }
+                    out["phase_starts_s"] = {
+                        "retry_after": round(throttled_at - steady_start, 1),
+                        "redis_killed": round(killed - steady_start, 1),
+                        "redis_restarted": round(back - steady_start, 1),
+                    }
                     out["rejected_429_excluding_injected"] = {
                         n: final[n]["rejected"] - (1 if n == name else 0) for n in LIMITS
                     }
