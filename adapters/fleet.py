@@ -239,6 +239,8 @@ class FleetLimiter(Limiter):
                 continue
             self._learn(answer)
             turn_in, paused, _ = answer
+            # just back from pacing locally: not before the local turn this replica would have had
+            turn_in = max(turn_in, self._fallback.next_turn_in())
             if paused > 0:
                 continue
             if turn_in <= 0:
@@ -258,6 +260,9 @@ class _Pacer:
     def __init__(self, rate: float) -> None:
         self.interval = 1 / rate
         self._next = 0.0
+
+    def next_turn_in(self) -> float:
+        return max(0.0, self._next - time.monotonic())
 
     async def acquire(self) -> None:
         now = time.monotonic()
