@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -109,6 +110,7 @@ class FleetStore:
         self.retry_every = retry_every
         self.available = True
         self._next_try = 0.0
+        self._back_at = -math.inf  # when Redis last came back
         self._gcra = self._redis.register_script(_GCRA)
         self._extend = self._redis.register_script(_EXTEND)
         self._pending: set[asyncio.Task[Any]] = set()
@@ -131,8 +133,15 @@ class FleetStore:
             return None
         if not self.available:
             self.available = True
+            self._back_at = time.monotonic()
             log.info("fleet limits: redis reachable again, pacing fleet-wide")
         return result
+
+    @property
+    def rejoining(self) -> bool:
+        """Just back from an outage: other replicas may still pace locally for up to
+        ``retry_every`` (until their next try), so keep to the local share too until then."""
+        return time.monotonic() - self._back_at < 2 * self.retry_every
 
     def limiter(self, limit: RateLimit, scope: str) -> FleetLimiter:
         return FleetLimiter(limit, self, scope)
@@ -239,8 +248,10 @@ class FleetLimiter(Limiter):
                 continue
             self._learn(answer)
             turn_in, paused, _ = answer
-            # just back from pacing locally: not before the local turn this replica would have had
-            turn_in = max(turn_in, self._fallback.next_turn_in())
+            # just back from pacing locally: not before the local turn this replica would have had,
+            # and while the others may still pace locally, within this replica's local share too
+            local = self._fallback.reserve() if self.store.rejoining else self._fallback.next_turn_in()
+            turn_in = max(turn_in, local)
             if paused > 0:
                 continue
             if turn_in <= 0:
@@ -264,8 +275,12 @@ class _Pacer:
     def next_turn_in(self) -> float:
         return max(0.0, self._next - time.monotonic())
 
-    async def acquire(self) -> None:
+    def reserve(self) -> float:
+        """Take the next turn: seconds until it."""
         now = time.monotonic()
         at = self._next if self._next >= now else now + self.interval
         self._next = at + self.interval
-        await asyncio.sleep(at - now)
+        return at - now
+
+    async def acquire(self) -> None:
+        await asyncio.sleep(self.reserve())
