@@ -237,6 +237,7 @@ class FleetLimiter(Limiter):
             self._waiting -= 1
 
     async def _take_turn(self) -> None:
+        local_turn_taken = False
         while True:
             while (wait := self.paused_for) > 0:  # noqa: ASYNC110 - a later 429 may extend the pause
                 await asyncio.sleep(wait)
@@ -248,17 +249,23 @@ class FleetLimiter(Limiter):
                 continue
             self._learn(answer)
             turn_in, paused, _ = answer
-            # just back from pacing locally: not before the local turn this replica would have had,
-            # and while the others may still pace locally, within this replica's local share too
-            local = self._fallback.reserve() if self.store.rejoining else self._fallback.next_turn_in()
-            turn_in = max(turn_in, local)
             if paused > 0:
                 continue
+            if not local_turn_taken:
+                # Just back from pacing locally: not before the local turn this replica would have
+                # had, and while the others may still pace locally, within the local share too.
+                # Going later than a shared turn would crowd the turns after it, so the shared
+                # turn is given up and a fresh one taken then (erring on the slow side).
+                local = self._fallback.reserve() if self.store.rejoining else self._fallback.next_turn_in()
+                if local > turn_in:
+                    local_turn_taken = True
+                    await asyncio.sleep(local)
+                    continue
             if turn_in <= 0:
                 return
             await asyncio.sleep(turn_in)
             # a replica may have met a 429 while this one waited for its turn: look before
-            # going (the turn is given up if so: the schedule errs on the slow side)
+            # going (the turn is given up if so)
             await self.refresh()
             if self.paused_for <= 0:
                 return
