@@ -120,7 +120,12 @@ class FleetStore:
         if not self.available and time.monotonic() < self._next_try:
             return None
         try:
-            result = await asyncio.wait_for(op(), self.timeout * 2)
+            try:
+                result = await asyncio.wait_for(op(), self.timeout * 2)
+            except self._errors:
+                # once more at once, on a fresh connection: a pooled one from before a Redis
+                # restart fails once (an unreachable Redis fails fast again: refused or timeout)
+                result = await asyncio.wait_for(op(), self.timeout * 2)
         except self._errors as exc:
             self._next_try = time.monotonic() + self.retry_every
             if self.available:

@@ -288,6 +288,19 @@ async def test_falls_back_to_limit_over_expected_replicas_and_back(own_redis: Ow
         await fleet.close()
 
 
+async def test_a_connection_from_before_a_restart_is_not_an_outage(own_redis: OwnRedis) -> None:
+    fleet = FleetStore(own_redis.url, prefix=_prefix(), timeout=0.25)
+    limiter = fleet.limiter(RateLimit(requests=100, perSeconds=1), "crm")
+    try:
+        await limiter.pace()
+        own_redis.kill()
+        own_redis.start()  # back before this replica called again: its pooled connection is dead
+        await limiter.pace()
+        assert fleet.available
+    finally:
+        await fleet.close()
+
+
 async def test_pause_holds_locally_while_redis_is_down(own_redis: OwnRedis) -> None:
     fleet = FleetStore(own_redis.url, prefix=_prefix(), timeout=0.25)
     limiter = fleet.limiter(RateLimit(requests=100, perSeconds=1), "crm")
