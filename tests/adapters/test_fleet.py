@@ -200,6 +200,28 @@ def test_scope_never_holds_the_secret() -> None:
     assert scope == scope_of_secret("hubspot", "pat-na1-secret-token")
 
 
+def test_vendor_scopes_follow_the_account_not_the_integration() -> None:
+    """Two HubSpot integrations on one account share one schedule; Slack goes by workspace token."""
+    from adapters.hubspot import HubSpotAdapter
+    from adapters.slack import SlackAdapter
+
+    mappings = {"contact": {"email": "{{senderEmail}}"}}
+    same = IntegrationConfig.model_validate({"credentials": {"accessToken": "pat-na1-x"}, "mappings": mappings})
+    other = IntegrationConfig.model_validate({"credentials": {"accessToken": "pat-na1-y"}, "mappings": mappings})
+    portal = IntegrationConfig.model_validate(
+        {"credentials": {"accessToken": "pat-na1-x"}, "endpoints": {"portalId": "123"}, "mappings": mappings}
+    )
+    assert HubSpotAdapter("a", same).limit_scope == HubSpotAdapter("b", same).limit_scope
+    assert HubSpotAdapter("a", same).limit_scope != HubSpotAdapter("c", other).limit_scope
+    assert HubSpotAdapter("d", portal).limit_scope == "hubspot:portal:123"
+    slack = IntegrationConfig.model_validate(
+        {"credentials": {"token": "xoxb-1"}, "mappings": {"message": {"channel": "C1", "text": "hi"}}}
+    )
+    scope = SlackAdapter("s", slack).limit_scope
+    assert scope.startswith("slack:chat.postMessage:") and "xoxb" not in scope
+    assert WebhookAdapter("w", IntegrationConfig.model_validate({"endpoints": {"url": "http://x/"}})).limit_scope == "w"
+
+
 def test_fleet_url_defaults_to_a_redis_ledger() -> None:
     assert Settings(ledger_url="redis://r:6379/0").fleet_url() == "redis://r:6379/0"
     assert Settings(ledger_url="sqlite:///x.sqlite3").fleet_url() is None
