@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from adapters.errors import ConfigError, DeliveryError, PermanentError
+from adapters.fleet import FleetStore
 from adapters.http import DEFAULT_MAX_BODY_BYTES, HttpClient, Response, Timeouts, classify_status
 from adapters.ratelimit import Limiter, RateLimit
 from adapters.templates import Compiled, TemplateError, compile_template, template_vars
@@ -239,6 +240,19 @@ class Adapter(ABC):
         """This integration's limiter, so the dispatcher can see a pause or a backlog."""
         return None
 
+    #: Where fleet-wide limits live (the daemon sets it before ``start``); None: this process only.
+    fleet: FleetStore | None = None
+
+    @property
+    def limit_scope(self) -> str:
+        """What the vendor's limit counts (one fleet-wide schedule per scope): this integration
+        instance, unless the vendor counts per account or token (see HubSpot, Slack)."""
+        return self.integration_id
+
+    def new_limiter(self, limit: RateLimit) -> Limiter:
+        """A limiter shared by every replica when a fleet store is set, else this process's."""
+        return self.fleet.limiter(limit, self.limit_scope) if self.fleet is not None else Limiter(limit)
+
     async def start(self) -> None:
         """Open clients; called inside the running loop."""
 
@@ -305,7 +319,7 @@ class HttpAdapter(Adapter):
     @property
     def http(self) -> HttpClient:
         if self._http is None:
-            self._http = self.make_http(Limiter(self.rate_limit))
+            self._http = self.make_http(self.new_limiter(self.rate_limit))
             self._http.max_body_bytes = self.info.max_body_bytes
             self._http.allow_private_network = self.allow_private_network
         return self._http

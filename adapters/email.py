@@ -185,7 +185,7 @@ class EmailAdapter(Adapter):
     @property
     def limiter(self) -> Limiter:
         if self._limiter is None:
-            self._limiter = Limiter(self.rate_limit)
+            self._limiter = self.new_limiter(self.rate_limit)
         return self._limiter
 
     async def start(self) -> None:

@@ -57,6 +57,7 @@ from adapters.errors import (
     RetryableError,
     TokenExpiredError,
 )
+from adapters.fleet import scope_of_secret
 from adapters.http import HttpClient, Request, Response, parse_retry_after
 from adapters.ratelimit import Limiter, RateLimit
 from daemon.contracts import ClassifiedMessage
@@ -133,6 +134,16 @@ class HubSpotAdapter(HttpAdapter):
         return self.config.authType == "oauth2"
 
     # -- wiring ------------------------------------------------------------------------------
+
+    @property
+    def limit_scope(self) -> str:
+        """HubSpot counts per account: ``endpoints.portalId`` when set, else the app's credential."""
+        portal = self.config.endpoints.get("portalId")
+        if portal:
+            return f"hubspot:portal:{portal}"
+        if self.oauth:
+            return scope_of_secret("hubspot", self.config.secret("clientId") + self.config.secret("refreshToken"))
+        return scope_of_secret("hubspot", self.config.secret("apiKey", "accessToken", "token"))
 
     def make_http(self, limiter: Limiter) -> HttpClient:
         auth: Auth = (

@@ -119,6 +119,14 @@ class Limiter:
         """Hold every request of this integration for ``seconds`` (429, Retry-After, quota)."""
         self._pause.until = max(self._pause.until, time.monotonic() + max(seconds, 0.0))
 
+    @property
+    def tokens(self) -> float | None:
+        """Turns free right now across the fleet (see ``adapters.fleet``); None for a local limiter."""
+        return None
+
+    async def refresh(self) -> None:
+        """Catch up with state kept elsewhere (a fleet-wide pause); a local limiter has none."""
+
     @contextlib.contextmanager
     def timed(self) -> Iterator[None]:
         """Around one request holding its slot: feeds :attr:`expected_latency`."""

@@ -33,6 +33,7 @@ from typing import Any
 from adapters.auth import HeaderAuth, bearer
 from adapters.base import AdapterInfo, BodyCodes, Delivered, DeliveryContext, HttpAdapter
 from adapters.errors import AuthError, ConfigError, DeliveryError, PermanentError
+from adapters.fleet import scope_of_secret
 from adapters.http import HttpClient, Request, Response, classify_status
 from adapters.ratelimit import Limiter, RateLimit
 from daemon.contracts import ClassifiedMessage
@@ -151,6 +152,14 @@ class SlackAdapter(HttpAdapter):
                 raise ConfigError(f"mappings.{object_type}.channel is required", code="missing_channel")
         if self.webhook:
             register_secret(self.config.secret("webhookUrl", "url"))
+
+    @property
+    def limit_scope(self) -> str:
+        """Slack counts per workspace token and method (or per incoming webhook); the adapter calls
+        one method, so the token (or the webhook URL) is the scope."""
+        if self.webhook:
+            return scope_of_secret("slack:webhook", self.config.secret("webhookUrl", "url"))
+        return scope_of_secret("slack:chat.postMessage", self.config.secret("token", "botToken", "accessToken"))
 
     def make_http(self, limiter: Limiter) -> HttpClient:
         auth: HeaderAuth | None = None

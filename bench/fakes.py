@@ -24,7 +24,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from adapters.sandbox.kit import SandboxServer
+from adapters.sandbox.kit import Fault, SandboxServer
 from adapters.sandbox.webhook import WebhookFake
 
 __all__ = ["BenchWebhook", "main"]
@@ -41,20 +41,50 @@ class BenchWebhook(WebhookFake):
         self.per_second: collections.Counter[int] = collections.Counter()
         self.rejected_per_second: collections.Counter[int] = collections.Counter()
         self.service_ms: collections.deque[float] = collections.deque(maxlen=200_000)
+        self.arrivals: collections.deque[float] = collections.deque(maxlen=200_000)  # epoch s, every request
+        self.throttle: str | None = None  # the Retry-After of an injected 429 not answered yet
+        self.throttled_at: float | None = None  # when it was answered
 
     def limited_paths(self) -> tuple[str, ...]:
         return ("/hooks/",)
 
     def routes(self) -> list[web.RouteDef]:
-        return [*super().routes(), web.get("/_bench/stats", self.stats)]
+        return [
+            *super().routes(),
+            web.get("/_bench/stats", self.stats),
+            web.post("/_bench/throttle", self.inject_throttle),
+            web.get("/_bench/arrivals", self.arrivals_since),
+        ]
+
+    async def inject_throttle(self, request: web.Request) -> web.Response:
+        """The next request gets a 429 with ``Retry-After: <retry_after>`` (a vendor quota signal)."""
+        self.throttle = request.query.get("retry_after", "30")
+        self.inject(
+            Fault(
+                status=429,
+                body={"error": "rate_limited"},
+                headers={"Retry-After": self.throttle},
+                path_contains="/hooks/",
+            )
+        )
+        return web.json_response({"ok": True})
+
+    async def arrivals_since(self, request: web.Request) -> web.Response:
+        since = float(request.query["since"])
+        return web.json_response(
+            {"throttled_at": self.throttled_at, "arrivals": [t for t in self.arrivals if t >= since]}
+        )
 
     def app(self) -> web.Application:
         @web.middleware
         async def timing(request: web.Request, handler: Any) -> web.StreamResponse:
             if request.path.startswith("/_bench"):
                 return await handler(request)
+            self.arrivals.append(time.time())
             started = time.perf_counter()
             response = await handler(request)
+            if response.status == 429 and self.throttle and response.headers.get("Retry-After") == self.throttle:
+                self.throttle, self.throttled_at = None, time.time()
             self.service_ms.append((time.perf_counter() - started) * 1000)
             second = int(time.time())
             if response.status == 429:

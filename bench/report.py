@@ -105,6 +105,50 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
                 f"ratio {_f(r['ratio'], 2)}",
             )
         )
+    if (r := results.get("fleet")) and "error" not in r:
+        for limit in r["steady"].values():
+            out.append(
+                (
+                    "7 fleet",
+                    f"{limit['limit']}: {r['replicas']} processes together, /s over {r['window_s']} s",
+                    f"{_f(limit['achieved_rate'], 2)} ({limit['achieved_pct']}%)",
+                    f"limit {_f(limit['limit_rate'], 1)}",
+                    f"≥ 95%: {_ok(limit['achieved_pct'] >= 95)}",
+                )
+            )
+        for name, rejected in r["rejected_429_excluding_injected"].items():
+            out.append(("", f"{name}: 429s (whole run, injected one excluded)", _f(rejected), "0", _ok(rejected == 0)))
+        ra = r["retry_after"]
+        out.append(
+            (
+                "",
+                f"requests in the {ra['retry_after_s']} s after one 429 Retry-After",
+                _f(ra["requests_in_pause"]),
+                "0",
+                f"0: {_ok(ra['met'])}",
+            )
+        )
+        for name, killed in r["redis_killed"].items():
+            if isinstance(killed, dict):
+                out.append(
+                    (
+                        "",
+                        f"{name}: fleet Redis killed, /s over {r['redis_killed']['window_s']} s",
+                        f"{_f(killed['achieved_rate'], 2)} ({killed['achieved_pct']}%)",
+                        f"429s {_f(killed['rejected_429_since_kill'])}",
+                        "limit ÷ 3 each",
+                    )
+                )
+        acc = r["accounting"]
+        out.append(
+            (
+                "",
+                "deliveries = delivered results, no DLQ",
+                f"{acc['fake_deliveries']} / {acc['events_with_a_delivered_result']}",
+                f"DLQ {acc['dead_letters']}",
+                _ok(acc["nothing_lost_or_doubled"]),
+            )
+        )
     for name, r in results.items():
         if isinstance(r, dict) and "error" in r:
             out.append((name, "FAILED", r["error"][:60], "", ""))

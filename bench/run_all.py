@@ -23,13 +23,13 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import isolation, latency, memory, ratelimit, scaleout, throughput
+from bench import fleet, isolation, latency, memory, ratelimit, scaleout, throughput
 from bench.common import OUT, ROOT, machine_info
 from bench.report import table
 
 __all__ = ["BENCHMARKS", "main", "run_all"]
 
-BENCHMARKS = ("throughput", "ratelimit", "isolation", "latency", "memory", "scaleout")
+BENCHMARKS = ("throughput", "ratelimit", "isolation", "latency", "memory", "scaleout", "fleet")
 
 
 async def run_all(smoke: bool, only: list[str], profile: bool) -> dict[str, Any]:
@@ -47,7 +47,13 @@ async def run_all(smoke: bool, only: list[str], profile: bool) -> dict[str, Any]
                 max_rate = results.get("throughput", {}).get("daemon", {}).get("rate")
                 results[name] = await latency.run(smoke, max_rate=max_rate)
             else:
-                module = {"ratelimit": ratelimit, "isolation": isolation, "memory": memory, "scaleout": scaleout}[name]
+                module = {
+                    "ratelimit": ratelimit,
+                    "isolation": isolation,
+                    "memory": memory,
+                    "scaleout": scaleout,
+                    "fleet": fleet,
+                }[name]
                 results[name] = await module.run(smoke)
         except Exception as exc:  # noqa: BLE001 - one failed benchmark must not lose the others
             traceback.print_exc()

@@ -24,6 +24,7 @@ from daemon.broker_probe import BrokerProbe
 from daemon.config import ConfigFileError, CrmConfig, build_adapter, load_config
 from daemon.consumer import ConsumerLoop, Health, shutdown_reserve, unless_stopped
 from daemon.dispatch import Dispatcher
+from daemon.fleet import FleetSync, open_fleet
 from daemon.ledger import Ledger, open_ledger
 from daemon.operator_errors import IdempotenceRefused, refused_idempotence
 from daemon.processing import Processor
@@ -152,6 +153,11 @@ class Daemon:
             adapters = self._adapters
             if adapters is None:
                 adapters = {i.id: build_adapter(i) for i in self.config.enabled}
+            fleet = open_fleet(s)
+            if fleet is not None:
+                stack.push_async_callback(fleet.close)
+                for adapter in adapters.values():
+                    adapter.fleet = adapter.fleet or fleet
             for adapter in adapters.values():
                 await adapter.start()
                 stack.push_async_callback(adapter.aclose)
@@ -181,7 +187,9 @@ class Daemon:
             )
             published = PublishedResults(s.results_topic, s.kafka_common())
             stack.push_async_callback(published.close)
-            dispatcher = Dispatcher(self.config, adapters, ledger, published.contains)
+            dispatcher = Dispatcher(self.config, adapters, ledger, published.contains, fleet)
+            fleet_sync = asyncio.create_task(FleetSync(adapters, dispatcher.breakers, fleet).run())
+            stack.callback(fleet_sync.cancel)
             processor = Processor(
                 planner=lambda event: plan(self.config, event),
                 dispatcher=dispatcher,

@@ -42,6 +42,7 @@ from adapters.errors import (
     RateLimitedError,
     RetryableError,
 )
+from adapters.fleet import FleetStore
 from adapters.ratelimit import waits_measured
 from daemon import metrics
 from daemon.config import CrmConfig
@@ -112,15 +113,23 @@ _REASONS: dict[RetryKind, str] = {
 }
 
 
-def _breaker(integration_id: str, policy: BreakerPolicy | None) -> CircuitBreaker:
-    """A breaker whose state is exported as ``octopus_crm_circuit_state{integration}``."""
+def _breaker(integration_id: str, policy: BreakerPolicy | None, fleet: FleetStore | None = None) -> CircuitBreaker:
+    """A breaker whose state is exported as ``octopus_crm_circuit_state{integration}`` and, with a
+    fleet store, written for every replica (an opening) or cleared (a successful probe)."""
     gauge = metrics.BREAKER_STATE.labels(integration_id)
     gauge.set(0)
 
     def export(state: BreakerState) -> None:
         gauge.set(int(state))
+        if fleet is None:
+            return
+        if state is BreakerState.OPEN and not breaker.opened_elsewhere:
+            fleet.in_background(fleet.open_circuit(integration_id, breaker.retry_in))
+        elif state is BreakerState.CLOSED:
+            fleet.in_background(fleet.close_circuit(integration_id))
 
-    return CircuitBreaker(policy, on_change=export)
+    breaker = CircuitBreaker(policy, on_change=export)
+    return breaker
 
 
 def _err(error: DeliveryError) -> dict[str, str]:
@@ -146,13 +155,14 @@ class Dispatcher:
         adapters: Mapping[str, Adapter],
         ledger: Ledger,
         published: PublishedCheck | None = None,
+        fleet: FleetStore | None = None,
     ) -> None:
         self.config = config
         self.adapters = adapters
         self.ledger = ledger
         self.published = published
         self.breakers = {
-            integration_id: _breaker(integration_id, config.integration(integration_id).circuitBreaker)
+            integration_id: _breaker(integration_id, config.integration(integration_id).circuitBreaker, fleet)
             for integration_id in adapters
         }
 

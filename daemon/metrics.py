@@ -17,11 +17,14 @@ __all__ = [
     "DELIVERY_LATENCY",
     "DLQ_RECORDS",
     "EVENT_LATENCY",
+    "FLEET_SHARED",
     "IN_FLIGHT",
     "LEDGER_ERRORS",
     "OUTCOMES",
+    "PARKED_UNTIL",
     "PAUSED",
     "PRODUCE_ERRORS",
+    "RATE_LIMIT_TOKENS",
     "RATE_LIMIT_WAIT",
     "REGISTRY",
     "RETRIES_SCHEDULED",
@@ -116,5 +119,25 @@ BREAKER_STATE = Gauge(
 BROKER_REACHABLE = Gauge(
     "octopus_crm_broker_reachable",
     "1 while the broker answered within BROKER_TIMEOUT_S (measured at scrape time), else 0.",
+    registry=REGISTRY,
+)
+RATE_LIMIT_TOKENS = Gauge(
+    "octopus_crm_rate_limit_tokens",
+    "Requests the integration's vendor limit allows right now, fleet-wide (every replica's view of one "
+    "shared schedule; absent while pacing locally).",
+    ["integration"],
+    registry=REGISTRY,
+)
+PARKED_UNTIL = Gauge(
+    "octopus_crm_parked_until_seconds",
+    "Epoch seconds until which the integration is paused (Retry-After, parked quota), fleet-wide when "
+    "shared; 0 when not paused.",
+    ["integration"],
+    registry=REGISTRY,
+)
+FLEET_SHARED = Gauge(
+    "octopus_crm_fleet_limits_shared",
+    "1 while vendor limits are paced fleet-wide through Redis, 0 while this replica paces locally "
+    "(no fleet Redis configured, or unreachable: limit / expected replicas).",
     registry=REGISTRY,
 )

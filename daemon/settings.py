@@ -82,6 +82,16 @@ class Settings(BaseSettings):
         default="sqlite:///octopus-crm-ledger.sqlite3",
         description="sqlite:///path (one replica), redis://host:port/db (several), memory://",
     )
+    fleet_redis_url: str | None = Field(
+        default=None,
+        description="Redis shared by every replica for vendor limits, pauses and open circuits; "
+        "default: the ledger's when it is redis://; 'off': each replica on its own",
+    )
+    fleet_redis_prefix: str = "octopus-crm:fleet:"
+    fleet_redis_timeout_s: float = Field(default=0.25, gt=0, description="socket timeout of each fleet call")
+    expected_replicas: int = Field(
+        default=1, ge=1, description="while the fleet Redis is unreachable, each replica paces at limit / this"
+    )
 
     # Observability
     metrics_host: str = "0.0.0.0"
@@ -117,6 +127,16 @@ class Settings(BaseSettings):
             if not token:
                 raise ValueError(f"the admin token file {self.admin_token_file} is empty")
             return token
+        return None
+
+    def fleet_url(self) -> str | None:
+        """The Redis that holds fleet-wide limits, or None (this replica paces on its own)."""
+        if self.fleet_redis_url == "off":
+            return None
+        if self.fleet_redis_url:
+            return self.fleet_redis_url
+        if self.ledger_url.startswith(("redis://", "rediss://", "unix://")):
+            return self.ledger_url
         return None
 
     def kafka_common(self) -> dict[str, Any]:

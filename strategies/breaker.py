@@ -45,6 +45,7 @@ class CircuitBreaker:
         self._failures = 0
         self._opened_at = 0.0
         self._probes = 0
+        self.opened_elsewhere = False  # the last opening came from another replica (see trip)
 
     @property
     def state(self) -> BreakerState:
@@ -79,7 +80,14 @@ class CircuitBreaker:
         self._failures += 1
         if state is BreakerState.HALF_OPEN or self._failures >= self.policy.failure_threshold:
             self._opened_at = self._clock()
+            self.opened_elsewhere = False
             self._set(BreakerState.OPEN)
+
+    def trip(self, seconds: float) -> None:
+        """Open for ``seconds`` from now: another replica opened this circuit (fleet-wide state)."""
+        self._opened_at = self._clock() - (self.policy.open_seconds - seconds)
+        self.opened_elsewhere = True
+        self._set(BreakerState.OPEN)
 
     def _set(self, state: BreakerState) -> None:
         if state is not self._state:

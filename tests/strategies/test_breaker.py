@@ -96,3 +96,16 @@ def test_default_policy() -> None:
     assert cb.allow()
     cb.failure()
     assert not cb.allow()
+
+
+def test_trip_opens_for_the_time_another_replica_gave() -> None:
+    cb, clock, changes = breaker(open_seconds=30.0)
+    cb.trip(12.0)
+    assert cb.state is BreakerState.OPEN and cb.opened_elsewhere
+    assert cb.retry_in == 12.0
+    assert changes == [BreakerState.OPEN]
+    clock.now += 12.0
+    assert cb.state is BreakerState.HALF_OPEN
+    assert cb.allow()
+    cb.failure()  # its own probe failed: this opening is its own
+    assert cb.state is BreakerState.OPEN and not cb.opened_elsewhere
