@@ -289,6 +289,9 @@ SECRET_BEARING_FIELDS = ("config.credentials", "config.headers", "config.endpoin
 # Credentials that are identifiers rather than secrets (``agentId: 1000002`` must not be scrubbed
 # from every number in a log line); every other credential is registered for redaction.
 _PUBLIC_CREDENTIALS = re.compile(r"(?i)^(?:.*id|username|user|email|granttype|authtype|sandbox)$")
+# Headers whose values are credentials; any other header value (``X-Team: sales``) is plain text
+# that must stay readable in results and logs rather than be scrubbed wherever it appears.
+_SECRET_HEADERS = re.compile(r"(?i)auth|token|key|secret|sig|cookie|pass|session|credential")
 
 
 def _secret_bearing(rel: str) -> bool:
@@ -305,6 +308,8 @@ def _register_secrets(node: Any, rel: str) -> None:
             _register_secrets(value, f"{rel}[]")
     elif isinstance(node, str):
         if rel.startswith("config.credentials.") and _PUBLIC_CREDENTIALS.match(rel.rsplit(".", 1)[-1]):
+            return
+        if rel.startswith("config.headers.") and not _SECRET_HEADERS.search(rel.rsplit(".", 1)[-1]):
             return
         register_secret_parts(node)
 

@@ -177,7 +177,10 @@ async def test_circuit_opened_by_one_replica_opens_the_others(redis_url: str) ->
 async def test_metrics_show_the_fleet_view(store: FleetStore) -> None:
     """Each pod's /metrics shows the fleet's tokens and pause, learned without sending anything."""
     config = IntegrationConfig.model_validate(
-        {"endpoints": {"url": "http://127.0.0.1:9/hook"}, "rateLimit": {"requests": 10, "burst": 4}}
+        {
+            "endpoints": {"url": "http://127.0.0.1:9/hook", "allowPrivateNetwork": True},
+            "rateLimit": {"requests": 10, "burst": 4},
+        }
     )
     adapter = WebhookAdapter("fleet-metrics", config)
     adapter.fleet = store

@@ -181,6 +181,15 @@ def test_env_references_with_defaults() -> None:
     assert cfg.extra("headers") == {"X-Env": "", "X-Team": "sales"}
 
 
+def test_only_credential_headers_are_registered_for_redaction() -> None:
+    team, key = f"team-{uuid.uuid4().hex[:6]}", f"key-{uuid.uuid4().hex}"
+    headers = {"X-Team": "${TEAM}", "X-Api-Key": "${KEY}"}
+    entry = hook()
+    entry["config"]["headers"] = headers
+    parse_config({"crmIntegrations": [entry]}, env={"TEAM": team, "KEY": key})
+    assert redact(f"{team} {key}") == f"{team} {REDACTED}"  # a team name stays readable everywhere
+
+
 def test_file_references_read_mounted_secrets(tmp_path: Path) -> None:
     secret = tmp_path / "token"
     secret.write_text("s3cret-from-file\n", encoding="utf-8")
@@ -545,5 +554,5 @@ def test_a_private_network_integration_says_so_explicitly() -> None:
     assert any("allowPrivateNetwork" in m for _, m in errors_of({"crmIntegrations": [entry]}, env={}))
     entry["config"]["endpoints"]["allowPrivateNetwork"] = True
     parse_config({"crmIntegrations": [entry]}, env={})
-    entry["config"]["endpoints"]["allowPrivateNetwork"] = "${ALLOW_PRIVATE:-true}"
-    parse_config({"crmIntegrations": [entry]}, env={})
+    entry["config"]["endpoints"]["allowPrivateNetwork"] = "${ALLOW_PRIVATE:-true}"  # not secret-bearing
+    assert any("references are resolved only" in m for _, m in errors_of({"crmIntegrations": [entry]}, env={}))
