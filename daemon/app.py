@@ -165,10 +165,12 @@ class Daemon:
             stack.push_async_callback(ledger.close)
 
             if s.create_topics:
+                kafka = {k: v for k, v in s.kafka_common().items() if k != "bootstrap_servers"}
                 await create_topics(
                     s.bootstrap_servers,
                     [s.input_topic, s.results_topic, s.dlq_topic, s.retry_topic],
                     s.topic_partitions,
+                    **kafka,  # SASL/SSL too: a secured cluster refuses an anonymous admin client
                 )
             producer = await self._start_producer(stack)
             if producer is None:
