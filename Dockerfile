@@ -25,8 +25,6 @@ COPY pyproject.toml ./
 COPY daemon ./daemon
 COPY adapters ./adapters
 COPY strategies ./strategies
-# daemon/examples is a symlink to ../examples: package data of the wheel.
-COPY examples ./examples
 
 RUN pip wheel --no-deps --wheel-dir /wheels . \
  && python -m venv /opt/venv \
@@ -58,7 +56,7 @@ WORKDIR /var/lib/octopus-crm
 USER 10001:10001
 
 # /metrics, /healthz, /readyz and the admin API (OCTOPUS_CRM_METRICS_PORT).
-EXPOSE 9464
+EXPOSE 9464 9465
 
 # SIGTERM: stop fetching, finish in-flight work within OCTOPUS_CRM_GRACE_PERIOD_S (25 s),
 # commit, exit 0. A second signal exits at once. No HEALTHCHECK: Kubernetes probes do it.

@@ -10,12 +10,14 @@ BIN := $(VENV)/bin
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(VENV)/.demo-installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e '.[demo]'
+# The demo extra is the octopus-crm-sandbox distribution in sandbox/: installed from the checkout in
+# the same pip call, which is how pip resolves the extra's requirement without an index.
+$(VENV)/.demo-installed: pyproject.toml sandbox/pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e ./sandbox -e '.[demo]'
 	touch $@
 
-$(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e '.[dev]'
+$(VENV)/.dev-installed: pyproject.toml sandbox/pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e ./sandbox -e '.[dev]'
 	touch $@ $(VENV)/.demo-installed
 
 demo: $(VENV)/.demo-installed

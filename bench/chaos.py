@@ -64,10 +64,12 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from adapters.sandbox.hubspot import HubSpotFake
-from adapters.sandbox.kit import Fault, SandboxServer
-from adapters.sandbox.salesforce import EXTERNAL_ID, Refused, SalesforceFake
-from daemon.broker import EmbeddedBroker, create_topics, free_port
+from daemon.net import free_port
+from daemon.topics import create_topics
+from octopus_crm_sandbox.broker import EmbeddedBroker
+from octopus_crm_sandbox.hubspot import HubSpotFake
+from octopus_crm_sandbox.kit import Fault, SandboxServer
+from octopus_crm_sandbox.salesforce import EXTERNAL_ID, Refused, SalesforceFake
 
 __all__ = ["ChaosOptions", "run_chaos"]
 

@@ -35,7 +35,9 @@ import aiohttp  # noqa: E402
 import orjson  # noqa: E402
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # noqa: E402
 
-from daemon.broker import EmbeddedBroker, create_topics, free_port  # noqa: E402
+from daemon.net import free_port  # noqa: E402
+from daemon.topics import create_topics  # noqa: E402
+from octopus_crm_sandbox.broker import EmbeddedBroker  # noqa: E402
 
 __all__ = [
     "OUT",

@@ -6,7 +6,7 @@ line ``{"urls": {name: base_url}}`` once every fake listens, then serves until s
 gets SIGTERM. Each fake answers ``GET /_bench/stats`` (not rate limited) with its counters,
 deliveries per wall-clock second and the distribution of its own service time.
 
-The fakes are :class:`adapters.sandbox.webhook.WebhookFake` (real HTTP on loopback, 429 with
+The fakes are :class:`octopus_crm_sandbox.webhook.WebhookFake` (real HTTP on loopback, 429 with
 ``Retry-After`` over the limit, ``Idempotency-Key`` de-duplication). Only their unbounded request
 logs are trimmed every half second, so a 200,000-event run does not grow the fake.
 """
@@ -24,8 +24,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from adapters.sandbox.kit import Fault, SandboxServer
-from adapters.sandbox.webhook import WebhookFake
+from octopus_crm_sandbox.kit import Fault, SandboxServer
+from octopus_crm_sandbox.webhook import WebhookFake
 
 __all__ = ["BenchWebhook", "main"]
 

@@ -49,7 +49,7 @@ from bench.common import (
     wait_until,
     webhook_integration,
 )
-from daemon.broker import free_port
+from daemon.net import free_port
 
 __all__ = ["LIMITS", "run"]
 

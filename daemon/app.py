@@ -19,7 +19,6 @@ from aiokafka.errors import KafkaError
 
 from adapters.base import Adapter
 from daemon.admin import AdminServer
-from daemon.broker import create_topics
 from daemon.broker_probe import BrokerProbe
 from daemon.config import ConfigFileError, CrmConfig, build_adapter, load_config
 from daemon.consumer import ConsumerLoop, Health, shutdown_reserve, unless_stopped
@@ -32,6 +31,7 @@ from daemon.published import PublishedResults
 from daemon.reporting import Reporter
 from daemon.retry_handler import RetryHandler
 from daemon.settings import Settings
+from daemon.topics import create_topics
 from strategies.routing import plan
 
 __all__ = ["Daemon", "run_daemon"]

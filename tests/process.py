@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from daemon.broker import free_port
+from daemon.net import free_port
 
 
 class DaemonProcess:

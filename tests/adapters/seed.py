@@ -11,9 +11,9 @@ from typing import Any, TypeVar
 import orjson
 
 from adapters.base import Adapter, IntegrationConfig
-from adapters.sandbox.kit import FakeVendor, SandboxServer
 from daemon.config import resolve_references
 from daemon.contracts import ClassifiedMessage
+from octopus_crm_sandbox.kit import FakeVendor, SandboxServer
 
 A = TypeVar("A", bound=Adapter)
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"

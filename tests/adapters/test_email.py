@@ -23,9 +23,9 @@ from adapters.errors import (
     RateLimitedError,
     RetryableError,
 )
-from adapters.sandbox.kit import Fault
-from adapters.sandbox.smtp import SmtpFake
 from daemon.contracts import ClassifiedMessage
+from octopus_crm_sandbox.kit import Fault
+from octopus_crm_sandbox.smtp import SmtpFake
 
 ROOT = Path(__file__).resolve().parents[2]
 SEED = json.loads((ROOT / "examples" / "crm-config.seed.json").read_text("utf-8"))

@@ -27,9 +27,9 @@ from adapters.errors import (
     RetryableError,
 )
 from adapters.feishu import RECORD_RATE, TASK_RATE, FeishuAdapter, client_token
-from adapters.sandbox.feishu import TASK_CREATE_SPEC, FeishuFake, check_meta
-from adapters.sandbox.kit import Fault, SandboxServer
 from daemon.contracts import ClassifiedMessage
+from octopus_crm_sandbox.feishu import TASK_CREATE_SPEC, FeishuFake, check_meta
+from octopus_crm_sandbox.kit import Fault, SandboxServer
 from tests.adapters.seed import resolved, serving
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -27,9 +27,9 @@ from adapters.fleet import FleetStore, scope_of_secret
 from adapters.ratelimit import Limiter, RateLimit
 from adapters.webhook import WebhookAdapter
 from daemon import metrics
-from daemon.broker import free_port
 from daemon.dispatch import _breaker
 from daemon.fleet import FleetSync
+from daemon.net import free_port
 from daemon.settings import Settings
 from strategies.breaker import BreakerPolicy, BreakerState
 

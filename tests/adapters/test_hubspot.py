@@ -21,8 +21,8 @@ from adapters.errors import (
     RetryableError,
 )
 from adapters.hubspot import HubSpotAdapter, seconds_until_midnight
-from adapters.sandbox.hubspot import HubSpotFake
-from adapters.sandbox.kit import Fault, SandboxServer
+from octopus_crm_sandbox.hubspot import HubSpotFake
+from octopus_crm_sandbox.kit import Fault, SandboxServer
 from tests.adapters.seed import event_of, seed_entry, with_changes
 
 CTX = DeliveryContext(idempotency_key="evt:backup-crm:contact", integration_id="backup-crm")

@@ -24,9 +24,9 @@ from adapters.errors import (
 )
 from adapters.http import Request
 from adapters.jira import JiraAdapter, dedupe_label, text_to_adf
-from adapters.sandbox.jira import JiraFake, adf_to_text
-from adapters.sandbox.kit import Fault, SandboxServer
 from daemon.contracts import ClassifiedMessage
+from octopus_crm_sandbox.jira import JiraFake, adf_to_text
+from octopus_crm_sandbox.kit import Fault, SandboxServer
 from tests.adapters.seed import seed_config
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"

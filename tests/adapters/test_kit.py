@@ -32,7 +32,7 @@ from adapters.http import (
     parse_retry_after,
 )
 from adapters.ratelimit import Limiter, RateLimit
-from adapters.sandbox.kit import FakeVendor, Fault, SandboxServer
+from octopus_crm_sandbox.kit import FakeVendor, Fault, SandboxServer
 
 # -- a tiny vendor: POST /token issues a bearer token, POST /records needs one ----------------
 

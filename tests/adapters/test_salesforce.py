@@ -22,9 +22,9 @@ from adapters.errors import (
     RetryableError,
 )
 from adapters.salesforce import SalesforceAdapter, api_field_name, api_version
-from adapters.sandbox.kit import Fault, SandboxServer
-from adapters.sandbox.salesforce import SalesforceFake
 from daemon.redaction import REDACTED, redact
+from octopus_crm_sandbox.kit import Fault, SandboxServer
+from octopus_crm_sandbox.salesforce import SalesforceFake
 from tests.adapters.seed import event_of, seed_entry, with_changes
 
 

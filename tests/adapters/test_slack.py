@@ -24,10 +24,10 @@ from adapters.errors import (
     TokenExpiredError,
 )
 from adapters.http import Request
-from adapters.sandbox.kit import Fault, SandboxServer
-from adapters.sandbox.slack import SPEC_ERRORS, SlackFake
 from adapters.slack import WEB_API_CODES, SlackAdapter
 from daemon.contracts import ClassifiedMessage
+from octopus_crm_sandbox.kit import Fault, SandboxServer
+from octopus_crm_sandbox.slack import SPEC_ERRORS, SlackFake
 from tests.adapters.seed import seed_config
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"

@@ -14,9 +14,9 @@ from adapters.base import DeliveryContext, IntegrationConfig
 from adapters.errors import AuthError, ConfigError, PermanentError
 from adapters.http import HttpClient, Request
 from adapters.salesforce import SalesforceAdapter
-from adapters.sandbox.kit import FakeVendor, Fault, SandboxServer
-from adapters.sandbox.salesforce import SalesforceFake
 from adapters.urlguard import address_problem, url_problem
+from octopus_crm_sandbox.kit import FakeVendor, Fault, SandboxServer
+from octopus_crm_sandbox.salesforce import SalesforceFake
 from tests.adapters.seed import event_of, seed_entry
 
 

@@ -9,11 +9,11 @@ import pytest
 from adapters.base import DeliveryContext
 from adapters.errors import DeliveryError, PermanentError
 from adapters.salesforce import SalesforceAdapter
-from adapters.sandbox.feishu import FeishuFake
-from adapters.sandbox.kit import Fault
-from adapters.sandbox.salesforce import SalesforceFake
-from adapters.sandbox.slack import SlackFake
 from adapters.slack import SlackAdapter
+from octopus_crm_sandbox.feishu import FeishuFake
+from octopus_crm_sandbox.kit import Fault
+from octopus_crm_sandbox.salesforce import SalesforceFake
+from octopus_crm_sandbox.slack import SlackFake
 from tests.adapters.seed import event_of, seed_config, serving
 from tests.adapters.test_feishu import make_adapter as make_feishu
 

@@ -22,10 +22,10 @@ from adapters.errors import (
     RateLimitedError,
     RetryableError,
 )
-from adapters.sandbox.kit import Fault
-from adapters.sandbox.wecom import WeComFake
 from adapters.wecom import MESSAGE_RATE, RateLimitBlocks, WeComAdapter
 from daemon.contracts import ClassifiedMessage
+from octopus_crm_sandbox.kit import Fault
+from octopus_crm_sandbox.wecom import WeComFake
 from tests.adapters.seed import resolved, serving
 
 ROOT = Path(__file__).resolve().parents[2]

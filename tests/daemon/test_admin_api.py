@@ -15,15 +15,15 @@ import orjson
 import pytest
 
 from adapters.base import DeliveryContext
-from adapters.sandbox.kit import SandboxServer
-from adapters.sandbox.slack import SlackFake
-from adapters.sandbox.webhook import WebhookFake
 from adapters.slack import SlackAdapter
 from adapters.webhook import WebhookAdapter
 from daemon.admin import AdminServer
 from daemon.config import parse_config
 from daemon.consumer import Health
 from daemon.contracts import ClassifiedMessage
+from octopus_crm_sandbox.kit import SandboxServer
+from octopus_crm_sandbox.slack import SlackFake
+from octopus_crm_sandbox.webhook import WebhookFake
 from tests.adapters.seed import seed_config
 from tests.events import make_event, webhook_config
 from tests.process import DaemonProcess

@@ -11,10 +11,11 @@ from typing import Any
 import orjson
 import pytest
 
-from adapters.sandbox.kit import SandboxServer
-from adapters.sandbox.webhook import WebhookFake
-from daemon.broker import EmbeddedBroker, create_topics
 from daemon.net import free_port
+from daemon.topics import create_topics
+from octopus_crm_sandbox.broker import EmbeddedBroker
+from octopus_crm_sandbox.kit import SandboxServer
+from octopus_crm_sandbox.webhook import WebhookFake
 from tests.events import keyed, make_event, webhook_config
 from tests.kafka import TestBroker
 from tests.process import DaemonProcess

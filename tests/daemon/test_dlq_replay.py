@@ -7,12 +7,12 @@ from typing import Any
 
 import orjson
 
-from adapters.sandbox.kit import Fault, SandboxServer
-from adapters.sandbox.webhook import WebhookFake
 from daemon.app import Daemon
 from daemon.config import parse_config
 from daemon.dlq import ReplayFilter, replay_dlq
 from daemon.ledger import MemoryLedger
+from octopus_crm_sandbox.kit import Fault, SandboxServer
+from octopus_crm_sandbox.webhook import WebhookFake
 from tests.daemon.test_pipeline import running
 from tests.events import keyed, make_event, webhook_config
 

@@ -12,14 +12,14 @@ from typing import Any
 import orjson
 import structlog
 
-from adapters.sandbox.kit import Fault, SandboxServer
-from adapters.sandbox.webhook import WebhookFake
-from adapters.sandbox.wecom import WeComFake
 from daemon import metrics
 from daemon.app import Daemon
 from daemon.config import parse_config
 from daemon.ledger import MemoryLedger
 from daemon.retrying import RetryRecord
+from octopus_crm_sandbox.kit import Fault, SandboxServer
+from octopus_crm_sandbox.webhook import WebhookFake
+from octopus_crm_sandbox.wecom import WeComFake
 from tests.adapters.seed import resolved
 from tests.conftest import ROOT
 from tests.daemon.test_pipeline import running

@@ -8,11 +8,11 @@ from typing import Any
 import orjson
 import pytest
 
-from adapters.sandbox.kit import Fault, SandboxServer
-from adapters.sandbox.salesforce import SalesforceFake
-from adapters.sandbox.webhook import WebhookFake
 from daemon.app import Daemon
 from daemon.config import parse_config
+from octopus_crm_sandbox.kit import Fault, SandboxServer
+from octopus_crm_sandbox.salesforce import SalesforceFake
+from octopus_crm_sandbox.webhook import WebhookFake
 from tests.adapters.seed import seed_entry
 from tests.daemon.test_pipeline import run_until
 from tests.events import keyed, make_event, webhook_config

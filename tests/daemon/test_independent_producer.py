@@ -17,8 +17,8 @@ from typing import Any
 import orjson
 import pytest
 
-from adapters.sandbox.kit import SandboxServer
-from adapters.sandbox.webhook import WebhookFake
+from octopus_crm_sandbox.kit import SandboxServer
+from octopus_crm_sandbox.webhook import WebhookFake
 from tests.events import make_event, webhook_config
 from tests.process import DaemonProcess
 

@@ -12,8 +12,6 @@ from typing import Any
 import orjson
 import pytest
 
-from adapters.sandbox.kit import SandboxServer
-from adapters.sandbox.webhook import WebhookFake
 from daemon.ledger import (
     Claim,
     Lease,
@@ -25,6 +23,8 @@ from daemon.ledger import (
     lease_owner,
     open_ledger,
 )
+from octopus_crm_sandbox.kit import SandboxServer
+from octopus_crm_sandbox.webhook import WebhookFake
 from tests.events import keyed, make_event, webhook_config
 from tests.process import DaemonProcess
 

@@ -14,9 +14,9 @@ import pytest
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
-from adapters.sandbox.kit import FakeVendor, SandboxServer
-from adapters.sandbox.webhook import WebhookFake
 from daemon.consumer import Health
+from octopus_crm_sandbox.kit import FakeVendor, SandboxServer
+from octopus_crm_sandbox.webhook import WebhookFake
 from tests.events import keyed, make_event, webhook_config
 from tests.process import DaemonProcess
 

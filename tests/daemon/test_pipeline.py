@@ -11,10 +11,10 @@ from typing import Any
 import orjson
 import pytest
 
-from adapters.sandbox.kit import SandboxServer
-from adapters.sandbox.webhook import WebhookFake
 from daemon.app import Daemon
 from daemon.config import parse_config
+from octopus_crm_sandbox.kit import SandboxServer
+from octopus_crm_sandbox.webhook import WebhookFake
 from tests.events import keyed, make_event, webhook_config
 
 

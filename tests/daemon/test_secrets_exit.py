@@ -13,8 +13,8 @@ import orjson
 import pytest
 from aiohttp import web
 
-from adapters.sandbox.kit import FakeVendor, SandboxServer
-from daemon.broker import free_port
+from daemon.net import free_port
+from octopus_crm_sandbox.kit import FakeVendor, SandboxServer
 from tests.events import keyed, make_event
 from tests.process import DaemonProcess
 

@@ -8,10 +8,10 @@ from typing import Any
 
 import orjson
 
-from adapters.sandbox.kit import Fault, SandboxServer
-from adapters.sandbox.webhook import WebhookFake
 from daemon.app import Daemon
 from daemon.config import parse_config
+from octopus_crm_sandbox.kit import Fault, SandboxServer
+from octopus_crm_sandbox.webhook import WebhookFake
 from tests.daemon.test_pipeline import run_until, running
 from tests.events import keyed, make_event, webhook_config
 

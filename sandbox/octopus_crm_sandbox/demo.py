@@ -20,15 +20,15 @@ from typing import Any
 
 import orjson
 
-from adapters.sandbox.runner import Sandbox, integrations_of
 from daemon.app import Daemon
-from daemon.broker import free_port
 from daemon.config import CrmConfig, PrimaryBackup
 from daemon.contracts import ClassifiedMessage
-from daemon.local_stack import EXAMPLES, local_stack
 from daemon.logs import configure_logging
+from daemon.net import free_port
 from daemon.producing import event_key, produce_lines
 from daemon.settings import Settings
+from octopus_crm_sandbox.local_stack import EXAMPLES, local_stack
+from octopus_crm_sandbox.runner import Sandbox, integrations_of
 from strategies.routing import plan
 
 __all__ = ["run_demo"]
@@ -48,7 +48,7 @@ def _inject_outage(sandbox: Sandbox, config: CrmConfig, lines: list[bytes]) -> i
     """Salesforce answers 503 to every attempt at the first sample's lead: the seed's
     primary_backup strategy falls back to HubSpot and, with sync_back, later delivers to
     Salesforce too. Returns the extra results this adds."""
-    from adapters.sandbox.kit import Fault
+    from octopus_crm_sandbox.kit import Fault
 
     fake = sandbox.fakes.get("salesforce")
     if fake is None or not lines or not isinstance(config.strategy, PrimaryBackup):

@@ -28,7 +28,7 @@ from zoneinfo import ZoneInfo
 import orjson
 from aiohttp import web
 
-from adapters.sandbox.kit import FakeVendor
+from octopus_crm_sandbox.kit import FakeVendor
 
 __all__ = ["HubSpotFake"]
 

@@ -14,8 +14,8 @@ back and ``after_effect`` accepts the message before failing (a lost ``250``). A
 (``rate_limit=(n, seconds)``) counts messages at ``MAIL`` and answers ``421 4.7.0 Too many
 messages, slow down``.
 
-SMTP is not HTTP, so this fake is not a :class:`~adapters.sandbox.kit.FakeVendor` and
-:class:`~adapters.sandbox.kit.SandboxServer` cannot run it: it has the same face (``name``,
+SMTP is not HTTP, so this fake is not a :class:`~octopus_crm_sandbox.kit.FakeVendor` and
+:class:`~octopus_crm_sandbox.kit.SandboxServer` cannot run it: it has the same face (``name``,
 ``ENV``, ``endpoints()``, ``records``, ``inject()``, ``window``, the ``rate_limit`` / ``latency``
 keywords) and its own ``await fake.start()`` / ``await fake.stop()`` (or ``async with``), which
 the sandbox runner calls for fakes that are not ``FakeVendor``s.
@@ -37,7 +37,7 @@ from typing import Any, ClassVar, Literal
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
-from adapters.sandbox.kit import Fault, SlidingWindow
+from octopus_crm_sandbox.kit import Fault, SlidingWindow
 
 __all__ = ["SmtpFake"]
 

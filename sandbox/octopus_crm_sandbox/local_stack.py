@@ -13,10 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from adapters.sandbox.runner import Sandbox, integrations_of
-from daemon.broker import EmbeddedBroker, create_topics
 from daemon.config import CrmConfig, load_config
 from daemon.settings import Settings
+from daemon.topics import create_topics
+from octopus_crm_sandbox.broker import EmbeddedBroker
+from octopus_crm_sandbox.runner import Sandbox, integrations_of
 
 __all__ = ["EXAMPLES", "LocalStack", "local_stack"]
 

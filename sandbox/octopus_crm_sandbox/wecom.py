@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 import orjson
 from aiohttp import web
 
-from adapters.sandbox.kit import FakeVendor
+from octopus_crm_sandbox.kit import FakeVendor
 
 __all__ = ["DEFAULT_TEMPLATES", "WeComFake"]
 

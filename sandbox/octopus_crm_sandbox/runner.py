@@ -15,8 +15,8 @@ from typing import Any, Protocol
 import yaml
 
 from adapters.registry import adapter_class
-from adapters.sandbox.kit import FakeVendor, SandboxServer
-from adapters.sandbox.registry import FAKES
+from octopus_crm_sandbox.kit import FakeVendor, SandboxServer
+from octopus_crm_sandbox.registry import FAKES
 
 __all__ = ["Sandbox", "canonical_type", "integrations_of", "run_sandbox", "unknown_types"]
 

@@ -1,0 +1,26 @@
+"""The vendor fakes, one line per target type; ``octopus-crm sandbox`` and the demo run them."""
+
+from __future__ import annotations
+
+from octopus_crm_sandbox.feishu import FeishuFake
+from octopus_crm_sandbox.hubspot import HubSpotFake
+from octopus_crm_sandbox.jira import JiraFake
+from octopus_crm_sandbox.kit import FakeVendor
+from octopus_crm_sandbox.salesforce import SalesforceFake
+from octopus_crm_sandbox.slack import SlackFake
+from octopus_crm_sandbox.smtp import SmtpFake
+from octopus_crm_sandbox.webhook import WebhookFake
+from octopus_crm_sandbox.wecom import WeComFake
+
+__all__ = ["FAKES"]
+
+FAKES: dict[str, type[FakeVendor] | type[SmtpFake]] = {
+    "webhook": WebhookFake,
+    "salesforce": SalesforceFake,
+    "hubspot": HubSpotFake,
+    "wecom": WeComFake,
+    "feishu": FeishuFake,
+    "jira": JiraFake,
+    "slack": SlackFake,
+    "email": SmtpFake,
+}
