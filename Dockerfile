@@ -22,6 +22,7 @@ ENV PIP_NO_CACHE_DIR=1 \
 
 WORKDIR /src
 COPY pyproject.toml ./
+COPY octopus_crm ./octopus_crm
 COPY daemon ./daemon
 COPY adapters ./adapters
 COPY strategies ./strategies

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from adapters.errors import AuthError, DeliveryError, RetryableError
-from daemon.redaction import register_secret
+from octopus_crm.core.redaction import register_secret
 
 if TYPE_CHECKING:
     from adapters.http import HttpClient, Request, Response

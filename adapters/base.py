@@ -21,7 +21,7 @@ from adapters.http import DEFAULT_MAX_BODY_BYTES, HttpClient, Response, Timeouts
 from adapters.ratelimit import Limiter, RateLimit
 from adapters.templates import Compiled, TemplateError, compile_template, template_vars
 from adapters.urlguard import allows_private_network, url_problem
-from daemon.contracts import ClassifiedMessage
+from octopus_crm.core.contracts import ClassifiedMessage
 
 __all__ = [
     "PRIORITY_TITLE",

@@ -58,8 +58,8 @@ from adapters.errors import (
 )
 from adapters.http import Timeouts, check_body_size
 from adapters.ratelimit import Limiter, RateLimit
-from daemon.contracts import ClassifiedMessage
-from daemon.redaction import redact, register_secret
+from octopus_crm.core.contracts import ClassifiedMessage
+from octopus_crm.core.redaction import redact, register_secret
 
 __all__ = ["EmailAdapter", "SmtpEndpoints", "address_limits", "build_message", "classify_reply", "message_id_for"]
 

@@ -33,7 +33,7 @@ from adapters.errors import (
 )
 from adapters.ratelimit import Limiter
 from adapters.urlguard import BlockedAddressError, GuardedResolver, check_url
-from daemon.redaction import redact
+from octopus_crm.core.redaction import redact
 
 if TYPE_CHECKING:
     from adapters.auth import Auth

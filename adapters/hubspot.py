@@ -60,8 +60,8 @@ from adapters.errors import (
 from adapters.fleet import scope_of_secret
 from adapters.http import HttpClient, Request, Response, parse_retry_after
 from adapters.ratelimit import Limiter, RateLimit
-from daemon.contracts import ClassifiedMessage
-from daemon.redaction import redact
+from octopus_crm.core.contracts import ClassifiedMessage
+from octopus_crm.core.redaction import redact
 
 __all__ = ["HubSpotAdapter"]
 

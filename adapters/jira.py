@@ -39,7 +39,7 @@ from adapters.base import AdapterInfo, Delivered, DeliveryContext, HttpAdapter
 from adapters.errors import ConfigError, DeliveryError, PermanentError, RateLimitedError
 from adapters.http import HttpClient, Request, Response, classify_status
 from adapters.ratelimit import Limiter, RateLimit
-from daemon.contracts import ClassifiedMessage
+from octopus_crm.core.contracts import ClassifiedMessage
 
 __all__ = ["JiraAdapter", "dedupe_label", "text_to_adf"]
 

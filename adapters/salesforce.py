@@ -45,8 +45,8 @@ from adapters.errors import (
 )
 from adapters.http import HttpClient, Request, Response, parse_retry_after
 from adapters.ratelimit import Limiter, RateLimit
-from daemon.contracts import ClassifiedMessage
-from daemon.redaction import redact
+from octopus_crm.core.contracts import ClassifiedMessage
+from octopus_crm.core.redaction import redact
 
 __all__ = ["SalesforceAdapter", "api_field_name", "api_version"]
 

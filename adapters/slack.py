@@ -36,8 +36,8 @@ from adapters.errors import AuthError, ConfigError, DeliveryError, PermanentErro
 from adapters.fleet import scope_of_secret
 from adapters.http import HttpClient, Request, Response, classify_status
 from adapters.ratelimit import Limiter, RateLimit
-from daemon.contracts import ClassifiedMessage
-from daemon.redaction import register_secret
+from octopus_crm.core.contracts import ClassifiedMessage
+from octopus_crm.core.redaction import register_secret
 
 __all__ = ["WEB_API_CODES", "SlackAdapter", "classify_web_api", "classify_webhook"]
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from daemon.contracts import ClassifiedMessage
+from octopus_crm.core.contracts import ClassifiedMessage
 
 __all__ = ["FILTERS", "Compiled", "TemplateError", "compile_template", "template_vars"]
 

@@ -14,8 +14,8 @@ from adapters.base import AdapterInfo, Delivered, DeliveryContext, HttpAdapter
 from adapters.errors import ConfigError
 from adapters.http import HttpClient, Request
 from adapters.ratelimit import Limiter, RateLimit
-from daemon.contracts import ClassifiedMessage
-from daemon.redaction import register_secret_parts
+from octopus_crm.core.contracts import ClassifiedMessage
+from octopus_crm.core.redaction import register_secret_parts
 
 __all__ = ["WebhookAdapter"]
 

@@ -35,8 +35,8 @@ from adapters.base import AdapterInfo, BodyCodes, Delivered, DeliveryContext, Ht
 from adapters.errors import ConfigError, DeliveryError, PermanentError, RateLimitedError
 from adapters.http import HttpClient, Request, Response
 from adapters.ratelimit import Limiter, RateLimit
-from daemon.contracts import ClassifiedMessage
-from daemon.redaction import register_secret
+from octopus_crm.core.contracts import ClassifiedMessage
+from octopus_crm.core.redaction import register_secret
 
 __all__ = ["WECOM_CODES", "RateLimitBlocks", "WeComAdapter"]
 

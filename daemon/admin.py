@@ -34,7 +34,7 @@ from daemon.config import CrmConfig
 from daemon.consumer import Health
 from daemon.dispatch import Dispatcher
 from daemon.net import bound_port
-from daemon.redaction import redact_value, register_secret
+from octopus_crm.core.redaction import redact_value, register_secret
 
 __all__ = ["AdminServer"]
 

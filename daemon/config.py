@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from adapters.base import Adapter, IntegrationConfig
 from adapters.errors import ConfigError as AdapterConfigError
 from adapters.registry import adapter_class
-from daemon.redaction import register_secret_parts
+from octopus_crm.core.redaction import register_secret_parts
 from strategies.breaker import BreakerPolicy
 from strategies.patterns import pattern_error
 from strategies.retry import RetryPolicy

@@ -46,10 +46,10 @@ from adapters.fleet import FleetStore
 from adapters.ratelimit import waits_measured
 from daemon import metrics
 from daemon.config import CrmConfig
-from daemon.contracts import ClassifiedMessage, ResultError, ResultSource, SyncResult, SyncStatus
 from daemon.ledger import Lease, Ledger, LedgerEntry, lease_owner
 from daemon.records import InboundRecord
 from daemon.retrying import AttemptRecord, RetryKind, RetryRecord, TargetSpec
+from octopus_crm.core.contracts import ClassifiedMessage, ResultError, ResultSource, SyncResult, SyncStatus
 from strategies.breaker import BreakerPolicy, BreakerState, CircuitBreaker
 from strategies.retry import RetryPolicy
 from strategies.routing import Plan, Target

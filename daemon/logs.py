@@ -15,7 +15,7 @@ import structlog
 from structlog.types import EventDict, WrappedLogger
 
 from daemon.log_summary import ClientLogSummary
-from daemon.redaction import redact, redact_value
+from octopus_crm.core.redaction import redact, redact_value
 
 __all__ = ["configure_logging"]
 

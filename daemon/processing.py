@@ -17,10 +17,10 @@ import structlog
 from pydantic import ValidationError
 
 from daemon import metrics
-from daemon.contracts import SUPPORTED_SCHEMA_VERSIONS, ClassifiedMessage, SyncResult
 from daemon.dispatch import Dispatcher, Outcomes
 from daemon.records import InboundRecord
 from daemon.reporting import Reporter
+from octopus_crm.core.contracts import SUPPORTED_SCHEMA_VERSIONS, ClassifiedMessage, SyncResult
 from strategies.routing import Plan
 
 __all__ = ["BadInput", "Processor", "decode", "log_outcomes", "report"]

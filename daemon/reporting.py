@@ -17,10 +17,10 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from daemon import metrics
-from daemon.contracts import SyncResult
 from daemon.records import InboundRecord
-from daemon.redaction import redact_bytes, redact_value
 from daemon.retrying import RetryRecord
+from octopus_crm.core.contracts import SyncResult
+from octopus_crm.core.redaction import redact_bytes, redact_value
 
 __all__ = ["DLQ_HEADERS", "Reporter"]
 

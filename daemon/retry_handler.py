@@ -15,12 +15,12 @@ import structlog
 from pydantic import ValidationError
 
 from daemon.consumer import WorkAbandoned
-from daemon.contracts import ClassifiedMessage
 from daemon.dispatch import Dispatcher
 from daemon.processing import log_outcomes, report
 from daemon.records import InboundRecord
 from daemon.reporting import Reporter
 from daemon.retrying import RetryRecord
+from octopus_crm.core.contracts import ClassifiedMessage
 
 __all__ = ["RetryHandler"]
 

@@ -16,7 +16,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 from daemon.records import InboundRecord
-from daemon.redaction import redact_value
+from octopus_crm.core.redaction import redact_value
 from strategies.routing import Target
 
 __all__ = ["AttemptRecord", "RetryKind", "RetryRecord", "TargetSpec"]

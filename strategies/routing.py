@@ -20,7 +20,7 @@ from daemon.config import (
     PrimaryBackup,
     Strategy,
 )
-from daemon.contracts import ClassifiedMessage
+from octopus_crm.core.contracts import ClassifiedMessage
 from strategies.rules import decide
 
 __all__ = ["Plan", "Route", "Skip", "Target", "plan"]

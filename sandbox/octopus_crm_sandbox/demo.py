@@ -22,11 +22,11 @@ import orjson
 
 from daemon.app import Daemon
 from daemon.config import CrmConfig, PrimaryBackup
-from daemon.contracts import ClassifiedMessage
 from daemon.logs import configure_logging
 from daemon.net import free_port
 from daemon.producing import event_key, produce_lines
 from daemon.settings import Settings
+from octopus_crm.core.contracts import ClassifiedMessage
 from octopus_crm_sandbox.local_stack import EXAMPLES, local_stack
 from octopus_crm_sandbox.runner import Sandbox, integrations_of
 from strategies.routing import plan

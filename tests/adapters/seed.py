@@ -12,7 +12,7 @@ import orjson
 
 from adapters.base import Adapter, IntegrationConfig
 from daemon.config import resolve_references
-from daemon.contracts import ClassifiedMessage
+from octopus_crm.core.contracts import ClassifiedMessage
 from octopus_crm_sandbox.kit import FakeVendor, SandboxServer
 
 A = TypeVar("A", bound=Adapter)

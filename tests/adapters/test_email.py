@@ -23,7 +23,7 @@ from adapters.errors import (
     RateLimitedError,
     RetryableError,
 )
-from daemon.contracts import ClassifiedMessage
+from octopus_crm.core.contracts import ClassifiedMessage
 from octopus_crm_sandbox.kit import Fault
 from octopus_crm_sandbox.smtp import SmtpFake
 

@@ -27,7 +27,7 @@ from adapters.errors import (
     RetryableError,
 )
 from adapters.feishu import RECORD_RATE, TASK_RATE, FeishuAdapter, client_token
-from daemon.contracts import ClassifiedMessage
+from octopus_crm.core.contracts import ClassifiedMessage
 from octopus_crm_sandbox.feishu import TASK_CREATE_SPEC, FeishuFake, check_meta
 from octopus_crm_sandbox.kit import Fault, SandboxServer
 from tests.adapters.seed import resolved, serving

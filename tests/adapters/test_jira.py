@@ -24,7 +24,7 @@ from adapters.errors import (
 )
 from adapters.http import Request
 from adapters.jira import JiraAdapter, dedupe_label, text_to_adf
-from daemon.contracts import ClassifiedMessage
+from octopus_crm.core.contracts import ClassifiedMessage
 from octopus_crm_sandbox.jira import JiraFake, adf_to_text
 from octopus_crm_sandbox.kit import Fault, SandboxServer
 from tests.adapters.seed import seed_config

@@ -22,7 +22,7 @@ from adapters.errors import (
     RetryableError,
 )
 from adapters.salesforce import SalesforceAdapter, api_field_name, api_version
-from daemon.redaction import REDACTED, redact
+from octopus_crm.core.redaction import REDACTED, redact
 from octopus_crm_sandbox.kit import Fault, SandboxServer
 from octopus_crm_sandbox.salesforce import SalesforceFake
 from tests.adapters.seed import event_of, seed_entry, with_changes

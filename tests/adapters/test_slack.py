@@ -25,7 +25,7 @@ from adapters.errors import (
 )
 from adapters.http import Request
 from adapters.slack import WEB_API_CODES, SlackAdapter
-from daemon.contracts import ClassifiedMessage
+from octopus_crm.core.contracts import ClassifiedMessage
 from octopus_crm_sandbox.kit import Fault, SandboxServer
 from octopus_crm_sandbox.slack import SPEC_ERRORS, SlackFake
 from tests.adapters.seed import seed_config

@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from adapters.templates import TemplateError, compile_template
-from daemon.contracts import ClassifiedMessage
+from octopus_crm.core.contracts import ClassifiedMessage
 
 BASE: dict[str, Any] = {
     "schemaVersion": 1,

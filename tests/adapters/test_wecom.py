@@ -23,7 +23,7 @@ from adapters.errors import (
     RetryableError,
 )
 from adapters.wecom import MESSAGE_RATE, RateLimitBlocks, WeComAdapter
-from daemon.contracts import ClassifiedMessage
+from octopus_crm.core.contracts import ClassifiedMessage
 from octopus_crm_sandbox.kit import Fault
 from octopus_crm_sandbox.wecom import WeComFake
 from tests.adapters.seed import resolved, serving

@@ -20,7 +20,7 @@ from adapters.webhook import WebhookAdapter
 from daemon.admin import AdminServer
 from daemon.config import parse_config
 from daemon.consumer import Health
-from daemon.contracts import ClassifiedMessage
+from octopus_crm.core.contracts import ClassifiedMessage
 from octopus_crm_sandbox.kit import SandboxServer
 from octopus_crm_sandbox.slack import SlackFake
 from octopus_crm_sandbox.webhook import WebhookFake

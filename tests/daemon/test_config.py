@@ -16,7 +16,7 @@ import yaml
 
 from adapters.registry import adapter_class
 from daemon.config import ConfigFileError, load_config, parse_config
-from daemon.redaction import REDACTED, redact
+from octopus_crm.core.redaction import REDACTED, redact
 
 ROOT = Path(__file__).resolve().parents[2]
 SEED_PATH = ROOT / "examples" / "crm-config.seed.json"

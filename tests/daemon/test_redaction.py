@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from daemon.redaction import REDACTED, redact, redact_value, register_secret
+from octopus_crm.core.redaction import REDACTED, redact, redact_value, register_secret
 
 
 def secret(prefix: str = "s") -> str:

@@ -6,7 +6,7 @@ import copy
 from typing import Any
 
 from daemon.config import CrmConfig, parse_config
-from daemon.contracts import ClassifiedMessage
+from octopus_crm.core.contracts import ClassifiedMessage
 from strategies.routing import Plan, Skip, Target, plan
 from tests.daemon.test_config import SEED_ENV, seed_for_registry
 

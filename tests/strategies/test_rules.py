@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from daemon.config import Condition, Rules
-from daemon.contracts import ClassifiedMessage
+from octopus_crm.core.contracts import ClassifiedMessage
 from strategies.rules import decide, default_object_type, matches
 
 BASE: dict[str, Any] = {

@@ -1,0 +1,1 @@
+"""octopus-crm-sync's own namespace (see ``octopus_crm.core``)."""
