@@ -306,7 +306,9 @@ class ConsumerLoop:
         finally:
             metrics.COMMIT_LATENCY.observe(time.perf_counter() - started)
         for tp, offset in offsets.items():
-            self._partitions[tp].tracker.mark_committed(offset)
+            state = self._partitions.get(tp)  # revoked while the commit was in flight
+            if state is not None:
+                state.tracker.mark_committed(offset)
 
     def assign(self, assigned: set[TopicPartition]) -> None:
         for tp in assigned:

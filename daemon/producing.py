@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaConnectionError
 
 from daemon.settings import Settings
 
@@ -30,17 +33,35 @@ def event_key(line: bytes, key_fields: str) -> bytes | None:
 
 
 async def produce_lines(settings: Settings, lines: list[bytes], *, topic: str, key_field: str) -> int:
-    producer = AIOKafkaProducer(
-        **settings.kafka_common(),
-        acks="all",
-        enable_idempotence=settings.producer_idempotence,
-        max_request_size=settings.max_request_size,
-    )
+    producer = await _started_producer(settings, patience_s=5.0)
     try:
-        await producer.start()
         futures = [await producer.send(topic, value=line, key=event_key(line, key_field)) for line in lines]
         for future in futures:
             await future
     finally:
         await producer.stop()
     return len(lines)
+
+
+async def _started_producer(settings: Settings, *, patience_s: float) -> AIOKafkaProducer:
+    """A started producer, trying again for a few seconds: a broker that is starting or busy
+    refuses a first connection now and then, which is no reason to call it unreachable."""
+    deadline = time.monotonic() + patience_s
+    while True:
+        producer = AIOKafkaProducer(
+            **settings.kafka_common(),
+            acks="all",
+            enable_idempotence=settings.producer_idempotence,
+            max_request_size=settings.max_request_size,
+        )
+        try:
+            await producer.start()
+            return producer
+        except KafkaConnectionError:
+            await producer.stop()
+            if time.monotonic() >= deadline:
+                raise
+        except BaseException:
+            await producer.stop()
+            raise
+        await asyncio.sleep(0.5)
