@@ -34,12 +34,14 @@ from datetime import datetime
 from typing import Any
 
 import orjson
+from pydantic import BaseModel, Field, SecretStr
 
 from adapters.auth import Token, TokenAuth, fetch_json_token
 from adapters.base import AdapterInfo, BodyCodes, Delivered, DeliveryContext, HttpAdapter
 from adapters.errors import ConfigError, DeliveryError, PermanentError, RateLimitedError
 from adapters.http import HttpClient, Request, Response, parse_retry_after
 from adapters.ratelimit import Limiter, RateLimit
+from adapters.settings import Credentials, Endpoints, Url, VendorSettings, alias
 from daemon.contracts import ClassifiedMessage
 from daemon.redaction import register_secret
 
@@ -135,6 +137,32 @@ def _due(value: Any) -> dict[str, Any] | None:
     return {"timestamp": str(int(when.timestamp() * 1000)), "is_all_day": False}
 
 
+class FeishuCredentials(Credentials):
+    appId: str | None = alias("appId", "app_id", description="The app's App ID (required).")
+    appSecret: SecretStr | None = alias("appSecret", "app_secret", description="The app's App Secret (required).")
+
+
+class _FeishuPlaces(BaseModel):
+    """Keys read from the top level or ``endpoints`` alike."""
+
+    appToken: str | None = alias("appToken", "app_token", description="Base (bitable) app token.")
+    tableId: str | None = alias("tableId", "table_id", description="Base table id.")
+    userIdType: str | None = Field(default=None, description="open_id (default), union_id or user_id.")
+    originName: str | None = Field(default=None, description="Task origin shown in Feishu (default Octopus).")
+    tasklistGuid: str | None = Field(default=None, description="Add tasks to this task list.")
+    tenantDomain: str | None = Field(default=None, description="e.g. acme.feishu.cn, for record URLs.")
+
+
+class FeishuEndpoints(Endpoints, _FeishuPlaces):
+    baseUrl: Url | None = Field(default=None, description="Default by domain.")
+    domain: str | None = Field(default=None, description="feishu (default) or lark.")
+
+
+class FeishuSettings(VendorSettings, _FeishuPlaces):
+    credentials: FeishuCredentials = Field(default_factory=FeishuCredentials)
+    endpoints: FeishuEndpoints = Field(default_factory=FeishuEndpoints)
+
+
 class FeishuAdapter(HttpAdapter):
     info = AdapterInfo(
         type="feishu",
@@ -153,6 +181,7 @@ class FeishuAdapter(HttpAdapter):
             "integration for x-ogw-ratelimit-reset seconds."
         ),
     )
+    settings_model = FeishuSettings
 
     @property
     def base_url(self) -> str:

@@ -38,6 +38,8 @@ from typing import Any, ClassVar
 from urllib.parse import quote
 from zoneinfo import ZoneInfo
 
+from pydantic import Field, SecretStr
+
 from adapters.auth import Auth, Token, TokenAuth, bearer, oauth2_token
 from adapters.base import (
     PRIORITY_UPPER,
@@ -60,6 +62,7 @@ from adapters.errors import (
 from adapters.fleet import scope_of_secret
 from adapters.http import HttpClient, Request, Response, parse_retry_after
 from adapters.ratelimit import Limiter, RateLimit
+from adapters.settings import Credentials, Endpoints, Url, VendorSettings
 from daemon.contracts import ClassifiedMessage
 from daemon.redaction import redact
 
@@ -95,6 +98,27 @@ def observe_window(headers: Mapping[str, str], limiter: Limiter | None) -> None:
         limiter.slow_down(interval / allowed)
 
 
+class HubSpotCredentials(Credentials):
+    apiKey: SecretStr | None = Field(default=None, description="Private-app token (the seed's apikey).")
+    accessToken: SecretStr | None = Field(default=None, description="Private-app token (another spelling).")
+    token: SecretStr | None = Field(default=None, description="Private-app token (another spelling).")
+    clientId: str | None = Field(default=None, description="authType oauth2.")
+    clientSecret: SecretStr | None = Field(default=None, description="authType oauth2.")
+    refreshToken: SecretStr | None = Field(default=None, description="authType oauth2.")
+
+
+class HubSpotEndpoints(Endpoints):
+    baseUrl: Url | None = Field(default=None, description="Default https://api.hubapi.com.")
+    portalId: str | int | None = Field(default=None, description="The account (portal) id: record URLs, limit scope.")
+    uiDomain: str | None = Field(default=None, description="e.g. app-eu1.hubspot.com (learnt when unset).")
+    timeZone: str | None = Field(default=None, description="IANA name; learnt from the account when unset.")
+
+
+class HubSpotSettings(VendorSettings):
+    credentials: HubSpotCredentials = Field(default_factory=HubSpotCredentials)
+    endpoints: HubSpotEndpoints = Field(default_factory=HubSpotEndpoints)
+
+
 class HubSpotAdapter(HttpAdapter):
     info = AdapterInfo(
         type="hubspot",
@@ -106,6 +130,7 @@ class HubSpotAdapter(HttpAdapter):
         idempotency="contacts de-duplicate on email (409 → existing contact); tickets: ledger only",
         docs="https://developers.hubspot.com/docs/api-reference/latest/crm/objects",
     )
+    settings_model = HubSpotSettings
     default_base_url = "https://api.hubapi.com"
     value_maps: ClassVar[Mapping[str, Mapping[str, Any]]] = {
         "ticket.hs_ticket_priority": PRIORITY_UPPER,

@@ -34,11 +34,14 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, ClassVar
 
+from pydantic import Field, SecretStr
+
 from adapters.auth import HeaderAuth, basic, bearer
 from adapters.base import AdapterInfo, Delivered, DeliveryContext, HttpAdapter
 from adapters.errors import ConfigError, DeliveryError, PermanentError, RateLimitedError
 from adapters.http import HttpClient, Request, Response, classify_status
 from adapters.ratelimit import Limiter, RateLimit
+from adapters.settings import Credentials, Endpoints, Url, VendorSettings, alias
 from daemon.contracts import ClassifiedMessage
 
 __all__ = ["JiraAdapter", "dedupe_label", "text_to_adf"]
@@ -131,6 +134,24 @@ def classify(response: Response) -> DeliveryError | None:
     return error
 
 
+class JiraCredentials(Credentials):
+    email: str | None = alias("email", "username", description="Atlassian account email (basic auth).")
+    apiToken: SecretStr | None = alias("apiToken", "api_token", description="API token (basic auth).")
+    accessToken: SecretStr | None = alias("accessToken", "token", description="authType bearer.")
+
+
+class JiraEndpoints(Endpoints):
+    baseUrl: Url | None = Field(default=None, description="https://<site>.atlassian.net (required).")
+    siteUrl: Url | None = Field(default=None, description="Browse URLs' site when baseUrl is the API gateway.")
+
+
+class JiraSettings(VendorSettings):
+    credentials: JiraCredentials = Field(default_factory=JiraCredentials)
+    endpoints: JiraEndpoints = Field(default_factory=JiraEndpoints)
+    adfFields: list[str] = Field(default_factory=list, description="More fields to convert to ADF.")
+    dedupeLabel: bool = Field(default=True, description="Label issues with the idempotency key to find them again.")
+
+
 class JiraAdapter(HttpAdapter):
     info = AdapterInfo(
         type="jira",
@@ -142,6 +163,7 @@ class JiraAdapter(HttpAdapter):
         idempotency="label octopus-<hash of key> on each issue, found again with JQL search",
         docs="https://developer.atlassian.com/cloud/jira/platform/rest/v3/api-group-issues/#api-rest-api-3-issue-post",
     )
+    settings_model = JiraSettings
     value_maps: ClassVar[Mapping[str, Mapping[str, Any]]] = {"issue.priority": PRIORITY_JIRA}
 
     def validate_config(self) -> None:

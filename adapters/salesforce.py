@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 from urllib.parse import quote, urlsplit
 
+from pydantic import Field, SecretStr
+
 from adapters.auth import Token, TokenAuth, oauth2_token
 from adapters.base import PRIORITY_TITLE, AdapterInfo, Delivered, DeliveryContext, HttpAdapter
 from adapters.errors import (
@@ -45,6 +47,7 @@ from adapters.errors import (
 )
 from adapters.http import HttpClient, Request, Response, parse_retry_after
 from adapters.ratelimit import Limiter, RateLimit
+from adapters.settings import Credentials, Endpoints, Url, VendorSettings
 from daemon.contracts import ClassifiedMessage
 from daemon.redaction import redact
 
@@ -138,6 +141,32 @@ def _describe(error: dict[str, Any]) -> str:
     return f"{error.get('errorCode', 'ERROR')}: {error.get('message', '')}{suffix}"
 
 
+class SalesforceCredentials(Credentials):
+    clientId: str | None = Field(default=None, description="Connected app consumer key (required).")
+    clientSecret: SecretStr | None = Field(default=None, description="Connected app consumer secret (required).")
+    username: str | None = Field(default=None, description="Password flow only.")
+    password: SecretStr | None = Field(default=None, description="Password flow only.")
+    securityToken: SecretStr | None = Field(default=None, description="Appended to the password (password flow).")
+    grantType: str | None = Field(default=None, description="client_credentials or password (default: by the keys).")
+    sandbox: bool | str | None = Field(default=None, description="Log in at test.salesforce.com.")
+
+
+class SalesforceEndpoints(Endpoints):
+    baseUrl: Url | None = Field(default=None, description="The org's My Domain URL.")
+    loginUrl: Url | None = Field(default=None, description="Token endpoint host (default: baseUrl, else login/test).")
+    apiVersion: str | None = Field(default=None, description="e.g. v58.0 (the seed's spelling) or 58.0.")
+    sandbox: bool | str | None = Field(default=None, description="Log in at test.salesforce.com.")
+    externalIdField: str | dict[str, str] | None = Field(
+        default=None, description="Upsert key field: one API name, or one per object type."
+    )
+
+
+class SalesforceSettings(VendorSettings):
+    credentials: SalesforceCredentials = Field(default_factory=SalesforceCredentials)
+    endpoints: SalesforceEndpoints = Field(default_factory=SalesforceEndpoints)
+    externalIdField: str | dict[str, str] | None = Field(default=None, description="As endpoints.externalIdField.")
+
+
 class SalesforceAdapter(HttpAdapter):
     info = AdapterInfo(
         type="salesforce",
@@ -151,6 +180,7 @@ class SalesforceAdapter(HttpAdapter):
         idempotency="external-id upsert (externalIdField) keyed on the idempotency key",
         docs="https://developer.salesforce.com/docs/atlas.en-us.api_rest.meta/api_rest/",
     )
+    settings_model = SalesforceSettings
     version: str
     grant: str
     auth: TokenAuth

@@ -30,12 +30,15 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from pydantic import Field, SecretStr
+
 from adapters.auth import HeaderAuth, bearer
 from adapters.base import AdapterInfo, BodyCodes, Delivered, DeliveryContext, HttpAdapter
 from adapters.errors import AuthError, ConfigError, DeliveryError, PermanentError
 from adapters.fleet import scope_of_secret
 from adapters.http import HttpClient, Request, Response, classify_status
 from adapters.ratelimit import Limiter, RateLimit
+from adapters.settings import Credentials, Endpoints, Url, VendorSettings, alias
 from daemon.contracts import ClassifiedMessage
 from daemon.redaction import register_secret
 
@@ -118,6 +121,22 @@ def _escaped(event: ClassifiedMessage) -> ClassifiedMessage:
     )
 
 
+class SlackCredentials(Credentials):
+    token: SecretStr | None = alias("token", "botToken", "accessToken", description="Bot token xoxb- (bot_token).")
+    webhookUrl: SecretStr | None = alias("webhookUrl", "url", description="Incoming webhook URL (webhook).")
+
+
+class SlackEndpoints(Endpoints):
+    baseUrl: Url | None = Field(default=None, description="Default https://slack.com/api.")
+    workspaceUrl: Url | None = Field(default=None, description="For message permalinks (default https://slack.com).")
+
+
+class SlackSettings(VendorSettings):
+    credentials: SlackCredentials = Field(default_factory=SlackCredentials)
+    endpoints: SlackEndpoints = Field(default_factory=SlackEndpoints)
+    escapeText: bool = Field(default=True, description="Escape <, > and & in customer text.")
+
+
 class SlackAdapter(HttpAdapter):
     info = AdapterInfo(
         type="slack",
@@ -129,6 +148,7 @@ class SlackAdapter(HttpAdapter):
         idempotency="none (Slack has no idempotency key; ledger only)",
         docs="https://docs.slack.dev/reference/methods/chat.postMessage",
     )
+    settings_model = SlackSettings
     default_base_url = "https://slack.com/api"
 
     @property

@@ -9,15 +9,32 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import Field, SecretStr
+
 from adapters.auth import HeaderAuth
 from adapters.base import AdapterInfo, Delivered, DeliveryContext, HttpAdapter
 from adapters.errors import ConfigError
 from adapters.http import HttpClient, Request
 from adapters.ratelimit import Limiter, RateLimit
+from adapters.settings import Credentials, Endpoints, Url, VendorSettings, alias
 from daemon.contracts import ClassifiedMessage
 from daemon.redaction import register_secret_parts
 
 __all__ = ["WebhookAdapter"]
+
+
+class WebhookCredentials(Credentials):
+    token: SecretStr | None = alias("token", "bearerToken", description="Sent as `Authorization: Bearer <token>`.")
+
+
+class WebhookEndpoints(Endpoints):
+    url: Url | None = Field(default=None, description="The receiver (required); userinfo, query values are secrets.")
+
+
+class WebhookSettings(VendorSettings):
+    credentials: WebhookCredentials = Field(default_factory=WebhookCredentials)
+    endpoints: WebhookEndpoints = Field(default_factory=WebhookEndpoints)
+    headers: dict[str, str] = Field(default_factory=dict, description="Extra request headers (values are secrets).")
 
 
 class WebhookAdapter(HttpAdapter):
@@ -30,6 +47,7 @@ class WebhookAdapter(HttpAdapter):
         rate_limit=RateLimit(requests=1000, concurrency=64),
         idempotency="Idempotency-Key header",
     )
+    settings_model = WebhookSettings
     base_url_key = "url"
     allows_unmapped = True
 

@@ -30,11 +30,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from pydantic import Field, SecretStr
+
 from adapters.auth import Token, TokenAuth, fetch_json_token
 from adapters.base import AdapterInfo, BodyCodes, Delivered, DeliveryContext, HttpAdapter, IntegrationConfig
 from adapters.errors import ConfigError, DeliveryError, PermanentError, RateLimitedError
 from adapters.http import HttpClient, Request, Response
 from adapters.ratelimit import Limiter, RateLimit
+from adapters.settings import Credentials, Endpoints, Url, VendorSettings, alias
 from daemon.contracts import ClassifiedMessage
 from daemon.redaction import register_secret
 
@@ -134,6 +137,22 @@ def _user_ids(value: Any) -> list[str]:
     return [str(v).strip() for v in items if v is not None and str(v).strip()]
 
 
+class WeComCredentials(Credentials):
+    corpId: str | None = alias("corpId", "corpid", description="The company's CorpID (required).")
+    secret: SecretStr | None = alias("secret", "corpSecret", "corpsecret", description="The app's Secret (required).")
+    agentId: str | int | None = alias("agentId", "agentid", description="The app's numeric AgentId (messages).")
+
+
+class WeComEndpoints(Endpoints):
+    baseUrl: Url | None = Field(default=None, description="Default https://qyapi.weixin.qq.com.")
+
+
+class WeComSettings(VendorSettings):
+    credentials: WeComCredentials = Field(default_factory=WeComCredentials)
+    endpoints: WeComEndpoints = Field(default_factory=WeComEndpoints)
+    controls: dict[str, Any] | None = Field(default=None, description="Data key → approval control id.")
+
+
 class WeComAdapter(HttpAdapter):
     info = AdapterInfo(
         type="wecom",
@@ -151,6 +170,7 @@ class WeComAdapter(HttpAdapter):
             "are capped at 30/min and 1,000/h per member and WeCom drops the excess silently."
         ),
     )
+    settings_model = WeComSettings
     default_base_url = "https://qyapi.weixin.qq.com"
     value_maps: ClassVar[Mapping[str, Mapping[str, Any]]] = {"oa_approval.priority": PRIORITY_ZH}
 
