@@ -39,7 +39,12 @@ _Strict = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 def alias(*names: str, description: str = "", default: Any = None) -> Any:
     """A field that also accepts the seed's other spellings (``appId`` / ``app_id``)."""
-    return Field(default=default, validation_alias=AliasChoices(*names), description=description or None)
+    return Field(
+        default=default,
+        validation_alias=AliasChoices(*names),
+        description=description or None,
+        json_schema_extra={"x-aliases": list(names[1:])},
+    )
 
 
 class Credentials(BaseModel):
@@ -142,7 +147,7 @@ def check_settings(model: type[VendorSettings], config: BaseModel) -> VendorSett
 
 def settings_schema(model: type[VendorSettings], auth_types: tuple[str, ...]) -> dict[str, Any]:
     """The JSON Schema of one vendor's ``config`` block (what its integrations accept)."""
-    schema = model.model_json_schema(by_alias=False)
+    schema = model.model_json_schema(by_alias=True)
     schema["properties"]["authType"] = {
         "anyOf": [{"enum": list(auth_types)}, {"type": "null"}],
         "default": None,
