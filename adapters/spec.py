@@ -267,6 +267,10 @@ class CreateCall:
     url: UrlBuilder | None = None
     #: A receiver that answers without an id: the idempotency key stands in for one.
     key_as_id: bool = False
+    #: More values kept with the result: name → body path (Jira's numeric id next to its key).
+    detail: Mapping[str, tuple[str | int, ...]] = field(default_factory=dict)
+    #: What the record is called in an error message ("issue key").
+    what: str = "a record id"
 
     def delivered(self, adapter: Any, response: Response, ctx: DeliveryContext | None) -> Delivered:
         body = response.json()
@@ -283,7 +287,7 @@ class CreateCall:
                 raw = ctx.idempotency_key
             else:
                 raise PermanentError(
-                    f"{adapter.info.display_name} answered without a record id: {str(body)[:200]}",
+                    f"{adapter.info.display_name.split()[0]} answered without {self.what}: {str(body)[:200]}",
                     code="bad_response",
                 )
         record_id = str(raw)
@@ -292,7 +296,8 @@ class CreateCall:
             url = self.url(adapter, record_id, body)
         elif self.url_at is not None:
             url = at_path(body, self.url_at)
-        return Delivered(record_id, url if isinstance(url, str) and url else None)
+        detail = {name: str(at_path(body, path) or "") for name, path in self.detail.items()}
+        return Delivered(record_id, url if isinstance(url, str) and url else None, detail)
 
 
 @dataclass(frozen=True)
