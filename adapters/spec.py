@@ -260,6 +260,8 @@ class CreateCall:
     #: Headers from the event (``X-Octopus-Event-Id``).
     event_headers: Callable[[ClassifiedMessage], Mapping[str, str]] | None = None
     id_at: tuple[str | int, ...] = ("id",)
+    #: Or: the id computed from the decoded body (a composite such as Slack's channel:ts).
+    id_of: Callable[[Any], Any] | None = None
     #: Or: the id is the last path segment of this response header (``Location``).
     id_header: str | None = None
     url_at: tuple[str | int, ...] | None = None
@@ -273,13 +275,20 @@ class CreateCall:
     what: str = "a record id"
 
     def delivered(self, adapter: Any, response: Response, ctx: DeliveryContext | None) -> Delivered:
-        body = response.json()
+        # A body the id is read from must be an object (a list or text is a typed error).
+        body = response.json() if self.key_as_id or self.id_header else response.json_object(self.path or "create")
         return self.delivered_from(adapter, body, response.headers, ctx)
 
     def delivered_from(
         self, adapter: Any, body: Any, headers: Mapping[str, str], ctx: DeliveryContext | None
     ) -> Delivered:
-        raw: Any = at_path(body, self.id_at) if self.id_header is None else headers.get(self.id_header, "")
+        raw: Any
+        if self.id_of is not None:
+            raw = self.id_of(body)
+        elif self.id_header is not None:
+            raw = headers.get(self.id_header, "")
+        else:
+            raw = at_path(body, self.id_at)
         if self.id_header is not None and isinstance(raw, str):
             raw = raw.rstrip("/").rsplit("/", 1)[-1]
         if raw in (None, "") or isinstance(raw, (dict, list, bool)):
