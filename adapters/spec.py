@@ -29,6 +29,7 @@ from adapters.errors import (
 from adapters.http import Classifier, HttpClient, Request, Response, classify_status, parse_retry_after
 from adapters.ratelimit import Limiter
 from daemon.contracts import ClassifiedMessage
+from daemon.redaction import register_secret
 
 __all__ = [
     "ApiKeyHeader",
@@ -206,6 +207,9 @@ class JsonToken:
 
     def build(self, config: IntegrationConfig, base_url: str) -> Auth | None:
         url = _join(base_url, self.path)
+        for name, keys in self.send.items():
+            if "secret" in name.lower():
+                register_secret(config.secret(*keys))
 
         async def fetch(http: HttpClient) -> Token:
             values = {name: config.secret(*keys) for name, keys in self.send.items()}
@@ -257,6 +261,8 @@ class CreateCall:
     #: Send the delivery's idempotency key in this header (``Idempotency-Key``).
     idempotency_header: str | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
+    #: (adapter, ctx) → query parameters (Feishu's ``client_token``, ``user_id_type``).
+    params: Callable[[Any, DeliveryContext], dict[str, str]] | None = None
     #: Headers from the event (``X-Octopus-Event-Id``).
     event_headers: Callable[[ClassifiedMessage], Mapping[str, str]] | None = None
     id_at: tuple[str | int, ...] = ("id",)
@@ -459,7 +465,14 @@ class SpecAdapter(HttpAdapter):
         return dict(self.spec.headers)
 
     def create_call(self, object_type: str) -> CreateCall:
-        return self.spec.objects[object_type]
+        call = self.spec.objects.get(object_type)
+        if call is None:
+            raise ConfigError(f"{self.info.type} has no object type {object_type!r}", code="unknown_object_type")
+        return call
+
+    def path_vars(self) -> dict[str, str]:
+        """Values for ``{placeholders}`` in call paths (a Base's app token and table id)."""
+        return {}
 
     def request_body(self, call: CreateCall, event: ClassifiedMessage, object_type: str, ctx: DeliveryContext) -> Any:
         fields = self.render(event, object_type, ctx) if self.templates or not self.allows_unmapped else {}
@@ -473,8 +486,9 @@ class SpecAdapter(HttpAdapter):
         if call.event_headers is not None:
             headers.update(call.event_headers(event))
         body = self.request_body(call, event, object_type, ctx)
-        url = call.path or self.base_url  # an empty path: the configured URL exactly as written
-        response = await self.http.send(Request(call.method, url, json=body, headers=headers))
+        url = call.path.format(**self.path_vars()) if call.path else self.base_url  # "": the URL as written
+        params = call.params(self, ctx) if call.params is not None else {}
+        response = await self.http.send(Request(call.method, url, json=body, headers=headers, params=params))
         return call.delivered(self, response, ctx)
 
     async def find_existing(self, event: ClassifiedMessage, object_type: str, ctx: DeliveryContext) -> Delivered | None:
