@@ -311,7 +311,7 @@ class CreateCall:
             url = self.url(adapter, record_id, body)
         elif self.url_at is not None:
             url = at_path(body, self.url_at)
-        detail = {name: str(at_path(body, path) or "") for name, path in self.detail.items()}
+        detail = {name: value for name, path in self.detail.items() if (value := at_path(body, path))}
         return Delivered(record_id, url if isinstance(url, str) and url else None, detail)
 
 
