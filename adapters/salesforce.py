@@ -33,8 +33,8 @@ from urllib.parse import quote, urlsplit
 
 from pydantic import Field, SecretStr
 
-from adapters.auth import Token, TokenAuth, oauth2_token
-from adapters.base import PRIORITY_TITLE, AdapterInfo, Delivered, DeliveryContext, HttpAdapter
+from adapters.auth import Auth, Token, TokenAuth, oauth2_token
+from adapters.base import PRIORITY_TITLE, AdapterInfo, Delivered, DeliveryContext
 from adapters.errors import (
     AuthError,
     ConfigError,
@@ -45,9 +45,10 @@ from adapters.errors import (
     RetryableError,
     TokenExpiredError,
 )
-from adapters.http import HttpClient, Request, Response, parse_retry_after
-from adapters.ratelimit import Limiter, RateLimit
+from adapters.http import Classifier, HttpClient, Request, Response, parse_retry_after
+from adapters.ratelimit import RateLimit
 from adapters.settings import Credentials, Endpoints, Url, VendorSettings
+from adapters.spec import CreateCall, OAuth2ClientCredentials, SpecAdapter, VendorSpec
 from daemon.contracts import ClassifiedMessage
 from daemon.redaction import redact
 
@@ -167,7 +168,16 @@ class SalesforceSettings(VendorSettings):
     externalIdField: str | dict[str, str] | None = Field(default=None, description="As endpoints.externalIdField.")
 
 
-class SalesforceAdapter(HttpAdapter):
+SPEC = VendorSpec(
+    # Client credentials or, with credentials.grantType / username + password, the password flow:
+    # both at {login}/services/oauth2/token, chosen in make_auth.
+    auth={"oauth2": OAuth2ClientCredentials("/services/oauth2/token")},
+    default_auth="oauth2",
+    objects={name: CreateCall(f"sobjects/{sobject}/") for name, sobject in SOBJECTS.items()},
+)
+
+
+class SalesforceAdapter(SpecAdapter):
     info = AdapterInfo(
         type="salesforce",
         display_name="Salesforce",
@@ -181,6 +191,7 @@ class SalesforceAdapter(HttpAdapter):
         docs="https://developer.salesforce.com/docs/atlas.en-us.api_rest.meta/api_rest/",
     )
     settings_model = SalesforceSettings
+    spec = SPEC
     version: str
     grant: str
     auth: TokenAuth
@@ -192,12 +203,8 @@ class SalesforceAdapter(HttpAdapter):
 
     def validate_config(self) -> None:
         super().validate_config()
-        if self.config.authType not in (None, "oauth2"):
-            raise ConfigError(f"authType must be 'oauth2' (got {self.config.authType!r})", code="bad_auth_type")
         self.version = api_version(self.config.endpoints.get("apiVersion"))
         self.grant = self._grant()
-        self.config.secret("clientId")
-        self.config.secret("clientSecret")
         if self.grant == "client_credentials" and not self._explicit_login_url():
             raise ConfigError(
                 "endpoints.baseUrl (the org's My Domain URL) is required for the client credentials flow",
@@ -242,16 +249,16 @@ class SalesforceAdapter(HttpAdapter):
 
     # -- wiring ------------------------------------------------------------------------------
 
-    def make_http(self, limiter: Limiter) -> HttpClient:
+    @property
+    def base_url(self) -> str:
+        return self.login_url
+
+    def classifier(self) -> Classifier:
+        return classify
+
+    def make_auth(self) -> Auth:
         self.auth = TokenAuth(self._fetch_token, place=self._place)
-        return HttpClient(
-            name=self.integration_id,
-            base_url=self.login_url,
-            limiter=limiter,
-            auth=self.auth,
-            classify=classify,
-            timeouts=self.timeouts,
-        )
+        return self.auth
 
     async def _fetch_token(self, http: HttpClient) -> Token:
         form = {

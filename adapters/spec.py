@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, Protocol
 
 from adapters.auth import Auth, HeaderAuth, QueryAuth, Token, TokenAuth, basic, bearer, fetch_json_token, oauth2_token
 from adapters.base import Delivered, DeliveryContext, HttpAdapter, IntegrationConfig
@@ -237,7 +237,12 @@ class JsonToken:
         return TokenAuth(fetch, place=place)
 
 
-AuthScheme = NoAuth | Bearer | Basic | ApiKeyHeader | ApiKeyQuery | OAuth2ClientCredentials | OAuth2Refresh | JsonToken
+class AuthScheme(Protocol):
+    """How an ``authType`` authenticates: the credentials it needs, and the scheme it builds."""
+
+    def check(self, config: IntegrationConfig) -> None: ...
+
+    def build(self, config: IntegrationConfig, base_url: str) -> Auth | None: ...
 
 
 def _join(base_url: str, path: str) -> str:
@@ -455,11 +460,14 @@ class SpecAdapter(HttpAdapter):
             name=self.integration_id,
             base_url=self.base_url,
             limiter=limiter,
-            auth=self.auth_scheme.build(self.config, self.base_url),
+            auth=self.make_auth(),
             classify=self.classifier(),
             timeouts=self.timeouts,
             default_headers=self.default_headers(),
         )
+
+    def make_auth(self) -> Auth | None:
+        return self.auth_scheme.build(self.config, self.base_url)
 
     def default_headers(self) -> dict[str, str]:
         return dict(self.spec.headers)
