@@ -60,7 +60,7 @@ from adapters.fleet import scope_of_secret
 from adapters.http import Classifier, Request, Response, parse_retry_after
 from adapters.ratelimit import Limiter, RateLimit
 from adapters.settings import Credentials, Endpoints, Url, VendorSettings
-from adapters.spec import Bearer, CreateCall, OAuth2Refresh, SpecAdapter, TestCall, VendorSpec
+from adapters.spec import Bearer, ConnectionCheck, CreateCall, OAuth2Refresh, SpecAdapter, VendorSpec
 from daemon.contracts import ClassifiedMessage
 from daemon.redaction import redact
 
@@ -134,7 +134,7 @@ SPEC = VendorSpec(
     },
     default_auth="private_app",
     objects={name: CreateCall(f"/crm/v3/objects/{path}", body=_object_body) for name, path in OBJECTS.items()},
-    test_call=TestCall("/account-info/v3/details"),
+    test_call=ConnectionCheck("/account-info/v3/details"),
 )
 
 

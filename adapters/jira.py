@@ -40,7 +40,7 @@ from adapters.errors import ConfigError
 from adapters.http import Response
 from adapters.ratelimit import RateLimit
 from adapters.settings import Credentials, Endpoints, Url, VendorSettings, alias
-from adapters.spec import Basic, Bearer, CreateCall, Errors, FindCall, SpecAdapter, TestCall, VendorSpec
+from adapters.spec import Basic, Bearer, ConnectionCheck, CreateCall, Errors, FindCall, SpecAdapter, VendorSpec
 from daemon.contracts import ClassifiedMessage
 
 __all__ = ["JiraAdapter", "dedupe_label", "text_to_adf"]
@@ -164,7 +164,7 @@ SPEC = VendorSpec(
         )
     },
     errors=Errors(message=_error_messages, retry_after_headers=("X-RateLimit-Reset",)),
-    test_call=TestCall(MYSELF_PATH),
+    test_call=ConnectionCheck(MYSELF_PATH),
     headers={"Accept": "application/json"},
 )
 

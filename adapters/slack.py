@@ -38,7 +38,7 @@ from adapters.fleet import scope_of_secret
 from adapters.http import Classifier, Response, classify_status
 from adapters.ratelimit import RateLimit
 from adapters.settings import Credentials, Endpoints, Url, VendorSettings, alias
-from adapters.spec import Bearer, CreateCall, Errors, NoAuth, SpecAdapter, TestCall, VendorSpec, at_path
+from adapters.spec import Bearer, ConnectionCheck, CreateCall, Errors, NoAuth, SpecAdapter, VendorSpec, at_path
 from daemon.contracts import ClassifiedMessage
 from daemon.redaction import register_secret
 
@@ -160,7 +160,7 @@ SPEC = VendorSpec(
         ),
     },
     errors=Errors(body_codes=WEB_API_CODES),
-    test_call=TestCall("auth.test", method="POST"),  # reads the token's identity
+    test_call=ConnectionCheck("auth.test", method="POST"),  # reads the token's identity
 )
 #: An incoming webhook: the secret URL, no id in the answer, a status plus a text reason.
 WEBHOOK_POST = CreateCall("", key_as_id=True)

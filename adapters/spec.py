@@ -37,6 +37,7 @@ __all__ = [
     "AuthScheme",
     "Basic",
     "Bearer",
+    "ConnectionCheck",
     "CreateCall",
     "Errors",
     "FindCall",
@@ -45,7 +46,6 @@ __all__ = [
     "OAuth2ClientCredentials",
     "OAuth2Refresh",
     "SpecAdapter",
-    "TestCall",
     "VendorSpec",
     "at_path",
 ]
@@ -333,7 +333,7 @@ class FindCall:
 
 
 @dataclass(frozen=True)
-class TestCall:
+class ConnectionCheck:
     """The cheapest authenticated read; sent unpaced (an operator's test never waits)."""
 
     path: str
@@ -423,7 +423,7 @@ class VendorSpec:
     objects: Mapping[str, CreateCall]
     errors: Errors = field(default_factory=Errors)
     find: Mapping[str, FindCall] = field(default_factory=dict)
-    test_call: TestCall | None = None
+    test_call: ConnectionCheck | None = None
     #: Why the vendor cannot be tested without a write (when ``test_call`` is None).
     not_testable: str = "this target has no read call to test with"
     headers: Mapping[str, str] = field(default_factory=dict)
