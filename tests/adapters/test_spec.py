@@ -1,6 +1,7 @@
-"""The VendorSpec engine's parts no current vendor uses yet, against a small vendor over loopback:
-API-key header and query auth, OAuth2 client credentials, an id in ``Location``, GraphQL errors,
-a status map, quota detection, retry-after headers and an unknown ``authType``."""
+"""The VendorSpec engine's parts no current vendor uses yet, against a small vendor over loopback
+whose envelope (who may call, token endpoints) is built from the same spec: API-key header and
+query auth, OAuth2 client credentials, a JSON token in the query, an id in ``Location``, GraphQL
+errors, a status map, quota detection, retry-after headers and an unknown ``authType``."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from adapters.errors import (
     RetryableError,
 )
 from adapters.ratelimit import RateLimit
+from adapters.sandbox.envelope import caller, token_route
 from adapters.sandbox.kit import FakeVendor, Fault, SandboxServer
 from adapters.settings import Credentials, Endpoints, Url, VendorSettings
 from adapters.spec import (
@@ -30,6 +32,7 @@ from adapters.spec import (
     ConnectionCheck,
     CreateCall,
     Errors,
+    JsonToken,
     OAuth2ClientCredentials,
     SpecAdapter,
     VendorSpec,
@@ -38,6 +41,7 @@ from tests.adapters.seed import event_of
 
 KEY = "k-123"
 CLIENT = ("cid", "csecret")
+ACCEPTED = {"apiKey": KEY, "clientId": CLIENT[0], "clientSecret": CLIENT[1]}
 
 
 class TinyFake(FakeVendor):
@@ -51,25 +55,17 @@ class TinyFake(FakeVendor):
 
     def routes(self) -> list[web.RouteDef]:
         return [
-            web.post("/oauth/token", self.token),
+            token_route(SPEC.auth["oauth2"], ACCEPTED, self),
+            token_route(SPEC.auth["json_token"], ACCEPTED, self),
             web.post("/items", self.create),
             web.post("/graphql", self.graphql),
             web.get("/me", self.me),
         ]
 
     def authorised(self, request: web.Request) -> bool:
-        header = request.headers.get("X-Api-Key") or request.query.get("key") or ""
-        bearer = request.headers.get("Authorization", "").removeprefix("Bearer ")
-        self.seen_auth.append(header or bearer)
-        return header == KEY or self.token_valid(bearer)
-
-    async def token(self, request: web.Request) -> web.Response:
-        form = await request.post()
-        if (form.get("client_id"), form.get("client_secret")) != CLIENT or form.get(
-            "grant_type"
-        ) != "client_credentials":
-            return web.json_response({"error": "invalid_client"}, status=401)
-        return web.json_response({"access_token": self.issue_token(), "expires_in": 3600, "token_type": "bearer"})
+        callers = [caller(scheme, request, ACCEPTED, self) for scheme in SPEC.auth.values()]
+        self.seen_auth.append(request.headers.get("X-Api-Key") or request.query.get("key") or "")
+        return any(callers)
 
     async def create(self, request: web.Request) -> web.Response:
         if not self.authorised(request):
@@ -115,6 +111,16 @@ SPEC = VendorSpec(
         "header": ApiKeyHeader("X-Api-Key", ("apiKey",)),
         "query": ApiKeyQuery({"key": ("apiKey",)}),
         "oauth2": OAuth2ClientCredentials("/oauth/token"),
+        "json_token": JsonToken(
+            "/cgi/gettoken",
+            method="GET",
+            send={"corpid": ("clientId",), "corpsecret": ("clientSecret",)},
+            token_field="access_token",
+            ttl_field="expires_in",
+            code_field="errcode",
+            message_field="errmsg",
+            param="access_token",
+        ),
     },
     default_auth="header",
     objects={
@@ -144,7 +150,7 @@ class TinyAdapter(SpecAdapter):
         display_name="Tiny",
         display_name_zh="Tiny",
         object_types=("item", "issue"),
-        auth_types=("header", "query", "oauth2"),
+        auth_types=("header", "query", "oauth2", "json_token"),
         rate_limit=RateLimit(requests=1000, concurrency=8),
     )
     settings_model = TinySettings
@@ -185,8 +191,9 @@ async def test_api_key_in_a_header_or_the_query_and_the_id_from_location(auth_ty
     assert fake.seen_auth[0] == KEY
 
 
-async def test_oauth2_client_credentials_fetches_once_and_refreshes_once_on_401() -> None:
-    async with running("oauth2", clientId=CLIENT[0], clientSecret=CLIENT[1]) as (fake, adapter):
+@pytest.mark.parametrize("auth_type", ["oauth2", "json_token"])
+async def test_a_fetched_token_is_fetched_once_and_refreshed_once_on_401(auth_type: str) -> None:
+    async with running(auth_type, clientId=CLIENT[0], clientSecret=CLIENT[1]) as (fake, adapter):
         await adapter.create(event_of("技术支持"), "item", CTX)
         await adapter.create(event_of("技术支持"), "item", CTX)
         assert fake.token_requests == 1
@@ -239,5 +246,5 @@ async def test_status_map_retry_after_headers_and_quota_detection() -> None:
 def test_an_unknown_auth_type_names_the_accepted_ones() -> None:
     fake = TinyFake()
     fake.base_url = "http://127.0.0.1:9"
-    with pytest.raises(ConfigError, match=r"authType must be one of header, query, oauth2 \(got 'basic'\)"):
+    with pytest.raises(ConfigError, match=r"authType must be one of header, query, oauth2, json_token \(got 'basic'\)"):
         tiny(fake, "basic")
