@@ -280,6 +280,8 @@ class CreateCall:
     url: UrlBuilder | None = None
     #: A receiver that answers without an id: the idempotency key stands in for one.
     key_as_id: bool = False
+    #: Any answer is a success (a webhook's "ok"); otherwise the body must be a JSON object.
+    any_body: bool = False
     #: More values kept with the result: name → body path (Jira's numeric id next to its key).
     detail: Mapping[str, tuple[str | int, ...]] = field(default_factory=dict)
     #: What the record is called in an error message ("issue key").
@@ -287,7 +289,7 @@ class CreateCall:
 
     def delivered(self, adapter: Any, response: Response, ctx: DeliveryContext | None) -> Delivered:
         # A body the id is read from must be an object (a list or text is a typed error).
-        body = response.json() if self.key_as_id or self.id_header else response.json_object(self.path or "create")
+        body = response.json() if self.any_body or self.id_header else response.json_object(self.path or "create")
         return self.delivered_from(adapter, body, response.headers, ctx)
 
     def delivered_from(

@@ -53,6 +53,7 @@ SPEC = VendorSpec(
             event_headers=lambda event: {"X-Octopus-Event-Id": event.eventId},
             url_at=("url",),
             key_as_id=True,
+            any_body=True,
         )
     },
     # A webhook has one verb, POST, and every POST is a record at the receiver.
