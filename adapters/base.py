@@ -19,6 +19,7 @@ from adapters.errors import ConfigError, DeliveryError, PermanentError
 from adapters.fleet import FleetStore
 from adapters.http import DEFAULT_MAX_BODY_BYTES, HttpClient, Response, Timeouts, classify_status
 from adapters.ratelimit import Limiter, RateLimit
+from adapters.settings import VendorSettings, check_settings
 from adapters.templates import Compiled, TemplateError, compile_template, template_vars
 from adapters.urlguard import allows_private_network, url_problem
 from octopus_crm.core.contracts import ClassifiedMessage
@@ -179,11 +180,14 @@ class Adapter(ABC):
     """One configured integration instance of a vendor."""
 
     info: ClassVar[AdapterInfo]
+    #: Every key this vendor's ``config`` takes (None: not declared, nothing refused).
+    settings_model: ClassVar[type[VendorSettings] | None] = None
     value_maps: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
 
     def __init__(self, integration_id: str, config: IntegrationConfig) -> None:
         self.integration_id = integration_id
         self.config = config
+        self.settings = check_settings(self.settings_model, config) if self.settings_model is not None else None
         self.templates: dict[str, Compiled] = {}
         for object_type, mapping in config.mappings.items():
             try:

@@ -43,7 +43,7 @@ from email.utils import format_datetime, getaddresses
 from typing import Any
 
 import aiosmtplib
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from adapters.base import Adapter, AdapterInfo, Delivered, DeliveryContext
 from adapters.errors import (
@@ -58,6 +58,7 @@ from adapters.errors import (
 )
 from adapters.http import Timeouts, check_body_size
 from adapters.ratelimit import Limiter, RateLimit
+from adapters.settings import Credentials, VendorSettings, alias
 from octopus_crm.core.contracts import ClassifiedMessage
 from octopus_crm.core.redaction import redact, register_secret
 
@@ -120,6 +121,16 @@ class SmtpEndpoints(BaseModel):
         return context
 
 
+class EmailCredentials(Credentials):
+    username: str | None = alias("username", "user", description="SMTP AUTH user (authType smtp).")
+    password: SecretStr | None = Field(default=None, description="SMTP AUTH password (authType smtp).")
+
+
+class EmailSettings(VendorSettings):
+    credentials: EmailCredentials = Field(default_factory=EmailCredentials)
+    endpoints: SmtpEndpoints  # type: ignore[assignment]
+
+
 class EmailAdapter(Adapter):
     info = AdapterInfo(
         type="email",
@@ -135,6 +146,7 @@ class EmailAdapter(Adapter):
         idempotency="Message-ID derived from the idempotency key; SMTP has no dedupe or lookup",
         docs="RFC 5321, RFC 6409, RFC 8314, RFC 3834",
     )
+    settings_model = EmailSettings
 
     endpoints: SmtpEndpoints
     _credentials: tuple[str, str] | None

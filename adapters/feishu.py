@@ -34,14 +34,16 @@ from datetime import datetime
 from typing import Any
 
 import orjson
+from pydantic import BaseModel, Field, SecretStr
 
-from adapters.auth import Token, TokenAuth, fetch_json_token
-from adapters.base import AdapterInfo, BodyCodes, Delivered, DeliveryContext, HttpAdapter
+from adapters.auth import TokenAuth
+from adapters.base import AdapterInfo, BodyCodes, Delivered, DeliveryContext
 from adapters.errors import ConfigError, DeliveryError, PermanentError, RateLimitedError
-from adapters.http import HttpClient, Request, Response, parse_retry_after
-from adapters.ratelimit import Limiter, RateLimit
+from adapters.http import Classifier, Request, Response, parse_retry_after
+from adapters.ratelimit import RateLimit
+from adapters.settings import Credentials, Endpoints, Url, VendorSettings, alias
+from adapters.spec import CreateCall, JsonToken, SpecAdapter, VendorSpec, at_path
 from octopus_crm.core.contracts import ClassifiedMessage
-from octopus_crm.core.redaction import register_secret
 
 __all__ = ["FEISHU_CODES", "FeishuAdapter", "client_token"]
 
@@ -135,7 +137,75 @@ def _due(value: Any) -> dict[str, Any] | None:
     return {"timestamp": str(int(when.timestamp() * 1000)), "is_all_day": False}
 
 
-class FeishuAdapter(HttpAdapter):
+class FeishuCredentials(Credentials):
+    appId: str | None = alias("appId", "app_id", description="The app's App ID (required).")
+    appSecret: SecretStr | None = alias("appSecret", "app_secret", description="The app's App Secret (required).")
+
+
+class _FeishuPlaces(BaseModel):
+    """Keys read from the top level or ``endpoints`` alike."""
+
+    appToken: str | None = alias("appToken", "app_token", description="Base (bitable) app token.")
+    tableId: str | None = alias("tableId", "table_id", description="Base table id.")
+    userIdType: str | None = Field(default=None, description="open_id (default), union_id or user_id.")
+    originName: str | None = Field(default=None, description="Task origin shown in Feishu (default Octopus).")
+    tasklistGuid: str | None = Field(default=None, description="Add tasks to this task list.")
+    tenantDomain: str | None = Field(default=None, description="e.g. acme.feishu.cn, for record URLs.")
+
+
+class FeishuEndpoints(Endpoints, _FeishuPlaces):
+    baseUrl: Url | None = Field(default=None, description="Default by domain.")
+    domain: str | None = Field(default=None, description="feishu (default) or lark.")
+
+
+class FeishuSettings(VendorSettings, _FeishuPlaces):
+    credentials: FeishuCredentials = Field(default_factory=FeishuCredentials)
+    endpoints: FeishuEndpoints = Field(default_factory=FeishuEndpoints)
+
+
+def _record_id(body: Any) -> Any:
+    record = at_path(body, ("data", "record"))
+    return (record.get("record_id") or record.get("id")) if isinstance(record, dict) else None
+
+
+def _record_fields(adapter: Any, fields: dict[str, Any], event: ClassifiedMessage, ctx: DeliveryContext) -> Any:
+    return {"fields": fields["fields"] if set(fields) == {"fields"} else fields}
+
+
+SPEC = VendorSpec(
+    auth={
+        "app_secret": JsonToken(
+            TOKEN_PATH,
+            send={"app_id": ("appId", "app_id"), "app_secret": ("appSecret", "app_secret")},
+            token_field="tenant_access_token",
+            ttl_field="expire",
+            code_field="code",
+            message_field="msg",
+        )
+    },
+    default_auth="app_secret",
+    objects={
+        "task": CreateCall(
+            TASK_PATH,
+            body=lambda adapter, fields, event, ctx: adapter.task_body(fields, event, ctx),
+            params=lambda adapter, ctx: adapter.params(ctx, client_token_param=False),
+            id_at=("data", "task", "guid"),
+            url_at=("data", "task", "url"),
+            what="a task guid",
+        ),
+        "bitable_record": CreateCall(
+            RECORDS_PATH,
+            body=_record_fields,
+            params=lambda adapter, ctx: adapter.params(ctx, client_token_param=True),
+            id_of=_record_id,
+            url=lambda adapter, record_id, body: adapter._record_link(record_id),
+            what="a record_id",
+        ),
+    },
+)
+
+
+class FeishuAdapter(SpecAdapter):
     info = AdapterInfo(
         type="feishu",
         display_name="Feishu / Lark",
@@ -153,6 +223,8 @@ class FeishuAdapter(HttpAdapter):
             "integration for x-ogw-ratelimit-reset seconds."
         ),
     )
+    settings_model = FeishuSettings
+    spec = SPEC
 
     @property
     def base_url(self) -> str:
@@ -196,67 +268,20 @@ class FeishuAdapter(HttpAdapter):
             )
         return app, table
 
-    def make_http(self, limiter: Limiter) -> HttpClient:
-        app_id = self.config.secret("appId", "app_id")
-        app_secret = self.config.secret("appSecret", "app_secret")
-        register_secret(app_secret)
+    def classifier(self) -> Classifier:
+        return _classify
 
-        async def fetch(http: HttpClient) -> Token:
-            request = Request(
-                "POST",
-                TOKEN_PATH,
-                json={"app_id": app_id, "app_secret": app_secret},
-                authenticated=False,
-            )
-            return await fetch_json_token(
-                http,
-                request,
-                token_field="tenant_access_token",
-                ttl_field="expire",
-                code_field="code",
-                message_field="msg",
-                classify=_classify,
-            )
+    def path_vars(self) -> dict[str, str]:
+        if "bitable_record" not in self.templates:
+            return {}
+        app, table = self._table()
+        return {"app": app, "table": table}
 
-        return HttpClient(
-            name=self.integration_id,
-            base_url=self.base_url,
-            limiter=limiter,
-            auth=TokenAuth(fetch),
-            classify=_classify,
-            timeouts=self.timeouts,
-        )
+    def params(self, ctx: DeliveryContext, *, client_token_param: bool) -> dict[str, str]:
+        params = {"user_id_type": self._setting("userIdType") or "open_id"}
+        return {"client_token": client_token(ctx.idempotency_key), **params} if client_token_param else params
 
-    async def create(self, event: ClassifiedMessage, object_type: str, ctx: DeliveryContext) -> Delivered:
-        fields = self.render(event, object_type, ctx)
-        token = client_token(ctx.idempotency_key)
-        id_type = self._setting("userIdType") or "open_id"
-        if object_type == "task":
-            body = self._task(fields, event, token)
-            response = await self.http.send(Request("POST", TASK_PATH, json=body, params={"user_id_type": id_type}))
-            task = response.field("data", "task")
-            if not isinstance(task, dict) or not task.get("guid"):
-                raise PermanentError("task create answered without a task guid", code="bad_response")
-            return Delivered(str(task["guid"]), task.get("url") or None)
-        if object_type == "bitable_record":
-            app, table = self._table()
-            record_fields = fields["fields"] if set(fields) == {"fields"} else fields
-            response = await self.http.send(
-                Request(
-                    "POST",
-                    RECORDS_PATH.format(app=app, table=table),
-                    json={"fields": record_fields},
-                    params={"client_token": token, "user_id_type": id_type},
-                )
-            )
-            record = response.field("data", "record")
-            record_id = (record.get("record_id") or record.get("id")) if isinstance(record, dict) else None
-            if not record_id:
-                raise PermanentError("record create answered without a record_id", code="bad_response")
-            return Delivered(str(record_id), self._record_url(app, table, str(record_id)))
-        raise ConfigError(f"feishu has no object type {object_type!r}", code="unknown_object_type")
-
-    def _task(self, fields: dict[str, Any], event: ClassifiedMessage, token: str) -> dict[str, Any]:
+    def task_body(self, fields: dict[str, Any], event: ClassifiedMessage, ctx: DeliveryContext) -> dict[str, Any]:
         known = {"summary", "description", "assignee", "assignees", "followers", "due", "origin"}
         body: dict[str, Any] = {k: v for k, v in fields.items() if k not in known}
         body["summary"] = _clip(fields.get("summary"))
@@ -282,7 +307,7 @@ class FeishuAdapter(HttpAdapter):
         if tasklist := self._setting("tasklistGuid"):
             body.setdefault("tasklists", [{"tasklist_guid": tasklist}])
         body.setdefault("extra", orjson.dumps({"eventId": event.eventId}).decode())
-        body["client_token"] = token
+        body["client_token"] = client_token(ctx.idempotency_key)
         return body
 
     def _record_url(self, app: str, table: str, record_id: str) -> str | None:
@@ -298,10 +323,14 @@ class FeishuAdapter(HttpAdapter):
         return await self.create(event, object_type, ctx)
 
     async def test_connection(self) -> None:
-        if "bitable_record" in self.templates:
+        if "bitable_record" in self.templates:  # a read of the Base proves the app's access to it
             app, _ = self._table()
             await self.http.send(Request("GET", TABLES_PATH.format(app=app), params={"page_size": "1"}, paced=False))
             return
         auth = self.http.auth
         if isinstance(auth, TokenAuth):  # a fresh token proves app_id / app_secret
             await auth.probe(self.http)
+
+    def _record_link(self, record_id: str) -> str | None:
+        vars_ = self.path_vars()
+        return self._record_url(vars_["app"], vars_["table"], record_id)

@@ -38,18 +38,17 @@ from typing import Any, ClassVar
 from urllib.parse import quote
 from zoneinfo import ZoneInfo
 
-from adapters.auth import Auth, Token, TokenAuth, bearer, oauth2_token
+from pydantic import Field, SecretStr
+
 from adapters.base import (
     PRIORITY_UPPER,
     AdapterInfo,
     Delivered,
     DeliveryContext,
-    HttpAdapter,
     IntegrationConfig,
 )
 from adapters.errors import (
     AuthError,
-    ConfigError,
     DeliveryError,
     PermanentError,
     QuotaExhaustedError,
@@ -58,8 +57,10 @@ from adapters.errors import (
     TokenExpiredError,
 )
 from adapters.fleet import scope_of_secret
-from adapters.http import HttpClient, Request, Response, parse_retry_after
+from adapters.http import Classifier, Request, Response, parse_retry_after
 from adapters.ratelimit import Limiter, RateLimit
+from adapters.settings import Credentials, Endpoints, Url, VendorSettings
+from adapters.spec import Bearer, ConnectionCheck, CreateCall, OAuth2Refresh, SpecAdapter, VendorSpec
 from octopus_crm.core.contracts import ClassifiedMessage
 from octopus_crm.core.redaction import redact
 
@@ -95,7 +96,49 @@ def observe_window(headers: Mapping[str, str], limiter: Limiter | None) -> None:
         limiter.slow_down(interval / allowed)
 
 
-class HubSpotAdapter(HttpAdapter):
+class HubSpotCredentials(Credentials):
+    apiKey: SecretStr | None = Field(default=None, description="Private-app token (the seed's apikey).")
+    accessToken: SecretStr | None = Field(default=None, description="Private-app token (another spelling).")
+    token: SecretStr | None = Field(default=None, description="Private-app token (another spelling).")
+    clientId: str | None = Field(default=None, description="authType oauth2.")
+    clientSecret: SecretStr | None = Field(default=None, description="authType oauth2.")
+    refreshToken: SecretStr | None = Field(default=None, description="authType oauth2.")
+
+
+class HubSpotEndpoints(Endpoints):
+    baseUrl: Url | None = Field(default=None, description="Default https://api.hubapi.com.")
+    portalId: str | int | None = Field(default=None, description="The account (portal) id: record URLs, limit scope.")
+    uiDomain: str | None = Field(default=None, description="e.g. app-eu1.hubspot.com (learnt when unset).")
+    timeZone: str | None = Field(default=None, description="IANA name; learnt from the account when unset.")
+
+
+class HubSpotSettings(VendorSettings):
+    credentials: HubSpotCredentials = Field(default_factory=HubSpotCredentials)
+    endpoints: HubSpotEndpoints = Field(default_factory=HubSpotEndpoints)
+
+
+_PRIVATE_APP = Bearer(("apiKey", "accessToken", "token"))
+
+
+def _object_body(adapter: Any, properties: dict[str, Any], event: ClassifiedMessage, ctx: DeliveryContext) -> Any:
+    associations = properties.pop("associations", [])  # the create schema requires the key
+    return {"properties": properties, "associations": associations}
+
+
+SPEC = VendorSpec(
+    auth={
+        "apikey": _PRIVATE_APP,  # HubSpot retired API keys: the seed's apikey is a private-app token
+        "private_app": _PRIVATE_APP,
+        "bearer": _PRIVATE_APP,
+        "oauth2": OAuth2Refresh("/oauth/v1/token"),
+    },
+    default_auth="private_app",
+    objects={name: CreateCall(f"/crm/v3/objects/{path}", body=_object_body) for name, path in OBJECTS.items()},
+    test_call=ConnectionCheck("/account-info/v3/details"),
+)
+
+
+class HubSpotAdapter(SpecAdapter):
     info = AdapterInfo(
         type="hubspot",
         display_name="HubSpot",
@@ -106,6 +149,8 @@ class HubSpotAdapter(HttpAdapter):
         idempotency="contacts de-duplicate on email (409 → existing contact); tickets: ledger only",
         docs="https://developers.hubspot.com/docs/api-reference/latest/crm/objects",
     )
+    settings_model = HubSpotSettings
+    spec = SPEC
     default_base_url = "https://api.hubapi.com"
     value_maps: ClassVar[Mapping[str, Mapping[str, Any]]] = {
         "ticket.hs_ticket_priority": PRIORITY_UPPER,
@@ -115,19 +160,6 @@ class HubSpotAdapter(HttpAdapter):
         super().__init__(integration_id, config)
         self._account: dict[str, Any] | None = None
         self._account_lock: asyncio.Lock | None = None
-
-    def validate_config(self) -> None:
-        super().validate_config()
-        if self.config.authType not in (None, *self.info.auth_types):
-            raise ConfigError(
-                f"authType must be one of {', '.join(self.info.auth_types)} (got {self.config.authType!r})",
-                code="bad_auth_type",
-            )
-        if self.oauth:
-            for name in ("clientId", "clientSecret", "refreshToken"):
-                self.config.secret(name)
-        else:
-            self.config.secret("apiKey", "accessToken", "token")
 
     @property
     def oauth(self) -> bool:
@@ -145,32 +177,12 @@ class HubSpotAdapter(HttpAdapter):
             return scope_of_secret("hubspot", self.config.secret("clientId") + self.config.secret("refreshToken"))
         return scope_of_secret("hubspot", self.config.secret("apiKey", "accessToken", "token"))
 
-    def make_http(self, limiter: Limiter) -> HttpClient:
-        auth: Auth = (
-            TokenAuth(self._refresh) if self.oauth else bearer(self.config.secret("apiKey", "accessToken", "token"))
-        )
-
+    def classifier(self) -> Classifier:
         def classify(resp: Response) -> DeliveryError | None:
-            observe_window(resp.headers, limiter)
+            observe_window(resp.headers, self.current_limiter())
             return self.classify(resp)
 
-        return HttpClient(
-            name=self.integration_id,
-            base_url=self.base_url,
-            limiter=limiter,
-            auth=auth,
-            classify=classify,
-            timeouts=self.timeouts,
-        )
-
-    async def _refresh(self, http: HttpClient) -> Token:
-        form = {
-            "grant_type": "refresh_token",
-            "client_id": self.config.secret("clientId"),
-            "client_secret": self.config.secret("clientSecret"),
-            "refresh_token": self.config.secret("refreshToken"),
-        }
-        return await oauth2_token(http, f"{self.base_url}/oauth/v1/token", form)
+        return classify
 
     def classify(self, resp: Response) -> DeliveryError | None:
         """HubSpot's ``{status, message, correlationId, category}`` errors → the taxonomy."""
@@ -207,17 +219,15 @@ class HubSpotAdapter(HttpAdapter):
     def build_body(
         self, event: ClassifiedMessage, object_type: str, ctx: DeliveryContext | None = None
     ) -> dict[str, Any]:
-        properties = self.render(event, object_type, ctx)
-        associations = properties.pop("associations", [])
-        return {"properties": properties, "associations": associations}
+        return dict(_object_body(self, self.render(event, object_type, ctx), event, ctx or DeliveryContext("")))
 
     async def create(self, event: ClassifiedMessage, object_type: str, ctx: DeliveryContext) -> Delivered:
         if self._account is None and not self.config.endpoints.get("timeZone"):
             await self.account()  # the daily quota resets at the account's midnight: learn its zone
-        body = self.build_body(event, object_type, ctx)
-        path = f"/crm/v3/objects/{OBJECTS[object_type]}"
+        call = self.create_call(object_type)
+        body = self.request_body(call, event, object_type, ctx)
         try:
-            response = await self.http.send(Request("POST", path, json=body))
+            response = await self.http.send(Request(call.method, call.path, json=body))
         except PermanentError as exc:
             email = body["properties"].get("email")
             if exc.status != 409 or object_type != "contact" or not email:
@@ -288,6 +298,3 @@ class HubSpotAdapter(HttpAdapter):
     def _time_zone(self) -> str | None:
         zone = self.config.endpoints.get("timeZone") or (self._account or {}).get("timeZone")
         return str(zone) if zone else None
-
-    async def test_connection(self) -> None:
-        await self.http.send(Request("GET", "/account-info/v3/details", paced=False))

@@ -31,14 +31,16 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Mapping
-from datetime import datetime
 from typing import Any, ClassVar
 
-from adapters.auth import HeaderAuth, basic, bearer
-from adapters.base import AdapterInfo, Delivered, DeliveryContext, HttpAdapter
-from adapters.errors import ConfigError, DeliveryError, PermanentError, RateLimitedError
-from adapters.http import HttpClient, Request, Response, classify_status
-from adapters.ratelimit import Limiter, RateLimit
+from pydantic import Field, SecretStr
+
+from adapters.base import AdapterInfo, DeliveryContext
+from adapters.errors import ConfigError
+from adapters.http import Response
+from adapters.ratelimit import RateLimit
+from adapters.settings import Credentials, Endpoints, Url, VendorSettings, alias
+from adapters.spec import Basic, Bearer, ConnectionCheck, CreateCall, Errors, FindCall, SpecAdapter, VendorSpec
 from octopus_crm.core.contracts import ClassifiedMessage
 
 __all__ = ["JiraAdapter", "dedupe_label", "text_to_adf"]
@@ -113,25 +115,61 @@ def _error_messages(response: Response) -> str:
     return "; ".join(messages) or f"HTTP {response.status}"
 
 
-def _seconds_until(iso: str | None) -> float | None:
-    if not iso:
-        return None
-    try:
-        when = datetime.fromisoformat(iso.strip())
-    except ValueError:
-        return None
-    return max(0.0, when.timestamp() - datetime.now(when.tzinfo).timestamp())
+class JiraCredentials(Credentials):
+    email: str | None = alias("email", "username", description="Atlassian account email (basic auth).")
+    apiToken: SecretStr | None = alias("apiToken", "api_token", description="API token (basic auth).")
+    accessToken: SecretStr | None = alias("accessToken", "token", description="authType bearer.")
 
 
-def classify(response: Response) -> DeliveryError | None:
-    """Status decides: 401/403 auth, 429/5xx retry, other 4xx permanent; messages are Jira's."""
-    error = classify_status(response, _error_messages)
-    if isinstance(error, RateLimitedError) and error.retry_after is None:
-        error.retry_after = _seconds_until(response.headers.get("X-RateLimit-Reset"))
-    return error
+class JiraEndpoints(Endpoints):
+    baseUrl: Url | None = Field(default=None, description="https://<site>.atlassian.net (required).")
+    siteUrl: Url | None = Field(default=None, description="Browse URLs' site when baseUrl is the API gateway.")
 
 
-class JiraAdapter(HttpAdapter):
+class JiraSettings(VendorSettings):
+    credentials: JiraCredentials = Field(default_factory=JiraCredentials)
+    endpoints: JiraEndpoints = Field(default_factory=JiraEndpoints)
+    adfFields: list[str] = Field(default_factory=list, description="More fields to convert to ADF.")
+    dedupeLabel: bool = Field(default=True, description="Label issues with the idempotency key to find them again.")
+
+
+def _issue_body(adapter: JiraAdapter, rendered: dict[str, Any], event: ClassifiedMessage, ctx: DeliveryContext) -> Any:
+    return adapter.issue_body(rendered, ctx)
+
+
+def _find_params(adapter: JiraAdapter, ctx: DeliveryContext) -> dict[str, str]:
+    jql = f'labels = "{dedupe_label(ctx.idempotency_key)}" ORDER BY created ASC'
+    return {"jql": jql, "fields": "summary", "maxResults": "1"}
+
+
+SPEC = VendorSpec(
+    auth={"basic": Basic(("email", "username"), ("apiToken", "api_token")), "bearer": Bearer(("accessToken", "token"))},
+    default_auth="basic",
+    objects={
+        "issue": CreateCall(
+            ISSUE_PATH,
+            body=_issue_body,
+            id_at=("key",),
+            detail={"id": ("id",)},
+            what="an issue key",
+            url=lambda adapter, key, body: f"{adapter.site_url}/browse/{key}",
+        )
+    },
+    find={
+        "issue": FindCall(
+            SEARCH_PATH,
+            params=_find_params,
+            items_at=("issues",),
+            enabled=lambda adapter: bool(adapter.config.extra("dedupeLabel", True)),
+        )
+    },
+    errors=Errors(message=_error_messages, retry_after_headers=("X-RateLimit-Reset",)),
+    test_call=ConnectionCheck(MYSELF_PATH),
+    headers={"Accept": "application/json"},
+)
+
+
+class JiraAdapter(SpecAdapter):
     info = AdapterInfo(
         type="jira",
         display_name="Jira Cloud",
@@ -142,39 +180,18 @@ class JiraAdapter(HttpAdapter):
         idempotency="label octopus-<hash of key> on each issue, found again with JQL search",
         docs="https://developer.atlassian.com/cloud/jira/platform/rest/v3/api-group-issues/#api-rest-api-3-issue-post",
     )
+    settings_model = JiraSettings
+    spec = SPEC
     value_maps: ClassVar[Mapping[str, Mapping[str, Any]]] = {"issue.priority": PRIORITY_JIRA}
 
     def validate_config(self) -> None:
-        super().validate_config()
         if not self.base_url:
             raise ConfigError("endpoints.baseUrl is required (https://<site>.atlassian.net)", code="missing_url")
-        auth_type = self.config.authType or "basic"
-        if auth_type not in self.info.auth_types:
-            raise ConfigError(
-                f"authType {auth_type!r} is not supported by jira (use basic or bearer)",
-                code="bad_auth_type",
-            )
+        super().validate_config()
 
     @property
     def site_url(self) -> str:
         return str(self.config.endpoints.get("siteUrl") or self.base_url).rstrip("/")
-
-    def _auth(self) -> HeaderAuth:
-        if (self.config.authType or "basic") == "bearer":
-            return bearer(self.config.secret("accessToken", "token"))
-        email = self.config.secret("email", "username")
-        return basic(email, self.config.secret("apiToken", "api_token"))
-
-    def make_http(self, limiter: Limiter) -> HttpClient:
-        return HttpClient(
-            name=self.integration_id,
-            base_url=self.base_url,
-            limiter=limiter,
-            auth=self._auth(),
-            classify=classify,
-            timeouts=self.timeouts,
-            default_headers={"Accept": "application/json"},
-        )
 
     def issue_body(self, rendered: dict[str, Any], ctx: DeliveryContext) -> dict[str, Any]:
         """The rendered mapping as a createIssue body: Jira shapes, ADF text, the dedupe label."""
@@ -200,26 +217,3 @@ class JiraAdapter(HttpAdapter):
             fields["labels"] = [*fields.get("labels", []), dedupe_label(ctx.idempotency_key)]
         body["fields"] = fields
         return body
-
-    def _delivered(self, issue: Any) -> Delivered:
-        if not isinstance(issue, dict) or not issue.get("key"):
-            raise PermanentError(f"Jira answered without an issue key: {str(issue)[:200]}", code="bad_response")
-        key = str(issue["key"])
-        return Delivered(key, f"{self.site_url}/browse/{key}", {"id": str(issue.get("id", ""))})
-
-    async def create(self, event: ClassifiedMessage, object_type: str, ctx: DeliveryContext) -> Delivered:
-        body = self.issue_body(self.render(event, object_type, ctx), ctx)
-        response = await self.http.send(Request("POST", ISSUE_PATH, json=body))
-        return self._delivered(response.json())
-
-    async def find_existing(self, event: ClassifiedMessage, object_type: str, ctx: DeliveryContext) -> Delivered | None:
-        if not self.config.extra("dedupeLabel", True):
-            return None
-        jql = f'labels = "{dedupe_label(ctx.idempotency_key)}" ORDER BY created ASC'
-        params = {"jql": jql, "fields": "summary", "maxResults": "1"}
-        response = await self.http.send(Request("GET", SEARCH_PATH, params=params))
-        issues = response.field("issues")
-        return self._delivered(issues[0]) if isinstance(issues, list) and issues else None
-
-    async def test_connection(self) -> None:
-        await self.http.send(Request("GET", MYSELF_PATH, paced=False))

@@ -15,6 +15,7 @@ from adapters.feishu import FeishuAdapter
 from adapters.hubspot import HubSpotAdapter
 from adapters.jira import JiraAdapter
 from adapters.salesforce import SalesforceAdapter
+from adapters.settings import settings_schema
 from adapters.slack import SlackAdapter
 from adapters.webhook import WebhookAdapter
 from adapters.wecom import WeComAdapter
@@ -51,7 +52,8 @@ def adapter_class(type_name: str) -> type[Adapter] | None:
 
 
 def describe() -> list[dict[str, Any]]:
-    """Every supported type, for ``octopus-crm adapters`` and ``GET /api/crm/supported``."""
+    """Every supported type, for ``octopus-crm adapters`` and ``GET /api/crm/supported``, with the
+    JSON Schema of its ``config`` block under ``settings``."""
     seen: list[type[Adapter]] = []
     for cls in ADAPTERS.values():
         if cls not in seen:
@@ -66,6 +68,7 @@ def describe() -> list[dict[str, Any]]:
             "authTypes": list(cls.info.auth_types),
             "rateLimit": cls.info.rate_limit.model_dump(by_alias=True),
             "idempotency": cls.info.idempotency,
+            "settings": settings_schema(cls.settings_model, cls.info.auth_types) if cls.settings_model else None,
         }
         for cls in seen
     ]

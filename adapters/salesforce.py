@@ -31,8 +31,10 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 from urllib.parse import quote, urlsplit
 
-from adapters.auth import Token, TokenAuth, oauth2_token
-from adapters.base import PRIORITY_TITLE, AdapterInfo, Delivered, DeliveryContext, HttpAdapter
+from pydantic import Field, SecretStr
+
+from adapters.auth import Auth, Token, TokenAuth, oauth2_token
+from adapters.base import PRIORITY_TITLE, AdapterInfo, Delivered, DeliveryContext
 from adapters.errors import (
     AuthError,
     ConfigError,
@@ -43,8 +45,10 @@ from adapters.errors import (
     RetryableError,
     TokenExpiredError,
 )
-from adapters.http import HttpClient, Request, Response, parse_retry_after
-from adapters.ratelimit import Limiter, RateLimit
+from adapters.http import Classifier, HttpClient, Request, Response, parse_retry_after
+from adapters.ratelimit import RateLimit
+from adapters.settings import Credentials, Endpoints, Url, VendorSettings
+from adapters.spec import CreateCall, OAuth2ClientCredentials, SpecAdapter, VendorSpec
 from octopus_crm.core.contracts import ClassifiedMessage
 from octopus_crm.core.redaction import redact
 
@@ -138,7 +142,42 @@ def _describe(error: dict[str, Any]) -> str:
     return f"{error.get('errorCode', 'ERROR')}: {error.get('message', '')}{suffix}"
 
 
-class SalesforceAdapter(HttpAdapter):
+class SalesforceCredentials(Credentials):
+    clientId: str | None = Field(default=None, description="Connected app consumer key (required).")
+    clientSecret: SecretStr | None = Field(default=None, description="Connected app consumer secret (required).")
+    username: str | None = Field(default=None, description="Password flow only.")
+    password: SecretStr | None = Field(default=None, description="Password flow only.")
+    securityToken: SecretStr | None = Field(default=None, description="Appended to the password (password flow).")
+    grantType: str | None = Field(default=None, description="client_credentials or password (default: by the keys).")
+    sandbox: bool | str | None = Field(default=None, description="Log in at test.salesforce.com.")
+
+
+class SalesforceEndpoints(Endpoints):
+    baseUrl: Url | None = Field(default=None, description="The org's My Domain URL.")
+    loginUrl: Url | None = Field(default=None, description="Token endpoint host (default: baseUrl, else login/test).")
+    apiVersion: str | None = Field(default=None, description="e.g. v58.0 (the seed's spelling) or 58.0.")
+    sandbox: bool | str | None = Field(default=None, description="Log in at test.salesforce.com.")
+    externalIdField: str | dict[str, str] | None = Field(
+        default=None, description="Upsert key field: one API name, or one per object type."
+    )
+
+
+class SalesforceSettings(VendorSettings):
+    credentials: SalesforceCredentials = Field(default_factory=SalesforceCredentials)
+    endpoints: SalesforceEndpoints = Field(default_factory=SalesforceEndpoints)
+    externalIdField: str | dict[str, str] | None = Field(default=None, description="As endpoints.externalIdField.")
+
+
+SPEC = VendorSpec(
+    # Client credentials or, with credentials.grantType / username + password, the password flow:
+    # both at {login}/services/oauth2/token, chosen in make_auth.
+    auth={"oauth2": OAuth2ClientCredentials("/services/oauth2/token")},
+    default_auth="oauth2",
+    objects={name: CreateCall(f"sobjects/{sobject}/") for name, sobject in SOBJECTS.items()},
+)
+
+
+class SalesforceAdapter(SpecAdapter):
     info = AdapterInfo(
         type="salesforce",
         display_name="Salesforce",
@@ -151,6 +190,8 @@ class SalesforceAdapter(HttpAdapter):
         idempotency="external-id upsert (externalIdField) keyed on the idempotency key",
         docs="https://developer.salesforce.com/docs/atlas.en-us.api_rest.meta/api_rest/",
     )
+    settings_model = SalesforceSettings
+    spec = SPEC
     version: str
     grant: str
     auth: TokenAuth
@@ -162,12 +203,8 @@ class SalesforceAdapter(HttpAdapter):
 
     def validate_config(self) -> None:
         super().validate_config()
-        if self.config.authType not in (None, "oauth2"):
-            raise ConfigError(f"authType must be 'oauth2' (got {self.config.authType!r})", code="bad_auth_type")
         self.version = api_version(self.config.endpoints.get("apiVersion"))
         self.grant = self._grant()
-        self.config.secret("clientId")
-        self.config.secret("clientSecret")
         if self.grant == "client_credentials" and not self._explicit_login_url():
             raise ConfigError(
                 "endpoints.baseUrl (the org's My Domain URL) is required for the client credentials flow",
@@ -212,16 +249,16 @@ class SalesforceAdapter(HttpAdapter):
 
     # -- wiring ------------------------------------------------------------------------------
 
-    def make_http(self, limiter: Limiter) -> HttpClient:
+    @property
+    def base_url(self) -> str:
+        return self.login_url
+
+    def classifier(self) -> Classifier:
+        return classify
+
+    def make_auth(self) -> Auth:
         self.auth = TokenAuth(self._fetch_token, place=self._place)
-        return HttpClient(
-            name=self.integration_id,
-            base_url=self.login_url,
-            limiter=limiter,
-            auth=self.auth,
-            classify=classify,
-            timeouts=self.timeouts,
-        )
+        return self.auth
 
     async def _fetch_token(self, http: HttpClient) -> Token:
         form = {

@@ -30,12 +30,15 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from adapters.auth import HeaderAuth, bearer
-from adapters.base import AdapterInfo, BodyCodes, Delivered, DeliveryContext, HttpAdapter
+from pydantic import Field, SecretStr
+
+from adapters.base import AdapterInfo, BodyCodes, Delivered, DeliveryContext
 from adapters.errors import AuthError, ConfigError, DeliveryError, PermanentError
 from adapters.fleet import scope_of_secret
-from adapters.http import HttpClient, Request, Response, classify_status
-from adapters.ratelimit import Limiter, RateLimit
+from adapters.http import Classifier, Response, classify_status
+from adapters.ratelimit import RateLimit
+from adapters.settings import Credentials, Endpoints, Url, VendorSettings, alias
+from adapters.spec import Bearer, ConnectionCheck, CreateCall, Errors, NoAuth, SpecAdapter, VendorSpec, at_path
 from octopus_crm.core.contracts import ClassifiedMessage
 from octopus_crm.core.redaction import register_secret
 
@@ -118,7 +121,52 @@ def _escaped(event: ClassifiedMessage) -> ClassifiedMessage:
     )
 
 
-class SlackAdapter(HttpAdapter):
+class SlackCredentials(Credentials):
+    token: SecretStr | None = alias("token", "botToken", "accessToken", description="Bot token xoxb- (bot_token).")
+    webhookUrl: SecretStr | None = alias("webhookUrl", "url", description="Incoming webhook URL (webhook).")
+
+
+class SlackEndpoints(Endpoints):
+    baseUrl: Url | None = Field(default=None, description="Default https://slack.com/api.")
+    workspaceUrl: Url | None = Field(default=None, description="For message permalinks (default https://slack.com).")
+
+
+class SlackSettings(VendorSettings):
+    credentials: SlackCredentials = Field(default_factory=SlackCredentials)
+    endpoints: SlackEndpoints = Field(default_factory=SlackEndpoints)
+    escapeText: bool = Field(default=True, description="Escape <, > and & in customer text.")
+
+
+def _message_id(body: Any) -> str | None:
+    channel, ts = at_path(body, ("channel",)), at_path(body, ("ts",))
+    return f"{channel}:{ts}" if isinstance(channel, str) and isinstance(ts, str) and channel and ts else None
+
+
+def _permalink(adapter: SlackAdapter, record_id: str, body: Any) -> str:
+    channel, _, ts = record_id.partition(":")
+    return adapter.permalink(channel, ts)
+
+
+SPEC = VendorSpec(
+    auth={"bot_token": Bearer(("token", "botToken", "accessToken")), "webhook": NoAuth()},
+    default_auth="bot_token",
+    objects={
+        "message": CreateCall(
+            "chat.postMessage",
+            id_of=_message_id,
+            what="a channel and ts",
+            url=_permalink,
+            detail={"channel": ("channel",), "ts": ("ts",)},
+        ),
+    },
+    errors=Errors(body_codes=WEB_API_CODES),
+    test_call=ConnectionCheck("auth.test", method="POST"),  # reads the token's identity
+)
+#: An incoming webhook: the secret URL, no id in the answer, a status plus a text reason.
+WEBHOOK_POST = CreateCall("", key_as_id=True, any_body=True)
+
+
+class SlackAdapter(SpecAdapter):
     info = AdapterInfo(
         type="slack",
         display_name="Slack",
@@ -129,21 +177,22 @@ class SlackAdapter(HttpAdapter):
         idempotency="none (Slack has no idempotency key; ledger only)",
         docs="https://docs.slack.dev/reference/methods/chat.postMessage",
     )
+    settings_model = SlackSettings
+    spec = SPEC
     default_base_url = "https://slack.com/api"
 
     @property
-    def webhook(self) -> bool:
+    def auth_type(self) -> str:
         if self.config.authType:
-            return self.config.authType == "webhook"
-        return bool(self.config.secret("webhookUrl", "url", required=False))
+            return self.config.authType
+        return "webhook" if self.config.secret("webhookUrl", "url", required=False) else "bot_token"
+
+    @property
+    def webhook(self) -> bool:
+        return self.auth_type == "webhook"
 
     def validate_config(self) -> None:
         super().validate_config()
-        if self.config.authType not in (None, *self.info.auth_types):
-            raise ConfigError(
-                f"authType {self.config.authType!r} is not supported by slack (bot_token, webhook)",
-                code="bad_auth_type",
-            )
         for object_type, mapping in self.config.mappings.items():
             keys = set(mapping) if isinstance(mapping, dict) else set()
             if not keys & {"text", "blocks", "attachments"}:
@@ -161,42 +210,33 @@ class SlackAdapter(HttpAdapter):
             return scope_of_secret("slack:webhook", self.config.secret("webhookUrl", "url"))
         return scope_of_secret("slack:chat.postMessage", self.config.secret("token", "botToken", "accessToken"))
 
-    def make_http(self, limiter: Limiter) -> HttpClient:
-        auth: HeaderAuth | None = None
-        if self.webhook:
+    @property
+    def base_url(self) -> str:
+        if self.webhook:  # the secret URL is the whole address
             url = self.config.secret("webhookUrl", "url")
             register_secret(url)
             register_secret(url.rstrip("/").rsplit("/", 1)[-1])
-        else:
-            auth = bearer(self.config.secret("token", "botToken", "accessToken"))
-        return HttpClient(
-            name=self.integration_id,
-            base_url="" if self.webhook else self.base_url,
-            limiter=limiter,
-            auth=auth,
-            classify=classify_webhook if self.webhook else classify_web_api,
-            timeouts=self.timeouts,
-        )
+            return url.rstrip("/")
+        return super().base_url
+
+    def classifier(self) -> Classifier:
+        return classify_webhook if self.webhook else classify_web_api
+
+    def create_call(self, object_type: str) -> CreateCall:
+        return WEBHOOK_POST if self.webhook else super().create_call(object_type)
+
+    def request_body(self, call: CreateCall, event: ClassifiedMessage, object_type: str, ctx: DeliveryContext) -> Any:
+        if self.config.extra("escapeText", True):
+            event = _escaped(event)
+        return self.render(event, object_type, ctx)
 
     def permalink(self, channel: str, ts: str) -> str:
         workspace = str(self.config.endpoints.get("workspaceUrl") or "https://slack.com").rstrip("/")
         return f"{workspace}/archives/{channel}/p{ts.replace('.', '')}"
 
     async def create(self, event: ClassifiedMessage, object_type: str, ctx: DeliveryContext) -> Delivered:
-        if self.config.extra("escapeText", True):
-            event = _escaped(event)
-        message = self.render(event, object_type, ctx)
-        if self.webhook:
-            url = self.config.secret("webhookUrl", "url")
-            await self.http.send(Request("POST", url, json=message))
-            return Delivered(ctx.idempotency_key, None, {"via": "webhook"})
-        response = await self.http.send(Request("POST", "chat.postMessage", json=message))
-        data = response.json_object("chat.postMessage")
-        channel, ts = str(data.get("channel", "")), str(data.get("ts", ""))
-        if not channel or not ts:
-            raise PermanentError(f"chat.postMessage answered without channel/ts: {str(data)[:200]}")
-        detail = {"channel": channel, "ts": ts}
-        return Delivered(f"{channel}:{ts}", self.permalink(channel, ts), detail)
+        delivered = await super().create(event, object_type, ctx)
+        return Delivered(delivered.external_id, None, {"via": "webhook"}) if self.webhook else delivered
 
     async def test_connection(self) -> None:
         if self.webhook:
@@ -204,4 +244,4 @@ class SlackAdapter(HttpAdapter):
             raise ConfigError(
                 "a Slack incoming webhook cannot be tested without posting to its channel", code="not_testable"
             )
-        await self.http.send(Request("POST", "auth.test", paced=False))  # reads the token's identity
+        await super().test_connection()

@@ -30,13 +30,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from adapters.auth import Token, TokenAuth, fetch_json_token
-from adapters.base import AdapterInfo, BodyCodes, Delivered, DeliveryContext, HttpAdapter, IntegrationConfig
+from pydantic import Field, SecretStr
+
+from adapters.base import AdapterInfo, BodyCodes, IntegrationConfig
 from adapters.errors import ConfigError, DeliveryError, PermanentError, RateLimitedError
-from adapters.http import HttpClient, Request, Response
-from adapters.ratelimit import Limiter, RateLimit
-from octopus_crm.core.contracts import ClassifiedMessage
-from octopus_crm.core.redaction import register_secret
+from adapters.http import Classifier, Request, Response
+from adapters.ratelimit import RateLimit
+from adapters.settings import Credentials, Endpoints, Url, VendorSettings, alias
+from adapters.spec import CreateCall, JsonToken, SpecAdapter, VendorSpec
 
 __all__ = ["WECOM_CODES", "RateLimitBlocks", "WeComAdapter"]
 
@@ -119,10 +120,6 @@ def _classify(response: Response, blocks: RateLimitBlocks | None = None) -> Deli
     return error
 
 
-def _place_query(request: Request, token: Token) -> None:
-    request.params["access_token"] = token.value
-
-
 def _text(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return ", ".join(_text(v) for v in value)
@@ -134,7 +131,55 @@ def _user_ids(value: Any) -> list[str]:
     return [str(v).strip() for v in items if v is not None and str(v).strip()]
 
 
-class WeComAdapter(HttpAdapter):
+class WeComCredentials(Credentials):
+    corpId: str | None = alias("corpId", "corpid", description="The company's CorpID (required).")
+    secret: SecretStr | None = alias("secret", "corpSecret", "corpsecret", description="The app's Secret (required).")
+    agentId: str | int | None = alias("agentId", "agentid", description="The app's numeric AgentId (messages).")
+
+
+class WeComEndpoints(Endpoints):
+    baseUrl: Url | None = Field(default=None, description="Default https://qyapi.weixin.qq.com.")
+
+
+class WeComSettings(VendorSettings):
+    credentials: WeComCredentials = Field(default_factory=WeComCredentials)
+    endpoints: WeComEndpoints = Field(default_factory=WeComEndpoints)
+    controls: dict[str, Any] | None = Field(default=None, description="Data key → approval control id.")
+
+
+SPEC = VendorSpec(
+    auth={
+        "corp_secret": JsonToken(
+            TOKEN_PATH,
+            method="GET",
+            send={"corpid": ("corpId", "corpid"), "corpsecret": ("secret", "corpSecret", "corpsecret")},
+            token_field="access_token",
+            ttl_field="expires_in",
+            code_field="errcode",
+            message_field="errmsg",
+            param="access_token",
+        )
+    },
+    default_auth="corp_secret",
+    objects={
+        "oa_approval": CreateCall(
+            APPLY_PATH,
+            body=lambda adapter, fields, event, ctx: adapter.applyevent(fields),
+            id_at=("sp_no",),
+            what="an sp_no",
+        ),
+        "message": CreateCall(
+            MESSAGE_PATH,
+            body=lambda adapter, fields, event, ctx: adapter.message(fields),
+            id_at=("msgid",),
+            key_as_id=True,
+            detail={k: (k,) for k in ("invaliduser", "invalidparty", "invalidtag")},
+        ),
+    },
+)
+
+
+class WeComAdapter(SpecAdapter):
     info = AdapterInfo(
         type="wecom",
         display_name="WeCom",
@@ -151,6 +196,8 @@ class WeComAdapter(HttpAdapter):
             "are capped at 30/min and 1,000/h per member and WeCom drops the excess silently."
         ),
     )
+    settings_model = WeComSettings
+    spec = SPEC
     default_base_url = "https://qyapi.weixin.qq.com"
     value_maps: ClassVar[Mapping[str, Mapping[str, Any]]] = {"oa_approval.priority": PRIORITY_ZH}
 
@@ -186,56 +233,15 @@ class WeComAdapter(HttpAdapter):
         except ValueError:
             raise ConfigError("credentials.agentId must be the app's numeric AgentId", code="bad_config") from None
 
-    def make_http(self, limiter: Limiter) -> HttpClient:
-        corp_id = self.config.secret("corpId", "corpid")
-        secret = self.config.secret("secret", "corpSecret", "corpsecret")
-        register_secret(secret)
+    def classifier(self) -> Classifier:
         blocks = self.blocks
 
         def classify(response: Response) -> DeliveryError | None:
             return _classify(response, blocks)
 
-        async def fetch(http: HttpClient) -> Token:
-            request = Request(
-                "GET",
-                TOKEN_PATH,
-                params={"corpid": corp_id, "corpsecret": secret},
-                authenticated=False,
-            )
-            return await fetch_json_token(
-                http,
-                request,
-                token_field="access_token",
-                ttl_field="expires_in",
-                code_field="errcode",
-                classify=classify,
-            )
+        return classify
 
-        return HttpClient(
-            name=self.integration_id,
-            base_url=self.base_url,
-            limiter=limiter,
-            auth=TokenAuth(fetch, place=_place_query),
-            classify=classify,
-            timeouts=self.timeouts,
-        )
-
-    async def create(self, event: ClassifiedMessage, object_type: str, ctx: DeliveryContext) -> Delivered:
-        fields = self.render(event, object_type, ctx)
-        if object_type == "oa_approval":
-            response = await self.http.send(Request("POST", APPLY_PATH, json=self._applyevent(fields)))
-            sp_no = response.field("sp_no")
-            if not sp_no:
-                raise PermanentError("applyevent answered without sp_no", code="bad_response")
-            return Delivered(str(sp_no), None)
-        if object_type == "message":
-            response = await self.http.send(Request("POST", MESSAGE_PATH, json=self._message(fields)))
-            data = response.json_object("message/send")
-            invalid = {k: data[k] for k in ("invaliduser", "invalidparty", "invalidtag") if data.get(k)}
-            return Delivered(str(data.get("msgid") or ctx.idempotency_key), None, invalid)
-        raise ConfigError(f"wecom has no object type {object_type!r}", code="unknown_object_type")
-
-    def _applyevent(self, fields: dict[str, Any]) -> dict[str, Any]:
+    def applyevent(self, fields: dict[str, Any]) -> dict[str, Any]:
         if "apply_data" in fields:  # already WeCom's shape
             return {"use_template_approver": 0 if fields.get("approver") else 1, **fields}
         creator = fields.get("applicant") or fields.get("creator_userid")
@@ -271,7 +277,7 @@ class WeComAdapter(HttpAdapter):
             text = str(table.get(text, table.get(text.lower(), text)))
         return {"control": control, "id": str(control_id), "value": {"text": text}}
 
-    def _message(self, fields: dict[str, Any]) -> dict[str, Any]:
+    def message(self, fields: dict[str, Any]) -> dict[str, Any]:
         msgtype = str(fields.get("msgtype") or "text")
         content = fields.get("content") or (fields.get(msgtype) or {}).get("content")
         if not content:

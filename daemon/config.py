@@ -439,7 +439,11 @@ def _check_semantics(config: CrmConfig, errors: list[tuple[str, str]]) -> None:
         try:
             build_adapter(integration)
         except AdapterConfigError as exc:
-            errors.append((f"crmIntegrations[{index}].config", exc.message))
+            where, message = f"crmIntegrations[{index}].config", exc.message
+            if exc.code in ("unknown_key", "bad_setting"):  # "credentials.apiKy: unknown key; …"
+                key, _, message = message.partition(": ")
+                where = f"{where}.{key}"
+            errors.append((where, message))
         mapped = set(integration.config.mappings)
         for a, action in enumerate(integration.rules.actions):
             if action.type == "create" and action.object and mapped and action.object not in mapped:

@@ -4,14 +4,14 @@ Create bodies are validated with ``jsonschema`` against ``IssueUpdateDetails`` f
 published OpenAPI (fragment in ``specs/jira_create_issue.json``), then checked the way a project's
 create screen checks them: the project and issue type exist, the summary is one line of at most
 255 characters, rich-text fields are ADF documents, labels hold no spaces, only known fields are
-set. Errors are ``ErrorCollection`` bodies; a bad API token gets Jira's plain-text 401; the rate
+set. Who may call comes from the adapter's spec (sandbox/octopus_crm_sandbox/envelope.py: basic auth, decoded
+from the wire). Errors are ``ErrorCollection`` bodies; a bad API token gets Jira's plain-text 401; the rate
 limit answers 429 with ``Retry-After`` and the ``X-RateLimit-*`` headers. ``search_lag`` hides new
 issues from search for a while, like Jira's search index.
 """
 
 from __future__ import annotations
 
-import base64
 import itertools
 import json
 import math
@@ -25,6 +25,8 @@ import jsonschema
 import orjson
 from aiohttp import web
 
+from adapters.jira import SPEC as JIRA
+from octopus_crm_sandbox.envelope import caller
 from octopus_crm_sandbox.kit import FakeVendor
 
 __all__ = ["JiraFake", "adf_to_text"]
@@ -94,7 +96,7 @@ class JiraFake(FakeVendor):
         **kw: Any,
     ) -> None:
         super().__init__(**kw)
-        self.credentials = {(email, api_token)}
+        self.accepted = {"email": email, "apiToken": api_token}
         self.projects = projects or {"SUP": ("Task", "Bug", "Story", "Epic", "Subtask")}
         self.project_ids = {str(10000 + i): key for i, key in enumerate(self.projects)}
         self.priorities = priorities
@@ -138,15 +140,8 @@ class JiraFake(FakeVendor):
         return web.json_response({"errorMessages": ["Rate limit exceeded."], "errors": {}}, status=429, headers=headers)
 
     def authenticated(self, request: web.Request) -> str | None:
-        """The e-mail of a valid basic-auth caller, or None."""
-        scheme, _, value = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "basic":
-            return None
-        try:
-            email, _, token = base64.b64decode(value, validate=True).decode().partition(":")
-        except (ValueError, UnicodeDecodeError):
-            return None
-        return email if (email, token) in self.credentials else None
+        """The e-mail of a valid basic-auth caller, or None (the check the adapter's spec implies)."""
+        return caller(JIRA.auth["basic"], request, self.accepted, self)
 
     @staticmethod
     def unauthorized() -> web.Response:

@@ -298,18 +298,6 @@ async def test_wrong_app_secret_is_auth_error_without_leaking_it() -> None:
     assert fake.ENV["FEISHU_APP_SECRET"] not in info.value.message
 
 
-async def test_rate_limit_paced_without_429() -> None:
-    n = 20
-    fake = FeishuFake(rate_limit=(n, 1.0))
-    limit = {"rateLimit": {"requests": n, "perSeconds": 1, "concurrency": 8}}
-    async with running(fake, **limit) as adapter:
-        await asyncio.gather(*(adapter.create(EVENTS[0], "task", DeliveryContext(f"rate-{i}")) for i in range(3 * n)))
-    stamps = [r.at for r in fake.requests if r.path == "/open-apis/task/v2/tasks"]
-    achieved = (len(stamps) - 1) / (stamps[-1] - stamps[0])
-    assert fake.rate_limited_answers == 0 and len(fake.tasks) == 3 * n
-    assert achieved >= 0.9 * n
-
-
 async def test_both_domains_and_the_bare_fake_host_work() -> None:
     fake = FeishuFake()
     assert make_adapter(fake, endpoints={"domain": "lark"}).base_url == "https://open.larksuite.com/open-apis"

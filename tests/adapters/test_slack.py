@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -231,18 +230,6 @@ async def test_incoming_webhook_flavour() -> None:
                 assert url not in str(info.value) and "/services/" not in info.value.message
             finally:
                 await slack.aclose()
-
-
-async def test_default_rate_limit_paces_under_one_message_per_second() -> None:
-    limit = int(SlackAdapter.info.rate_limit.requests)
-    async with running(SlackFake(rate_limit=(limit, 1.0))) as (fake, slack):
-        n = 4
-        started = time.monotonic()
-        await asyncio.gather(*(slack.create(SERVICE, "message", ctx(f"k{i}")) for i in range(n)))
-        elapsed = time.monotonic() - started
-        assert fake.window is not None and fake.window.rejected == 0
-        assert len(fake.messages) == n
-        assert (n - 1) / elapsed >= 0.9 * limit
 
 
 async def test_test_connection_neither_spends_nor_waits_for_the_delivery_budget() -> None:
