@@ -390,4 +390,6 @@ async def test_paced_to_the_server_limit_without_421s() -> None:
         elapsed = time.monotonic() - started
         assert fake.window is not None and fake.window.rejected == 0
         assert len(fake.records) == count
-        assert (count - 1) / elapsed >= 0.9 * per_second
+        # the figure itself is bench/'s job; this only catches pacing far below the limit (a busy
+        # machine stretches the run, so no tight bound here)
+        assert (count - 1) / elapsed >= 0.5 * per_second
