@@ -15,7 +15,7 @@ import structlog
 from structlog.types import EventDict, WrappedLogger
 
 from daemon.log_summary import ClientLogSummary
-from daemon.redaction import redact, redact_value
+from daemon.redaction import mask_secret_keys, redact, redact_value
 
 __all__ = ["configure_logging"]
 
@@ -25,6 +25,12 @@ _QUIET = ("aiokafka", "kafka", "httpx", "httpcore", "aiohttp.access", "aiohttp.c
 def _scrub(logger: WrappedLogger, method: str, event_dict: EventDict) -> EventDict:
     scrubbed: EventDict = redact_value(event_dict)  # values, and whole values under secret-named keys
     return scrubbed
+
+
+def _mask_keys(logger: WrappedLogger, method: str, event_dict: EventDict) -> EventDict:
+    """JSON lines: only secret-named keys here; every string is scrubbed in the rendered line."""
+    masked: EventDict = mask_secret_keys(event_dict)
+    return masked
 
 
 def _scrub_rendered(logger: WrappedLogger, method: str, rendered: Any) -> Any:
@@ -53,7 +59,8 @@ def configure_logging(
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
-    tail: list[Any] = [exceptions, _scrub, renderer, _scrub_rendered]
+    # a console line is not JSON: its strings are scrubbed one by one before rendering
+    tail: list[Any] = [exceptions, _scrub if console else _mask_keys, renderer, _scrub_rendered]
     structlog.configure(
         processors=[*shared, *tail],
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),

@@ -92,14 +92,20 @@ class Processor:
     async def handle(self, record: InboundRecord) -> None:
         started = record.received_at or time.monotonic()
         structlog.contextvars.clear_contextvars()
-        structlog.contextvars.bind_contextvars(topic=record.topic, partition=record.partition, offset=record.offset)
         try:
             event = decode(record, self.max_value_bytes)
         except BadInput as bad:
+            structlog.contextvars.bind_contextvars(topic=record.topic, partition=record.partition, offset=record.offset)
             await self.reporter.dead_letter(record, bad.error_class, bad.reason)
             log.warning("dead-lettered", error_class=bad.error_class, reason=bad.reason)
             return
-        structlog.contextvars.bind_contextvars(eventId=event.eventId, tenantId=event.tenantId)
+        structlog.contextvars.bind_contextvars(
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            eventId=event.eventId,
+            tenantId=event.tenantId,
+        )
 
         async def publish(route: Outcomes) -> None:
             await report(self.reporter, route)
