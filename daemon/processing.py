@@ -53,6 +53,15 @@ def decode(record: InboundRecord, max_bytes: int) -> ClassifiedMessage:
         raise BadInput("empty_value", "record has no value (tombstone)")
     if len(value) > max_bytes:
         raise BadInput("too_large", f"value is {len(value)} bytes, over the {max_bytes}-byte limit")
+    # one parse for a good event (pydantic checks the UTF-8 and the JSON itself); what fails is
+    # looked at again below, to name the problem
+    try:
+        event = ClassifiedMessage.model_validate_json(value)
+    except ValidationError:
+        pass
+    else:
+        if event.schemaVersion in SUPPORTED_SCHEMA_VERSIONS:
+            return event
     try:
         text = value.decode("utf-8")
     except UnicodeDecodeError as exc:
