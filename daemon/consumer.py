@@ -218,7 +218,7 @@ class ConsumerLoop:
         state = self._partitions.get(tp)
         if state is None or state.revoked:
             return
-        metrics.CONSUMED.labels(tp.topic).inc(len(records))
+        metrics.child(metrics.CONSUMED, tp.topic).inc(len(records))
         self.health.progress()
         for raw in records:
             record = InboundRecord(

@@ -447,8 +447,8 @@ class Dispatcher:
                 return await self._call(adapter, breaker, target, event, ctx, labels)
             finally:
                 wait = sum(waited)
-                metrics.RATE_LIMIT_WAIT.labels(*labels).observe(wait)
-                metrics.DELIVERY_LATENCY.labels(*labels).observe(max(0.0, time.perf_counter() - started - wait))
+                metrics.child(metrics.RATE_LIMIT_WAIT, *labels).observe(wait)
+                metrics.child(metrics.DELIVERY_LATENCY, *labels).observe(max(0.0, time.perf_counter() - started - wait))
 
     @staticmethod
     async def _call(
@@ -468,12 +468,12 @@ class Dispatcher:
                     raise
                 delivered = found
         except DeliveryError as exc:
-            metrics.DELIVERIES.labels(*labels, exc.error_class).inc()
+            metrics.child(metrics.DELIVERIES, *labels, exc.error_class).inc()
             if exc.retriable:
                 breaker.failure()
             return None, exc
         breaker.success()
-        metrics.DELIVERIES.labels(*labels, "ok").inc()
+        metrics.child(metrics.DELIVERIES, *labels, "ok").inc()
         return delivered, None
 
     # -- transitions -------------------------------------------------------------------------
@@ -495,7 +495,7 @@ class Dispatcher:
         state.due = due
         if ordered:
             await self.ledger.barrier_hold(scope, state.event_id, due)
-        metrics.RETRIES_SCHEDULED.labels(state.target.integration_id, _REASONS[kind]).inc()
+        metrics.child(metrics.RETRIES_SCHEDULED, state.target.integration_id, _REASONS[kind]).inc()
         return Outcomes(retries=[state])
 
     async def _release(self, scope: str, event: ClassifiedMessage, ordered: bool) -> None:

@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from daemon import metrics
 from daemon.contracts import SUPPORTED_SCHEMA_VERSIONS, ClassifiedMessage, SyncResult
 from daemon.dispatch import Dispatcher, Outcomes
+from daemon.logs import canonical
 from daemon.records import InboundRecord
 from daemon.reporting import Reporter
 from strategies.routing import Plan
@@ -154,7 +155,7 @@ def _outcome(r: SyncResult) -> dict[str, Any]:
 
 
 def log_outcomes(message: str, strategy: str, outcomes: Outcomes, started: float) -> None:
-    log.info(
+    canonical(
         message,
         strategy=strategy,
         outcomes=[_outcome(r) for r in outcomes.results],

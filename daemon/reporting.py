@@ -58,7 +58,7 @@ class Reporter:
         """Publish results keyed by eventId and wait for every acknowledgement."""
         for result in results:
             await self._send(self.results_topic, result.eventId.encode(), _scrubbed(result), [])
-            metrics.OUTCOMES.labels(result.integrationId or "-", result.status).inc()
+            metrics.child(metrics.OUTCOMES, result.integrationId or "-", result.status).inc()
 
     async def dead_letter(
         self,
