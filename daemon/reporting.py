@@ -52,7 +52,7 @@ class Reporter:
                 ("octopus-retry-kind", retry.kind.encode()),
                 ("octopus-attempt", str(retry.attempt).encode()),
             ]
-            await self._send(self.retry_topic, retry.kafka_key(), retry.scrubbed().encode(), headers)
+            await self._send(self.retry_topic, retry.kafka_key(), retry.encode_scrubbed(), headers)
 
     async def publish(self, results: Sequence[SyncResult]) -> None:
         """Publish results keyed by eventId and wait for every acknowledgement."""
