@@ -62,7 +62,8 @@ async def test_no_secret_in_results_dead_letters_retries_api_or_log(broker: Any,
                     "retry": retry,
                     "config": {
                         "endpoints": {
-                            "url": f"http://ops:${{HOOK_PASSWORD}}@127.0.0.1:{closed}/hook?code=${{HOOK_CODE}}&team=ops"
+                            "url": f"http://ops:${{HOOK_PASSWORD}}@127.0.0.1:{closed}/hook?code=${{HOOK_CODE}}&team=ops",
+                            "allowPrivateNetwork": True,
                         },
                         "mappings": mapping,
                     },
@@ -72,7 +73,7 @@ async def test_no_secret_in_results_dead_letters_retries_api_or_log(broker: Any,
                     "type": "webhook",
                     "retry": retry,
                     "config": {
-                        "endpoints": {"url": f"{echo.base_url}/hook?sig=${{HOOK_SIG}}"},
+                        "endpoints": {"url": f"{echo.base_url}/hook?sig=${{HOOK_SIG}}", "allowPrivateNetwork": True},
                         "headers": {"Authorization": "Bearer ${HOOK_BEARER}"},
                         "mappings": mapping,
                     },
@@ -83,7 +84,7 @@ async def test_no_secret_in_results_dead_letters_retries_api_or_log(broker: Any,
                     "retry": retry,
                     "config": {
                         "credentials": {"token": "${SLACK_TOKEN}"},
-                        "endpoints": {"baseUrl": f"{echo.base_url}/api"},
+                        "endpoints": {"baseUrl": f"{echo.base_url}/api", "allowPrivateNetwork": True},
                         "mappings": {"message": {"channel": "#support", "text": "{{messageContent}}"}},
                     },
                 },
