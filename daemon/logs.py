@@ -13,7 +13,6 @@ import sys
 from typing import Any, Literal, TextIO
 
 import orjson
-
 import structlog
 from structlog.types import EventDict, WrappedLogger
 

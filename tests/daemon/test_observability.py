@@ -101,9 +101,7 @@ async def test_metrics_health_and_no_secret_in_logs(broker: Any, topics: Any, tm
     assert any(s.labels["error_class"] == "invalid_json" and s.value == 1 for s in dlq)
     promtool = shutil.which("promtool")
     if promtool:
-        check = await asyncio.to_thread(
-            subprocess.run, [promtool, "check", "metrics"], input=body, capture_output=True
-        )
+        check = await asyncio.to_thread(subprocess.run, [promtool, "check", "metrics"], input=body, capture_output=True)
         assert check.returncode == 0, check.stderr.decode() + check.stdout.decode()
 
     logs = daemon.log()
