@@ -78,6 +78,7 @@ class ConsumerLoop:
         self._in_flight = 0
         self._drained = asyncio.Event()
         self._drained.set()
+        self._room = asyncio.Event()  # set once paused work drained to half of max_in_flight
 
     @property
     def in_flight(self) -> int:
@@ -142,7 +143,12 @@ class ConsumerLoop:
                 self._apply_backpressure(consumer)
                 room = max(1, self.max_in_flight - self._in_flight)
                 try:
-                    batch = await consumer.getmany(timeout_ms=200, max_records=min(room, 500))
+                    if self._paused:  # nothing comes until half the work drained: wait for that
+                        batch = {}
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(self._room.wait(), 0.2)
+                    else:
+                        batch = await consumer.getmany(timeout_ms=200, max_records=min(room, 500))
                     self.health.connected = True
                 except KafkaError as exc:
                     self.health.connected = False
@@ -218,7 +224,7 @@ class ConsumerLoop:
         state = self._partitions.get(tp)
         if state is None or state.revoked:
             return
-        metrics.CONSUMED.labels(tp.topic).inc(len(records))
+        metrics.child(metrics.CONSUMED, tp.topic).inc(len(records))
         self.health.progress()
         for raw in records:
             record = InboundRecord(
@@ -258,6 +264,8 @@ class ConsumerLoop:
     def _release(self, count: int) -> None:
         self._in_flight -= count
         metrics.IN_FLIGHT.set(self._in_flight)
+        if self._paused and self._in_flight <= self.max_in_flight // 2:
+            self._room.set()
         if self._in_flight <= 0:
             self._in_flight = 0
             self._drained.set()
@@ -270,6 +278,7 @@ class ConsumerLoop:
             if to_pause:
                 consumer.pause(*to_pause)
             self._paused = True
+            self._room.clear()
         elif self._paused and self._in_flight <= limit // 2:
             consumer.resume(*consumer.paused())
             self._paused = False

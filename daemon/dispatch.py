@@ -205,7 +205,9 @@ class Dispatcher:
             return done
 
         outcomes = Outcomes()
-        for done in await asyncio.gather(*(route(s) for s in states)):
+        # one route (the common plan) runs in this task: a task per route costs more than it
+        routes = [await route(states[0])] if len(states) == 1 else await asyncio.gather(*(route(s) for s in states))
+        for done in routes:
             outcomes.extend(done)
         skipped = Outcomes()
         for skip in plan.skips:
@@ -409,10 +411,11 @@ class Dispatcher:
         then drop the claims (a waiting copy now finds a published entry: ``duplicate``).
 
         A crash before this reports those deliveries again on redelivery (at least once)."""
-        for key, entry in outcomes.unpublished:
-            await self.ledger.put(key, dataclasses.replace(entry, published=True))
-        for key, owner in outcomes.leases:
-            await self.ledger.release(key, owner)
+        if outcomes.unpublished or outcomes.leases:
+            await self.ledger.settle(
+                [(key, dataclasses.replace(entry, published=True)) for key, entry in outcomes.unpublished],
+                outcomes.leases,
+            )
 
     async def _reported_by_gone_copy(self, event: ClassifiedMessage, spec: TargetSpec, entry: LedgerEntry) -> bool:
         """The copy that delivered this is gone: did its result reach the broker before it went
@@ -444,8 +447,8 @@ class Dispatcher:
                 return await self._call(adapter, breaker, target, event, ctx, labels)
             finally:
                 wait = sum(waited)
-                metrics.RATE_LIMIT_WAIT.labels(*labels).observe(wait)
-                metrics.DELIVERY_LATENCY.labels(*labels).observe(max(0.0, time.perf_counter() - started - wait))
+                metrics.child(metrics.RATE_LIMIT_WAIT, *labels).observe(wait)
+                metrics.child(metrics.DELIVERY_LATENCY, *labels).observe(max(0.0, time.perf_counter() - started - wait))
 
     @staticmethod
     async def _call(
@@ -465,12 +468,12 @@ class Dispatcher:
                     raise
                 delivered = found
         except DeliveryError as exc:
-            metrics.DELIVERIES.labels(*labels, exc.error_class).inc()
+            metrics.child(metrics.DELIVERIES, *labels, exc.error_class).inc()
             if exc.retriable:
                 breaker.failure()
             return None, exc
         breaker.success()
-        metrics.DELIVERIES.labels(*labels, "ok").inc()
+        metrics.child(metrics.DELIVERIES, *labels, "ok").inc()
         return delivered, None
 
     # -- transitions -------------------------------------------------------------------------
@@ -492,7 +495,7 @@ class Dispatcher:
         state.due = due
         if ordered:
             await self.ledger.barrier_hold(scope, state.event_id, due)
-        metrics.RETRIES_SCHEDULED.labels(state.target.integration_id, _REASONS[kind]).inc()
+        metrics.child(metrics.RETRIES_SCHEDULED, state.target.integration_id, _REASONS[kind]).inc()
         return Outcomes(retries=[state])
 
     async def _release(self, scope: str, event: ClassifiedMessage, ordered: bool) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, TypeVar
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, PlatformCollector, ProcessCollector
 
 from daemon.version import VERSION
@@ -28,6 +30,7 @@ __all__ = [
     "RATE_LIMIT_WAIT",
     "REGISTRY",
     "RETRIES_SCHEDULED",
+    "child",
 ]
 
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -141,3 +144,18 @@ FLEET_SHARED = Gauge(
     "(no fleet Redis configured, or unreachable: limit / expected replicas).",
     registry=REGISTRY,
 )
+
+
+M = TypeVar("M", Counter, Gauge, Histogram)
+_children: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+
+def child(metric: M, *values: str) -> M:
+    """``metric.labels(*values)``, kept: per event, the lookup (a lock, a dict) cost more than the
+    increment. Only for metrics whose children are never removed; their label values are bounded
+    (integrations, statuses, error classes)."""
+    key = (id(metric), values)
+    found: M | None = _children.get(key)
+    if found is None:
+        found = _children[key] = metric.labels(*values)
+    return found

@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from daemon import metrics
 from daemon.dispatch import Dispatcher, Outcomes
+from daemon.logs import canonical
 from daemon.records import InboundRecord
 from daemon.reporting import Reporter
 from octopus_crm.core.contracts import SUPPORTED_SCHEMA_VERSIONS, ClassifiedMessage, SyncResult
@@ -53,6 +54,15 @@ def decode(record: InboundRecord, max_bytes: int) -> ClassifiedMessage:
         raise BadInput("empty_value", "record has no value (tombstone)")
     if len(value) > max_bytes:
         raise BadInput("too_large", f"value is {len(value)} bytes, over the {max_bytes}-byte limit")
+    # one parse for a good event (pydantic checks the UTF-8 and the JSON itself); what fails is
+    # looked at again below, to name the problem
+    try:
+        event = ClassifiedMessage.model_validate_json(value)
+    except ValidationError:
+        pass
+    else:
+        if event.schemaVersion in SUPPORTED_SCHEMA_VERSIONS:
+            return event
     try:
         text = value.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -92,14 +102,20 @@ class Processor:
     async def handle(self, record: InboundRecord) -> None:
         started = record.received_at or time.monotonic()
         structlog.contextvars.clear_contextvars()
-        structlog.contextvars.bind_contextvars(topic=record.topic, partition=record.partition, offset=record.offset)
         try:
             event = decode(record, self.max_value_bytes)
         except BadInput as bad:
+            structlog.contextvars.bind_contextvars(topic=record.topic, partition=record.partition, offset=record.offset)
             await self.reporter.dead_letter(record, bad.error_class, bad.reason)
             log.warning("dead-lettered", error_class=bad.error_class, reason=bad.reason)
             return
-        structlog.contextvars.bind_contextvars(eventId=event.eventId, tenantId=event.tenantId)
+        structlog.contextvars.bind_contextvars(
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            eventId=event.eventId,
+            tenantId=event.tenantId,
+        )
 
         async def publish(route: Outcomes) -> None:
             await report(self.reporter, route)
@@ -139,7 +155,7 @@ def _outcome(r: SyncResult) -> dict[str, Any]:
 
 
 def log_outcomes(message: str, strategy: str, outcomes: Outcomes, started: float) -> None:
-    log.info(
+    canonical(
         message,
         strategy=strategy,
         outcomes=[_outcome(r) for r in outcomes.results],

@@ -52,13 +52,13 @@ class Reporter:
                 ("octopus-retry-kind", retry.kind.encode()),
                 ("octopus-attempt", str(retry.attempt).encode()),
             ]
-            await self._send(self.retry_topic, retry.kafka_key(), retry.scrubbed().encode(), headers)
+            await self._send(self.retry_topic, retry.kafka_key(), retry.encode_scrubbed(), headers)
 
     async def publish(self, results: Sequence[SyncResult]) -> None:
         """Publish results keyed by eventId and wait for every acknowledgement."""
         for result in results:
             await self._send(self.results_topic, result.eventId.encode(), _scrubbed(result), [])
-            metrics.OUTCOMES.labels(result.integrationId or "-", result.status).inc()
+            metrics.child(metrics.OUTCOMES, result.integrationId or "-", result.status).inc()
 
     async def dead_letter(
         self,
@@ -96,6 +96,15 @@ class Reporter:
                 delay = min(delay * 2, 10.0)
 
 
+# What a vendor or a delivery wrote into a result (error text may echo a secret). The rest is
+# the event's validated ids, our configuration's names, the status, numbers and the source.
+_FROM_VENDOR = ("externalId", "externalUrl", "reason", "error", "detail")
+
+
 def _scrubbed(result: SyncResult) -> bytes:
-    """The result as JSON, every string in it scrubbed (vendor error text may echo a secret)."""
-    return orjson.dumps(redact_value(result.model_dump(mode="json", by_alias=True, exclude_none=True)))
+    """The result as JSON, every string a vendor or a delivery could have written scrubbed."""
+    data = result.model_dump(mode="json", by_alias=True, exclude_none=True)
+    for name in _FROM_VENDOR:
+        if name in data:
+            data[name] = redact_value(data[name])
+    return orjson.dumps(data)

@@ -106,6 +106,17 @@ class RetryRecord(BaseModel):
             }
         )
 
+    def encode_scrubbed(self) -> bytes:
+        """:meth:`scrubbed` then :meth:`encode`, in one pass over the dumped record (the retry
+        hand-off encodes every deferred delivery)."""
+        data = self.model_dump(mode="json")
+        for attempt in data["history"]:
+            if attempt["error"] is not None:
+                attempt["error"] = redact_value(attempt["error"])
+        if data["first_error"]:
+            data["first_error"] = redact_value(data["first_error"])
+        return orjson.dumps(data)
+
     def encode(self) -> bytes:
         return orjson.dumps(self.model_dump(mode="json"))
 

@@ -18,7 +18,17 @@ import threading
 from typing import Any
 from urllib.parse import unquote_plus, urlsplit
 
-__all__ = ["REDACTED", "redact", "redact_bytes", "redact_value", "register_secret", "register_secret_parts"]
+import orjson
+
+__all__ = [
+    "REDACTED",
+    "mask_secret_keys",
+    "redact",
+    "redact_bytes",
+    "redact_value",
+    "register_secret",
+    "register_secret_parts",
+]
 
 REDACTED = "[REDACTED]"
 _MIN_LEN = 4
@@ -51,10 +61,12 @@ def register_secret(value: str | None) -> None:
     global _pattern
     if not value or len(value) < _MIN_LEN:
         return
+    # as it appears inside a JSON string too: a log line is scrubbed once, rendered
+    escaped = orjson.dumps(value).decode()[1:-1]
     with _lock:
-        if value in _secrets:
+        if value in _secrets and escaped in _secrets:
             return
-        _secrets.add(value)
+        _secrets.update((value, escaped))
         ordered = sorted(_secrets, key=len, reverse=True)
         _pattern = re.compile("|".join(re.escape(s) for s in ordered))
 
@@ -118,6 +130,33 @@ def redact_value(value: Any) -> Any:
         }
     if isinstance(value, (list, tuple)):
         return [redact_value(v) for v in value]
+    return value
+
+
+_key_is_secret: dict[str, bool] = {}
+
+
+def _secret_key(key: str) -> bool:
+    known = _key_is_secret.get(key)
+    if known is None:
+        known = bool(_SECRET_KEYS.match(key))
+        if len(_key_is_secret) < 4096:  # keys are few (ours); hostile ones are not kept
+            _key_is_secret[key] = known
+    return known
+
+
+def mask_secret_keys(value: Any) -> Any:
+    """``value`` with the string values of secret-named keys replaced, nothing else touched.
+
+    For text that is scrubbed whole once rendered (a JSON log line: :func:`redact` then sees
+    every string in it, secrets registered in their JSON-escaped form too)."""
+    if isinstance(value, dict):
+        return {
+            k: REDACTED if isinstance(v, str) and isinstance(k, str) and _secret_key(k) else mask_secret_keys(v)
+            for k, v in value.items()
+        }
+    if isinstance(value, (list, tuple)):
+        return [mask_secret_keys(v) for v in value]
     return value
 
 

@@ -22,8 +22,17 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_smoke_run_produces_figures_and_a_table(tmp_path: Path) -> None:
     out = tmp_path / "results.json"
     proc = subprocess.run(
-        [sys.executable, "bench/run_all.py", "--smoke", "--no-profile", "--only", "throughput", "ratelimit",
-         "--out", str(out)],
+        [
+            sys.executable,
+            "bench/run_all.py",
+            "--smoke",
+            "--no-profile",
+            "--only",
+            "throughput",
+            "ratelimit",
+            "--out",
+            str(out),
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,

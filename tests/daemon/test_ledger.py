@@ -151,3 +151,34 @@ async def test_single_replica_store_knows_a_lease_of_another_process_is_dead(tmp
     claim = await store.claim("e4:crm:lead", lease_owner(), 30)
     await store.close()
     assert claim.granted and claim.previous is not None and claim.previous.owner == "deadbeef0000/1"
+
+
+async def test_settle_notes_published_entries_and_ends_the_leases(ledger: Ledger) -> None:
+    owner, other = lease_owner(), lease_owner()
+    assert (await ledger.claim("route:e1:crm:lead", owner, 30)).granted
+    entry = LedgerEntry("00Q1", None, "crm", "lead", time.time(), published=False)
+    await ledger.put("e1:crm:lead", entry)
+    published = LedgerEntry("00Q1", None, "crm", "lead", entry.at, published=True)
+    await ledger.settle([("e1:crm:lead", published)], [("route:e1:crm:lead", owner)])
+    assert await ledger.get("e1:crm:lead") == published
+    after = await ledger.claim("route:e1:crm:lead", other, 30)  # released: the next copy gets it
+    assert after.granted and after.previous is not None and not after.abandoned
+
+
+async def test_sqlite_batches_survive_a_reopen_and_checkpoint(tmp_path: Path) -> None:
+    """Statements run on the loop, the WAL is checkpointed by a worker thread: all of it is in
+    the file after close."""
+    path = str(tmp_path / "ledger.sqlite3")
+    store = SqliteLedger(path)
+    store.CHECKPOINT_EVERY_S = 0.0
+    entries = {f"e{i}:crm:lead": LedgerEntry(f"id{i}", None, "crm", "lead", time.time()) for i in range(200)}
+    await asyncio.gather(*(store.put(key, entry) for key, entry in entries.items()))
+    await asyncio.sleep(0)
+    await store.put("last:crm:lead", LedgerEntry("last", None, "crm", "lead", time.time()))
+    await store.close()
+    reopened = SqliteLedger(path)
+    try:
+        assert all([await reopened.get(key) == entry for key, entry in entries.items()])
+        assert await reopened.get("last:crm:lead") is not None
+    finally:
+        await reopened.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -100,9 +101,7 @@ async def test_metrics_health_and_no_secret_in_logs(broker: Any, topics: Any, tm
     assert any(s.labels["error_class"] == "invalid_json" and s.value == 1 for s in dlq)
     promtool = shutil.which("promtool")
     if promtool:
-        check = await asyncio.to_thread(
-            subprocess.run, [promtool, "check", "metrics"], input=body, capture_output=True
-        )
+        check = await asyncio.to_thread(subprocess.run, [promtool, "check", "metrics"], input=body, capture_output=True)
         assert check.returncode == 0, check.stderr.decode() + check.stdout.decode()
 
     logs = daemon.log()
@@ -129,3 +128,33 @@ def test_health_reports_a_stuck_consumer() -> None:
     health.lag = 0
     health.last_progress = time.monotonic() - 600
     assert health.alive()[0], "an idle consumer with no lag is healthy"
+
+
+def test_the_canonical_line_is_the_line_structlog_renders(capsys: Any) -> None:
+    """The per-event line skips structlog's chain but not its content: same keys in the same
+    order, secret-named keys masked, registered secrets scrubbed."""
+    import orjson
+    import structlog
+
+    from daemon.logs import _Canonical, canonical, configure_logging
+    from octopus_crm.core.redaction import register_secret
+
+    secret = f"s3cret-{time.time_ns()}"
+    register_secret(secret)
+    configure_logging("json", "INFO")
+    try:
+        structlog.contextvars.bind_contextvars(topic="in", partition=1, offset=7, eventId="e1", tenantId="t1")
+        fields = {"strategy": "s", "outcomes": [{"status": "failed", "detail": f"bad {secret}"}], "token": "x"}
+        canonical("event processed", **fields)
+        structlog.get_logger("octopus.processing").info("event processed", **fields)
+        with structlog.testing.capture_logs() as captured:  # a capturing test gets the structlog path
+            canonical("event processed", strategy="s")
+    finally:
+        structlog.contextvars.clear_contextvars()
+        _Canonical.install(None, sys.stderr)
+        structlog.reset_defaults()
+    fast, slow = (orjson.loads(line) for line in capsys.readouterr().err.splitlines()[-2:])
+    assert secret not in str(fast) and fast["token"] == "[REDACTED]"
+    fast.pop("timestamp"), slow.pop("timestamp")
+    assert list(fast.items()) == list(slow.items())
+    assert captured == [{"strategy": "s", "event": "event processed", "log_level": "info"}]

@@ -98,3 +98,50 @@ def test_secret_named_keys_are_redacted_even_when_the_value_was_never_registered
 def test_plain_text_is_untouched() -> None:
     text = "客户 王小明 asked about pricing for 200 seats (priority=high)"
     assert redact(text) == text
+
+
+def test_a_secret_is_found_in_a_rendered_json_line_too() -> None:
+    """A JSON log line is scrubbed once, rendered: a secret with characters JSON escapes is
+    registered in its escaped form as well."""
+    import orjson
+
+    token = 'q"uote\\' + secret("tok")
+    register_secret(token)
+    rendered = orjson.dumps({"error": f"rejected {token}"}).decode()
+    assert token not in orjson.loads(redact(rendered))["error"]
+    assert orjson.loads(redact(rendered)) == {"error": f"rejected {REDACTED}"}
+
+
+def test_mask_secret_keys_touches_only_secret_named_keys() -> None:
+    from octopus_crm.core.redaction import mask_secret_keys
+
+    value = {"password": "hunter2", "nested": [{"api_key": "k", "text": "token=abc"}], "n": 1}
+    assert mask_secret_keys(value) == {
+        "password": REDACTED,
+        "nested": [{"api_key": REDACTED, "text": "token=abc"}],  # strings: scrubbed once rendered
+        "n": 1,
+    }
+
+
+def test_a_retry_record_is_encoded_with_its_errors_scrubbed() -> None:
+    from daemon.retrying import AttemptRecord, RetryRecord, TargetSpec
+
+    token = secret("tok")
+    register_secret(token)
+    error = {"class": "retryable", "code": "http_503", "message": f"rejected {token}"}
+    record = RetryRecord(
+        kind="retry",
+        event_id="e1",
+        value='{"content": "kept as it came"}',
+        source_topic="in",
+        source_partition=0,
+        source_offset=1,
+        received_at=1.0,
+        strategy="s",
+        chain=[TargetSpec(integration_id="a", integration_type="webhook", object_type="message")],
+        history=[AttemptRecord(integration="a", at=1.0, error=error)],
+        first_error=error,
+    )
+    encoded = record.encode_scrubbed()
+    assert encoded == record.scrubbed().encode()
+    assert token.encode() not in encoded and RetryRecord.decode(encoded).value == record.value
