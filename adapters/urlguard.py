@@ -26,6 +26,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 
 from adapters.errors import ConfigError
+from octopus_crm.core.redaction import redact
 
 __all__ = [
     "ALLOW_PRIVATE_KEY",
@@ -83,19 +84,20 @@ def url_problem(url: Any, *, allow_private: bool) -> str | None:
     """Why ``url`` cannot be a vendor endpoint, in words for a configuration report."""
     if not isinstance(url, str) or not url.strip():
         return "must be an http(s) URL"
+    shown = repr(redact(url))  # the message reaches validate-config's output and the logs
     try:
         parts = urlsplit(url.strip())
         host = parts.hostname
         _ = parts.port  # a non-numeric or out-of-range port raises here
     except ValueError as exc:
-        return f"{url!r} is not a valid URL ({exc})"
+        return f"{shown} is not a valid URL ({exc})"
     if parts.scheme.lower() not in SCHEMES:
-        return f"{url!r} is not an http(s) URL"
+        return f"{shown} is not an http(s) URL"
     if not host:
-        return f"{url!r} has no host"
+        return f"{shown} has no host"
     if not allow_private and (kind := _literal_host_problem(host)) is not None:
         return (
-            f"{url!r} points at a {kind} address; set endpoints.{ALLOW_PRIVATE_KEY}: true"
+            f"{shown} points at a {kind} address; set endpoints.{ALLOW_PRIVATE_KEY}: true"
             " if this integration really is on a private network"
         )
     return None

@@ -533,7 +533,8 @@ def test_regex_conditions_re2_cannot_run_are_refused_at_load(pattern: str) -> No
 @pytest.mark.parametrize(
     "url,reason",
     [
-        ("not a url", "'not a url' is not an http(s) URL"),
+        # a value of a secret-bearing field without a scheme is registered whole: it may be a token
+        ("not a url", "'[REDACTED]' is not an http(s) URL"),
         ("file:///etc/passwd", "'file:///etc/passwd' is not an http(s) URL"),
         ("gopher://example.com/", "'gopher://example.com/' is not an http(s) URL"),
         ("http://169.254.169.254/", "'http://169.254.169.254/' points at a link-local address"),
@@ -547,6 +548,16 @@ def test_validate_config_refuses_urls_that_are_not_public_http(tmp_path: Path, u
     lines = done.stderr.splitlines()
     assert len(lines) == 2 and lines[1].startswith(f"  crmIntegrations[0].config: endpoints.url: {reason}")
     assert "Traceback" not in done.stderr
+
+
+def test_a_refused_url_is_reported_without_its_secrets(tmp_path: Path) -> None:
+    path = tmp_path / "config.json"
+    url = "http://ops:${HOOK_PASSWORD}@10.0.0.5/hook?code=${HOOK_CODE}&team=ops"
+    path.write_bytes(orjson.dumps({"crmIntegrations": [hook(url=url)]}))
+    done = run_cli(str(path), env={"HOOK_PASSWORD": "pw-canary-7731", "HOOK_CODE": "code-canary-9912"})
+    assert done.returncode == 1 and "private address" in done.stderr
+    assert "canary" not in done.stderr + done.stdout
+    assert "10.0.0.5/hook?code=[REDACTED]&team=ops" in done.stderr
 
 
 def test_a_private_network_integration_says_so_explicitly() -> None:
