@@ -13,11 +13,11 @@ $(BIN)/python:
 # The demo extra is the octopus-crm-sandbox distribution in sandbox/: installed from the checkout in
 # the same pip call, which is how pip resolves the extra's requirement without an index.
 $(VENV)/.demo-installed: pyproject.toml sandbox/pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e ./sandbox -e '.[demo]'
+	$(BIN)/pip install -q -e '.[demo]' -e ./sandbox
 	touch $@
 
 $(VENV)/.dev-installed: pyproject.toml sandbox/pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e ./sandbox -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev]' -e ./sandbox
 	touch $@ $(VENV)/.demo-installed
 
 demo: $(VENV)/.demo-installed

@@ -102,7 +102,7 @@ def _require_demo_extra(command: str) -> None:
             raise OperatorError(
                 f"octopus-crm {command} needs the demo extra (module {module} is missing): "
                 "pip install 'octopus-crm-sync[demo]' (from a checkout: make demo, or "
-                "pip install -e ./sandbox -e '.[demo]')"
+                "pip install -e '.[demo]' -e ./sandbox)"
             ) from None
 
 
