@@ -24,9 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import shutil
-import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -49,7 +46,7 @@ from bench.common import (
     wait_until,
     webhook_integration,
 )
-from daemon.net import free_port
+from octopus_crm_sandbox.redis_server import RedisServer
 
 __all__ = ["LIMITS", "run"]
 
@@ -57,43 +54,6 @@ LIMITS: dict[str, tuple[int, float]] = {"r10-per-1s": (10, 1.0), "r100-per-10s":
 REPLICAS = 3
 PARTITIONS = 6
 RETRY_AFTER = 30
-
-
-class RedisServer:
-    """A redis-server of this benchmark's own (never the shared one), to kill and restart."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> RedisServer:
-        server = shutil.which("redis-server")
-        if server is None:
-            raise RuntimeError("redis-server is not installed")
-        self.proc = subprocess.Popen(
-            [server, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), 0.5) as s:
-                    s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith(b"+PONG"):
-                        return self
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("redis-server did not start")
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
 
 
 async def _post(url: str) -> None:

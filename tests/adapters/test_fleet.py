@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import socket
-import subprocess
 import sys
 import textwrap
 import time
@@ -29,8 +27,8 @@ from adapters.webhook import WebhookAdapter
 from daemon import metrics
 from daemon.dispatch import _breaker
 from daemon.fleet import FleetSync
-from daemon.net import free_port
 from daemon.settings import Settings
+from octopus_crm_sandbox.redis_server import RedisServer
 from strategies.breaker import BreakerPolicy, BreakerState
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -235,47 +233,11 @@ def test_fleet_url_defaults_to_a_redis_ledger() -> None:
 # -- Redis goes away ----------------------------------------------------------------------------
 
 
-class OwnRedis:
-    """A redis-server of this test's own on a free port, to kill and bring back."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        server = shutil.which("redis-server")
-        assert server is not None
-        self.proc = subprocess.Popen(
-            [server, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), 0.5) as s:
-                    s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith(b"+PONG"):
-                        return
-            except OSError:
-                time.sleep(0.05)
-        pytest.fail("own redis-server did not start")
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-
-
 @pytest.fixture
-def own_redis() -> Iterator[OwnRedis]:
+def own_redis() -> Iterator[RedisServer]:
     if shutil.which("redis-server") is None:
         pytest.skip("redis-server is not installed: the failover tests start and kill their own")
-    server = OwnRedis()
+    server = RedisServer()
     server.start()
     try:
         yield server
@@ -283,7 +245,7 @@ def own_redis() -> Iterator[OwnRedis]:
         server.kill()
 
 
-async def test_falls_back_to_limit_over_expected_replicas_and_back(own_redis: OwnRedis) -> None:
+async def test_falls_back_to_limit_over_expected_replicas_and_back(own_redis: RedisServer) -> None:
     fleet = FleetStore(own_redis.url, expected_replicas=2, prefix=_prefix(), timeout=0.25, retry_every=0.5)
     limiter = fleet.limiter(RateLimit(requests=10, perSeconds=1, headroom=1.0), "crm")
     try:
@@ -313,7 +275,7 @@ async def test_falls_back_to_limit_over_expected_replicas_and_back(own_redis: Ow
         await fleet.close()
 
 
-async def test_a_connection_from_before_a_restart_is_not_an_outage(own_redis: OwnRedis) -> None:
+async def test_a_connection_from_before_a_restart_is_not_an_outage(own_redis: RedisServer) -> None:
     fleet = FleetStore(own_redis.url, prefix=_prefix(), timeout=0.25)
     limiter = fleet.limiter(RateLimit(requests=100, perSeconds=1), "crm")
     try:
@@ -326,7 +288,7 @@ async def test_a_connection_from_before_a_restart_is_not_an_outage(own_redis: Ow
         await fleet.close()
 
 
-async def test_pause_holds_locally_while_redis_is_down(own_redis: OwnRedis) -> None:
+async def test_pause_holds_locally_while_redis_is_down(own_redis: RedisServer) -> None:
     fleet = FleetStore(own_redis.url, prefix=_prefix(), timeout=0.25)
     limiter = fleet.limiter(RateLimit(requests=100, perSeconds=1), "crm")
     try:
