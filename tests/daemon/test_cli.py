@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from daemon.cli import DEAD_LETTER_CLASSES
 from daemon.net import free_port
 from tests.events import webhook_config
 from tests.process import DaemonProcess
@@ -29,17 +30,6 @@ from tests.process import DaemonProcess
 ROOT = Path(__file__).resolve().parents[2]
 SEED = ROOT / "examples" / "crm-config.seed.json"
 SAMPLES = ROOT / "examples" / "events.sample.jsonl"
-DEAD_LETTER_CLASSES = (
-    "delivery_failed",
-    "internal_error",
-    "invalid_retry_record",
-    "empty_value",
-    "too_large",
-    "undecodable",
-    "invalid_json",
-    "schema_violation",
-    "unsupported_schema_version",
-)
 
 
 def octopus(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
