@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import sys
-from typing import Any, Literal, TextIO
+from typing import Any, Literal
 
 import orjson
 import structlog
@@ -65,7 +65,7 @@ def configure_logging(
     tail: list[Any] = [exceptions, _scrub if console else _mask_keys, renderer, _scrub_rendered]
     processors = [*shared, *tail]
     own = logging.getLevelName((own_level or level).upper())
-    _Canonical.install(None if console or own > logging.INFO else processors, sys.stderr)
+    _Canonical.install(None if console or own > logging.INFO else processors)
     structlog.configure(
         processors=processors,
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
@@ -98,11 +98,10 @@ class _Canonical:
     logs, or a console, gets the ordinary path)."""
 
     processors: list[Any] | None = None
-    stream: TextIO = sys.stderr
 
     @classmethod
-    def install(cls, processors: list[Any] | None, stream: TextIO) -> None:
-        cls.processors, cls.stream = processors, stream
+    def install(cls, processors: list[Any] | None) -> None:
+        cls.processors = processors
 
     @classmethod
     def write(cls, message: str, fields: dict[str, Any]) -> bool:
@@ -115,8 +114,11 @@ class _Canonical:
             line.setdefault(key, value)
         line["level"] = "info"
         line["timestamp"] = dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z")
-        cls.stream.write(redact(orjson.dumps(mask_secret_keys(line), default=str).decode()) + "\n")
-        cls.stream.flush()
+        # sys.stderr as it is now, not as it was at configure time: a stream replaced since (pytest's
+        # capture of an earlier test) may be closed, and writing to it would fail the event
+        stream = sys.stderr
+        stream.write(redact(orjson.dumps(mask_secret_keys(line), default=str).decode()) + "\n")
+        stream.flush()
         return True
 
 

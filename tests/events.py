@@ -36,16 +36,23 @@ def keyed(events: list[dict[str, Any]]) -> list[tuple[bytes | None, bytes | None
     return [(f"{e['tenantId']}:{e['sender']['id']}".encode(), encode(e)) for e in events]
 
 
+_ENTRY_KEYS = frozenset({"name", "enabled", "tenants", "ordered", "retry", "circuitBreaker", "rules"})
+
+
 def webhook_config(
     urls: dict[str, str], *, strategy: dict[str, Any] | None = None, **integration: Any
 ) -> dict[str, Any]:
-    """A configuration of webhook integrations (id → URL) fanned out in parallel."""
+    """A configuration of webhook integrations (id → URL) fanned out in parallel; ``integration``
+    keys go to each entry (``retry``, ``rules`` …) or to its ``config`` block (the rest)."""
+    entry = {k: v for k, v in integration.items() if k in _ENTRY_KEYS}
+    config = {k: v for k, v in integration.items() if k not in _ENTRY_KEYS}
     return {
         "crmIntegrations": [
             {
                 "id": name,
                 "type": "webhook",
                 "priority": index,
+                **entry,
                 "config": {
                     "endpoints": {"url": url, "allowPrivateNetwork": True},  # receivers on loopback
                     "mappings": {
@@ -56,7 +63,7 @@ def webhook_config(
                             "text": "{{messageContent}}",
                         }
                     },
-                    **integration,
+                    **config,
                 },
             }
             for index, (name, url) in enumerate(urls.items())

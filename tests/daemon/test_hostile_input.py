@@ -31,8 +31,6 @@ async def test_a_catastrophic_rule_pattern_keeps_the_loop_responsive(broker: Any
             {"hook": f"{hook.base_url}/hooks/a"},
             rules={"conditions": [{"field": "content", "operator": "regex", "value": CATASTROPHIC}]},
         )
-        entry = raw["crmIntegrations"][0]
-        entry["rules"] = entry["config"].pop("rules")
         config = parse_config(raw)
         hostile = make_event(0, content="a" * 41 + "!")
         matching = make_event(1, content="a" * 41)

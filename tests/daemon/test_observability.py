@@ -151,10 +151,32 @@ def test_the_canonical_line_is_the_line_structlog_renders(capsys: Any) -> None:
             canonical("event processed", strategy="s")
     finally:
         structlog.contextvars.clear_contextvars()
-        _Canonical.install(None, sys.stderr)
+        _Canonical.install(None)
         structlog.reset_defaults()
     fast, slow = (orjson.loads(line) for line in capsys.readouterr().err.splitlines()[-2:])
     assert secret not in str(fast) and fast["token"] == "[REDACTED]"
     fast.pop("timestamp"), slow.pop("timestamp")
     assert list(fast.items()) == list(slow.items())
     assert captured == [{"strategy": "s", "event": "event processed", "log_level": "info"}]
+
+
+def test_the_canonical_line_follows_a_replaced_stderr(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Logging configured while another stream was stderr (an earlier test's capture, since closed)
+    must not fail the events processed later."""
+    import io
+
+    import structlog
+
+    from daemon.logs import _Canonical, canonical, configure_logging
+
+    old, new = io.StringIO(), io.StringIO()
+    monkeypatch.setattr(sys, "stderr", old)
+    configure_logging("json", "INFO")
+    try:
+        old.close()
+        monkeypatch.setattr(sys, "stderr", new)
+        canonical("event processed", strategy="s")
+    finally:
+        _Canonical.install(None)
+        structlog.reset_defaults()
+    assert '"event":"event processed"' in new.getvalue()
