@@ -39,6 +39,20 @@ def _scrub_rendered(logger: WrappedLogger, method: str, rendered: Any) -> Any:
     return redact(rendered) if isinstance(rendered, str) else rendered
 
 
+class _CurrentStderr:
+    """``sys.stderr`` as it is at each write: a stream captured at configure time may have been
+    replaced and closed since (pytest's capture of an earlier test), and logging must not fail."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
+_STDERR: Any = _CurrentStderr()
+
+
 def configure_logging(
     fmt: Literal["auto", "json", "console"] = "auto", level: str = "INFO", *, own_level: str | None = None
 ) -> None:
@@ -68,7 +82,7 @@ def configure_logging(
     _Canonical.install(None if console or own > logging.INFO else processors)
     structlog.configure(
         processors=processors,
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(_STDERR),
         wrapper_class=structlog.make_filtering_bound_logger(own),
         cache_logger_on_first_use=True,
     )
@@ -76,7 +90,7 @@ def configure_logging(
         foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name, structlog.stdlib.ExtraAdder()],
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *tail],
     )
-    handler = logging.StreamHandler(sys.stderr)
+    handler = logging.StreamHandler(_STDERR)
     handler.setFormatter(formatter)
     handler.addFilter(ClientLogSummary())  # a broker outage makes aiokafka log hundreds of lines a second
     root = logging.getLogger()

@@ -176,7 +176,8 @@ def test_the_canonical_line_follows_a_replaced_stderr(monkeypatch: pytest.Monkey
         old.close()
         monkeypatch.setattr(sys, "stderr", new)
         canonical("event processed", strategy="s")
+        structlog.get_logger("octopus.test").info("another line")
     finally:
         _Canonical.install(None)
         structlog.reset_defaults()
-    assert '"event":"event processed"' in new.getvalue()
+    assert '"event":"event processed"' in new.getvalue() and '"event":"another line"' in new.getvalue()
