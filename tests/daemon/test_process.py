@@ -61,7 +61,9 @@ async def test_sigkill_mid_stream_then_restart_loses_nothing(broker: Any, topics
 
 async def test_two_replicas_share_partitions_through_a_rebalance(broker: Any, topics: Any, tmp_path: Path) -> None:
     await broker.create(topics)
-    hook = WebhookFake(latency=0.02)
+    # slow enough (20 in flight x 0.3 s: ~12 s for 800) that the first replica cannot finish the
+    # backlog before the second one has joined the group
+    hook = WebhookFake(latency=0.3)
     async with SandboxServer(hook):
         config = webhook_config({"hook": f"{hook.base_url}/hooks/a"})
         events = [make_event(i, key=f"k{i % 40}") for i in range(800)]
