@@ -4,7 +4,6 @@ never touch the delivery limiter and never create a record; probes stay open."""
 from __future__ import annotations
 
 import asyncio
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -26,16 +25,9 @@ from octopus_crm_sandbox.slack import SlackFake
 from octopus_crm_sandbox.webhook import WebhookFake
 from tests.adapters.seed import seed_config
 from tests.events import make_event, webhook_config
-from tests.process import DaemonProcess
+from tests.process import DaemonProcess, wait_until
 
 TOKEN = "admin-token-5d1f0c7e9a"
-
-
-async def wait_until(predicate: Any, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.1)
 
 
 def probe_port_get(daemon: DaemonProcess, path: str) -> tuple[int, bytes]:

@@ -19,7 +19,7 @@ from daemon.consumer import Health
 from octopus_crm_sandbox.kit import FakeVendor, SandboxServer
 from octopus_crm_sandbox.webhook import WebhookFake
 from tests.events import keyed, make_event, webhook_config
-from tests.process import DaemonProcess
+from tests.process import DaemonProcess, wait_until
 
 CANARIES = {
     "token": "CANARY-bearer-7f3a9c1e55",
@@ -41,13 +41,6 @@ class EchoingVendor(FakeVendor):
         auth, key = request.headers.get("Authorization"), request.headers.get("X-Api-Key")
         body = f"bad request: auth={auth} key={key} url={request.url}"
         return web.Response(status=status, text=body)
-
-
-async def wait_until(predicate: Any, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.1)
 
 
 @pytest.mark.slow

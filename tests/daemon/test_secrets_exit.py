@@ -3,8 +3,6 @@ headers, retry records, the admin API and the log of the real daemon."""
 
 from __future__ import annotations
 
-import asyncio
-import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -16,7 +14,7 @@ from aiohttp import web
 from daemon.net import free_port
 from octopus_crm_sandbox.kit import FakeVendor, SandboxServer
 from tests.events import keyed, make_event
-from tests.process import DaemonProcess
+from tests.process import DaemonProcess, wait_until
 
 
 class EchoingVendor(FakeVendor):
@@ -34,13 +32,6 @@ class EchoingVendor(FakeVendor):
     async def slack(self, request: web.Request) -> web.Response:
         token = request.headers.get("Authorization", "").removeprefix("Bearer ")
         return web.json_response({"ok": False, "error": token})  # a body code that is the token
-
-
-async def wait_until(predicate: Any, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.1)
 
 
 @pytest.mark.slow
