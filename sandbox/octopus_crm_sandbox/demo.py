@@ -194,6 +194,10 @@ async def run_demo(*, config_path: str | None = None, events_path: str | None = 
     config_file = Path(config_path) if config_path else EXAMPLES / "crm-config.seed.json"
     events_file = Path(events_path) if events_path else EXAMPLES / "events.sample.jsonl"
     lines = [line for line in events_file.read_bytes().splitlines() if line.strip()]
+    if config_path is None and events_path is None:
+        # Tenant t-showcase sends one event to every target of the default configuration (parallel_sync).
+        showcase = EXAMPLES / "events.showcase.jsonl"
+        lines += [line for line in showcase.read_bytes().splitlines() if line.strip()]
 
     print(
         f"octopus-crm demo: {len(lines)} sample events, {len(integrations_of(config_file))} integrations; "
