@@ -43,7 +43,7 @@ def octopus(*args: str, env: dict[str, str] | None = None, timeout: float = 60) 
     )
 
 
-def spawn(*args: str, python_code: str | None = None) -> subprocess.Popen[str]:
+def spawn(*args: str, python_code: str | None = None, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     """A long-running command whose stdout is read line by line. SIGINT is reset to its default:
     a shell without job control starts background jobs with it ignored, and children inherit that."""
     command = [sys.executable, "-c", python_code] if python_code else [sys.executable, "-m", "daemon.cli", *args]
@@ -52,7 +52,7 @@ def spawn(*args: str, python_code: str | None = None) -> subprocess.Popen[str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
         cwd=ROOT,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
@@ -292,7 +292,8 @@ def test_demo_shows_progress_and_explains_skips(reap: list[subprocess.Popen[str]
 @pytest.mark.slow
 def test_dev_runs_the_daemon_against_broker_and_fakes(reap: list[subprocess.Popen[str]]) -> None:
     metrics_port = free_port()
-    proc = spawn("dev", "--metrics-port", str(metrics_port))
+    # the admin API's default port may be taken on a shared machine
+    proc = spawn("dev", "--metrics-port", str(metrics_port), env={"OCTOPUS_CRM_ADMIN_PORT": str(free_port())})
     reap.append(proc)
     seen: list[str] = []
     line = read_until(proc, "--no-idempotence", seen)
