@@ -26,8 +26,9 @@ demo: $(VENV)/.demo-installed
 run: $(VENV)/.demo-installed
 	$(BIN)/octopus-crm dev
 
+# Four workers on two cores: most tests wait on brokers, daemons and fakes rather than compute.
 test: $(VENV)/.dev-installed
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n 4
 
 lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check .

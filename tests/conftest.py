@@ -34,7 +34,7 @@ def broker() -> Iterator[TestBroker]:
     else:
         from octopus_crm_sandbox.broker import EmbeddedBroker
 
-        log = ROOT / ".pytest_cache" / "tansu.log"
+        log = ROOT / ".pytest_cache" / f"tansu-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}.log"
         log.parent.mkdir(exist_ok=True)
         with EmbeddedBroker(log_path=str(log)) as embedded:
             yield TestBroker(embedded.bootstrap, idempotence=False, kind="tansu")
