@@ -1,13 +1,14 @@
 """A Jira Cloud fake: basic auth, ``POST /rest/api/3/issue``, JQL label search, ``/myself``.
 
-Create bodies are validated with ``jsonschema`` against ``IssueUpdateDetails`` from Atlassian's
-published OpenAPI (fragment in ``specs/jira_create_issue.json``), then checked the way a project's
-create screen checks them: the project and issue type exist, the summary is one line of at most
-255 characters, rich-text fields are ADF documents, labels hold no spaces, only known fields are
-set. Who may call comes from the adapter's spec (sandbox/octopus_crm_sandbox/envelope.py: basic auth, decoded
-from the wire). Errors are ``ErrorCollection`` bodies; a bad API token gets Jira's plain-text 401; the rate
-limit answers 429 with ``Retry-After`` and the ``X-RateLimit-*`` headers. ``search_lag`` hides new
-issues from search for a while, like Jira's search index.
+The envelope (who may call, the create, search and ``/myself`` routes) comes from the adapter's spec
+(sandbox/octopus_crm_sandbox/specfake.py). What is Jira's own: create bodies are validated with
+``jsonschema`` against ``IssueUpdateDetails`` from Atlassian's published OpenAPI (fragment in
+``specs/jira_create_issue.json``), then checked the way a project's create screen checks them: the
+project and issue type exist, the summary is one line of at most 255 characters, rich-text fields
+are ADF documents, labels hold no spaces, only known fields are set. Errors are ``ErrorCollection``
+bodies; a bad API token gets Jira's plain-text 401; the rate limit answers 429 with ``Retry-After``
+and the ``X-RateLimit-*`` headers. ``search_lag`` hides new issues from search for a while, like
+Jira's search index.
 """
 
 from __future__ import annotations
@@ -17,17 +18,17 @@ import json
 import math
 import re
 import time
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, ClassVar
 
 import jsonschema
-import orjson
 from aiohttp import web
 
 from adapters.jira import SPEC as JIRA
-from octopus_crm_sandbox.envelope import caller
-from octopus_crm_sandbox.kit import FakeVendor
+from adapters.spec import CreateCall
+from octopus_crm_sandbox.specfake import SpecFake
 
 __all__ = ["JiraFake", "adf_to_text"]
 
@@ -76,8 +77,10 @@ def _adf_problem(doc: Any) -> str | None:
     return None
 
 
-class JiraFake(FakeVendor):
+class JiraFake(SpecFake):
     name = "jira"
+    spec = JIRA
+    schemas: ClassVar[Mapping[str, Any]] = {"issue": _CREATE}
     ENV: ClassVar[dict[str, str]] = {
         "JIRA_EMAIL": "octopus-bot@example.com",
         "JIRA_API_TOKEN": "ATATT3xFfGF0-fake-jira-token",
@@ -95,8 +98,7 @@ class JiraFake(FakeVendor):
         search_lag: float = 0.0,
         **kw: Any,
     ) -> None:
-        super().__init__(**kw)
-        self.accepted = {"email": email, "apiToken": api_token}
+        super().__init__(accepted={"email": email, "apiToken": api_token}, **kw)
         self.projects = projects or {"SUP": ("Task", "Bug", "Story", "Epic", "Subtask")}
         self.project_ids = {str(10000 + i): key for i, key in enumerate(self.projects)}
         self.priorities = priorities
@@ -110,22 +112,13 @@ class JiraFake(FakeVendor):
     def endpoints(self) -> dict[str, Any]:
         return {"baseUrl": self.base_url, "allowPrivateNetwork": True}  # the fakes listen on loopback
 
-    def routes(self) -> list[web.RouteDef]:
-        return [
-            web.post("/rest/api/3/issue", self.create_issue),
-            web.get("/rest/api/3/search/jql", self.search),
-            web.get("/rest/api/3/search", self.search_removed),
-            web.get("/rest/api/3/myself", self.myself),
-        ]
-
     def limited_paths(self) -> tuple[str, ...]:
         return ("/rest/api/",)
 
     # -- shapes ------------------------------------------------------------------------------
 
-    @staticmethod
-    def errors(status: int, messages: list[str] | None = None, **fields: str) -> web.Response:
-        return web.json_response({"errorMessages": messages or [], "errors": fields}, status=status)
+    def error(self, status: int, messages: Sequence[str], **fields: str) -> web.Response:
+        return web.json_response({"errorMessages": list(messages), "errors": fields}, status=status)
 
     def too_many(self, wait: float) -> web.Response:
         seconds = max(1, math.ceil(wait))
@@ -139,52 +132,33 @@ class JiraFake(FakeVendor):
         }
         return web.json_response({"errorMessages": ["Rate limit exceeded."], "errors": {}}, status=429, headers=headers)
 
-    def authenticated(self, request: web.Request) -> str | None:
-        """The e-mail of a valid basic-auth caller, or None (the check the adapter's spec implies)."""
-        return caller(JIRA.auth["basic"], request, self.accepted, self)
-
-    @staticmethod
-    def unauthorized() -> web.Response:
+    def unauthorized(self) -> web.Response:
         return web.Response(
             status=401,
             text="Client must be authenticated to access this resource.",
             headers={"X-Seraph-LoginReason": "AUTHENTICATED_FAILED", "WWW-Authenticate": "Basic"},
         )
 
-    # -- handlers ----------------------------------------------------------------------------
+    # -- issues ------------------------------------------------------------------------------
 
-    async def create_issue(self, request: web.Request) -> web.Response:
-        if self.authenticated(request) is None:
-            return self.unauthorized()
-        if request.content_type != "application/json":
-            return web.Response(status=415, text="Unsupported Media Type")
-        try:
-            body = orjson.loads(await request.read())
-        except orjson.JSONDecodeError as exc:
-            return self.errors(400, [f"Unexpected character in JSON body: {exc}"])
-        schema_errors = [f"{'/'.join(map(str, e.path)) or 'body'}: {e.message}" for e in _CREATE.iter_errors(body)]
-        if schema_errors:
-            return self.errors(400, schema_errors)
+    def check(self, object_type: str, body: Any) -> tuple[list[str], dict[str, str]]:
+        return self.check_fields(body.get("fields") or {})
+
+    def store(self, object_type: str, body: Any, request: web.Request) -> tuple[str, dict[str, Any]]:
         fields = body.get("fields") or {}
-        messages, problems = self.check_fields(fields)
-        if messages or problems:
-            return self.errors(400, messages, **problems)
         project = self.project_key(fields["project"])
         assert project is not None
-        issue_id = str(next(self._ids))
         key = f"{project}-{next(self._numbers[project])}"
-        record = {"id": issue_id, "key": key, "fields": fields, "body": body}
+        record = {"id": str(next(self._ids)), "key": key, "fields": fields, "body": body}
         if isinstance(fields.get("description"), dict):
             record["descriptionText"] = adf_to_text(fields["description"])
-        self.records[key] = record
         self.created_at[key] = time.monotonic()
-        created = {
-            "id": issue_id,
-            "key": key,
-            "self": f"{self.base_url}/rest/api/3/issue/{issue_id}",
-        }
-        assert not list(_CREATED.iter_errors(created))
-        return web.json_response(created, status=201)
+        return key, record
+
+    def created(self, call: CreateCall, record_id: str, record: dict[str, Any]) -> tuple[Any, dict[str, str]]:
+        answer = {"id": record["id"], "key": record_id, "self": f"{self.base_url}/rest/api/3/issue/{record['id']}"}
+        assert not list(_CREATED.iter_errors(answer))
+        return answer, {}
 
     def project_key(self, ref: Any) -> str | None:
         if not isinstance(ref, dict):
@@ -236,46 +210,41 @@ class JiraFake(FakeVendor):
         messages += [f"Field '{name}' is required" for name in self.required if name not in fields]
         return messages, problems
 
-    async def search(self, request: web.Request) -> web.Response:
-        if self.authenticated(request) is None:
-            return self.unauthorized()
-        jql = request.query.get("jql", "")
-        match = _LABEL_JQL.search(jql)
-        if match is None:
-            return self.errors(400, [f"The fake only understands label queries, not: {jql}"])
-        label = match.group(1)
-        visible_before = time.monotonic() - self.search_lag
-        hits = [
-            {"id": r["id"], "key": key, "self": f"{self.base_url}/rest/api/3/issue/{r['id']}",
-             "fields": {"summary": r["fields"].get("summary")}}
-            for key, r in self.records.items()
-            if label in (r["fields"].get("labels") or []) and self.created_at[key] <= visible_before
-        ]  # fmt: skip
-        limit = int(request.query.get("maxResults", "50"))
-        return web.json_response({"issues": hits[:limit], "isLast": len(hits) <= limit})
+    # -- search, /myself and the removed search API ----------------------------------------
+
+    def matches(self, object_type: str, record: dict[str, Any], query: Mapping[str, str]) -> bool:
+        label = _LABEL_JQL.search(query.get("jql", ""))
+        visible = self.created_at[record["key"]] <= time.monotonic() - self.search_lag
+        return label is not None and visible and label.group(1) in (record["fields"].get("labels") or [])
+
+    def found(self, object_type: str, record_id: str, record: dict[str, Any]) -> Any:
+        return {
+            "id": record["id"],
+            "key": record_id,
+            "self": f"{self.base_url}/rest/api/3/issue/{record['id']}",
+            "fields": {"summary": record["fields"].get("summary")},
+        }
+
+    def whoami(self, who: str) -> Any:
+        return {
+            "accountId": "5b10ac8d82e05b22cc7d4ef5",
+            "accountType": "atlassian",
+            "emailAddress": who,
+            "displayName": "Octopus Bot",
+            "active": True,
+            "timeZone": "Asia/Shanghai",
+            "self": f"{self.base_url}/rest/api/3/user?accountId=5b10ac8d82e05b22cc7d4ef5",
+        }
+
+    def extra_routes(self) -> list[web.RouteDef]:
+        return [web.get("/rest/api/3/search", self.search_removed)]
 
     async def search_removed(self, request: web.Request) -> web.Response:
-        return self.errors(
+        return self.error(
             410,
             [
                 "The requested API has been removed. Please migrate to the /rest/api/3/search/jql "
                 "API. A full migration guideline is available at "
                 "https://developer.atlassian.com/changelog/#CHANGE-2046"
             ],
-        )
-
-    async def myself(self, request: web.Request) -> web.Response:
-        email = self.authenticated(request)
-        if email is None:
-            return self.unauthorized()
-        return web.json_response(
-            {
-                "accountId": "5b10ac8d82e05b22cc7d4ef5",
-                "accountType": "atlassian",
-                "emailAddress": email,
-                "displayName": "Octopus Bot",
-                "active": True,
-                "timeZone": "Asia/Shanghai",
-                "self": f"{self.base_url}/rest/api/3/user?accountId=5b10ac8d82e05b22cc7d4ef5",
-            }
         )
