@@ -97,13 +97,19 @@ class Bearer:
 class Basic:
     user: Keys
     password: Keys
+    #: A fixed password instead of a credential (Freshdesk: the API key as user, any password).
+    fixed_password: str | None = None
 
     def check(self, config: IntegrationConfig) -> None:
         config.secret(*self.user)
-        config.secret(*self.password)
+        if self.fixed_password is None:
+            config.secret(*self.password)
 
     def build(self, config: IntegrationConfig, base_url: str) -> Auth | None:
-        return basic(config.secret(*self.user), config.secret(*self.password))
+        if self.fixed_password is None:
+            return basic(config.secret(*self.user), config.secret(*self.password))
+        register_secret(config.secret(*self.user))  # the user name is the secret here
+        return basic(config.secret(*self.user), self.fixed_password)
 
 
 @dataclass(frozen=True)

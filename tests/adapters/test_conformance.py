@@ -36,6 +36,7 @@ from adapters.errors import (
 from adapters.registry import ADAPTERS
 from octopus_crm.core.contracts import ClassifiedMessage
 from octopus_crm_sandbox.feishu import FeishuFake
+from octopus_crm_sandbox.freshdesk import FreshdeskFake
 from octopus_crm_sandbox.hubspot import HubSpotFake
 from octopus_crm_sandbox.jira import JiraFake
 from octopus_crm_sandbox.kit import FakeVendor, Fault, SandboxServer
@@ -185,6 +186,31 @@ VENDORS = [
             (Fault(200, {"ok": False, "error": "invalid_auth"}), AuthError),
             (Fault(200, {"ok": False, "error": "channel_not_found"}), PermanentError),
             (Fault(200, {"ok": False, "error": "internal_error"}), RetryableError),
+        ),
+    ),
+    Vendor(
+        "freshdesk",
+        FreshdeskFake,
+        seed_configured("freshdesk"),
+        "ticket",
+        "技术支持",
+        "/api/v2/tickets",
+        finds=True,
+        body_errors=(
+            (
+                Fault(
+                    400,
+                    {
+                        "description": "Validation failed",
+                        "errors": [{"field": "email", "message": "m", "code": "invalid_value"}],
+                    },
+                ),
+                PermanentError,
+            ),
+            (Fault(401, {"code": "invalid_credentials", "message": "You have to be logged in"}), AuthError),
+            (Fault(403, {"code": "require_feature", "message": "The Ticket API is not on this plan"}), AuthError),
+            (Fault(429, {"message": "per minute"}, headers={"Retry-After": "2"}), RateLimitedError),
+            (Fault(502, "<html>bad gateway</html>"), RetryableError),
         ),
     ),
 ]
