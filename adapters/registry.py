@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from adapters.base import Adapter
+from adapters.dingtalk import DingTalkAdapter
 from adapters.email import EmailAdapter
 from adapters.feishu import FeishuAdapter
 from adapters.freshdesk import FreshdeskAdapter
@@ -45,6 +46,7 @@ ADAPTERS: dict[str, type[Adapter]] = _register(
         SlackAdapter,
         EmailAdapter,
         FreshdeskAdapter,
+        DingTalkAdapter,
     ]
 )
 

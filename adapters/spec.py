@@ -292,6 +292,9 @@ class CreateCall:
     detail: Mapping[str, tuple[str | int, ...]] = field(default_factory=dict)
     #: What the record is called in an error message ("issue key").
     what: str = "a record id"
+    #: (adapter, request body, ctx) → the URL, when it depends on the record (DingTalk's to-do
+    #: goes to ``/v1.0/todo/users/{the owner's unionId}/tasks``); overrides ``path``.
+    path_of: Callable[[Any, Any, DeliveryContext], str] | None = None
 
     def delivered(self, adapter: Any, response: Response, ctx: DeliveryContext | None) -> Delivered:
         # A body the id is read from must be an object (a list or text is a typed error).
@@ -503,6 +506,8 @@ class SpecAdapter(HttpAdapter):
             headers.update(call.event_headers(event))
         body = self.request_body(call, event, object_type, ctx)
         url = call.path.format(**self.path_vars()) if call.path else self.base_url  # "": the URL as written
+        if call.path_of is not None:
+            url = call.path_of(self, body, ctx)
         params = call.params(self, ctx) if call.params is not None else {}
         response = await self.http.send(Request(call.method, url, json=body, headers=headers, params=params))
         return call.delivered(self, response, ctx)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from octopus_crm_sandbox.dingtalk import DingTalkFake
 from octopus_crm_sandbox.feishu import FeishuFake
 from octopus_crm_sandbox.freshdesk import FreshdeskFake
 from octopus_crm_sandbox.hubspot import HubSpotFake
@@ -25,4 +26,5 @@ FAKES: dict[str, type[FakeVendor] | type[SmtpFake]] = {
     "slack": SlackFake,
     "email": SmtpFake,
     "freshdesk": FreshdeskFake,
+    "dingtalk": DingTalkFake,
 }
