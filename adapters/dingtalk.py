@@ -62,6 +62,7 @@ from adapters.ratelimit import RateLimit
 from adapters.settings import Credentials, Endpoints, Url, VendorSettings, alias
 from adapters.spec import CreateCall, JsonToken, SpecAdapter, VendorSpec
 from octopus_crm.core.contracts import ClassifiedMessage
+from octopus_crm.core.redaction import redact
 
 __all__ = ["OLD_CODES", "PRIORITY", "DingTalkAdapter", "classify", "source_id"]
 
@@ -74,8 +75,10 @@ SCOPES_PATH = "/auth/scopes"
 SUBJECT_MAX, DESCRIPTION_MAX, USERS_MAX = 1024, 4096, 100
 PRIORITY = {"low": 10, "medium": 20, "high": 30, "urgent": 40}  # 较低 / 普通 / 紧急 / 非常紧急
 TASK_FIELDS = frozenset(
-    {"subject", "description", "dueTime", "executorIds", "participantIds", "ccIds", "priority", "detailUrl",
-     "isOnlyShowExecutor", "creatorId", "notifyConfigs", "bizCategoryId"}
+    {
+        "subject", "description", "dueTime", "executorIds", "participantIds", "ccIds", "priority",
+        "detailUrl", "isOnlyShowExecutor", "creatorId", "notifyConfigs", "bizCategoryId",
+    }
 )  # fmt: skip
 CHINA = timezone(timedelta(hours=8))
 QPS_PAUSE_S = 1.0  # the QPS windows are one second long
@@ -130,7 +133,7 @@ def classify(response: Response) -> DeliveryError | None:
 
 
 def _new_api_error(response: Response, code: str, message: str) -> DeliveryError:
-    text, status = f"{message} ({code})".strip(), response.status
+    text, status = redact(f"{message} ({code})".strip()), response.status
     retry_after = parse_retry_after(response.headers.get("Retry-After"))
     if code == "Forbidden.AccessDenied.ApiCountLimitForOrg":
         return QuotaExhaustedError(text, code=code, status=status, retry_after=_until_next_month())
