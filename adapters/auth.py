@@ -25,6 +25,7 @@ __all__ = [
     "Auth",
     "HeaderAuth",
     "QueryAuth",
+    "RoutedAuth",
     "Token",
     "TokenAuth",
     "basic",
@@ -241,3 +242,25 @@ def _token_error(response: Response, reason: Any) -> DeliveryError:
     if response.status == 429 or response.status >= 500:
         return RetryableError(message, code="token_unavailable", status=response.status)
     return AuthError(message, code="token_rejected", status=response.status)
+
+
+class RoutedAuth:
+    """One auth per URL prefix, for a vendor whose API generations authenticate differently
+    (DingTalk: ``api.dingtalk.com/v1.0/…`` takes a header token from the new token endpoint, the
+    old ``oapi`` paths take ``access_token`` from ``gettoken``). The first route whose prefix starts
+    the request's URL (absolute, or a path) applies; else ``default``."""
+
+    def __init__(self, routes: tuple[tuple[str, Auth], ...], default: Auth) -> None:
+        self.routes = routes
+        self.default = default
+        self.refreshable = default.refreshable or any(auth.refreshable for _, auth in routes)
+
+    def pick(self, request: Request) -> Auth:
+        return next((auth for prefix, auth in self.routes if request.url.startswith(prefix)), self.default)
+
+    async def apply(self, request: Request, http: HttpClient) -> str | None:
+        return await self.pick(request).apply(request, http)
+
+    async def invalidate(self, token: str | None) -> None:
+        for auth in {id(a): a for a in (*(auth for _, auth in self.routes), self.default)}.values():
+            await auth.invalidate(token)

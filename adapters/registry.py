@@ -10,8 +10,10 @@ from collections.abc import Iterable
 from typing import Any
 
 from adapters.base import Adapter
+from adapters.dingtalk import DingTalkAdapter
 from adapters.email import EmailAdapter
 from adapters.feishu import FeishuAdapter
+from adapters.freshdesk import FreshdeskAdapter
 from adapters.hubspot import HubSpotAdapter
 from adapters.jira import JiraAdapter
 from adapters.salesforce import SalesforceAdapter
@@ -43,6 +45,8 @@ ADAPTERS: dict[str, type[Adapter]] = _register(
         JiraAdapter,
         SlackAdapter,
         EmailAdapter,
+        FreshdeskAdapter,
+        DingTalkAdapter,
     ]
 )
 

@@ -97,13 +97,19 @@ class Bearer:
 class Basic:
     user: Keys
     password: Keys
+    #: A fixed password instead of a credential (Freshdesk: the API key as user, any password).
+    fixed_password: str | None = None
 
     def check(self, config: IntegrationConfig) -> None:
         config.secret(*self.user)
-        config.secret(*self.password)
+        if self.fixed_password is None:
+            config.secret(*self.password)
 
     def build(self, config: IntegrationConfig, base_url: str) -> Auth | None:
-        return basic(config.secret(*self.user), config.secret(*self.password))
+        if self.fixed_password is None:
+            return basic(config.secret(*self.user), config.secret(*self.password))
+        register_secret(config.secret(*self.user))  # the user name is the secret here
+        return basic(config.secret(*self.user), self.fixed_password)
 
 
 @dataclass(frozen=True)
@@ -286,6 +292,9 @@ class CreateCall:
     detail: Mapping[str, tuple[str | int, ...]] = field(default_factory=dict)
     #: What the record is called in an error message ("issue key").
     what: str = "a record id"
+    #: (adapter, request body, ctx) → the URL, when it depends on the record (DingTalk's to-do
+    #: goes to ``/v1.0/todo/users/{the owner's unionId}/tasks``); overrides ``path``.
+    path_of: Callable[[Any, Any, DeliveryContext], str] | None = None
 
     def delivered(self, adapter: Any, response: Response, ctx: DeliveryContext | None) -> Delivered:
         # A body the id is read from must be an object (a list or text is a typed error).
@@ -497,6 +506,8 @@ class SpecAdapter(HttpAdapter):
             headers.update(call.event_headers(event))
         body = self.request_body(call, event, object_type, ctx)
         url = call.path.format(**self.path_vars()) if call.path else self.base_url  # "": the URL as written
+        if call.path_of is not None:
+            url = call.path_of(self, body, ctx)
         params = call.params(self, ctx) if call.params is not None else {}
         response = await self.http.send(Request(call.method, url, json=body, headers=headers, params=params))
         return call.delivered(self, response, ctx)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from octopus_crm_sandbox.dingtalk import DingTalkFake
 from octopus_crm_sandbox.feishu import FeishuFake
+from octopus_crm_sandbox.freshdesk import FreshdeskFake
 from octopus_crm_sandbox.hubspot import HubSpotFake
 from octopus_crm_sandbox.jira import JiraFake
 from octopus_crm_sandbox.kit import FakeVendor
@@ -23,4 +25,6 @@ FAKES: dict[str, type[FakeVendor] | type[SmtpFake]] = {
     "jira": JiraFake,
     "slack": SlackFake,
     "email": SmtpFake,
+    "freshdesk": FreshdeskFake,
+    "dingtalk": DingTalkFake,
 }

@@ -35,7 +35,9 @@ from adapters.errors import (
 )
 from adapters.registry import ADAPTERS
 from octopus_crm.core.contracts import ClassifiedMessage
+from octopus_crm_sandbox.dingtalk import DingTalkFake
 from octopus_crm_sandbox.feishu import FeishuFake
+from octopus_crm_sandbox.freshdesk import FreshdeskFake
 from octopus_crm_sandbox.hubspot import HubSpotFake
 from octopus_crm_sandbox.jira import JiraFake
 from octopus_crm_sandbox.kit import FakeVendor, Fault, SandboxServer
@@ -185,6 +187,61 @@ VENDORS = [
             (Fault(200, {"ok": False, "error": "invalid_auth"}), AuthError),
             (Fault(200, {"ok": False, "error": "channel_not_found"}), PermanentError),
             (Fault(200, {"ok": False, "error": "internal_error"}), RetryableError),
+        ),
+    ),
+    Vendor(
+        "freshdesk",
+        FreshdeskFake,
+        seed_configured("freshdesk"),
+        "ticket",
+        "技术支持",
+        "/api/v2/tickets",
+        finds=True,
+        body_errors=(
+            (
+                Fault(
+                    400,
+                    {
+                        "description": "Validation failed",
+                        "errors": [{"field": "email", "message": "m", "code": "invalid_value"}],
+                    },
+                ),
+                PermanentError,
+            ),
+            (Fault(401, {"code": "invalid_credentials", "message": "You have to be logged in"}), AuthError),
+            (Fault(403, {"code": "require_feature", "message": "The Ticket API is not on this plan"}), AuthError),
+            (Fault(429, {"message": "per minute"}, headers={"Retry-After": "2"}), RateLimitedError),
+            (Fault(502, "<html>bad gateway</html>"), RetryableError),
+        ),
+    ),
+    Vendor(
+        "dingtalk",
+        DingTalkFake,
+        seed_configured("dingtalk"),
+        "task",
+        "技术支持",
+        "/v1.0/todo/users/",
+        fetched_token=True,
+        has_url=False,
+        finds=True,
+        body_errors=(
+            (Fault(200, {"code": "staff.not.found", "message": "staff not found"}), PermanentError),
+            (Fault(400, {"code": "todo.taskCreate.paramError", "message": "subject is oversize"}), PermanentError),
+            (
+                Fault(403, {"code": "Forbidden.AccessDenied.QpsLimitForAppkeyAndApi", "message": "qps"}),
+                RateLimitedError,
+            ),
+            (
+                Fault(403, {"code": "Forbidden.AccessDenied.ApiCountLimitForOrg", "message": "month"}),
+                QuotaExhaustedError,
+            ),
+            (Fault(403, {"code": "Forbidden.AccessDenied.AccessTokenPermissionDenied", "message": "no"}), AuthError),
+            (Fault(500, {"code": "todo.taskCreate.systemError", "message": "busy"}), RetryableError),
+            (Fault(200, {"status": 1111, "wait": 5, "source": "x5", "punish": "deny"}), RateLimitedError),
+            (Fault(200, {"errcode": 90018, "errmsg": "QPS"}), RateLimitedError),
+            (Fault(200, {"errcode": 90020, "errmsg": "monthly quota"}), QuotaExhaustedError),
+            (Fault(200, {"errcode": 88, "sub_code": "60011", "sub_msg": "no permission"}), AuthError),
+            (Fault(200, {"errcode": -1, "errmsg": "系统繁忙"}), RetryableError),
         ),
     ),
 ]
