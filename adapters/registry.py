@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from adapters.asana import AsanaAdapter
 from adapters.base import Adapter
 from adapters.email import EmailAdapter
 from adapters.feishu import FeishuAdapter
@@ -43,6 +44,7 @@ ADAPTERS: dict[str, type[Adapter]] = _register(
         JiraAdapter,
         SlackAdapter,
         EmailAdapter,
+        AsanaAdapter,
     ]
 )
 

@@ -35,6 +35,7 @@ from adapters.errors import (
 )
 from adapters.registry import ADAPTERS
 from octopus_crm.core.contracts import ClassifiedMessage
+from octopus_crm_sandbox.asana import AsanaFake
 from octopus_crm_sandbox.feishu import FeishuFake
 from octopus_crm_sandbox.hubspot import HubSpotFake
 from octopus_crm_sandbox.jira import JiraFake
@@ -58,6 +59,12 @@ def seed_configured(type_name: str) -> Callable[[FakeVendor], dict[str, Any]]:
 
 def feishu_config(fake: FakeVendor) -> dict[str, Any]:
     return dict(resolved(copy.deepcopy(FEISHU_ENTRY["config"]), fake.ENV))  # type: ignore[attr-defined]
+
+
+def asana_oauth_config(fake: FakeVendor) -> dict[str, Any]:
+    """The seed's Asana integration with an OAuth token, the auth type that can find tasks again."""
+    config = seed_configured("asana")(fake)
+    return {**config, "authType": "oauth", "credentials": {"accessToken": AsanaFake.ENV["ASANA_ACCESS_TOKEN"]}}
 
 
 def webhook_config(fake: FakeVendor) -> dict[str, Any]:
@@ -185,6 +192,25 @@ VENDORS = [
             (Fault(200, {"ok": False, "error": "invalid_auth"}), AuthError),
             (Fault(200, {"ok": False, "error": "channel_not_found"}), PermanentError),
             (Fault(200, {"ok": False, "error": "internal_error"}), RetryableError),
+        ),
+    ),
+    Vendor(
+        "asana",
+        AsanaFake,
+        asana_oauth_config,
+        "task",
+        "技术支持",
+        "/api/1.0/tasks",
+        finds=True,
+        body_errors=(
+            (Fault(400, {"errors": [{"message": "projects: Missing input", "help": "h"}]}), PermanentError),
+            (Fault(402, {"errors": [{"message": "This feature is only available to premium users."}]}), PermanentError),
+            (Fault(403, {"errors": [{"message": "Forbidden"}]}), AuthError),
+            (Fault(404, {"errors": [{"message": "project: Unknown object: 1"}]}), PermanentError),
+            (
+                Fault(500, {"errors": [{"message": "Server Error", "phrase": "6 sad squid snuggle softly"}]}),
+                RetryableError,
+            ),
         ),
     ),
 ]
