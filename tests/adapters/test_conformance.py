@@ -40,6 +40,7 @@ from octopus_crm_sandbox.feishu import FeishuFake
 from octopus_crm_sandbox.hubspot import HubSpotFake
 from octopus_crm_sandbox.jira import JiraFake
 from octopus_crm_sandbox.kit import FakeVendor, Fault, SandboxServer
+from octopus_crm_sandbox.notion import NotionFake
 from octopus_crm_sandbox.salesforce import SalesforceFake
 from octopus_crm_sandbox.slack import SlackFake
 from octopus_crm_sandbox.webhook import WebhookFake
@@ -65,6 +66,10 @@ def asana_oauth_config(fake: FakeVendor) -> dict[str, Any]:
     """The seed's Asana integration with an OAuth token, the auth type that can find tasks again."""
     config = seed_configured("asana")(fake)
     return {**config, "authType": "oauth", "credentials": {"accessToken": AsanaFake.ENV["ASANA_ACCESS_TOKEN"]}}
+
+
+def notion_error(status: int, code: str) -> dict[str, Any]:
+    return {"object": "error", "status": status, "code": code, "message": f"{code} (fake)"}
 
 
 def webhook_config(fake: FakeVendor) -> dict[str, Any]:
@@ -211,6 +216,23 @@ VENDORS = [
                 Fault(500, {"errors": [{"message": "Server Error", "phrase": "6 sad squid snuggle softly"}]}),
                 RetryableError,
             ),
+        ),
+    ),
+    Vendor(
+        "notion",
+        NotionFake,
+        seed_configured("notion"),
+        "page",
+        "产品反馈",
+        "/v1/pages",
+        finds=True,
+        body_errors=(
+            (Fault(400, notion_error(400, "validation_error")), PermanentError),
+            (Fault(404, notion_error(404, "object_not_found")), PermanentError),
+            (Fault(403, notion_error(403, "restricted_resource")), AuthError),
+            (Fault(409, notion_error(409, "conflict_error")), RetryableError),
+            (Fault(429, notion_error(429, "rate_limited"), headers={"Retry-After": "1"}), RateLimitedError),
+            (Fault(529, notion_error(529, "service_overload")), RetryableError),
         ),
     ),
 ]
