@@ -20,7 +20,10 @@ low/medium/high/urgent …) onto a select's option names.
 Errors: ``{"object": "error", "status", "code", "message"}``: 400 ``validation_error``, 401
 ``unauthorized``, 403 ``restricted_resource``, 404 ``object_not_found``, 409 ``conflict_error``
 (retry), 429 ``rate_limited`` with ``Retry-After`` (seconds), 500/503/529 ``service_overload``.
-Limits: an average of 3 requests/s per integration, some bursts; 500 KB per request.
+Limits: documented as an average of 3 requests/s per connection with some bursts (newer docs: a
+per-connection budget per 60 s window by plan plus a per-workspace limit, the one hit named in
+``additional_data.rate_limit_reason``, which we keep in the message); we pace at 3/s and obey
+``Retry-After``. 500 KB and 100 blocks per request.
 
 Notion has no idempotency key. With ``dedupeProperty`` (a rich_text property) each page carries
 ``octopus-<24 hex of sha256(idempotency key)>`` there and :meth:`NotionAdapter.find_existing`
@@ -42,7 +45,7 @@ from adapters.errors import ConfigError, PermanentError
 from adapters.http import Request, Response
 from adapters.ratelimit import RateLimit
 from adapters.settings import Credentials, Endpoints, Url, VendorSettings, alias
-from adapters.spec import Bearer, CreateCall, Errors, SpecAdapter, VendorSpec
+from adapters.spec import Bearer, CreateCall, Errors, SpecAdapter, VendorSpec, at_path
 from octopus_crm.core.contracts import ClassifiedMessage
 
 __all__ = ["NOTION_VERSION", "NotionAdapter", "dedupe_marker", "rich_text"]
@@ -139,6 +142,9 @@ def _error_message(response: Response) -> str:
         message = f"{body.get('message') or ''} ({body.get('code')})".strip()
         if body.get("code") == "object_not_found":
             message += "; is the database shared with the integration?"
+        reason = at_path(body, ("additional_data", "rate_limit_reason"))
+        if isinstance(reason, str) and reason:
+            message += f" [{reason[:80]}]"
         return message
     return response.text[:500]
 
@@ -202,6 +208,9 @@ class NotionAdapter(SpecAdapter):
         super().__init__(integration_id, config)
         self._source: DataSource | None = None
         self._lock = asyncio.Lock()  # one discovery at a time; bound to a loop only when first awaited
+        page = config.mappings.get("page", {})
+        given = page.get("properties", page)
+        self._plain_properties = frozenset(k for k, v in given.items() if not isinstance(v, dict) and k != "content")
 
     @property
     def notion(self) -> NotionSettings:
@@ -221,13 +230,15 @@ class NotionAdapter(SpecAdapter):
         if not isinstance(page, dict) or not isinstance(page.get("properties", page), dict):
             raise ConfigError("mappings.page.properties must be an object", code="bad_template")
 
-    async def data_source(self) -> DataSource:
-        """The data source pages go to, and its property types (read once, then cached)."""
-        if self._source is not None:
+    async def data_source(self, stale: DataSource | None = None) -> DataSource:
+        """The data source pages go to, and its property types (read once, then cached; read
+        again when ``stale`` is the cached one)."""
+        if self._source is not None and self._source is not stale:
             return self._source
         async with self._lock:
-            if self._source is None:
-                source_id = self.notion.dataSourceId or await self._discover()
+            if self._source is None or self._source is stale:
+                known = self._source.id if self._source is not None else None
+                source_id = known or self.notion.dataSourceId or await self._discover()
                 response = await self.http.send(Request("GET", f"data_sources/{source_id}"))
                 properties = response.field("properties")
                 types = {
@@ -253,7 +264,9 @@ class NotionAdapter(SpecAdapter):
         return str(chosen[0]["id"])
 
     async def create(self, event: ClassifiedMessage, object_type: str, ctx: DeliveryContext) -> Delivered:
-        await self.data_source()
+        source = await self.data_source()
+        if not self._plain_properties <= set(source.types):  # a property added since we read the schema
+            await self.data_source(stale=source)
         return await super().create(event, object_type, ctx)
 
     def page_body(self, rendered: dict[str, Any], ctx: DeliveryContext) -> dict[str, Any]:

@@ -224,3 +224,28 @@ def test_config_mistakes_fail_at_load(change: dict[str, Any], message: str) -> N
     with pytest.raises(ConfigError) as info:
         NotionAdapter("notion-bad", IntegrationConfig.model_validate(raw))
     assert message in info.value.message
+
+
+async def test_a_rate_limit_reason_is_kept_in_the_message() -> None:
+    limited = {"object": "error", "status": 429, "code": "rate_limited", "message": "Slow down."}
+    limited["additional_data"] = {"rate_limit_reason": "some_limit"}
+    async with running() as (fake, notion):
+        await notion.create(FEEDBACK, "page", ctx("warm"))
+        fake.inject(Fault(429, limited, headers={"Retry-After": "75"}))
+        with pytest.raises(RateLimitedError) as info:
+            await notion.create(FEEDBACK, "page", ctx("a"))
+    assert info.value.retry_after == 75 and "[some_limit]" in info.value.message
+
+
+async def test_a_property_added_later_is_picked_up_by_reading_the_schema_again() -> None:
+    fake = NotionFake()
+    del fake.schema["链接"]
+    mapping = {"page": {"properties": {"客户姓名": "{{senderName}}", "链接": "https://example.com/{{eventId}}"}}}
+    async with running(fake, mappings=mapping) as (_, notion):
+        with pytest.raises(PermanentError) as info:
+            await notion.create(FEEDBACK, "page", ctx("a"))
+        fake.schema["链接"] = "url"
+        await notion.create(FEEDBACK, "page", ctx("b"))
+    assert info.value.code == "unknown_property"
+    schema_reads = [r for r in fake.requests if r.path.startswith("/v1/data_sources/") and r.method == "GET"]
+    assert len(schema_reads) == 3  # first read, re-read on the unknown property (still missing), re-read once added
