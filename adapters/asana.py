@@ -148,8 +148,11 @@ class AsanaAdapter(SpecAdapter):
         for key in _LISTS:
             if key in data:
                 data[key] = _list(data[key])
+        custom_fields = data.get("custom_fields") or {}
+        if not isinstance(custom_fields, dict):
+            raise PermanentError("custom_fields must render to an object (field gid → value)", code="bad_value")
         if (priority := data.pop("priority", None)) not in (None, ""):
-            data["custom_fields"] = {**(data.get("custom_fields") or {}), str(self.asana.priorityField): priority}
+            data["custom_fields"] = {**custom_fields, str(self.asana.priorityField): priority}
         if not any(data.get(k) for k in _CONTAINERS):
             if self.asana.projects:
                 data["projects"] = _list(self.asana.projects)

@@ -36,6 +36,7 @@ import asyncio
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import date, datetime
 from typing import Any
 
 from pydantic import Field, SecretStr
@@ -108,7 +109,8 @@ def property_value(kind: str, value: Any, where: str) -> dict[str, Any] | None:
     if kind == "people":
         return {kind: [{"id": n} for n in _names(value)]}
     if kind == "date":
-        return {kind: value if isinstance(value, dict) else {"start": str(value)}}
+        start = value.isoformat() if isinstance(value, (datetime, date)) else str(value)
+        return {kind: value if isinstance(value, dict) else {"start": start}}
     if kind in _PLAIN:
         return {kind: str(value)}
     if kind == "number":

@@ -144,7 +144,7 @@ async def test_plain_values_take_the_property_type_from_the_data_source() -> Non
     assert props["链接"] == {"url": f"https://example.com/t/{event.eventId}"}
     assert props["平台"] == {"select": {"name": event.platform}}
     assert props["优先级"]["select"]["name"] in ("低", "中", "高", "紧急")
-    assert "start" in props["创建时间"]["date"]
+    assert props["创建时间"]["date"]["start"].startswith(event.receivedAt.strftime("%Y-%m-%dT%H:%M"))
     assert ("电话" in props) == bool(event.sender.phone)
 
 
