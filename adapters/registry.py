@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from adapters.asana import AsanaAdapter
 from adapters.base import Adapter
 from adapters.dingtalk import DingTalkAdapter
 from adapters.email import EmailAdapter
@@ -16,6 +17,7 @@ from adapters.feishu import FeishuAdapter
 from adapters.freshdesk import FreshdeskAdapter
 from adapters.hubspot import HubSpotAdapter
 from adapters.jira import JiraAdapter
+from adapters.notion import NotionAdapter
 from adapters.salesforce import SalesforceAdapter
 from adapters.settings import settings_schema
 from adapters.slack import SlackAdapter
@@ -47,6 +49,8 @@ ADAPTERS: dict[str, type[Adapter]] = _register(
         EmailAdapter,
         FreshdeskAdapter,
         DingTalkAdapter,
+        AsanaAdapter,
+        NotionAdapter,
     ]
 )
 

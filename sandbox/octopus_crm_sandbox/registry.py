@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from octopus_crm_sandbox.asana import AsanaFake
 from octopus_crm_sandbox.dingtalk import DingTalkFake
 from octopus_crm_sandbox.feishu import FeishuFake
 from octopus_crm_sandbox.freshdesk import FreshdeskFake
 from octopus_crm_sandbox.hubspot import HubSpotFake
 from octopus_crm_sandbox.jira import JiraFake
 from octopus_crm_sandbox.kit import FakeVendor
+from octopus_crm_sandbox.notion import NotionFake
 from octopus_crm_sandbox.salesforce import SalesforceFake
 from octopus_crm_sandbox.slack import SlackFake
 from octopus_crm_sandbox.smtp import SmtpFake
@@ -27,4 +29,6 @@ FAKES: dict[str, type[FakeVendor] | type[SmtpFake]] = {
     "email": SmtpFake,
     "freshdesk": FreshdeskFake,
     "dingtalk": DingTalkFake,
+    "asana": AsanaFake,
+    "notion": NotionFake,
 }

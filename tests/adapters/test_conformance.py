@@ -35,12 +35,14 @@ from adapters.errors import (
 )
 from adapters.registry import ADAPTERS
 from octopus_crm.core.contracts import ClassifiedMessage
+from octopus_crm_sandbox.asana import AsanaFake
 from octopus_crm_sandbox.dingtalk import DingTalkFake
 from octopus_crm_sandbox.feishu import FeishuFake
 from octopus_crm_sandbox.freshdesk import FreshdeskFake
 from octopus_crm_sandbox.hubspot import HubSpotFake
 from octopus_crm_sandbox.jira import JiraFake
 from octopus_crm_sandbox.kit import FakeVendor, Fault, SandboxServer
+from octopus_crm_sandbox.notion import NotionFake
 from octopus_crm_sandbox.salesforce import SalesforceFake
 from octopus_crm_sandbox.slack import SlackFake
 from octopus_crm_sandbox.webhook import WebhookFake
@@ -60,6 +62,16 @@ def seed_configured(type_name: str) -> Callable[[FakeVendor], dict[str, Any]]:
 
 def feishu_config(fake: FakeVendor) -> dict[str, Any]:
     return dict(resolved(copy.deepcopy(FEISHU_ENTRY["config"]), fake.ENV))  # type: ignore[attr-defined]
+
+
+def asana_oauth_config(fake: FakeVendor) -> dict[str, Any]:
+    """The seed's Asana integration with an OAuth token, the auth type that can find tasks again."""
+    config = seed_configured("asana")(fake)
+    return {**config, "authType": "oauth", "credentials": {"accessToken": AsanaFake.ENV["ASANA_ACCESS_TOKEN"]}}
+
+
+def notion_error(status: int, code: str) -> dict[str, Any]:
+    return {"object": "error", "status": status, "code": code, "message": f"{code} (fake)"}
 
 
 def webhook_config(fake: FakeVendor) -> dict[str, Any]:
@@ -242,6 +254,42 @@ VENDORS = [
             (Fault(200, {"errcode": 90020, "errmsg": "monthly quota"}), QuotaExhaustedError),
             (Fault(200, {"errcode": 88, "sub_code": "60011", "sub_msg": "no permission"}), AuthError),
             (Fault(200, {"errcode": -1, "errmsg": "系统繁忙"}), RetryableError),
+        ),
+    ),
+    Vendor(
+        "asana",
+        AsanaFake,
+        asana_oauth_config,
+        "task",
+        "技术支持",
+        "/api/1.0/tasks",
+        finds=True,
+        body_errors=(
+            (Fault(400, {"errors": [{"message": "projects: Missing input", "help": "h"}]}), PermanentError),
+            (Fault(402, {"errors": [{"message": "This feature is only available to premium users."}]}), PermanentError),
+            (Fault(403, {"errors": [{"message": "Forbidden"}]}), AuthError),
+            (Fault(404, {"errors": [{"message": "project: Unknown object: 1"}]}), PermanentError),
+            (
+                Fault(500, {"errors": [{"message": "Server Error", "phrase": "6 sad squid snuggle softly"}]}),
+                RetryableError,
+            ),
+        ),
+    ),
+    Vendor(
+        "notion",
+        NotionFake,
+        seed_configured("notion"),
+        "page",
+        "产品反馈",
+        "/v1/pages",
+        finds=True,
+        body_errors=(
+            (Fault(400, notion_error(400, "validation_error")), PermanentError),
+            (Fault(404, notion_error(404, "object_not_found")), PermanentError),
+            (Fault(403, notion_error(403, "restricted_resource")), AuthError),
+            (Fault(409, notion_error(409, "conflict_error")), RetryableError),
+            (Fault(429, notion_error(429, "rate_limited"), headers={"Retry-After": "1"}), RateLimitedError),
+            (Fault(529, notion_error(529, "service_overload")), RetryableError),
         ),
     ),
 ]
