@@ -17,6 +17,7 @@ from adapters.jira import JiraAdapter
 from adapters.salesforce import SalesforceAdapter
 from adapters.settings import settings_schema
 from adapters.slack import SlackAdapter
+from adapters.trello import TrelloAdapter
 from adapters.webhook import WebhookAdapter
 from adapters.wecom import WeComAdapter
 
@@ -42,6 +43,7 @@ ADAPTERS: dict[str, type[Adapter]] = _register(
         FeishuAdapter,
         JiraAdapter,
         SlackAdapter,
+        TrelloAdapter,
         EmailAdapter,
     ]
 )

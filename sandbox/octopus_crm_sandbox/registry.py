@@ -9,6 +9,7 @@ from octopus_crm_sandbox.kit import FakeVendor
 from octopus_crm_sandbox.salesforce import SalesforceFake
 from octopus_crm_sandbox.slack import SlackFake
 from octopus_crm_sandbox.smtp import SmtpFake
+from octopus_crm_sandbox.trello import TrelloFake
 from octopus_crm_sandbox.webhook import WebhookFake
 from octopus_crm_sandbox.wecom import WeComFake
 
@@ -23,4 +24,5 @@ FAKES: dict[str, type[FakeVendor] | type[SmtpFake]] = {
     "jira": JiraFake,
     "slack": SlackFake,
     "email": SmtpFake,
+    "trello": TrelloFake,
 }

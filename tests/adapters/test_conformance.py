@@ -41,6 +41,7 @@ from octopus_crm_sandbox.jira import JiraFake
 from octopus_crm_sandbox.kit import FakeVendor, Fault, SandboxServer
 from octopus_crm_sandbox.salesforce import SalesforceFake
 from octopus_crm_sandbox.slack import SlackFake
+from octopus_crm_sandbox.trello import TrelloFake
 from octopus_crm_sandbox.webhook import WebhookFake
 from octopus_crm_sandbox.wecom import WeComFake
 from tests.adapters.seed import event_of, resolved, sample_events, seed_entry
@@ -185,6 +186,22 @@ VENDORS = [
             (Fault(200, {"ok": False, "error": "invalid_auth"}), AuthError),
             (Fault(200, {"ok": False, "error": "channel_not_found"}), PermanentError),
             (Fault(200, {"ok": False, "error": "internal_error"}), RetryableError),
+        ),
+    ),
+    Vendor(
+        "trello",
+        TrelloFake,
+        seed_configured("trello"),
+        "card",
+        "技术支持",
+        "/1/cards",
+        finds=True,
+        body_errors=(
+            (Fault(400, "invalid value for idList"), PermanentError),
+            (Fault(401, "invalid token"), AuthError),
+            (Fault(404, "The requested resource was not found."), PermanentError),
+            (Fault(429, {"error": "API_TOKEN_LIMIT_EXCEEDED", "message": "Rate limit exceeded"}), RateLimitedError),
+            (Fault(429, {"error": "API_KEY_LIMIT_EXCEEDED", "message": "Rate limit exceeded"}), RateLimitedError),
         ),
     ),
 ]
