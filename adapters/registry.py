@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from adapters.base import Adapter
+from adapters.clickup import ClickUpAdapter
 from adapters.email import EmailAdapter
 from adapters.feishu import FeishuAdapter
 from adapters.hubspot import HubSpotAdapter
@@ -44,6 +45,7 @@ ADAPTERS: dict[str, type[Adapter]] = _register(
         JiraAdapter,
         SlackAdapter,
         TrelloAdapter,
+        ClickUpAdapter,
         EmailAdapter,
     ]
 )

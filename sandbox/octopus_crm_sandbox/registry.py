@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from octopus_crm_sandbox.clickup import ClickUpFake
 from octopus_crm_sandbox.feishu import FeishuFake
 from octopus_crm_sandbox.hubspot import HubSpotFake
 from octopus_crm_sandbox.jira import JiraFake
@@ -25,4 +26,5 @@ FAKES: dict[str, type[FakeVendor] | type[SmtpFake]] = {
     "slack": SlackFake,
     "email": SmtpFake,
     "trello": TrelloFake,
+    "clickup": ClickUpFake,
 }

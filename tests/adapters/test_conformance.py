@@ -35,6 +35,7 @@ from adapters.errors import (
 )
 from adapters.registry import ADAPTERS
 from octopus_crm.core.contracts import ClassifiedMessage
+from octopus_crm_sandbox.clickup import ClickUpFake
 from octopus_crm_sandbox.feishu import FeishuFake
 from octopus_crm_sandbox.hubspot import HubSpotFake
 from octopus_crm_sandbox.jira import JiraFake
@@ -202,6 +203,22 @@ VENDORS = [
             (Fault(404, "The requested resource was not found."), PermanentError),
             (Fault(429, {"error": "API_TOKEN_LIMIT_EXCEEDED", "message": "Rate limit exceeded"}), RateLimitedError),
             (Fault(429, {"error": "API_KEY_LIMIT_EXCEEDED", "message": "Rate limit exceeded"}), RateLimitedError),
+        ),
+    ),
+    Vendor(
+        "clickup",
+        ClickUpFake,
+        seed_configured("clickup"),
+        "task",
+        "技术支持",
+        "/task",
+        finds=True,
+        body_errors=(
+            (Fault(400, {"err": "Task name invalid", "ECODE": "INPUT_005"}), PermanentError),
+            (Fault(401, {"err": "Token invalid", "ECODE": "OAUTH_025"}), AuthError),
+            (Fault(401, {"err": "Team not authorized", "ECODE": "OAUTH_027"}), AuthError),
+            (Fault(429, {"err": "Rate limit reached", "ECODE": "APP_002"}), RateLimitedError),
+            (Fault(500, {"err": "Internal error", "ECODE": "APP_001"}), RetryableError),
         ),
     ),
 ]
