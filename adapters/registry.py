@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from adapters.airtable import AirtableAdapter
 from adapters.base import Adapter
 from adapters.clickup import ClickUpAdapter
 from adapters.email import EmailAdapter
@@ -46,6 +47,7 @@ ADAPTERS: dict[str, type[Adapter]] = _register(
         SlackAdapter,
         TrelloAdapter,
         ClickUpAdapter,
+        AirtableAdapter,
         EmailAdapter,
     ]
 )

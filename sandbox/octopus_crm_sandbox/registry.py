@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from octopus_crm_sandbox.airtable import AirtableFake
 from octopus_crm_sandbox.clickup import ClickUpFake
 from octopus_crm_sandbox.feishu import FeishuFake
 from octopus_crm_sandbox.hubspot import HubSpotFake
@@ -27,4 +28,5 @@ FAKES: dict[str, type[FakeVendor] | type[SmtpFake]] = {
     "email": SmtpFake,
     "trello": TrelloFake,
     "clickup": ClickUpFake,
+    "airtable": AirtableFake,
 }

@@ -35,6 +35,7 @@ from adapters.errors import (
 )
 from adapters.registry import ADAPTERS
 from octopus_crm.core.contracts import ClassifiedMessage
+from octopus_crm_sandbox.airtable import AirtableFake
 from octopus_crm_sandbox.clickup import ClickUpFake
 from octopus_crm_sandbox.feishu import FeishuFake
 from octopus_crm_sandbox.hubspot import HubSpotFake
@@ -219,6 +220,32 @@ VENDORS = [
             (Fault(401, {"err": "Team not authorized", "ECODE": "OAUTH_027"}), AuthError),
             (Fault(429, {"err": "Rate limit reached", "ECODE": "APP_002"}), RateLimitedError),
             (Fault(500, {"err": "Internal error", "ECODE": "APP_001"}), RetryableError),
+        ),
+    ),
+    Vendor(
+        "airtable",
+        AirtableFake,
+        seed_configured("airtable"),
+        "record",
+        "产品反馈",
+        "/v0/app",
+        finds=True,
+        body_errors=(
+            (
+                Fault(422, {"error": {"type": "UNKNOWN_FIELD_NAME", "message": 'Unknown field name: "X"'}}),
+                PermanentError,
+            ),
+            (Fault(404, {"error": "NOT_FOUND"}), PermanentError),
+            (Fault(403, {"error": {"type": "INVALID_PERMISSIONS_OR_MODEL_NOT_FOUND", "message": "m"}}), AuthError),
+            (
+                Fault(429, {"errors": [{"error": "RATE_LIMIT_REACHED", "message": "Rate limit exceeded"}]}),
+                RateLimitedError,
+            ),
+            (
+                Fault(429, {"errors": [{"error": "PUBLIC_API_BILLING_LIMIT_EXCEEDED", "message": "monthly"}]}),
+                QuotaExhaustedError,
+            ),
+            (Fault(503, {"error": {"type": "SERVICE_UNAVAILABLE", "message": "m"}}), RetryableError),
         ),
     ),
 ]
