@@ -12,7 +12,7 @@ import pytest
 
 from adapters.airtable import AirtableAdapter
 from adapters.base import DeliveryContext, IntegrationConfig
-from adapters.errors import ConfigError, PermanentError, QuotaExhaustedError, RateLimitedError
+from adapters.errors import ConfigError, DeliveryError, PermanentError, QuotaExhaustedError, RateLimitedError
 from adapters.http import Request
 from octopus_crm_sandbox.airtable import AirtableFake
 from octopus_crm_sandbox.kit import Fault, SandboxServer
@@ -216,3 +216,14 @@ async def test_the_fake_refuses_the_base_for_the_penalty_after_a_429() -> None:
         await asyncio.sleep(0.4)
         response = await airtable.http.send(Request("GET", TABLE_PATH, paced=False))
     assert response.status == 200 and len(orjson.loads(response.body)["records"]) == 1
+
+
+@pytest.mark.parametrize("answer", [[1, 2], "a string", 42, None, {"records": "x"}, {"records": [{"id": ["rec"]}]}])
+async def test_answers_of_an_undocumented_shape_are_typed_errors(answer: Any) -> None:
+    async with running() as (fake, airtable):
+        fake.inject(Fault(200, body=answer, path_contains="/v0/app"))
+        with pytest.raises(DeliveryError):
+            await airtable.create(FEEDBACK, "record", ctx())
+        fake.inject(Fault(200, body={"records": [answer]}, path_contains="/v0/app"))
+        with pytest.raises(DeliveryError):
+            await airtable.find_existing(FEEDBACK, "record", ctx())

@@ -12,7 +12,7 @@ import pytest
 
 from adapters.base import DeliveryContext, IntegrationConfig
 from adapters.clickup import ClickUpAdapter
-from adapters.errors import AuthError, ConfigError, PermanentError, RateLimitedError
+from adapters.errors import AuthError, ConfigError, DeliveryError, PermanentError, RateLimitedError
 from adapters.spec import dedupe_marker
 from octopus_crm_sandbox.clickup import ClickUpFake
 from octopus_crm_sandbox.kit import Fault, SandboxServer
@@ -168,3 +168,13 @@ def test_the_limiter_scope_is_the_token() -> None:
     _, config = seed_config("clickup", ClickUpFake(), endpoints={"baseUrl": "https://api.clickup.com/api/v2"})
     scope = ClickUpAdapter("a", config).limit_scope
     assert scope.startswith("clickup:token:") and TOKEN not in scope
+
+
+@pytest.mark.parametrize("answer", [[1, 2], "a string", 42, None, {"tasks": "none"}, {"tasks": [1, {"tags": "x"}]}])
+async def test_answers_of_an_undocumented_shape_are_typed_errors(answer: Any) -> None:
+    async with running() as (fake, clickup):
+        fake.inject(Fault(200, body=answer, path_contains="/task"))
+        with pytest.raises(DeliveryError):
+            await clickup.create(TECH, "task", ctx())
+        fake.inject(Fault(200, body=answer, path_contains="/task"))
+        assert await clickup.find_existing(TECH, "task", ctx()) is None

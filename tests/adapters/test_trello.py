@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from adapters.base import DeliveryContext, IntegrationConfig
-from adapters.errors import AuthError, ConfigError, PermanentError, RateLimitedError, RetryableError
+from adapters.errors import AuthError, ConfigError, DeliveryError, PermanentError, RateLimitedError, RetryableError
 from adapters.http import Request
 from adapters.spec import dedupe_marker
 from adapters.trello import DESC_MAX, TrelloAdapter
@@ -209,3 +209,13 @@ def test_the_limiter_scope_is_the_token_never_the_token_itself() -> None:
     scope = TrelloAdapter("a", config).limit_scope
     assert scope.startswith("trello:token:") and TOKEN not in scope
     assert TrelloAdapter("b", config).limit_scope == scope
+
+
+@pytest.mark.parametrize("answer", [[1, 2], "a string", 42, None, {"id": {"nested": 1}}])
+async def test_answers_of_an_undocumented_shape_are_typed_errors(answer: Any) -> None:
+    async with running() as (fake, trello):
+        fake.inject(Fault(200, body=answer, path_contains="/1/cards"))
+        with pytest.raises(DeliveryError):
+            await trello.create(TECH, "card", ctx())
+        fake.inject(Fault(200, body=[answer, "x"], path_contains="/1/lists/"))
+        assert await trello.find_existing(TECH, "card", ctx()) is None
