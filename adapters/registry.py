@@ -9,8 +9,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from adapters.airtable import AirtableAdapter
 from adapters.asana import AsanaAdapter
 from adapters.base import Adapter
+from adapters.clickup import ClickUpAdapter
 from adapters.dingtalk import DingTalkAdapter
 from adapters.email import EmailAdapter
 from adapters.feishu import FeishuAdapter
@@ -21,6 +23,7 @@ from adapters.notion import NotionAdapter
 from adapters.salesforce import SalesforceAdapter
 from adapters.settings import settings_schema
 from adapters.slack import SlackAdapter
+from adapters.trello import TrelloAdapter
 from adapters.webhook import WebhookAdapter
 from adapters.wecom import WeComAdapter
 
@@ -46,6 +49,9 @@ ADAPTERS: dict[str, type[Adapter]] = _register(
         FeishuAdapter,
         JiraAdapter,
         SlackAdapter,
+        TrelloAdapter,
+        ClickUpAdapter,
+        AirtableAdapter,
         EmailAdapter,
         FreshdeskAdapter,
         DingTalkAdapter,

@@ -10,6 +10,8 @@ or overrides ``create`` where the wire shape is not a plain create (WeCom approv
 
 from __future__ import annotations
 
+import hashlib
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -341,6 +343,9 @@ class FindCall:
     method: str = "GET"
     #: (adapter) → whether the lookup can work with this configuration.
     enabled: Callable[[Any], bool] = lambda adapter: True
+    #: (adapter, item, ctx) → whether a listed item is this delivery's record (a marker in its text),
+    #: for vendors whose list call cannot filter by the marker itself.
+    match: Callable[[Any, Any, DeliveryContext], bool] | None = None
 
 
 @dataclass(frozen=True)
@@ -368,6 +373,10 @@ class Errors:
     retry_after_headers: tuple[str, ...] = ()
     quota: Callable[[Response], bool] | None = None
     quota_retry_after: float = 3600.0
+    #: Headers holding the reset moment as Unix seconds (ClickUp's ``X-RateLimit-Reset``).
+    reset_at_headers: tuple[str, ...] = ()
+    #: The wait of a 429 that names none (Trello's 10-s window, Airtable's 30-s penalty).
+    default_retry_after: float | None = None
 
     def classify(self, response: Response) -> DeliveryError | None:
         if self.body_codes is not None:
@@ -385,6 +394,8 @@ class Errors:
             error = cls(error.message, code=error.code, status=error.status, retry_after=error.retry_after)
         if isinstance(error, RateLimitedError) and error.retry_after is None:
             error.retry_after = _header_seconds(response, self.retry_after_headers)
+        if isinstance(error, RateLimitedError) and error.retry_after is None:
+            error.retry_after = _reset_at_seconds(response, self.reset_at_headers) or self.default_retry_after
         if isinstance(error, RateLimitedError) and self.quota is not None and self.quota(response):
             wait = error.retry_after if error.retry_after is not None else self.quota_retry_after
             error = QuotaExhaustedError(error.message, code=error.code, status=error.status, retry_after=wait)
@@ -516,8 +527,11 @@ class SpecAdapter(HttpAdapter):
         find = self.spec.find.get(object_type)
         if find is None or not find.enabled(self):
             return None
-        response = await self.http.send(Request(find.method, find.path, params=find.params(self, ctx)))
+        path = find.path.format(**self.path_vars())
+        response = await self.http.send(Request(find.method, path, params=find.params(self, ctx)))
         items = at_path(response.json(), find.items_at)
+        if isinstance(items, list) and find.match is not None:
+            items = [item for item in items if find.match(self, item, ctx)]
         if not isinstance(items, list) or not items:
             return None
         return self.create_call(object_type).delivered_from(self, items[0], {}, None)
@@ -527,3 +541,19 @@ class SpecAdapter(HttpAdapter):
         if call is None:
             raise ConfigError(self.spec.not_testable, code="not_testable")
         await self.http.send(Request(call.method, call.path, paced=False))
+
+
+def _reset_at_seconds(response: Response, names: tuple[str, ...]) -> float | None:
+    """Seconds until the Unix time in the first of ``names`` present (never negative)."""
+    for name in names:
+        try:
+            return max(0.0, float(response.headers.get(name) or "") - time.time())
+        except ValueError:
+            continue
+    return None
+
+
+def dedupe_marker(idempotency_key: str) -> str:
+    """``octopus-<16 hex of sha256(key)>``: a findable trace of a delivery (a label, tag or text
+    marker) for vendors without an idempotency key; no spaces, safe in labels, tags and queries."""
+    return "octopus-" + hashlib.sha256(idempotency_key.encode()).hexdigest()[:16]

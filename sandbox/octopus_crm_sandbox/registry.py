@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from octopus_crm_sandbox.airtable import AirtableFake
 from octopus_crm_sandbox.asana import AsanaFake
+from octopus_crm_sandbox.clickup import ClickUpFake
 from octopus_crm_sandbox.dingtalk import DingTalkFake
 from octopus_crm_sandbox.feishu import FeishuFake
 from octopus_crm_sandbox.freshdesk import FreshdeskFake
@@ -13,6 +15,7 @@ from octopus_crm_sandbox.notion import NotionFake
 from octopus_crm_sandbox.salesforce import SalesforceFake
 from octopus_crm_sandbox.slack import SlackFake
 from octopus_crm_sandbox.smtp import SmtpFake
+from octopus_crm_sandbox.trello import TrelloFake
 from octopus_crm_sandbox.webhook import WebhookFake
 from octopus_crm_sandbox.wecom import WeComFake
 
@@ -31,4 +34,7 @@ FAKES: dict[str, type[FakeVendor] | type[SmtpFake]] = {
     "dingtalk": DingTalkFake,
     "asana": AsanaFake,
     "notion": NotionFake,
+    "trello": TrelloFake,
+    "clickup": ClickUpFake,
+    "airtable": AirtableFake,
 }

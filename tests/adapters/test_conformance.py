@@ -35,7 +35,9 @@ from adapters.errors import (
 )
 from adapters.registry import ADAPTERS
 from octopus_crm.core.contracts import ClassifiedMessage
+from octopus_crm_sandbox.airtable import AirtableFake
 from octopus_crm_sandbox.asana import AsanaFake
+from octopus_crm_sandbox.clickup import ClickUpFake
 from octopus_crm_sandbox.dingtalk import DingTalkFake
 from octopus_crm_sandbox.feishu import FeishuFake
 from octopus_crm_sandbox.freshdesk import FreshdeskFake
@@ -45,6 +47,7 @@ from octopus_crm_sandbox.kit import FakeVendor, Fault, SandboxServer
 from octopus_crm_sandbox.notion import NotionFake
 from octopus_crm_sandbox.salesforce import SalesforceFake
 from octopus_crm_sandbox.slack import SlackFake
+from octopus_crm_sandbox.trello import TrelloFake
 from octopus_crm_sandbox.webhook import WebhookFake
 from octopus_crm_sandbox.wecom import WeComFake
 from tests.adapters.seed import event_of, resolved, sample_events, seed_entry
@@ -290,6 +293,64 @@ VENDORS = [
             (Fault(409, notion_error(409, "conflict_error")), RetryableError),
             (Fault(429, notion_error(429, "rate_limited"), headers={"Retry-After": "1"}), RateLimitedError),
             (Fault(529, notion_error(529, "service_overload")), RetryableError),
+        ),
+    ),
+    Vendor(
+        "trello",
+        TrelloFake,
+        seed_configured("trello"),
+        "card",
+        "技术支持",
+        "/1/cards",
+        finds=True,
+        body_errors=(
+            (Fault(400, "invalid value for idList"), PermanentError),
+            (Fault(401, "invalid token"), AuthError),
+            (Fault(404, "The requested resource was not found."), PermanentError),
+            (Fault(429, {"error": "API_TOKEN_LIMIT_EXCEEDED", "message": "Rate limit exceeded"}), RateLimitedError),
+            (Fault(429, {"error": "API_KEY_LIMIT_EXCEEDED", "message": "Rate limit exceeded"}), RateLimitedError),
+        ),
+    ),
+    Vendor(
+        "clickup",
+        ClickUpFake,
+        seed_configured("clickup"),
+        "task",
+        "技术支持",
+        "/task",
+        finds=True,
+        body_errors=(
+            (Fault(400, {"err": "Task name invalid", "ECODE": "INPUT_005"}), PermanentError),
+            (Fault(401, {"err": "Token invalid", "ECODE": "OAUTH_025"}), AuthError),
+            (Fault(401, {"err": "Team not authorized", "ECODE": "OAUTH_027"}), AuthError),
+            (Fault(429, {"err": "Rate limit reached", "ECODE": "APP_002"}), RateLimitedError),
+            (Fault(500, {"err": "Internal error", "ECODE": "APP_001"}), RetryableError),
+        ),
+    ),
+    Vendor(
+        "airtable",
+        AirtableFake,
+        seed_configured("airtable"),
+        "record",
+        "产品反馈",
+        "/v0/app",
+        finds=True,
+        body_errors=(
+            (
+                Fault(422, {"error": {"type": "UNKNOWN_FIELD_NAME", "message": 'Unknown field name: "X"'}}),
+                PermanentError,
+            ),
+            (Fault(404, {"error": "NOT_FOUND"}), PermanentError),
+            (Fault(403, {"error": {"type": "INVALID_PERMISSIONS_OR_MODEL_NOT_FOUND", "message": "m"}}), AuthError),
+            (
+                Fault(429, {"errors": [{"error": "RATE_LIMIT_REACHED", "message": "Rate limit exceeded"}]}),
+                RateLimitedError,
+            ),
+            (
+                Fault(429, {"errors": [{"error": "PUBLIC_API_BILLING_LIMIT_EXCEEDED", "message": "monthly"}]}),
+                QuotaExhaustedError,
+            ),
+            (Fault(503, {"error": {"type": "SERVICE_UNAVAILABLE", "message": "m"}}), RetryableError),
         ),
     ),
 ]

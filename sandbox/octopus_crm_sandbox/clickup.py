@@ -1,0 +1,181 @@
+"""A ClickUp fake (API v2 under ``/api/v2``): create a task in a list, list a list's tasks
+(filtered by ``tags[]``), ``GET /user``.
+
+Who may call comes from the adapter's spec (the personal token in ``Authorization`` without a
+scheme, see envelope.py). Create bodies are checked the way ClickUp answers them — ``name``
+required, ``priority`` 1–4 or null, ``status`` one of the list's statuses, ``assignees`` user ids,
+``tags`` strings (lower-cased and created on first use, as ClickUp does), dates in ms — and fail
+with ``{"err": …, "ECODE": …}``. ClickUp publishes no spec in a repository, so the checks follow
+its REST reference for Create Task; the ECODE values are examples from community reports, not a
+documented list. Every answer carries ``X-RateLimit-Limit/-Remaining/-Reset`` (Unix seconds);
+the rate limit answers 429 with them.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+import time
+from typing import Any, ClassVar
+
+import orjson
+from aiohttp import web
+
+from adapters.clickup import SPEC as CLICKUP
+from octopus_crm_sandbox.envelope import caller
+from octopus_crm_sandbox.kit import FakeVendor
+
+__all__ = ["ClickUpFake"]
+
+PRIORITIES = {1: ("urgent", "#f50000"), 2: ("high", "#ffcc00"), 3: ("normal", "#6fddff"), 4: ("low", "#d8d8d8")}
+STATUSES = ("to do", "in progress", "complete")
+
+
+class ClickUpFake(FakeVendor):
+    name = "clickup"
+    ENV: ClassVar[dict[str, str]] = {"CLICKUP_API_TOKEN": "pk_81234567_FAKE0CLICKUP0PERSONAL0TOKEN00000"}
+    LIST_ID = "901234567"
+
+    def __init__(
+        self,
+        *,
+        token: str = ENV["CLICKUP_API_TOKEN"],
+        lists: tuple[str, ...] = (LIST_ID,),
+        members: tuple[int, ...] = (81234567,),
+        **kw: Any,
+    ) -> None:
+        super().__init__(**kw)
+        self.accepted = {"apiToken": token}
+        self.lists = set(lists)
+        self.members = set(members)
+        self.space_tags: set[str] = set()
+
+    def endpoints(self) -> dict[str, Any]:
+        return {"baseUrl": f"{self.base_url}/api/v2", "allowPrivateNetwork": True}  # loopback
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.post("/api/v2/list/{list_id}/task", self.create_task),
+            web.get("/api/v2/list/{list_id}/task", self.get_tasks),
+            web.get("/api/v2/user", self.user),
+        ]
+
+    def limited_paths(self) -> tuple[str, ...]:
+        return ("/api/v2/",)
+
+    # -- shapes ------------------------------------------------------------------------------
+
+    def limit_headers(self, wait: float = 0.0) -> dict[str, str]:
+        limit = self.window.limit if self.window else 100
+        remaining = self.window.remaining if self.window else limit
+        reset = time.time() + (wait if wait else (self.window.per if self.window else 60))
+        return {
+            "X-RateLimit-Limit": str(limit),
+            "X-RateLimit-Remaining": str(remaining),
+            "X-RateLimit-Reset": str(math.ceil(reset)),
+        }
+
+    def answer(self, body: Any, status: int = 200) -> web.Response:
+        return web.json_response(body, status=status, headers=self.limit_headers())
+
+    def err(self, status: int, message: str, ecode: str) -> web.Response:
+        return self.answer({"err": message, "ECODE": ecode}, status)
+
+    def too_many(self, wait: float) -> web.Response:
+        return web.json_response(
+            {"err": "Rate limit reached", "ECODE": "APP_002"}, status=429, headers=self.limit_headers(wait)
+        )
+
+    def refused(self, request: web.Request) -> web.Response | None:
+        if caller(CLICKUP.auth["token"], request, self.accepted, self) is not None:
+            return None
+        if "Authorization" not in request.headers:
+            return self.err(400, "Authorization header required", "OAUTH_017")
+        return self.err(401, "Token invalid", "OAUTH_025")
+
+    # -- handlers ----------------------------------------------------------------------------
+
+    async def create_task(self, request: web.Request) -> web.Response:
+        if (refused := self.refused(request)) is not None:
+            return refused
+        list_id = request.match_info["list_id"]
+        if list_id not in self.lists:
+            return self.err(401, "Team not authorized", "OAUTH_027")
+        try:
+            body = orjson.loads(await request.read())
+        except orjson.JSONDecodeError:
+            return self.err(400, "Invalid JSON body", "INPUT_001")
+        if not isinstance(body, dict):
+            return self.err(400, "Body must be an object", "INPUT_001")
+        problem = self.check(body)
+        if problem is not None:
+            return self.err(400, *problem)
+        tags = [t.lower() for t in body.get("tags", [])]
+        self.space_tags.update(tags)
+        task_id = "86" + secrets.token_hex(4)[:7]
+        priority = body.get("priority")
+        description = body.get("markdown_description") or body.get("description") or ""
+        task = {
+            "id": task_id,
+            "custom_id": None,
+            "name": body["name"],
+            "text_content": description,
+            "description": description,
+            "status": {"status": (body.get("status") or STATUSES[0]).lower(), "type": "open", "orderindex": 0},
+            "date_created": str(int(time.time() * 1000)),
+            "creator": {"id": 81234567, "username": "Octopus Bot"},
+            "assignees": [{"id": a} for a in body.get("assignees", [])],
+            "tags": [{"name": t, "tag_fg": "#800000", "tag_bg": "#800000", "creator": 81234567} for t in tags],
+            "priority": None
+            if priority is None
+            else {"id": str(priority), "priority": PRIORITIES[priority][0], "color": PRIORITIES[priority][1]},
+            "due_date": None if body.get("due_date") is None else str(body["due_date"]),
+            "list": {"id": list_id},
+            "url": f"https://app.clickup.com/t/{task_id}",
+        }
+        self.records[task_id] = {**task, "body": body}
+        return self.answer(task)
+
+    @staticmethod
+    def check(body: dict[str, Any]) -> tuple[str, str] | None:
+        name = body.get("name")
+        if not isinstance(name, str) or not name.strip():
+            return "Task name invalid", "INPUT_005"
+        for text in ("description", "markdown_description"):
+            if text in body and not isinstance(body[text], str):
+                return f"{text} must be a string", "INPUT_002"
+        priority = body.get("priority")
+        if priority is not None and (isinstance(priority, bool) or priority not in PRIORITIES):
+            return "Priority invalid", "INPUT_003"
+        status = body.get("status")
+        if status is not None and (not isinstance(status, str) or status.lower() not in STATUSES):
+            return "Status not found", "CRTSK_001"
+        tags = body.get("tags", [])
+        if not isinstance(tags, list) or not all(isinstance(t, str) and t for t in tags):
+            return "Tags must be an array of strings", "INPUT_004"
+        assignees = body.get("assignees", [])
+        if not isinstance(assignees, list) or not all(isinstance(a, int) for a in assignees):
+            return "Assignees must be an array of user ids", "INPUT_006"
+        for date in ("due_date", "start_date"):
+            if body.get(date) is not None and not isinstance(body[date], int):
+                return f"{date} must be a Unix time in milliseconds", "INPUT_007"
+        return None
+
+    async def get_tasks(self, request: web.Request) -> web.Response:
+        if (refused := self.refused(request)) is not None:
+            return refused
+        list_id = request.match_info["list_id"]
+        if list_id not in self.lists:
+            return self.err(401, "Team not authorized", "OAUTH_027")
+        wanted = {t.lower() for t in request.query.getall("tags[]", [])}
+        tasks = [
+            {k: v for k, v in r.items() if k != "body"}
+            for r in self.records.values()
+            if r["list"]["id"] == list_id and (not wanted or wanted & {t["name"] for t in r["tags"]})
+        ]
+        return self.answer({"tasks": tasks[:100], "last_page": len(tasks) <= 100})
+
+    async def user(self, request: web.Request) -> web.Response:
+        if (refused := self.refused(request)) is not None:
+            return refused
+        return self.answer({"user": {"id": 81234567, "username": "Octopus Bot", "email": "bot@example.com"}})
