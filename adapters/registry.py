@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from adapters.base import Adapter
+from adapters.dynamics365 import Dynamics365Adapter
 from adapters.email import EmailAdapter
 from adapters.feishu import FeishuAdapter
 from adapters.hubspot import HubSpotAdapter
@@ -43,6 +44,7 @@ ADAPTERS: dict[str, type[Adapter]] = _register(
         JiraAdapter,
         SlackAdapter,
         EmailAdapter,
+        Dynamics365Adapter,
     ]
 )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from octopus_crm_sandbox.dynamics365 import DynamicsFake
 from octopus_crm_sandbox.feishu import FeishuFake
 from octopus_crm_sandbox.hubspot import HubSpotFake
 from octopus_crm_sandbox.jira import JiraFake
@@ -23,4 +24,5 @@ FAKES: dict[str, type[FakeVendor] | type[SmtpFake]] = {
     "jira": JiraFake,
     "slack": SlackFake,
     "email": SmtpFake,
+    "dynamics365": DynamicsFake,
 }

@@ -35,6 +35,7 @@ from adapters.errors import (
 )
 from adapters.registry import ADAPTERS
 from octopus_crm.core.contracts import ClassifiedMessage
+from octopus_crm_sandbox.dynamics365 import DynamicsFake
 from octopus_crm_sandbox.feishu import FeishuFake
 from octopus_crm_sandbox.hubspot import HubSpotFake
 from octopus_crm_sandbox.jira import JiraFake
@@ -185,6 +186,26 @@ VENDORS = [
             (Fault(200, {"ok": False, "error": "invalid_auth"}), AuthError),
             (Fault(200, {"ok": False, "error": "channel_not_found"}), PermanentError),
             (Fault(200, {"ok": False, "error": "internal_error"}), RetryableError),
+        ),
+    ),
+    Vendor(
+        "dynamics365",
+        DynamicsFake,
+        seed_configured("dynamics365"),
+        "lead",
+        "销售线索",
+        "/leads",
+        fetched_token=True,
+        finds=True,
+        body_errors=(
+            (Fault(400, {"error": {"code": "0x80044331", "message": "length exceeded"}}), PermanentError),
+            (Fault(403, {"error": {"code": "0x80040220", "message": "missing prvCreateLead"}}), AuthError),
+            (Fault(412, {"error": {"code": "0x80040237", "message": "key exists"}}), PermanentError),
+            (
+                Fault(429, {"error": {"code": "0x80072321", "message": "execution time"}}, {"Retry-After": "2"}),
+                RateLimitedError,
+            ),
+            (Fault(503, {"error": {"code": "0x80040216", "message": "unexpected"}}), RetryableError),
         ),
     ),
 ]
