@@ -20,6 +20,7 @@ from adapters.settings import settings_schema
 from adapters.slack import SlackAdapter
 from adapters.webhook import WebhookAdapter
 from adapters.wecom import WeComAdapter
+from adapters.zoho import ZohoAdapter
 
 __all__ = ["ADAPTERS", "adapter_class", "describe"]
 
@@ -45,6 +46,7 @@ ADAPTERS: dict[str, type[Adapter]] = _register(
         SlackAdapter,
         EmailAdapter,
         Dynamics365Adapter,
+        ZohoAdapter,
     ]
 )
 

@@ -12,6 +12,7 @@ from octopus_crm_sandbox.slack import SlackFake
 from octopus_crm_sandbox.smtp import SmtpFake
 from octopus_crm_sandbox.webhook import WebhookFake
 from octopus_crm_sandbox.wecom import WeComFake
+from octopus_crm_sandbox.zoho import ZohoFake
 
 __all__ = ["FAKES"]
 
@@ -25,4 +26,5 @@ FAKES: dict[str, type[FakeVendor] | type[SmtpFake]] = {
     "slack": SlackFake,
     "email": SmtpFake,
     "dynamics365": DynamicsFake,
+    "zoho": ZohoFake,
 }
