@@ -77,6 +77,7 @@ VERSIONS = ("v2", "v2.1", "v3", "v4", "v5", "v6", "v7", "v8")
 TOKEN_PATH = "/oauth/v2/token"
 KEY_MAX = 255  # a single-line field's maximum length
 QUOTA_RETRY_AFTER = 900.0
+TOKEN_WINDOW = 600.0
 _RETRYABLE = frozenset({"INTERNAL_ERROR"})
 _AUTH = frozenset({"OAUTH_SCOPE_MISMATCH", "NO_PERMISSION", "AUTHENTICATION_FAILURE", "INVALID_CLIENT"})
 _QUOTA = frozenset({"LIMIT_EXCEEDED", "LIMIT_REACHED"})
@@ -255,7 +256,12 @@ class ZohoAdapter(SpecAdapter):
         url = f"{self.accounts_url}{TOKEN_PATH}"
 
         async def fetch(http: HttpClient) -> Token:
-            return await oauth2_token(http, url, scheme.form(self.config))
+            try:
+                return await oauth2_token(http, url, scheme.form(self.config))
+            except AuthError as exc:  # ≤ 10 tokens per refresh token per 10 min, then blocked for the window
+                if "too many requests" not in exc.message.lower():
+                    raise
+                raise RateLimitedError(exc.message, code="token_rate_limited", retry_after=TOKEN_WINDOW) from None
 
         def place(request: Request, token: Token) -> None:
             scheme.place(request, token)
