@@ -35,6 +35,12 @@ SEED_ENV = {
     "SLACK_BOT_TOKEN": "xoxb-0000",
     "SMTP_USER": "octopus",
     "SMTP_PASSWORD": "smtp-password-1234",
+    "DYNAMICS_TENANT_ID": "72f988bf-0000-0000-0000-2d7cd011db47",
+    "DYNAMICS_CLIENT_ID": "dyn-client",
+    "DYNAMICS_CLIENT_SECRET": "dyn-secret-1234",
+    "ZOHO_CLIENT_ID": "1000.zoho-client",
+    "ZOHO_CLIENT_SECRET": "zoho-secret-1234",
+    "ZOHO_REFRESH_TOKEN": "1000.zoho-refresh-1234",
 }
 
 
@@ -111,6 +117,8 @@ def test_seed_config_loads_with_its_environment() -> None:
         "tech-jira",
         "support-slack",
         "support-email",
+        "dynamics-demo",
+        "zoho-demo",
     ]
     primary = config.integration("primary-crm")
     assert primary.config.secret("clientSecret") == "sf-secret-1234"
@@ -442,7 +450,7 @@ def test_validate_config_cli(tmp_path: Path) -> None:
 
     ok = run_cli(str(good), env=SEED_ENV)
     assert ok.returncode == 0, ok.stderr
-    assert "OK" in ok.stdout and "6 enabled integrations" in ok.stdout
+    assert "OK" in ok.stdout and "8 enabled integrations" in ok.stdout
     assert "primary_backup" in ok.stdout
 
     missing = run_cli(str(good))
