@@ -19,7 +19,8 @@
 - Idempotency: none native. With ``idempotencyField`` (a single-line field; one name, or one per
   object type) the key is written to it and the call is an upsert (``POST …/upsert``,
   ``duplicate_check_fields: [field]``): a redelivery updates the same record, and an ambiguous
-  create is found again by ``GET …/search?criteria=(field:equals:key)``. ``duplicateCheckFields``
+  create is found again by ``GET …/search?criteria=(field:equals:key)`` (the search index may lag
+  a write by a moment: ``None`` then means "can't tell yet"; a retried upsert is safe anyway). ``duplicateCheckFields``
   upserts on business fields (``Email``). A plain insert that hits a unique field answers
   ``DUPLICATE_DATA`` with the existing record's id, which is taken as the delivered record.
 - Limits: API credits per rolling 24 h by edition (Free 5,000; paid editions 50,000 + 250–2,000
@@ -34,6 +35,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -81,6 +83,7 @@ TOKEN_WINDOW = 600.0
 _RETRYABLE = frozenset({"INTERNAL_ERROR"})
 _AUTH = frozenset({"OAUTH_SCOPE_MISMATCH", "NO_PERMISSION", "AUTHENTICATION_FAILURE", "INVALID_CLIENT"})
 _QUOTA = frozenset({"LIMIT_EXCEEDED", "LIMIT_REACHED"})
+_API_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 
 PRIORITY_CASE = {"low": "Low", "medium": "Medium", "high": "High", "urgent": "High"}
 PRIORITY_TASK = {"low": "Low", "medium": "Normal", "high": "High", "urgent": "Highest"}
@@ -217,12 +220,13 @@ class ZohoAdapter(SpecAdapter):
         _ = self.accounts_url, self.api_version
         for object_type in self.object_types():
             field = self.idempotency_field(object_type)
-            if field is not None and not field.replace("_", "").isalnum():
+            if field is not None and not _API_NAME.match(field):
                 raise ConfigError(f"idempotencyField {field!r} is not a field API name", code="bad_field")
 
     @property
     def dc(self) -> str:
-        return data_centre(self.config.endpoints.get("dataCenter") or self.config.endpoints.get("dc"))
+        endpoints = self.config.endpoints
+        return data_centre(endpoints.get("dataCenter") or endpoints.get("dc") or endpoints.get("domain"))
 
     @property
     def accounts_url(self) -> str:
