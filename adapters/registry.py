@@ -14,6 +14,7 @@ from adapters.asana import AsanaAdapter
 from adapters.base import Adapter
 from adapters.clickup import ClickUpAdapter
 from adapters.dingtalk import DingTalkAdapter
+from adapters.dynamics365 import Dynamics365Adapter
 from adapters.email import EmailAdapter
 from adapters.feishu import FeishuAdapter
 from adapters.freshdesk import FreshdeskAdapter
@@ -26,6 +27,7 @@ from adapters.slack import SlackAdapter
 from adapters.trello import TrelloAdapter
 from adapters.webhook import WebhookAdapter
 from adapters.wecom import WeComAdapter
+from adapters.zoho import ZohoAdapter
 
 __all__ = ["ADAPTERS", "adapter_class", "describe"]
 
@@ -57,6 +59,8 @@ ADAPTERS: dict[str, type[Adapter]] = _register(
         DingTalkAdapter,
         AsanaAdapter,
         NotionAdapter,
+        Dynamics365Adapter,
+        ZohoAdapter,
     ]
 )
 

@@ -149,6 +149,8 @@ class OAuth2ClientCredentials:
     client_id: Keys = ("clientId",)
     client_secret: Keys = ("clientSecret",)
     scope: str = ""
+    #: The ``Authorization`` scheme the access token is sent with (Zoho: ``Zoho-oauthtoken``).
+    scheme: str = "Bearer"
 
     def check(self, config: IntegrationConfig) -> None:
         config.secret(*self.client_id)
@@ -168,7 +170,10 @@ class OAuth2ClientCredentials:
         async def fetch(http: HttpClient) -> Token:
             return await oauth2_token(http, url, self.form(config))
 
-        return TokenAuth(fetch)
+        return TokenAuth(fetch, place=self.place)
+
+    def place(self, request: Request, token: Token) -> None:
+        request.headers["Authorization"] = f"{self.scheme} {token.value}"
 
 
 @dataclass(frozen=True)

@@ -75,7 +75,7 @@ def _presented_token(scheme: OAuth2ClientCredentials | JsonToken, request: web.R
     if isinstance(scheme, JsonToken) and scheme.param:
         return request.query.get(scheme.param, "")
     header = scheme.header if isinstance(scheme, JsonToken) else "Authorization"
-    prefix = scheme.prefix if isinstance(scheme, JsonToken) else "Bearer "
+    prefix = scheme.prefix if isinstance(scheme, JsonToken) else f"{scheme.scheme} "
     value = request.headers.get(header, "")
     return value.removeprefix(prefix) if value.startswith(prefix) else ""
 

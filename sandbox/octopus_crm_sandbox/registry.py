@@ -6,6 +6,7 @@ from octopus_crm_sandbox.airtable import AirtableFake
 from octopus_crm_sandbox.asana import AsanaFake
 from octopus_crm_sandbox.clickup import ClickUpFake
 from octopus_crm_sandbox.dingtalk import DingTalkFake
+from octopus_crm_sandbox.dynamics365 import DynamicsFake
 from octopus_crm_sandbox.feishu import FeishuFake
 from octopus_crm_sandbox.freshdesk import FreshdeskFake
 from octopus_crm_sandbox.hubspot import HubSpotFake
@@ -18,6 +19,7 @@ from octopus_crm_sandbox.smtp import SmtpFake
 from octopus_crm_sandbox.trello import TrelloFake
 from octopus_crm_sandbox.webhook import WebhookFake
 from octopus_crm_sandbox.wecom import WeComFake
+from octopus_crm_sandbox.zoho import ZohoFake
 
 __all__ = ["FAKES"]
 
@@ -37,4 +39,6 @@ FAKES: dict[str, type[FakeVendor] | type[SmtpFake]] = {
     "trello": TrelloFake,
     "clickup": ClickUpFake,
     "airtable": AirtableFake,
+    "dynamics365": DynamicsFake,
+    "zoho": ZohoFake,
 }

@@ -39,6 +39,7 @@ from octopus_crm_sandbox.airtable import AirtableFake
 from octopus_crm_sandbox.asana import AsanaFake
 from octopus_crm_sandbox.clickup import ClickUpFake
 from octopus_crm_sandbox.dingtalk import DingTalkFake
+from octopus_crm_sandbox.dynamics365 import DynamicsFake
 from octopus_crm_sandbox.feishu import FeishuFake
 from octopus_crm_sandbox.freshdesk import FreshdeskFake
 from octopus_crm_sandbox.hubspot import HubSpotFake
@@ -50,6 +51,7 @@ from octopus_crm_sandbox.slack import SlackFake
 from octopus_crm_sandbox.trello import TrelloFake
 from octopus_crm_sandbox.webhook import WebhookFake
 from octopus_crm_sandbox.wecom import WeComFake
+from octopus_crm_sandbox.zoho import ZohoFake
 from tests.adapters.seed import event_of, resolved, sample_events, seed_entry
 from tests.adapters.test_feishu import FEISHU_ENTRY
 
@@ -351,6 +353,115 @@ VENDORS = [
                 QuotaExhaustedError,
             ),
             (Fault(503, {"error": {"type": "SERVICE_UNAVAILABLE", "message": "m"}}), RetryableError),
+        ),
+    ),
+    Vendor(
+        "dynamics365",
+        DynamicsFake,
+        seed_configured("dynamics365"),
+        "lead",
+        "销售线索",
+        "/leads",
+        fetched_token=True,
+        finds=True,
+        body_errors=(
+            (Fault(400, {"error": {"code": "0x80044331", "message": "length exceeded"}}), PermanentError),
+            (Fault(403, {"error": {"code": "0x80040220", "message": "missing prvCreateLead"}}), AuthError),
+            (Fault(412, {"error": {"code": "0x80040237", "message": "key exists"}}), PermanentError),
+            (
+                Fault(429, {"error": {"code": "0x80072321", "message": "execution time"}}, {"Retry-After": "2"}),
+                RateLimitedError,
+            ),
+            (Fault(503, {"error": {"code": "0x80040216", "message": "unexpected"}}), RetryableError),
+        ),
+    ),
+    Vendor(
+        "zoho",
+        ZohoFake,
+        seed_configured("zoho"),
+        "lead",
+        "销售线索",
+        "/crm/v8/Leads",
+        fetched_token=True,
+        finds=True,
+        body_errors=(
+            (
+                Fault(
+                    400,
+                    {
+                        "data": [
+                            {
+                                "code": "MANDATORY_NOT_FOUND",
+                                "details": {"api_name": "Last_Name"},
+                                "message": "required field not found",
+                                "status": "error",
+                            }
+                        ]
+                    },
+                ),
+                PermanentError,
+            ),
+            (
+                Fault(
+                    202,
+                    {
+                        "data": [
+                            {
+                                "code": "INVALID_DATA",
+                                "details": {"api_name": "Email"},
+                                "message": "invalid data",
+                                "status": "error",
+                            }
+                        ]
+                    },
+                ),
+                PermanentError,
+            ),
+            (
+                Fault(
+                    207,
+                    {
+                        "data": [
+                            {
+                                "code": "INTERNAL_ERROR",
+                                "details": {},
+                                "message": "Internal server error occurred.",
+                                "status": "error",
+                            }
+                        ]
+                    },
+                ),
+                RetryableError,
+            ),
+            (
+                Fault(403, {"code": "NO_PERMISSION", "details": {}, "message": "permission denied", "status": "error"}),
+                AuthError,
+            ),
+            (
+                Fault(
+                    401,
+                    {
+                        "code": "OAUTH_SCOPE_MISMATCH",
+                        "details": {},
+                        "message": "invalid oauth scope",
+                        "status": "error",
+                    },
+                ),
+                AuthError,
+            ),
+            (
+                Fault(
+                    429, {"code": "TOO_MANY_REQUESTS", "details": {}, "message": "too many requests", "status": "error"}
+                ),
+                RateLimitedError,
+            ),
+            (
+                Fault(
+                    429,
+                    {"code": "LIMIT_EXCEEDED", "details": {}, "message": "API credits exhausted", "status": "error"},
+                ),
+                QuotaExhaustedError,
+            ),
         ),
     ),
 ]

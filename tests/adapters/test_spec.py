@@ -248,3 +248,22 @@ def test_an_unknown_auth_type_names_the_accepted_ones() -> None:
     fake.base_url = "http://127.0.0.1:9"
     with pytest.raises(ConfigError, match=r"authType must be one of header, query, oauth2, json_token \(got 'basic'\)"):
         tiny(fake, "basic")
+
+
+def test_an_oauth2_token_is_sent_under_the_schemes_name() -> None:
+    from aiohttp.test_utils import make_mocked_request
+
+    from adapters.auth import Token
+    from adapters.http import Request
+    from adapters.spec import OAuth2Refresh
+
+    scheme = OAuth2Refresh("/oauth/v2/token", scheme="Zoho-oauthtoken")
+    request = Request("GET", "/x")
+    scheme.place(request, Token("t-1"))
+    assert request.headers["Authorization"] == "Zoho-oauthtoken t-1"
+    fake = TinyFake()
+    fake.tokens["t-1"] = float("inf")
+    ok = make_mocked_request("GET", "/x", headers={"Authorization": "Zoho-oauthtoken t-1"})
+    as_bearer = make_mocked_request("GET", "/x", headers={"Authorization": "Bearer t-1"})
+    assert caller(scheme, ok, {}, fake) == "token"
+    assert caller(scheme, as_bearer, {}, fake) is None
