@@ -38,7 +38,7 @@ from daemon import metrics
 from daemon.admin_config import CANDIDATE_MAX_RESPONSE_BYTES, BadRequest, candidate_adapter, dry_run, prepare_configure
 from daemon.admin_openapi import openapi
 from daemon.config import ConfigFileError, CrmConfig, read_raw
-from daemon.config_versions import ConfigWriter, ConfigWriteRefused
+from daemon.config_versions import MASK, ConfigWriter, ConfigWriteRefused
 from daemon.consumer import Health
 from daemon.dispatch import Dispatcher
 from daemon.net import bound_port
@@ -355,12 +355,19 @@ class AdminServer:
             prepared = await asyncio.to_thread(prepare_configure, body, self.writer)
             if dry:
                 results = dry_run(prepared.config, body.get("events"))
+                reached = any(
+                    step["integrationId"] == prepared.integration_id
+                    for result in results
+                    for route in result["routes"]
+                    for step in route["chain"]
+                )
                 return _answer(
                     {
                         "success": True,
                         "dryRun": True,
                         "integrationId": prepared.integration_id,
                         "created": prepared.created,
+                        "reached": reached,  # false: the strategy sends none of these events to it
                         "results": results,
                     }
                 )
@@ -377,19 +384,22 @@ class AdminServer:
             applied = result.applied or self.version == version
         log.info("configuration written", integration=prepared.integration_id, version=version, applied=applied)
         integration = prepared.config.integration(prepared.integration_id)
-        public = integration.model_dump(mode="json", by_alias=True, exclude={"config": {"credentials", "headers"}})
-        public["config"]["credentials"] = {k: "***" for k in integration.config.credentials}
-        return _answer(
-            {
-                "success": True,
-                "dryRun": False,
-                "integrationId": prepared.integration_id,
-                "created": prepared.created,
-                "version": version,
-                "applied": applied,
-                "integration": public,
-            }
+        public = redact_value(
+            integration.model_dump(mode="json", by_alias=True, exclude={"config": {"credentials", "headers"}})
         )
+        # Write-only: the names come back, each value as "***" (set after scrubbing, which would
+        # otherwise turn a secret-named key's "***" into "[REDACTED]").
+        public["config"]["credentials"] = dict.fromkeys(integration.config.credentials, MASK)
+        public["config"]["headers"] = dict.fromkeys(integration.config.extra("headers") or {}, MASK)
+        answer = {
+            "success": True,
+            "dryRun": False,
+            "integrationId": prepared.integration_id,
+            "created": prepared.created,
+            "version": version,
+            "applied": applied,
+        }
+        return web.json_response({**redact_value(answer), "integration": public})
 
     async def sync_status(self, request: web.Request) -> web.Response:
         integration_id = request.match_info["integration_id"]

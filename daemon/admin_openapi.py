@@ -125,6 +125,7 @@ def openapi() -> dict[str, Any]:
             "created": {"type": "boolean"},
             "version": {"type": "string"},
             "applied": {"type": "boolean"},
+            "reached": {"type": "boolean", "description": "dry run: whether any event was routed to it"},
             "integration": {"type": "object"},
             "results": {"type": "array", "items": {"type": "object"}},
         },
