@@ -37,6 +37,14 @@ def jira_candidate(fake: JiraFake, **credentials: str) -> dict[str, Any]:
     }
 
 
+def read(path: Path) -> bytes:
+    return path.read_bytes()
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
 class Api:
     def __init__(self, session: aiohttp.ClientSession, base: str) -> None:
         self.session, self.base = session, base
@@ -68,7 +76,7 @@ def config_file(tmp_path: Path) -> Path:
 
 @pytest.fixture
 async def api(config_file: Path) -> AsyncIterator[Api]:
-    config = parse_config(orjson.loads(config_file.read_bytes()), env={})
+    config = parse_config(orjson.loads(read(config_file)), env={})
     server = AdminServer(
         health=Health(), config=config, host="127.0.0.1", port=0, api_port=0, token=TOKEN, config_path=str(config_file)
     )
@@ -140,20 +148,20 @@ def _event() -> dict[str, Any]:
 
 
 async def test_configure_writes_a_version_with_secrets_apart(jira: JiraFake, api: Api, config_file: Path) -> None:
-    original = config_file.read_bytes()
+    original = read(config_file)
     status, body = await api.post("/api/crm/configure", {**jira_candidate(jira), "enabled": True, "name": "支持"})
     assert status == 200 and body["success"] and body["integrationId"] == "jira" and body["created"]
     assert body["integration"]["config"]["credentials"] == {"email": "***", "apiToken": "***"}
     token = jira.accepted["apiToken"]
-    written = config_file.read_text()
+    written = read(config_file).decode()
     assert token not in written  # the secret lives in its own file, referenced as ${file:…}
     entry = next(e for e in orjson.loads(written)["crmIntegrations"] if e["id"] == "jira")
     assert entry["config"]["credentials"]["email"] == jira.accepted["email"]  # an identifier stays inline
     reference = entry["config"]["credentials"]["apiToken"]
     secret = Path(reference.removeprefix("${file:").removesuffix("}"))
-    assert secret.read_text() == token and stat.S_IMODE(secret.stat().st_mode) == 0o600
-    kept = list((config_file.parent / f".{config_file.name}.versions").iterdir())
-    assert [p.read_bytes() for p in kept] == [original]  # the previous version is kept
+    assert read(secret).decode() == token and mode(secret) == 0o600
+    kept = sorted((config_file.parent / f".{config_file.name}.versions").glob("*"))
+    assert [read(p) for p in kept] == [original]  # the previous version is kept
     assert body["version"] and load_config(config_file).integration("jira").config.secret("apiToken") == token
     listed = await api.get("/api/crm/integrations")
     assert token not in orjson.dumps(listed[1]).decode()
@@ -162,26 +170,26 @@ async def test_configure_writes_a_version_with_secrets_apart(jira: JiraFake, api
     again = jira_candidate(jira, apiToken="***")
     status, body = await api.post("/api/crm/configure", {**again, "id": "jira", "name": "Support"})
     assert status == 200 and not body["created"]
-    entry = next(e for e in orjson.loads(config_file.read_bytes())["crmIntegrations"] if e["id"] == "jira")
+    entry = next(e for e in orjson.loads(read(config_file))["crmIntegrations"] if e["id"] == "jira")
     assert entry["config"]["credentials"]["apiToken"] == reference and entry["name"] == "Support"
     tested = await api.post("/api/crm/test-connection", {**again, "id": "jira"})
     assert tested[1]["success"] is True
 
 
 async def test_configure_refuses_invalid_and_read_only(jira: JiraFake, api: Api, config_file: Path) -> None:
-    original = config_file.read_bytes()
+    original = read(config_file)
     bad = jira_candidate(jira)
     bad["config"]["mappings"] = {"issue": {"summary": "{{nope"}}
     status, body = await api.post("/api/crm/configure", {**bad, "id": "jira-bad", "rules": {"match": "sometimes"}})
     assert status == 422 and body["success"] is False
     assert any(e["path"].startswith("crmIntegrations[1].rules.match") for e in body["errors"]), body
-    assert config_file.read_bytes() == original
+    assert read(config_file) == original
 
     # A ConfigMap mount: the directory holds ..data (a symlink to the current timestamped dir).
     os.symlink(config_file.parent, config_file.parent / "..data")
     status, body = await api.post("/api/crm/configure", jira_candidate(jira))
     assert status == 409 and "ConfigMap" in body["reason"] and "Git" in body["reason"]
-    assert config_file.read_bytes() == original
+    assert read(config_file) == original
     status, body = await api.post("/api/crm/configure", {**jira_candidate(jira), "dryRun": True})
     assert status == 200  # a dry run writes nothing, so a read-only file is fine
 
