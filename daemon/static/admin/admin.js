@@ -12,7 +12,7 @@ const TEXT = {
     testing: "正在测试…", testOk: "连接成功", testFail: "连接失败", notTestable: "无法测试",
     saving: "正在保存…", saved: "已保存，版本", saveFail: "保存失败", readOnly: "配置文件只读",
     secretKept: "已保存（留空则不变）", jsonHint: "JSON", listHint: "以逗号分隔", version: "配置版本",
-    invalidJson: "不是有效的 JSON", none: "—", routes: "路由",
+    invalidJson: "不是有效的 JSON", none: "—", routes: "路由", advanced: "高级设置",
   },
   en: {
     title: "CRM integrations", token: "Admin token (ADMIN_TOKEN)", signIn: "Sign in", signOut: "Sign out",
@@ -23,7 +23,7 @@ const TEXT = {
     refreshed: "Refreshes itself; updated", testing: "Testing…", testOk: "Connected", testFail: "Connection failed",
     notTestable: "Not testable", saving: "Saving…", saved: "Saved, version", saveFail: "Not saved",
     readOnly: "The configuration file is read-only", secretKept: "stored (leave empty to keep)", jsonHint: "JSON",
-    listHint: "comma-separated", version: "config version", invalidJson: "is not valid JSON", none: "—", routes: "routes",
+    listHint: "comma-separated", version: "config version", invalidJson: "is not valid JSON", none: "—", routes: "routes", advanced: "Advanced settings",
   },
 };
 
@@ -68,8 +68,8 @@ async function start() {
     state.lang = lang() === "zh" ? "en" : "zh";
     sessionStorage.setItem("octopus-admin-lang", state.lang);
     applyLanguage();
-    renderGrid();
-    if (state.selected) renderForm();
+    renderGrid();  // the form keeps what was typed; its field notes are the schema's own words
+    if (state.selected) $("#editor-title").textContent = lang() === "zh" ? state.selected.nameZh : state.selected.name;
     refreshStatus();
   });
   $("#logout").addEventListener("click", () => { sessionStorage.removeItem("octopus-admin-token"); location.reload(); });
@@ -167,18 +167,20 @@ function renderForm(existing) {
   $("#editor-title").textContent = lang() === "zh" ? state.selected.nameZh : state.selected.name;
   const current = existing ? existing.config || {} : {};
   const props = state.schema.properties || {};
-  const order = ["authType", "credentials", "endpoints", "mappings"];
-  const keys = [...order.filter((k) => k in props), ...Object.keys(props).filter((k) => !order.includes(k))];
-  const simple = document.createElement("fieldset");
+  const primary = ["authType", "credentials", "endpoints", "mappings"];
+  const required = new Set(state.schema.required || []);
+  const keys = [...primary.filter((k) => k in props), ...Object.keys(props).filter((k) => !primary.includes(k))];
+  const advanced = document.createElement("details");
+  const summary = document.createElement("summary");
+  summary.textContent = t("advanced");
+  advanced.append(summary);
   for (const key of keys) {
     const schema = deref(props[key]);
-    if (kindOf(schema) === "object") {
-      holder.append(objectFieldset(key, schema, current[key] || {}));
-    } else {
-      simple.append(field(key, key, schema, current[key]));
-    }
+    const target = primary.includes(key) || required.has(key) ? holder : advanced;
+    if (kindOf(schema) === "object") target.append(objectFieldset(key, schema, current[key] || {}));
+    else target.append(field(key, key, schema, current[key]));
   }
-  holder.append(simple);
+  if (advanced.children.length > 1) holder.append(advanced);
 }
 
 function objectFieldset(key, schema, values) {
@@ -220,7 +222,8 @@ function field(path, name, schema, value) {
       if (value) input.placeholder = t("secretKept");  // the API answers names only: never the value
     } else if (kind === "boolean") {
       input.type = "checkbox";
-      input.checked = value === true || value === "true";
+      input.checked = value === undefined ? schema.default === true : value === true || value === "true";
+      input.dataset.default = String(schema.default === true);
     } else if (kind === "number") {
       input.type = "number";
       input.step = "any";
@@ -244,7 +247,7 @@ function collect() {
   for (const input of document.querySelectorAll("#fields [name]")) {
     const kind = input.dataset.kind;
     let value;
-    if (kind === "boolean") value = input.checked ? true : undefined;
+    if (kind === "boolean") value = String(input.checked) === input.dataset.default ? undefined : input.checked;
     else if (input.value.trim() === "") value = undefined;
     else if (kind === "number") value = Number(input.value);
     else if (kind === "list") value = input.value.split(",").map((s) => s.trim()).filter(Boolean);
