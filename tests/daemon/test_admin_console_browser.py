@@ -120,6 +120,10 @@ async def run_console(page: Any, daemon: DaemonProcess, jira: JiraFake, broker: 
     assert "not-the-token" not in (await page.content()).replace('value="not-the-token"', "")
 
     await secret.fill(jira.accepted["apiToken"])
+    await page.click("#dry")  # routes and rendered bodies of the sample events, nothing sent
+    await expect(page.locator("#dry-result")).to_contain_text('"integrationId": "jira-support"')
+    await expect(page.locator("#dry-result")).to_contain_text('"project": "SUP"')
+    assert not [r for r in jira.requests if r.path == "/rest/api/3/issue"]
     await page.click("#save")
     await expect(page.locator("#result")).to_contain_text("已保存")
     print("saved →", await page.locator("#result").inner_text())

@@ -47,9 +47,10 @@ function applyLanguage() {
 }
 
 function token() { return sessionStorage.getItem("octopus-admin-token") || ""; }
+const authHeaders = () => (token() ? { Authorization: `Bearer ${token()}` } : {});
 
 async function api(method, path, body) {
-  const init = { method, headers: { Authorization: `Bearer ${token()}` } };
+  const init = { method, headers: authHeaders() };
   if (body !== undefined) {
     init.headers["Content-Type"] = "application/json";
     init.body = JSON.stringify(body);
@@ -83,7 +84,7 @@ async function start() {
 }
 
 async function enter() {
-  const answer = token() ? await api("GET", "/api/crm/supported") : { status: 401 };
+  const answer = await api("GET", "/api/crm/supported");  // without a configured token: loopback, no login
   if (answer.status !== 200) {
     if (token()) $("#login-error").textContent = t("badToken");
     sessionStorage.removeItem("octopus-admin-token");
@@ -297,7 +298,10 @@ async function testConnection() {
 
 async function save(dryRun) {
   const body = { ...collect(), dryRun };
-  if (!dryRun) show(null, t("saving"));
+  if (!dryRun) {
+    show(null, t("saving"));
+    $("#dry-result").hidden = true;
+  }
   const { status, data } = await api("POST", "/api/crm/configure", body);
   if (status === 200 && dryRun) {
     $("#dry-result").hidden = false;
