@@ -105,6 +105,7 @@ class AdminServer:
         self.version = "unknown"
         self.reloader: ConfigReloader | None = None
         self.writer = ConfigWriter(config_path, config_overlay_path) if config_path else None
+        self._configuring = asyncio.Lock()  # one read-modify-write of the file at a time
 
     def _api_host(self, requested: str | None) -> str:
         if self.token is not None:
@@ -347,12 +348,16 @@ class AdminServer:
         if self.writer is None:
             reason = "this daemon was started without a configuration file to write"
             return _answer({"success": False, "reason": reason, "error": reason}, status=409)
+        async with self._configuring:
+            return await self._configure(request, self.writer)
+
+    async def _configure(self, request: web.Request, writer: ConfigWriter) -> web.Response:
         try:
             body = await self._json_body(request)
             dry = body.get("dryRun", False)
             if not isinstance(dry, bool):
                 raise BadRequest([("dryRun", "must be true or false")])
-            prepared = await asyncio.to_thread(prepare_configure, body, self.writer)
+            prepared = await asyncio.to_thread(prepare_configure, body, writer)
             if dry:
                 results = dry_run(prepared.config, body.get("events"))
                 reached = any(
@@ -375,7 +380,7 @@ class AdminServer:
             message = "; ".join(f"{p or '<root>'}: {m}" for p, m in exc.errors)[:2000]
             return _answer({"success": False, "error": message, "errors": exc.as_list()}, status=exc.status)
         try:
-            version = await asyncio.to_thread(self.writer.write, prepared.tree, prepared.secret_files)
+            version = await asyncio.to_thread(writer.write, prepared.tree, prepared.secret_files)
         except ConfigWriteRefused as exc:
             return _answer({"success": False, "reason": exc.reason, "error": exc.reason}, status=409)
         applied = False

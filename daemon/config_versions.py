@@ -135,7 +135,9 @@ class ConfigWriter:
             for key, value in values.items():
                 if not isinstance(value, str) or not _is_secret(section, key) or _REFERENCE.match(value.strip()):
                     continue
-                name = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{out.get('id', 'integration')}.{section}.{key}")
+                # A new file per value: the versions kept still point at the secrets they were written with.
+                stamp = f"{time.time_ns():x}"
+                name = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{out.get('id', 'integration')}.{section}.{key}.{stamp}")
                 target = self.secrets_dir / name
                 files[target] = value
                 values[key] = f"${{file:{target}}}"
@@ -156,17 +158,25 @@ class ConfigWriter:
                 stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
                 kept = self.versions_dir / f"{stamp}-{self.version()}{self.path.suffix}"
                 _atomic_write(kept, self.path.read_bytes(), mode=0o600)
-                self._prune()
             _atomic_write(self.path, orjson.dumps(dict(tree), option=orjson.OPT_INDENT_2) + b"\n", mode=0o644)
+            self._prune()
         except OSError as exc:
             raise ConfigWriteRefused(f"cannot write {self.path}: {exc.strerror}; change it in Git") from None
         return self.version()
 
     def _prune(self) -> None:
-        kept = sorted(self.versions_dir.iterdir())
-        for old in kept[:-KEEP_VERSIONS]:
+        """Keep the last versions, and the secret files the file or a kept version refers to."""
+        versions = sorted(self.versions_dir.iterdir()) if self.versions_dir.is_dir() else []
+        for old in versions[:-KEEP_VERSIONS]:
             with contextlib.suppress(OSError):
                 old.unlink()
+        if not self.secrets_dir.is_dir():
+            return
+        referenced = b"".join(p.read_bytes() for p in [self.path, *versions[-KEEP_VERSIONS:]] if p.is_file())
+        for secret in self.secrets_dir.iterdir():
+            if str(secret).encode() not in referenced:
+                with contextlib.suppress(OSError):
+                    secret.unlink()
 
 
 def _atomic_write(target: Path, data: bytes, *, mode: int) -> None:

@@ -112,7 +112,12 @@ class ConfigReloader:
                 return ReloadResult(False, self.version, exc.errors)
             if current == self.version and not force:
                 return ReloadResult(False, self.version)
-            await self.apply(config, current)
+            try:
+                await self.apply(config, current)
+            except Exception as exc:  # the watcher must outlive a failed swap; nothing was changed
+                metrics.CONFIG_RELOAD_SUCCESS.set(0)
+                log.exception("configuration could not be swapped in; the running version is kept", version=current)
+                return ReloadResult(False, self.version, [("", f"swap failed: {type(exc).__name__}: {exc}")])
             previous, self.version = self.version, current
             record_loaded(current)
             log.info("configuration reloaded", path=self.path, version=current, previous=previous)

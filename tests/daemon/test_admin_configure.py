@@ -175,6 +175,14 @@ async def test_configure_writes_a_version_with_secrets_apart(jira: JiraFake, api
     tested = await api.post("/api/crm/test-connection", {**again, "id": "jira"})
     assert tested[1]["success"] is True
 
+    # A rotated secret gets a file of its own: the versions kept still point at the old one.
+    status, body = await api.post(
+        "/api/crm/configure", {**jira_candidate(jira, apiToken="rotated-token"), "id": "jira"}
+    )
+    entry = next(e for e in orjson.loads(read(config_file))["crmIntegrations"] if e["id"] == "jira")
+    rotated = Path(entry["config"]["credentials"]["apiToken"].removeprefix("${file:").removesuffix("}"))
+    assert status == 200 and rotated != secret and read(rotated) == b"rotated-token" and read(secret).decode() == token
+
 
 async def test_configure_refuses_invalid_and_read_only(jira: JiraFake, api: Api, config_file: Path) -> None:
     original = read(config_file)
