@@ -123,3 +123,40 @@ async def test_reload_in_flight_loses_nothing_duplicates_nothing_and_never_rebal
     assert v2 in versions, versions
     assert v2 in listed.decode()
     assert "configuration refused; the running version is kept" in daemon.log()
+
+
+async def test_the_watcher_refuses_invalid_versions_and_survives_a_failed_swap(tmp_path: Path) -> None:
+    from daemon import metrics
+    from daemon.config import CrmConfig
+    from daemon.reload import ConfigReloader
+
+    path = tmp_path / "crm-config.json"
+    path.write_bytes(orjson.dumps(config_of(("a", "https://hooks.example.com/a"))))
+    applied: list[str] = []
+    fail = [False]
+
+    async def apply(config: CrmConfig, version: str) -> None:
+        if fail[0]:
+            raise RuntimeError("adapter would not start")
+        applied.append(version)
+
+    reloader = ConfigReloader(str(path), apply)
+    v1 = reloader.version
+    assert (await reloader.check()).applied is False  # unchanged
+
+    path.write_text('{"crmIntegrations": []}')
+    refused = await reloader.check()
+    assert not refused.applied and refused.version == v1 and refused.errors
+    assert metrics.CONFIG_RELOAD_SUCCESS._value.get() == 0
+
+    fail[0] = True
+    path.write_bytes(orjson.dumps(config_of(("b", "https://hooks.example.com/b"))))
+    failed = await reloader.check()
+    assert not failed.applied and failed.version == v1 and "adapter would not start" in failed.errors[0][1]
+
+    fail[0] = False
+    path.write_bytes(orjson.dumps(config_of(("c", "https://hooks.example.com/c"))))
+    done = await reloader.check()
+    assert done.applied and done.version == version_of(path) != v1 and applied == [done.version]
+    assert metrics.CONFIG_RELOAD_SUCCESS._value.get() == 1
+    assert metrics.CONFIG_RELOAD_TIMESTAMP._value.get() > 0
