@@ -205,6 +205,7 @@ class HttpClient:
         self._default_headers = dict(default_headers or {})
         self._session: aiohttp.ClientSession | None = None
         self.max_body_bytes = DEFAULT_MAX_BODY_BYTES
+        self.max_response_bytes: int | None = None  # a cap on answers (connection tests set one)
         #: Loopback, link-local and private addresses are refused unless this is set.
         self.allow_private_network = allow_private_network
 
@@ -286,7 +287,15 @@ class HttpClient:
                 allow_redirects=False,
             ) as resp:
                 sent = True
-                body = await resp.read()
+                if self.max_response_bytes is None:
+                    body = await resp.read()
+                else:
+                    body = await resp.content.read(self.max_response_bytes + 1)
+                    if len(body) > self.max_response_bytes:
+                        raise PermanentError(
+                            f"{self.name}: the answer from {_host(url)} is larger than {self.max_response_bytes} bytes",
+                            code="response_too_large",
+                        )
                 return Response(resp.status, resp.headers, body, str(resp.url.with_query(None).with_user(None)))
         except aiohttp.ClientConnectorError as exc:
             if isinstance(exc.os_error, BlockedAddressError):

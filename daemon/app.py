@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import signal
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import structlog
@@ -18,9 +18,11 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from adapters.base import Adapter
+from adapters.fleet import FleetStore
 from daemon.admin import AdminServer
 from daemon.broker_probe import BrokerProbe
 from daemon.config import ConfigFileError, CrmConfig, build_adapter, load_config
+from daemon.config_versions import version_of
 from daemon.consumer import ConsumerLoop, Health, shutdown_reserve, unless_stopped
 from daemon.dispatch import Dispatcher
 from daemon.fleet import FleetSync, open_fleet
@@ -28,6 +30,7 @@ from daemon.ledger import Ledger, open_ledger
 from daemon.operator_errors import IdempotenceRefused, refused_idempotence
 from daemon.processing import Processor
 from daemon.published import PublishedResults
+from daemon.reload import ConfigReloader, record_loaded
 from daemon.reporting import Reporter
 from daemon.retry_handler import RetryHandler
 from daemon.settings import Settings
@@ -60,6 +63,16 @@ class Daemon:
         self.retry_consumer: ConsumerLoop | None = None
         self.retry_handler: RetryHandler | None = None
         self.admin: AdminServer | None = None
+        self.version = version_of(settings.config_path, settings.config_overlay_path)
+        self.reloader: ConfigReloader | None = None
+        self.dispatcher: Dispatcher | None = None
+        self.processor: Processor | None = None
+        self.reporter: Reporter | None = None
+        self._build_dispatcher: Callable[[CrmConfig, Mapping[str, Adapter]], Dispatcher] | None = None
+        self._live: dict[str, Adapter] = {}
+        self._fleet: FleetStore | None = None
+        self._fleet_sync: asyncio.Task[None] | None = None
+        self._retired: list[asyncio.Task[None]] = []
         self._stop_requested = asyncio.Event()
         self._stop_at: float | None = None
 
@@ -140,6 +153,8 @@ class Daemon:
                 api_port=s.admin_port,
                 token=admin_token,
                 test_connections_per_minute=s.admin_test_connections_per_minute,
+                config_path=s.config_path,
+                config_overlay_path=s.config_overlay_path,
             )
             await self.admin.start()
             stack.push_async_callback(self.admin.stop)
@@ -158,9 +173,11 @@ class Daemon:
                 stack.push_async_callback(fleet.close)
                 for adapter in adapters.values():
                     adapter.fleet = adapter.fleet or fleet
+            self._fleet = fleet
+            stack.push_async_callback(self._close_adapters)
             for adapter in adapters.values():
                 await adapter.start()
-                stack.push_async_callback(adapter.aclose)
+                self._live[adapter.integration_id] = adapter
             ledger = self.ledger or open_ledger(s.ledger_url)
             stack.push_async_callback(ledger.close)
 
@@ -189,10 +206,17 @@ class Daemon:
             )
             published = PublishedResults(s.results_topic, s.kafka_common())
             stack.push_async_callback(published.close)
-            dispatcher = Dispatcher(self.config, adapters, ledger, published.contains, fleet)
-            fleet_sync = asyncio.create_task(FleetSync(adapters, dispatcher.breakers, fleet).run())
-            stack.callback(fleet_sync.cancel)
-            processor = Processor(
+
+            def build_dispatcher(config: CrmConfig, adapters: Mapping[str, Adapter]) -> Dispatcher:
+                return Dispatcher(config, adapters, ledger, published.contains, fleet)
+
+            self._build_dispatcher = build_dispatcher
+            dispatcher = self.dispatcher = build_dispatcher(self.config, adapters)
+            self._fleet_sync = asyncio.create_task(FleetSync(adapters, dispatcher.breakers, fleet).run())
+            stack.push_async_callback(self._stop_fleet_sync)
+            reporter.config_version = self.version
+            self.reporter = reporter
+            processor = self.processor = Processor(
                 planner=lambda event: plan(self.config, event),
                 dispatcher=dispatcher,
                 reporter=reporter,
@@ -200,6 +224,7 @@ class Daemon:
             )
             self.admin.adapters = adapters
             self.admin.dispatcher = dispatcher
+            self.admin.version = self.version
             self.consumer = ConsumerLoop(s, processor.handle, health=self.health)
             self.retry_handler = RetryHandler(dispatcher, reporter)
             self.retry_consumer = ConsumerLoop(
@@ -210,6 +235,18 @@ class Daemon:
                 max_in_flight=s.retry_max_in_flight,
                 health=self.retry_health,
             )
+            record_loaded(self.version)
+            self.reloader = ConfigReloader(
+                s.config_path,
+                self._swap,
+                overlay_path=s.config_overlay_path,
+                version=self.version,
+                interval=s.config_watch_interval_s,
+            )
+            self.admin.reloader = self.reloader
+            watching = asyncio.create_task(self.reloader.run(), name="config-watch")
+            stack.push_async_callback(_cancel, watching)
+            self.reloader.install_sighup()
             if self._stop_requested.is_set():
                 return
             log.info(
@@ -221,6 +258,82 @@ class Daemon:
             )
             await _run_together(self.consumer, self.retry_consumer)
         log.info("daemon stopped")
+
+    async def _swap(self, config: CrmConfig, version: str) -> None:
+        """Swap a new configuration version in between events.
+
+        Unchanged integrations keep their adapter (its limiter, connections) and circuit breaker;
+        changed or new ones get a started adapter. The swap itself is one synchronous step: an
+        event plans and dispatches with one version, and work in flight finishes on the version it
+        started with (its dispatcher and adapters stay alive; replaced adapters close after the
+        grace period). The consumers are not touched: no rebalance."""
+        assert self._build_dispatcher is not None and self.dispatcher is not None
+        old = self.dispatcher
+        adapters: dict[str, Adapter] = {}
+        started: list[Adapter] = []
+        try:
+            for integration in config.enabled:
+                current = self._live.get(integration.id)
+                try:
+                    unchanged = current is not None and self.config.integration(integration.id) == integration
+                except KeyError:
+                    unchanged = False
+                if unchanged and current is not None:
+                    adapters[integration.id] = current
+                    continue
+                adapter = build_adapter(integration)
+                adapter.fleet = adapter.fleet or self._fleet
+                await adapter.start()
+                started.append(adapter)
+                adapters[integration.id] = adapter
+        except BaseException:
+            for adapter in started:
+                await adapter.aclose()
+            raise
+        dispatcher = self._build_dispatcher(config, adapters)
+        for integration_id, adapter in adapters.items():
+            if old.adapters.get(integration_id) is adapter:
+                dispatcher.breakers[integration_id] = old.breakers[integration_id]
+        retired = [a for i, a in self._live.items() if adapters.get(i) is not a]
+        # -- the swap: no await from here to the end --
+        self.config = config
+        self.version = version
+        self.dispatcher = dispatcher
+        self._live = dict(adapters)
+        if self.processor is not None:
+            self.processor.dispatcher = dispatcher
+        if self.retry_handler is not None:
+            self.retry_handler.dispatcher = dispatcher
+        if self.reporter is not None:
+            self.reporter.config_version = version
+        if self.admin is not None:
+            self.admin.config, self.admin.adapters, self.admin.dispatcher = config, adapters, dispatcher
+            self.admin.version = version
+        if self._fleet_sync is not None:
+            self._fleet_sync.cancel()
+        self._fleet_sync = asyncio.create_task(FleetSync(adapters, dispatcher.breakers, self._fleet).run())
+        if retired:
+            self._retired.append(asyncio.create_task(self._retire(retired)))
+
+    async def _retire(self, adapters: list[Adapter]) -> None:
+        """Close replaced adapters once work that started on them has had the grace period."""
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop_requested.wait(), max(self.settings.grace_period_s, 30.0))
+        finally:
+            for adapter in adapters:
+                await adapter.aclose()
+
+    async def _stop_fleet_sync(self) -> None:
+        if self._fleet_sync is not None:
+            await _cancel(self._fleet_sync)
+
+    async def _close_adapters(self) -> None:
+        for task in self._retired:
+            task.cancel()
+        await asyncio.gather(*self._retired, return_exceptions=True)
+        for adapter in self._live.values():
+            await adapter.aclose()
 
 
 async def _run_together(*loops: ConsumerLoop) -> None:

@@ -29,6 +29,7 @@ from strategies.patterns import pattern_error
 from strategies.retry import RetryPolicy
 
 __all__ = [
+    "SECRET_HEADER_NAMES",
     "Action",
     "CategoryRouting",
     "Condition",
@@ -42,6 +43,8 @@ __all__ = [
     "Tenant",
     "load_config",
     "parse_config",
+    "public_credential",
+    "read_raw",
     "resolve_references",
 ]
 
@@ -292,6 +295,14 @@ _PUBLIC_CREDENTIALS = re.compile(r"(?i)^(?:.*id|username|user|email|granttype|au
 # Headers whose values are credentials; any other header value (``X-Team: sales``) is plain text
 # that must stay readable in results and logs rather than be scrubbed wherever it appears.
 _SECRET_HEADERS = re.compile(r"(?i)auth|token|key|secret|sig|cookie|pass|session|credential")
+
+
+SECRET_HEADER_NAMES = _SECRET_HEADERS
+
+
+def public_credential(name: str) -> bool:
+    """A credential that is an identifier (``email``, ``clientId``), not a secret."""
+    return bool(_PUBLIC_CREDENTIALS.match(name))
 
 
 def _secret_bearing(rel: str) -> bool:
@@ -568,6 +579,20 @@ def _read(path: Path) -> Any:
             raise _TooHostile(f"not valid JSON: {exc}") from None
     _check_depth(tree)
     return tree
+
+
+def read_raw(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The file's tree as written (references unresolved), within the loader's limits."""
+    source = Path(path)
+    try:
+        raw = _read(source)
+    except OSError as exc:
+        raise ConfigFileError([("", f"cannot read {source}: {exc.strerror}")], str(source)) from None
+    except _TooHostile as exc:
+        raise ConfigFileError([("", str(exc))], str(source)) from None
+    if not isinstance(raw, dict):
+        raise ConfigFileError([("", "the top level must be an object")], str(source))
+    return raw
 
 
 def load_config(

@@ -13,6 +13,9 @@ __all__ = [
     "BROKER_REACHABLE",
     "BUILD_INFO",
     "COMMIT_LATENCY",
+    "CONFIG_RELOAD_SUCCESS",
+    "CONFIG_RELOAD_TIMESTAMP",
+    "CONFIG_VERSION",
     "CONSUMED",
     "CONSUMER_LAG",
     "DELIVERIES",
@@ -143,6 +146,20 @@ FLEET_SHARED = Gauge(
     "1 while vendor limits are paced fleet-wide through Redis, 0 while this replica paces locally "
     "(no fleet Redis configured, or unreachable: limit / expected replicas).",
     registry=REGISTRY,
+)
+CONFIG_RELOAD_SUCCESS = Gauge(
+    "octopus_crm_config_last_reload_success",
+    "1 if the last attempt to load the configuration file succeeded, 0 if it was refused (the running "
+    "version is kept).",
+    registry=REGISTRY,
+)
+CONFIG_RELOAD_TIMESTAMP = Gauge(
+    "octopus_crm_config_last_reload_timestamp_seconds",
+    "Epoch seconds of the last successful configuration load.",
+    registry=REGISTRY,
+)
+CONFIG_VERSION = Info(
+    "octopus_crm_config", "Version (SHA-256 prefix of the file) of the configuration in use.", registry=REGISTRY
 )
 
 

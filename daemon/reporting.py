@@ -19,6 +19,7 @@ from aiokafka.errors import KafkaError
 from daemon import metrics
 from daemon.records import InboundRecord
 from daemon.retrying import RetryRecord
+from daemon.sync_status import BOOK
 from octopus_crm.core.contracts import SyncResult
 from octopus_crm.core.redaction import redact_bytes, redact_value
 
@@ -42,6 +43,7 @@ class Reporter:
         self.results_topic = results_topic
         self.dlq_topic = dlq_topic
         self.retry_topic = retry_topic
+        self.config_version = ""  # the configuration version in use, as the results' header
 
     async def schedule(self, retries: Sequence[RetryRecord]) -> None:
         """Hand deliveries to the retry topic, keyed by original key and integration."""
@@ -53,12 +55,15 @@ class Reporter:
                 ("octopus-attempt", str(retry.attempt).encode()),
             ]
             await self._send(self.retry_topic, retry.kafka_key(), retry.encode_scrubbed(), headers)
+            BOOK.scheduled(retry.event_id, retry.target.integration_id)
 
     async def publish(self, results: Sequence[SyncResult]) -> None:
         """Publish results keyed by eventId and wait for every acknowledgement."""
+        headers = [("octopus-config-version", self.config_version.encode())] if self.config_version else []
         for result in results:
-            await self._send(self.results_topic, result.eventId.encode(), _scrubbed(result), [])
+            await self._send(self.results_topic, result.eventId.encode(), _scrubbed(result), headers)
             metrics.child(metrics.OUTCOMES, result.integrationId or "-", result.status).inc()
+        BOOK.published(results)
 
     async def dead_letter(
         self,

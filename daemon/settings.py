@@ -65,6 +65,9 @@ class Settings(BaseSettings):
     # Work
     config_path: str = "config/crm-config.json"
     config_overlay_path: str | None = None
+    config_watch_interval_s: float = Field(
+        default=1.0, gt=0, description="How often each replica checks the configuration file for a new version."
+    )
     max_in_flight: int = Field(default=1000, ge=1)
     retry_max_in_flight: int = Field(default=5000, ge=1, description="retry records waiting in memory")
     max_value_bytes: int = 1024 * 1024

@@ -64,6 +64,8 @@ def test_runtime_wheel_holds_no_fakes_broker_or_demo(wheel: Path) -> None:
     runtime = [line for line in requires if "extra ==" not in line]
     assert not [line for line in runtime if any(dev.replace("_", "-") in line for dev in DEV_ONLY)]
     assert any("octopus-crm-sandbox" in line and 'extra == "demo"' in line for line in requires)
+    for page in ("index.html", "admin.js", "admin.css", "sample-events.json"):  # the admin console ships
+        assert f"daemon/static/admin/{page}" in names
 
 
 def test_every_runtime_module_imports_and_run_help_works_without_the_demo_extra() -> None:

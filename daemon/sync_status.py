@@ -1,0 +1,114 @@
+"""Per-integration sync status for ``GET /api/crm/sync-status/{id}``: this replica's view.
+
+The reporter tells :data:`BOOK` about each result it publishes and each delivery it hands to the
+retry topic; counts of delivered and failed come from the outcome counters (the same numbers
+``/metrics`` shows), the rest from the dispatcher's breaker and the adapter's limiter.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+from adapters.base import Adapter
+from daemon import metrics
+from octopus_crm.core.contracts import SyncResult
+from octopus_crm.core.redaction import redact_value
+from strategies.breaker import CircuitBreaker
+
+__all__ = ["BOOK", "StatusBook", "sync_status"]
+
+_MAX_PENDING = 100_000
+
+
+def _iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+class StatusBook:
+    """Last success, last error and deliveries waiting on the retry topic, per integration."""
+
+    def __init__(self) -> None:
+        self.last_success: dict[str, dict[str, Any]] = {}
+        self.last_error: dict[str, dict[str, Any]] = {}
+        self._pending: OrderedDict[tuple[str, str], None] = OrderedDict()
+
+    def scheduled(self, event_id: str, integration_id: str) -> None:
+        self._pending[(integration_id, event_id)] = None
+        while len(self._pending) > _MAX_PENDING:
+            self._pending.popitem(last=False)
+
+    def published(self, results: Iterable[SyncResult]) -> None:
+        now = time.time()
+        for result in results:
+            integration_id = result.integrationId
+            if integration_id is None:
+                continue
+            self._pending.pop((integration_id, result.eventId), None)
+            if result.status in ("succeeded", "duplicate"):
+                self.last_success[integration_id] = {
+                    "at": _iso(now),
+                    "eventId": result.eventId,
+                    "externalId": result.externalId,
+                    "externalUrl": result.externalUrl,
+                }
+            elif result.status == "failed" and result.error is not None:
+                self.last_error[integration_id] = {
+                    "at": _iso(now),
+                    "eventId": result.eventId,
+                    "error": redact_value(result.error.model_dump(by_alias=True)),
+                }
+
+    def pending(self, integration_id: str) -> int:
+        return sum(1 for i, _ in self._pending if i == integration_id)
+
+
+BOOK = StatusBook()
+
+
+def _outcomes(integration_id: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for sample in next(iter(metrics.OUTCOMES.collect())).samples:
+        if sample.name.endswith("_total") and sample.labels.get("integration") == integration_id:
+            out[sample.labels["status"]] = sample.value
+    return out
+
+
+def _consumer_lag() -> float:
+    return sum(s.value for s in next(iter(metrics.CONSUMER_LAG.collect())).samples)
+
+
+def sync_status(
+    integration_id: str, adapter: Adapter | None, breaker: CircuitBreaker | None, *, enabled: bool = True
+) -> dict[str, Any]:
+    outcomes = _outcomes(integration_id)
+    limiter = adapter.current_limiter() if adapter is not None else None
+    rate: dict[str, Any] | None = None
+    if limiter is not None:
+        paused_for = limiter.paused_for
+        turn_in = limiter.turn_in()
+        rate = {
+            "requests": limiter.limit.requests,
+            "perSeconds": limiter.limit.per_seconds,
+            "tokens": limiter.tokens,
+            "nextTurnInSeconds": round(turn_in, 3) if math.isfinite(turn_in) else None,
+            "parkedUntil": _iso(time.time() + paused_for) if paused_for > 0 else None,
+        }
+    return {
+        "integrationId": integration_id,
+        "enabled": enabled,
+        "delivered": int(outcomes.get("succeeded", 0) + outcomes.get("duplicate", 0) + outcomes.get("fallback", 0)),
+        "failed": int(outcomes.get("failed", 0)),
+        "skipped": int(outcomes.get("skipped", 0)),
+        "pending": BOOK.pending(integration_id),
+        "outcomes": outcomes,
+        "lastSuccess": BOOK.last_success.get(integration_id),
+        "lastError": BOOK.last_error.get(integration_id),
+        "circuit": breaker.state.name.lower() if breaker is not None else "unknown",
+        "rateLimit": rate,
+        "consumerLag": int(_consumer_lag()),
+    }
