@@ -14,6 +14,8 @@ from adapters.email import EmailAdapter
 from adapters.feishu import FeishuAdapter
 from adapters.hubspot import HubSpotAdapter
 from adapters.jira import JiraAdapter
+from adapters.linear import LinearAdapter
+from adapters.monday import MondayAdapter
 from adapters.salesforce import SalesforceAdapter
 from adapters.settings import settings_schema
 from adapters.slack import SlackAdapter
@@ -43,6 +45,8 @@ ADAPTERS: dict[str, type[Adapter]] = _register(
         JiraAdapter,
         SlackAdapter,
         EmailAdapter,
+        LinearAdapter,
+        MondayAdapter,
     ]
 )
 

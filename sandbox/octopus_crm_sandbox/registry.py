@@ -6,6 +6,8 @@ from octopus_crm_sandbox.feishu import FeishuFake
 from octopus_crm_sandbox.hubspot import HubSpotFake
 from octopus_crm_sandbox.jira import JiraFake
 from octopus_crm_sandbox.kit import FakeVendor
+from octopus_crm_sandbox.linear import LinearFake
+from octopus_crm_sandbox.monday import MondayFake
 from octopus_crm_sandbox.salesforce import SalesforceFake
 from octopus_crm_sandbox.slack import SlackFake
 from octopus_crm_sandbox.smtp import SmtpFake
@@ -23,4 +25,6 @@ FAKES: dict[str, type[FakeVendor] | type[SmtpFake]] = {
     "jira": JiraFake,
     "slack": SlackFake,
     "email": SmtpFake,
+    "linear": LinearFake,
+    "monday": MondayFake,
 }
