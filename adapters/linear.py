@@ -81,7 +81,7 @@ class LinearSettings(VendorSettings):
 
 def _input(adapter: LinearAdapter, rendered: dict[str, Any], event: ClassifiedMessage, ctx: DeliveryContext) -> Any:
     fields = dict(rendered)
-    fields.setdefault("teamId", adapter.config.extra("teamId") or adapter.config.extra("team_id"))
+    fields.setdefault("teamId", adapter.team_id)
     if isinstance(fields.get("priority"), str) and fields["priority"].isdigit():
         fields["priority"] = int(fields["priority"])
     if isinstance(fields.get("labelIds"), str):
@@ -151,11 +151,14 @@ class LinearAdapter(GraphQLAdapter):
     }
     probe = PROBE
 
+    @property
+    def team_id(self) -> str | None:
+        return self.settings.teamId if isinstance(self.settings, LinearSettings) else None
+
     def validate_config(self) -> None:
         super().validate_config()
         mapping = self.config.mappings.get("issue")
-        in_mapping = isinstance(mapping, dict) and mapping.get("teamId")
-        if not (in_mapping or self.config.extra("teamId") or self.config.extra("team_id")):
+        if not (self.team_id or (isinstance(mapping, dict) and mapping.get("teamId"))):
             raise ConfigError("teamId is required (config.teamId or mappings.issue.teamId)", code="missing_setting")
 
     async def create(self, event: ClassifiedMessage, object_type: str, ctx: DeliveryContext) -> Delivered:

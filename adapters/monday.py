@@ -137,30 +137,29 @@ def _lookup(adapter: MondayAdapter, ctx: DeliveryContext) -> dict[str, Any] | No
     return {"board": str(adapter.monday.boardId), "column": column, "marker": dedupe_marker(ctx.idempotency_key)}
 
 
+# Old (ComplexityException, top-level error_code) and 2025-01+ codes (upper snake case).
 RULES = GraphQLErrors(
     rate_limited=frozenset(
-        {
+        [
             "COMPLEXITY_BUDGET_EXHAUSTED",
             "ComplexityException",
             "RATE_LIMIT_EXCEEDED",
-            "Rate Limit Exceeded",
+            "RateLimitExceeded",
             "maxConcurrencyExceeded",
             "IP_RATE_LIMIT_EXCEEDED",
-            "RateLimitExceeded",
-        }
+        ]
     ),
     quota=frozenset({"DAILY_LIMIT_EXCEEDED"}),
     auth=frozenset(
-        {
+        [
             "UNAUTHENTICATED",
             "USER_UNAUTHORIZED",
             "UserUnauthorizedException",
             "missingRequiredPermissions",
             "Unauthorized",
-        }
+        ]
     ),
     retryable=frozenset({"INTERNAL_SERVER_ERROR", "InternalServerException", "API_TEMPORARILY_BLOCKED"}),
-    quota_retry_after=3600.0,
 )
 
 SPEC = VendorSpec(
