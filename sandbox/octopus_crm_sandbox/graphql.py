@@ -40,11 +40,11 @@ from graphql import (
     validate,
     visit,
 )
-from graphql.language import FieldNode, OperationDefinitionNode
+from graphql.language import FieldNode
 
 from octopus_crm_sandbox.kit import FakeVendor
 
-__all__ = ["GraphQLError", "GraphQLFake", "fragment", "load_schema", "root_field"]
+__all__ = ["GraphQLError", "GraphQLFake", "Resolver", "fragment", "load_schema"]
 
 SPECS = Path(__file__).resolve().parent / "specs"
 
@@ -53,20 +53,6 @@ SPECS = Path(__file__).resolve().parent / "specs"
 def load_schema(name: str) -> GraphQLSchema:
     """A saved SDL fragment (``specs/<name>``), built once per process."""
     return build_schema((SPECS / name).read_text(encoding="utf-8"))
-
-
-def root_field(query: str) -> str:
-    """The first root field a document selects ("issueCreate"); "" when it does not parse."""
-    try:
-        document = parse(query)
-    except GraphQLError:
-        return ""
-    for definition in document.definitions:
-        if isinstance(definition, OperationDefinitionNode):
-            for selection in definition.selection_set.selections:
-                if isinstance(selection, FieldNode):
-                    return selection.name.value
-    return ""
 
 
 def fragment(sdl: str, documents: Iterable[str], header: str = "") -> str:

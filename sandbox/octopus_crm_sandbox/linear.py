@@ -111,7 +111,8 @@ class LinearFake(GraphQLFake):
         requests, points = self._window()
         if requests >= self.requests_limit or points >= self.complexity_limit:
             return self.ratelimited()
-        cost = 0 if request_error else 1 + 9 * sum(1 for op, _ in self.operations[-1:] if op == "issueCreate")
+        creates = bool(self.operations) and self.operations[-1][0] == "issueCreate"
+        cost = 0 if request_error else 10 if creates else 1
         self.spent.append((time.time(), cost))
         return web.json_response(result, status=400 if request_error else 200, headers=self.budget_headers(cost))
 

@@ -131,7 +131,6 @@ def test_teamid_is_required_and_a_typo_is_named() -> None:
 
 async def test_the_fake_rejects_what_the_schema_rejects() -> None:
     async with running() as (fake, linear):
-        fake.inject()  # nothing injected: the answers below are the fake's own
         bad_field = await linear.http.raw(_post(linear, 'mutation { issueCreate(input: {teamId: "x"}) { nope } }'))
         bad_variable = await linear.http.raw(_post(linear, CREATE, {"input": {"title": "no team"}}))
     assert bad_field.status == 400 and "nope" in bad_field.text
