@@ -11,6 +11,7 @@ budgets they report on each answer. This module holds those three as data:
   ``error_code`` as older monday.com answers carry it) *before* the HTTP status, since vendors
   differ in the status they send with the same error (Linear's ``RATELIMITED`` comes with 400);
   a code it does not know falls back to the status the error states (``extensions.status_code``);
+  an answer with errors fails even with partial ``data``, unless every error is on a side field;
 * :class:`Budget` reads a budget the vendor reports (request count, complexity points) from the
   headers or the body; :class:`GraphQLAdapter` pauses the integration's limiter before the next
   call would overspend it, and dates a rate-limit error without ``Retry-After`` by the budget.
@@ -119,6 +120,8 @@ class GraphQLErrors:
     top_status: str = "status_code"
     top_message: str = "error_message"
     quota_retry_after: float = 3600.0
+    #: Root fields read on the side (monday's ``complexity``): an error only there fails nothing.
+    side_fields: frozenset[str] = frozenset()
 
     def kind(self, code: str) -> str | None:
         upper = code.upper()
@@ -133,6 +136,7 @@ class GraphQLErrors:
             return classify_status(response)
         raw = body.get("errors")
         entries = [e if isinstance(e, dict) else {"message": str(e)} for e in raw] if isinstance(raw, list) else []
+        entries = [e for e in entries if at_path(e, ("path", 0)) not in self.side_fields]
         top = body.get(self.top_code)
         if not entries and not top:
             return classify_status(response)

@@ -11,7 +11,8 @@ are written as ``YYYY-MM-DD HH:MM:SS`` UTC; value maps apply per column (``item.
 A status label the board lacks is refused unless ``createLabelsIfMissing`` (needs board rights).
 
 Errors: application errors come with HTTP 200 and ``errors[]`` (``extensions.code``, possibly
-partial ``data``); transport errors with 4xx/5xx; older answers carry a top-level ``error_code``.
+partial ``data``: an error only on the side field ``complexity`` does not fail a created item);
+transport errors with 4xx/5xx; older answers carry a top-level ``error_code``.
 Rate limiting: ``COMPLEXITY_BUDGET_EXHAUSTED``/``ComplexityException`` (with
 ``extensions.retry_in_seconds``), the minute limit ``RATE_LIMIT_EXCEEDED``, concurrency
 ``maxConcurrencyExceeded``, ``IP_RATE_LIMIT_EXCEEDED``; ``DAILY_LIMIT_EXCEEDED`` is a quota
@@ -160,6 +161,7 @@ RULES = GraphQLErrors(
         ]
     ),
     retryable=frozenset({"INTERNAL_SERVER_ERROR", "InternalServerException", "API_TEMPORARILY_BLOCKED"}),
+    side_fields=frozenset({"complexity"}),  # the item exists even when its cost could not be read
 )
 
 SPEC = VendorSpec(

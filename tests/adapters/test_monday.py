@@ -10,9 +10,9 @@ import orjson
 import pytest
 
 from adapters.base import DeliveryContext, IntegrationConfig
-from adapters.errors import ConfigError, PermanentError, QuotaExhaustedError, RateLimitedError
+from adapters.errors import ConfigError, PermanentError, QuotaExhaustedError, RateLimitedError, RetryableError
 from adapters.monday import API_VERSION, CREATE, PRIORITY_MONDAY, MondayAdapter, dedupe_marker
-from octopus_crm_sandbox.kit import SandboxServer
+from octopus_crm_sandbox.kit import Fault, SandboxServer
 from octopus_crm_sandbox.monday import BOARD_ID, MondayFake
 from tests.adapters.seed import event_of, seed_config, with_changes
 
@@ -165,3 +165,16 @@ async def test_the_connection_test_reads_me() -> None:
     async with running() as (fake, monday):
         await monday.test_connection()
     assert [name for name, _ in fake.operations] == ["me"] and fake.records == {}
+
+
+async def test_an_error_only_on_the_complexity_field_does_not_fail_a_created_item() -> None:
+    item = {"id": "9000000042", "url": "https://octopus-fake.monday.com/boards/1/pulses/9000000042"}
+    errors = [{"message": "busy", "path": ["complexity"], "extensions": {"code": "INTERNAL_SERVER_ERROR"}}]
+    async with running() as (fake, monday):
+        fake.inject(Fault(200, {"data": {"create_item": item, "complexity": None}, "errors": errors}))
+        delivered = await monday.create(LEAD, "item", ctx())
+        errors[0]["path"] = ["create_item"]
+        fake.inject(Fault(200, {"data": {"create_item": None, "complexity": None}, "errors": errors}))
+        with pytest.raises(RetryableError):
+            await monday.create(LEAD, "item", ctx("b"))
+    assert delivered.external_id == "9000000042"
