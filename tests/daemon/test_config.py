@@ -35,6 +35,8 @@ SEED_ENV = {
     "SLACK_BOT_TOKEN": "xoxb-0000",
     "SMTP_USER": "octopus",
     "SMTP_PASSWORD": "smtp-password-1234",
+    "LINEAR_API_KEY": "lin_api_0000",
+    "MONDAY_API_TOKEN": "monday-token-1234",
 }
 
 
@@ -111,6 +113,8 @@ def test_seed_config_loads_with_its_environment() -> None:
         "tech-jira",
         "support-slack",
         "support-email",
+        "tech-linear",
+        "ops-monday",
     ]
     primary = config.integration("primary-crm")
     assert primary.config.secret("clientSecret") == "sf-secret-1234"
@@ -442,7 +446,7 @@ def test_validate_config_cli(tmp_path: Path) -> None:
 
     ok = run_cli(str(good), env=SEED_ENV)
     assert ok.returncode == 0, ok.stderr
-    assert "OK" in ok.stdout and "6 enabled integrations" in ok.stdout
+    assert "OK" in ok.stdout and "8 enabled integrations" in ok.stdout
     assert "primary_backup" in ok.stdout
 
     missing = run_cli(str(good))
