@@ -20,6 +20,8 @@ from adapters.feishu import FeishuAdapter
 from adapters.freshdesk import FreshdeskAdapter
 from adapters.hubspot import HubSpotAdapter
 from adapters.jira import JiraAdapter
+from adapters.linear import LinearAdapter
+from adapters.monday import MondayAdapter
 from adapters.notion import NotionAdapter
 from adapters.salesforce import SalesforceAdapter
 from adapters.settings import settings_schema
@@ -61,6 +63,8 @@ ADAPTERS: dict[str, type[Adapter]] = _register(
         NotionAdapter,
         Dynamics365Adapter,
         ZohoAdapter,
+        LinearAdapter,
+        MondayAdapter,
     ]
 )
 

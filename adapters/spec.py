@@ -382,16 +382,14 @@ class Errors:
     reset_at_headers: tuple[str, ...] = ()
     #: The wait of a 429 that names none (Trello's 10-s window, Airtable's 30-s penalty).
     default_retry_after: float | None = None
+    #: ``adapters.graphql.GraphQLErrors``: the vendor's ``errors[]`` codes (default rules when None).
+    graphql_rules: Any = None
 
     def classify(self, response: Response) -> DeliveryError | None:
-        if self.body_codes is not None:
-            error: DeliveryError | None = self.body_codes.classify(response)
-        elif self.message is not None:
-            error = classify_status(response, self.message)
-        else:
-            error = classify_status(response)
-        if error is None and self.graphql:
-            error = _graphql_error(response)
+        # errors[] decide before the status: vendors send the same GraphQL error with 200 or 400.
+        error = _graphql_error(response, self.graphql_rules) if self.graphql else None
+        if error is None:
+            error = self._status_error(response)
         if error is None:
             return None
         if (kind := self.status.get(response.status)) is not None:
@@ -406,21 +404,25 @@ class Errors:
             error = QuotaExhaustedError(error.message, code=error.code, status=error.status, retry_after=wait)
         return error
 
+    def _status_error(self, response: Response) -> DeliveryError | None:
+        if self.body_codes is not None:
+            error: DeliveryError | None = self.body_codes.classify(response)
+            return error
+        if self.message is not None:
+            return classify_status(response, self.message)
+        return classify_status(response)
 
-def _graphql_error(response: Response) -> DeliveryError | None:
-    errors = response.field("errors")
-    if not isinstance(errors, list) or not errors:
+
+def _graphql_error(response: Response, rules: Any) -> DeliveryError | None:
+    """A non-empty ``errors`` list (or top-level error code) classified by ``rules``; None without one."""
+    from adapters.graphql import GraphQLErrors  # the GraphQL kit builds on this module
+
+    rules = rules if rules is not None else GraphQLErrors()
+    body = response.json()
+    if not isinstance(body, dict) or not (body.get("errors") or body.get(rules.top_code)):
         return None
-    first = errors[0] if isinstance(errors[0], dict) else {}
-    code = str(at_path(first, ("extensions", "code")) or "graphql_error")
-    message = "; ".join(str(e.get("message")) for e in errors if isinstance(e, dict)) or "GraphQL error"
-    if code.upper() in ("RATELIMITED", "RATE_LIMITED"):
-        return RateLimitedError(message, code=code, status=response.status)
-    if code.upper() in ("AUTHENTICATION_ERROR", "UNAUTHENTICATED", "FORBIDDEN"):
-        return AuthError(message, code=code, status=response.status)
-    if code.upper() in ("INTERNAL_SERVER_ERROR", "INTERNAL_ERROR"):
-        return RetryableError(message, code=code, status=response.status)
-    return PermanentError(message, code=code, status=response.status)
+    error: DeliveryError | None = rules.classify(response)
+    return error
 
 
 def _header_seconds(response: Response, names: tuple[str, ...]) -> float | None:

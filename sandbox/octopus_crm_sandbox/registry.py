@@ -12,6 +12,8 @@ from octopus_crm_sandbox.freshdesk import FreshdeskFake
 from octopus_crm_sandbox.hubspot import HubSpotFake
 from octopus_crm_sandbox.jira import JiraFake
 from octopus_crm_sandbox.kit import FakeVendor
+from octopus_crm_sandbox.linear import LinearFake
+from octopus_crm_sandbox.monday import MondayFake
 from octopus_crm_sandbox.notion import NotionFake
 from octopus_crm_sandbox.salesforce import SalesforceFake
 from octopus_crm_sandbox.slack import SlackFake
@@ -41,4 +43,6 @@ FAKES: dict[str, type[FakeVendor] | type[SmtpFake]] = {
     "airtable": AirtableFake,
     "dynamics365": DynamicsFake,
     "zoho": ZohoFake,
+    "linear": LinearFake,
+    "monday": MondayFake,
 }

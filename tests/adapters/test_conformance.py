@@ -45,6 +45,8 @@ from octopus_crm_sandbox.freshdesk import FreshdeskFake
 from octopus_crm_sandbox.hubspot import HubSpotFake
 from octopus_crm_sandbox.jira import JiraFake
 from octopus_crm_sandbox.kit import FakeVendor, Fault, SandboxServer
+from octopus_crm_sandbox.linear import LinearFake
+from octopus_crm_sandbox.monday import MondayFake
 from octopus_crm_sandbox.notion import NotionFake
 from octopus_crm_sandbox.salesforce import SalesforceFake
 from octopus_crm_sandbox.slack import SlackFake
@@ -99,6 +101,8 @@ class Vendor:
     overrides: dict[str, Any] = field(default_factory=dict)
     #: Vendor error answers on the create call → the error class the adapter must raise.
     body_errors: tuple[tuple[Fault, type[DeliveryError]], ...] = ()
+    #: Bytes only a create request's body holds (GraphQL: every call goes to the same path).
+    create_marker: str = ""
 
     def __str__(self) -> str:
         return self.type
@@ -464,6 +468,125 @@ VENDORS = [
             ),
         ),
     ),
+    Vendor(
+        "linear",
+        LinearFake,
+        seed_configured("linear"),
+        "issue",
+        "技术支持",
+        "/graphql",
+        finds=True,
+        create_marker="issueCreate",
+        body_errors=(
+            (
+                Fault(400, {"errors": [{"message": "Rate limit exceeded", "extensions": {"code": "RATELIMITED"}}]}),
+                RateLimitedError,
+            ),
+            (
+                Fault(400, {"errors": [{"message": "Team not found", "extensions": {"code": "INVALID_INPUT"}}]}),
+                PermanentError,
+            ),
+            (
+                Fault(
+                    200, {"data": None, "errors": [{"message": "no", "extensions": {"code": "AUTHENTICATION_ERROR"}}]}
+                ),
+                AuthError,
+            ),
+            (
+                Fault(
+                    200,
+                    {"data": None, "errors": [{"message": "boom", "extensions": {"code": "INTERNAL_SERVER_ERROR"}}]},
+                ),
+                RetryableError,
+            ),
+        ),
+    ),
+    Vendor(
+        "monday",
+        MondayFake,
+        seed_configured("monday"),
+        "item",
+        "销售线索",
+        "/v2",
+        finds=True,
+        create_marker="create_item",
+        overrides={"dedupeColumn": "octopus_key"},
+        body_errors=(
+            (
+                Fault(
+                    200,
+                    {
+                        "errors": [
+                            {
+                                "message": "Complexity budget exhausted",
+                                "extensions": {"code": "COMPLEXITY_BUDGET_EXHAUSTED", "retry_in_seconds": 1},
+                            }
+                        ]
+                    },
+                ),
+                RateLimitedError,
+            ),
+            (
+                Fault(
+                    429,
+                    {"errors": [{"message": "Daily limit exceeded", "extensions": {"code": "DAILY_LIMIT_EXCEEDED"}}]},
+                    headers={"Retry-After": "3600"},
+                ),
+                QuotaExhaustedError,
+            ),
+            (
+                Fault(
+                    200,
+                    {
+                        "error_code": "ComplexityException",
+                        "status_code": 429,
+                        "error_message": "budget",
+                        "errors": ["Complexity budget exhausted, reset in 3 seconds"],
+                    },
+                ),
+                RateLimitedError,
+            ),
+            (
+                Fault(
+                    200,
+                    {
+                        "data": {"create_item": None},
+                        "errors": [
+                            {
+                                "message": "invalid value",
+                                "extensions": {
+                                    "code": "ColumnValueException",
+                                    "status_code": 200,
+                                    "error_data": {"column_type": "status"},
+                                },
+                            }
+                        ],
+                    },
+                ),
+                PermanentError,
+            ),
+            (
+                Fault(
+                    200,
+                    {
+                        "errors": [
+                            {
+                                "message": "User unauthorized to perform action",
+                                "extensions": {"code": "UserUnauthorizedException", "status_code": 403},
+                            }
+                        ]
+                    },
+                ),
+                AuthError,
+            ),
+            (
+                Fault(
+                    200, {"errors": [{"message": "Oops", "extensions": {"code": "SomethingNew", "status_code": 500}}]}
+                ),
+                RetryableError,
+            ),
+        ),
+    ),
 ]
 BY_TYPE = {v.type: v for v in VENDORS}
 
@@ -506,7 +629,11 @@ def ctx(vendor: Vendor, key: str = "k0") -> DeliveryContext:
 
 
 def creates(fake: FakeVendor, vendor: Vendor) -> list[Any]:
-    return [r for r in fake.requests if vendor.create_path in r.path and r.method in ("POST", "PATCH")]
+    return [
+        r
+        for r in fake.requests
+        if vendor.create_path in r.path and r.method in ("POST", "PATCH") and vendor.create_marker.encode() in r.body
+    ]
 
 
 vendors = pytest.mark.parametrize("vendor", VENDORS, ids=str)
