@@ -19,6 +19,7 @@ from adapters.settings import settings_schema
 from adapters.slack import SlackAdapter
 from adapters.webhook import WebhookAdapter
 from adapters.wecom import WeComAdapter
+from adapters.zendesk import ZendeskAdapter
 
 __all__ = ["ADAPTERS", "adapter_class", "describe"]
 
@@ -43,6 +44,7 @@ ADAPTERS: dict[str, type[Adapter]] = _register(
         JiraAdapter,
         SlackAdapter,
         EmailAdapter,
+        ZendeskAdapter,
     ]
 )
 

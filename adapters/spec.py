@@ -42,6 +42,7 @@ __all__ = [
     "Errors",
     "FindCall",
     "JsonToken",
+    "LimitHeaders",
     "NoAuth",
     "OAuth2ClientCredentials",
     "OAuth2Refresh",
@@ -97,13 +98,15 @@ class Bearer:
 class Basic:
     user: Keys
     password: Keys
+    #: Appended to the user name (Zendesk API tokens: ``{email}/token``).
+    user_suffix: str = ""
 
     def check(self, config: IntegrationConfig) -> None:
         config.secret(*self.user)
         config.secret(*self.password)
 
     def build(self, config: IntegrationConfig, base_url: str) -> Auth | None:
-        return basic(config.secret(*self.user), config.secret(*self.password))
+        return basic(config.secret(*self.user) + self.user_suffix, config.secret(*self.password))
 
 
 @dataclass(frozen=True)
@@ -286,6 +289,8 @@ class CreateCall:
     detail: Mapping[str, tuple[str | int, ...]] = field(default_factory=dict)
     #: What the record is called in an error message ("issue key").
     what: str = "a record id"
+    #: The idempotency key as the vendor takes it (a length limit: Zendesk's 255 characters).
+    idempotency_value: Callable[[str], str] | None = None
 
     def delivered(self, adapter: Any, response: Response, ctx: DeliveryContext | None) -> Delivered:
         # A body the id is read from must be an object (a list or text is a typed error).
@@ -332,6 +337,9 @@ class FindCall:
     method: str = "GET"
     #: (adapter) → whether the lookup can work with this configuration.
     enabled: Callable[[Any], bool] = lambda adapter: True
+    #: Reads a found item when it is shaped unlike the create answer (Zendesk wraps a created
+    #: ticket in ``{"ticket": …}``, lists it bare); default: the object type's create call.
+    read: CreateCall | None = None
 
 
 @dataclass(frozen=True)
@@ -429,6 +437,8 @@ class VendorSpec:
     #: Why the vendor cannot be tested without a write (when ``test_call`` is None).
     not_testable: str = "this target has no read call to test with"
     headers: Mapping[str, str] = field(default_factory=dict)
+    #: Headers announcing the requests left in the vendor's window (read on every answer).
+    limit_headers: LimitHeaders | None = None
 
 
 class SpecAdapter(HttpAdapter):
@@ -455,7 +465,15 @@ class SpecAdapter(HttpAdapter):
         return scheme
 
     def classifier(self) -> Classifier:
-        return self.spec.errors.classify
+        limits = self.spec.limit_headers
+        if limits is None:
+            return self.spec.errors.classify
+
+        def classify(response: Response) -> DeliveryError | None:
+            limits.observe(response, self.current_limiter())
+            return self.spec.errors.classify(response)
+
+        return classify
 
     def make_http(self, limiter: Limiter) -> HttpClient:
         return HttpClient(
@@ -492,7 +510,8 @@ class SpecAdapter(HttpAdapter):
         call = self.create_call(object_type)
         headers = dict(call.headers)
         if call.idempotency_header:
-            headers[call.idempotency_header] = ctx.idempotency_key
+            key = ctx.idempotency_key
+            headers[call.idempotency_header] = call.idempotency_value(key) if call.idempotency_value else key
         if call.event_headers is not None:
             headers.update(call.event_headers(event))
         body = self.request_body(call, event, object_type, ctx)
@@ -509,10 +528,36 @@ class SpecAdapter(HttpAdapter):
         items = at_path(response.json(), find.items_at)
         if not isinstance(items, list) or not items:
             return None
-        return self.create_call(object_type).delivered_from(self, items[0], {}, None)
+        return (find.read or self.create_call(object_type)).delivered_from(self, items[0], {}, None)
 
     async def test_connection(self) -> None:
         call = self.spec.test_call
         if call is None:
             raise ConfigError(self.spec.not_testable, code="not_testable")
         await self.http.send(Request(call.method, call.path, paced=False))
+
+
+@dataclass(frozen=True)
+class LimitHeaders:
+    """A vendor's "requests left" headers (Zendesk ``ratelimit-remaining``, Pipedrive
+    ``x-ratelimit-remaining``): at zero, hold this integration until the window resets, so the
+    next call does not spend a 429 finding out.
+    """
+
+    remaining: str
+    #: Seconds until the window resets (delta-seconds); ``default_wait`` when absent.
+    reset: str
+    default_wait: float = 1.0
+
+    def observe(self, response: Response, limiter: Limiter | None) -> None:
+        value = response.headers.get(self.remaining)
+        if limiter is None or value is None:
+            return
+        try:
+            left = float(value)
+        except ValueError:
+            return  # a vendor header is untrusted text: an unreadable one says nothing
+        if left > 0:
+            return
+        wait = parse_retry_after(response.headers.get(self.reset))
+        limiter.slow_down(self.default_wait if wait is None else wait)

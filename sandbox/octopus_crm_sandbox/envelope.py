@@ -58,7 +58,9 @@ def caller(scheme: AuthScheme, request: web.Request, accepted: Mapping[str, str]
             user, _, password = base64.b64decode(value, validate=True).decode().partition(":")
         except (ValueError, UnicodeDecodeError):
             return None
-        ok = user == _accepted(accepted, scheme.user) and password == _accepted(accepted, scheme.password)
+        expected_user = _accepted(accepted, scheme.user)
+        ok = expected_user is not None and user == expected_user + scheme.user_suffix
+        ok = ok and password == _accepted(accepted, scheme.password)
         return user if ok else None
     if isinstance(scheme, ApiKeyHeader):
         expected = _accepted(accepted, scheme.keys)

@@ -11,6 +11,7 @@ from octopus_crm_sandbox.slack import SlackFake
 from octopus_crm_sandbox.smtp import SmtpFake
 from octopus_crm_sandbox.webhook import WebhookFake
 from octopus_crm_sandbox.wecom import WeComFake
+from octopus_crm_sandbox.zendesk import ZendeskFake
 
 __all__ = ["FAKES"]
 
@@ -23,4 +24,5 @@ FAKES: dict[str, type[FakeVendor] | type[SmtpFake]] = {
     "jira": JiraFake,
     "slack": SlackFake,
     "email": SmtpFake,
+    "zendesk": ZendeskFake,
 }

@@ -43,6 +43,7 @@ from octopus_crm_sandbox.salesforce import SalesforceFake
 from octopus_crm_sandbox.slack import SlackFake
 from octopus_crm_sandbox.webhook import WebhookFake
 from octopus_crm_sandbox.wecom import WeComFake
+from octopus_crm_sandbox.zendesk import ZendeskFake
 from tests.adapters.seed import event_of, resolved, sample_events, seed_entry
 from tests.adapters.test_feishu import FEISHU_ENTRY
 
@@ -185,6 +186,25 @@ VENDORS = [
             (Fault(200, {"ok": False, "error": "invalid_auth"}), AuthError),
             (Fault(200, {"ok": False, "error": "channel_not_found"}), PermanentError),
             (Fault(200, {"ok": False, "error": "internal_error"}), RetryableError),
+        ),
+    ),
+    Vendor(
+        "zendesk",
+        ZendeskFake,
+        seed_configured("zendesk"),
+        "ticket",
+        "客户服务",
+        "/api/v2/tickets",
+        finds=True,
+        body_errors=(
+            (
+                Fault(422, {"error": "RecordInvalid", "description": "Record validation errors", "details": {}}),
+                PermanentError,
+            ),
+            (Fault(400, {"error": "IdempotentRequestError", "description": "different request"}), PermanentError),
+            (Fault(403, {"error": "Forbidden", "description": "You do not have access"}), AuthError),
+            (Fault(409, {"error": "Conflict", "description": "concurrent update"}), RetryableError),
+            (Fault(429, {"error": "APIRateLimitExceeded"}, headers={"ratelimit-reset": "7"}), RateLimitedError),
         ),
     ),
 ]
