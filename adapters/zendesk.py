@@ -78,7 +78,8 @@ def _error_message(response: Response) -> str:
     body = response.json()
     if not isinstance(body, dict):
         return response.text[:500]
-    error, description = body.get("error"), body.get("description")
+    error: Any = body.get("error")
+    description: Any = body.get("description")
     if isinstance(error, dict):  # some endpoints nest {"title", "message"}
         error, description = error.get("title"), error.get("message")
     parts = [str(p) for p in (error, description) if p]
@@ -108,7 +109,9 @@ class ZendeskSettings(VendorSettings):
     externalIdMarker: bool = Field(default=True, description="Set external_id to find tickets after a timeout.")
 
 
-def _ticket_body(adapter: ZendeskAdapter, rendered: dict[str, Any], event: ClassifiedMessage, ctx: DeliveryContext) -> Any:
+def _ticket_body(
+    adapter: ZendeskAdapter, rendered: dict[str, Any], event: ClassifiedMessage, ctx: DeliveryContext
+) -> Any:
     return {"ticket": adapter.ticket(rendered, event, ctx)}
 
 
