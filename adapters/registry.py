@@ -14,6 +14,7 @@ from adapters.email import EmailAdapter
 from adapters.feishu import FeishuAdapter
 from adapters.hubspot import HubSpotAdapter
 from adapters.jira import JiraAdapter
+from adapters.pipedrive import PipedriveAdapter
 from adapters.salesforce import SalesforceAdapter
 from adapters.settings import settings_schema
 from adapters.slack import SlackAdapter
@@ -45,6 +46,7 @@ ADAPTERS: dict[str, type[Adapter]] = _register(
         SlackAdapter,
         EmailAdapter,
         ZendeskAdapter,
+        PipedriveAdapter,
     ]
 )
 

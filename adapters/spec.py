@@ -548,6 +548,10 @@ class LimitHeaders:
     #: Seconds until the window resets (delta-seconds); ``default_wait`` when absent.
     reset: str
     default_wait: float = 1.0
+    #: A rolling window of this many seconds (Pipedrive's 2 s): its oldest call ages out about
+    #: one slot (window / the ``limit`` header) later, so wait that, not the whole window.
+    rolling_window: float = 0.0
+    limit: str = ""
 
     def observe(self, response: Response, limiter: Limiter | None) -> None:
         value = response.headers.get(self.remaining)
@@ -558,6 +562,9 @@ class LimitHeaders:
         except ValueError:
             return  # a vendor header is untrusted text: an unreadable one says nothing
         if left > 0:
+            return
+        if self.rolling_window and (allowed := parse_retry_after(response.headers.get(self.limit))):
+            limiter.slow_down(self.rolling_window / allowed)
             return
         wait = parse_retry_after(response.headers.get(self.reset))
         limiter.slow_down(self.default_wait if wait is None else wait)

@@ -6,6 +6,7 @@ from octopus_crm_sandbox.feishu import FeishuFake
 from octopus_crm_sandbox.hubspot import HubSpotFake
 from octopus_crm_sandbox.jira import JiraFake
 from octopus_crm_sandbox.kit import FakeVendor
+from octopus_crm_sandbox.pipedrive import PipedriveFake
 from octopus_crm_sandbox.salesforce import SalesforceFake
 from octopus_crm_sandbox.slack import SlackFake
 from octopus_crm_sandbox.smtp import SmtpFake
@@ -25,4 +26,5 @@ FAKES: dict[str, type[FakeVendor] | type[SmtpFake]] = {
     "slack": SlackFake,
     "email": SmtpFake,
     "zendesk": ZendeskFake,
+    "pipedrive": PipedriveFake,
 }

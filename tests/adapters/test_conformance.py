@@ -39,6 +39,7 @@ from octopus_crm_sandbox.feishu import FeishuFake
 from octopus_crm_sandbox.hubspot import HubSpotFake
 from octopus_crm_sandbox.jira import JiraFake
 from octopus_crm_sandbox.kit import FakeVendor, Fault, SandboxServer
+from octopus_crm_sandbox.pipedrive import PipedriveFake
 from octopus_crm_sandbox.salesforce import SalesforceFake
 from octopus_crm_sandbox.slack import SlackFake
 from octopus_crm_sandbox.webhook import WebhookFake
@@ -205,6 +206,29 @@ VENDORS = [
             (Fault(403, {"error": "Forbidden", "description": "You do not have access"}), AuthError),
             (Fault(409, {"error": "Conflict", "description": "concurrent update"}), RetryableError),
             (Fault(429, {"error": "APIRateLimitExceeded"}, headers={"ratelimit-reset": "7"}), RateLimitedError),
+        ),
+    ),
+    Vendor(
+        "pipedrive",
+        PipedriveFake,
+        seed_configured("pipedrive"),
+        "lead",
+        "销售线索",
+        "/api/v1/leads",
+        finds=True,
+        body_errors=(
+            (Fault(200, {"success": False, "error": "Person not found", "data": None}), PermanentError),
+            (Fault(400, {"success": False, "error": "Validation failed", "error_info": "title"}), PermanentError),
+            (Fault(410, {"success": False, "error": "Gone", "error_info": "out of support"}), PermanentError),
+            (Fault(403, {"success": False, "error": "Scope and URL mismatch"}), AuthError),
+            (
+                Fault(429, {"success": False, "error": "Request over limit"}, headers={"Retry-After": "2"}),
+                RateLimitedError,
+            ),
+            (
+                Fault(429, {"success": False, "error": "Request over limit"}, headers={"x-daily-requests-left": "0"}),
+                QuotaExhaustedError,
+            ),
         ),
     ),
 ]
