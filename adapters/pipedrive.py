@@ -65,6 +65,7 @@ __all__ = ["PipedriveAdapter", "origin_marker"]
 PERSONS, DEALS, ACTIVITIES, LEADS = "/api/v2/persons", "/api/v2/deals", "/api/v2/activities", "/api/v1/leads"
 SEARCH = "/api/v2/persons/search"
 _COMPANY = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+_REMEMBERED = 4096
 _UI_PATH = {"person": "person", "deal": "deal", "lead": "leads/inbox"}
 
 
@@ -258,6 +259,10 @@ class PipedriveAdapter(SpecAdapter):
         name = sender.name or (email.split("@")[0] if email else "") or sender.id or "Unknown"
         body = _person_body(self, {"name": name, "email": email, "phone": phone}, event, DeliveryContext(""))
         field, value = ("email", email) if email else ("phone", phone)
+        if len(self._person_locks) > _REMEMBERED:  # bounded: only contacts being resolved need one
+            self._person_locks = {k: v for k, v in self._person_locks.items() if v.locked()}
+        if len(self._created_persons) > _REMEMBERED:
+            self._created_persons.clear()  # a shortcut only: search finds older persons
         lock = self._person_locks.setdefault(f"{field}:{value.lower()}", asyncio.Lock())
         async with lock:
             found = await self.person_by(field, value) if value else None

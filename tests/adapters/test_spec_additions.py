@@ -38,3 +38,13 @@ async def test_limit_headers_hold_at_zero_and_ignore_the_rest() -> None:
 def test_a_create_call_can_shape_the_idempotency_key() -> None:
     call = CreateCall("/x", idempotency_header="Idempotency-Key", idempotency_value=lambda key: key[:4])
     assert call.idempotency_value is not None and call.idempotency_value("abcdef") == "abcd"
+
+
+async def test_a_rolling_window_waits_one_slot_not_the_whole_window() -> None:
+    limits = LimitHeaders("x-left", "x-reset", rolling_window=2.0, limit="x-limit")
+    limiter = Limiter(RateLimit(requests=10))
+    limits.observe(Response(200, {"x-left": "0", "x-reset": "2", "x-limit": "40"}, b""), limiter)
+    assert 0 < limiter.paused_for <= 0.05
+    without_limit = Limiter(RateLimit(requests=10))
+    limits.observe(Response(200, {"x-left": "0", "x-reset": "2"}, b""), without_limit)
+    assert 1.5 < without_limit.paused_for <= 2.0  # no limit header: the whole reset
