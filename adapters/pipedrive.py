@@ -43,6 +43,7 @@ from pydantic import Field, SecretStr
 
 from adapters.base import AdapterInfo, Delivered, DeliveryContext, IntegrationConfig
 from adapters.errors import ConfigError, DeliveryError, PermanentError, QuotaExhaustedError, RateLimitedError
+from adapters.fleet import scope_of_secret
 from adapters.http import Request, Response, classify_status
 from adapters.ratelimit import RateLimit
 from adapters.settings import Credentials, Endpoints, Url, VendorSettings, alias
@@ -66,6 +67,7 @@ PERSONS, DEALS, ACTIVITIES, LEADS = "/api/v2/persons", "/api/v2/deals", "/api/v2
 SEARCH = "/api/v2/persons/search"
 _COMPANY = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 _REMEMBERED = 4096
+_TOKEN_KEYS = ("apiToken", "api_token", "token", "apiKey")
 _UI_PATH = {"person": "person", "deal": "deal", "lead": "leads/inbox"}
 
 
@@ -123,14 +125,37 @@ def _person_body(adapter: Any, rendered: dict[str, Any], event: ClassifiedMessag
     return {k: v for k, v in body.items() if v is not None}
 
 
+def _contact(person: dict[str, Any]) -> tuple[str, str] | None:
+    """What a person is found by: its first e-mail, else its first phone."""
+    for field, listed in (("email", "emails"), ("phone", "phones")):
+        value = at_path(person, (listed, 0, "value"))
+        if isinstance(value, str) and value.strip():
+            return field, value.strip()
+    return None
+
+
+def _number(value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            return float(value.replace(",", ""))
+        except ValueError:
+            return value  # Pipedrive's validation names the field
+    return value
+
+
 def _deal_body(adapter: Any, rendered: dict[str, Any], event: ClassifiedMessage, ctx: DeliveryContext) -> Any:
-    return adapter.marked(rendered, ctx)
+    body = adapter.marked(rendered, ctx)
+    if "value" in body:
+        body["value"] = _number(body["value"])
+    return body
 
 
 def _lead_body(adapter: Any, rendered: dict[str, Any], event: ClassifiedMessage, ctx: DeliveryContext) -> Any:
     body = adapter.marked(rendered, ctx)
     if isinstance(body.get("value"), (int, float, str)) and not isinstance(body.get("value"), bool):
-        body["value"] = {"amount": float(body["value"]), "currency": str(body.pop("currency", "USD"))}
+        if not body.get("currency"):
+            raise ConfigError('mappings.lead: a value needs a currency (e.g. "currency": "CNY")', code="bad_template")
+        body["value"] = {"amount": _number(body["value"]), "currency": str(body.pop("currency"))}
     return body
 
 
@@ -148,7 +173,7 @@ def _call(path: str, object_type: str, body: Any = None) -> CreateCall:
 
 SPEC = VendorSpec(
     auth={
-        "api_token": ApiKeyHeader("x-api-token", ("apiToken", "api_token", "token", "apiKey")),
+        "api_token": ApiKeyHeader("x-api-token", _TOKEN_KEYS),
         "oauth": Bearer(("accessToken",)),
     },
     default_auth="api_token",
@@ -217,6 +242,12 @@ class PipedriveAdapter(SpecAdapter):
         return str(url or (f"https://{company}.pipedrive.com" if company else self.default_base_url)).rstrip("/")
 
     @property
+    def limit_scope(self) -> str:
+        """Burst limits count per token: integrations sharing one share a schedule."""
+        token = self.config.secret("accessToken") if self.auth_type == "oauth" else self.config.secret(*_TOKEN_KEYS)
+        return scope_of_secret("pipedrive", token)
+
+    @property
     def ui_url(self) -> str:
         return "https://app.pipedrive.com" if self.base_url == self.default_base_url else self.base_url
 
@@ -227,59 +258,45 @@ class PipedriveAdapter(SpecAdapter):
         return body
 
     async def create(self, event: ClassifiedMessage, object_type: str, ctx: DeliveryContext) -> Delivered:
-        if object_type == "person":
-            email = self.render(event, object_type, ctx).get("email")
-            existing = await self.person_by_email(str(email)) if isinstance(email, str) and email else None
-            if existing is not None:
-                return await self._delivered_person(existing)
-            delivered = await super().create(event, object_type, ctx)
-            if isinstance(email, str) and email:
-                self._created_persons[f"email:{email.lower()}"] = delivered.external_id
-            return delivered
-        if object_type not in ("lead", "deal"):
-            return await super().create(event, object_type, ctx)
         call = self.create_call(object_type)
         body = self.request_body(call, event, object_type, ctx)
-        if not any(body.get(k) for k in ("person_id", "organization_id", "org_id")):
+        if object_type == "person":
+            person_id, existed = await self.person_for(_contact(body), body)
+            return self.person_delivered(person_id, existed)
+        if object_type in ("lead", "deal") and not any(body.get(k) for k in ("person_id", "organization_id", "org_id")):
             if self.config.extra("personFromSender", True):
-                body["person_id"] = int(await self.sender_person(event))
+                sender = event.sender
+                name = sender.name or (sender.email or "").split("@")[0] or sender.id or "Unknown"
+                person = _person_body(self, {"name": name, "email": sender.email, "phone": sender.phone}, event, ctx)
+                body["person_id"] = int((await self.person_for(_contact(person), person))[0])
             elif object_type == "lead":
                 raise ConfigError("mappings.lead needs person_id or organization_id", code="missing_mapping")
         response = await self.http.send(Request(call.method, call.path, json=body))
         return call.delivered(self, response, ctx)
 
-    async def _delivered_person(self, person_id: str) -> Delivered:
-        return Delivered(person_id, f"{self.ui_url}/person/{person_id}", {"existing": True})
+    def person_delivered(self, person_id: str, existed: bool) -> Delivered:
+        return Delivered(person_id, f"{self.ui_url}/person/{person_id}", {"existing": True} if existed else {})
 
-    async def sender_person(self, event: ClassifiedMessage) -> str:
-        """The id of the sender's person: found by e-mail (else phone), else created, one at a time
-        per contact. A sender with neither gets a new person each time (nothing to find it by)."""
-        sender = event.sender
-        email, phone = (sender.email or "").strip(), (sender.phone or "").strip()
-        name = sender.name or (email.split("@")[0] if email else "") or sender.id or "Unknown"
-        body = _person_body(self, {"name": name, "email": email, "phone": phone}, event, DeliveryContext(""))
-        field, value = ("email", email) if email else ("phone", phone)
+    async def person_for(self, contact: tuple[str, str] | None, body: dict[str, Any]) -> tuple[str, bool]:
+        """(id, found) of the person with ``contact`` (e-mail or phone): found, else created from
+        ``body`` — one at a time per contact. Without a contact there is nothing to find it by."""
+        if contact is None:
+            return await self._create_person(body), False
         if len(self._person_locks) > _REMEMBERED:  # bounded: only contacts being resolved need one
             self._person_locks = {k: v for k, v in self._person_locks.items() if v.locked()}
         if len(self._created_persons) > _REMEMBERED:
             self._created_persons.clear()  # a shortcut only: search finds older persons
-        lock = self._person_locks.setdefault(f"{field}:{value.lower()}", asyncio.Lock())
-        async with lock:
-            found = await self.person_by(field, value) if value else None
+        key = f"{contact[0]}:{contact[1].lower()}"
+        async with self._person_locks.setdefault(key, asyncio.Lock()):
+            found = await self.person_by(*contact)
             if found is not None:
-                return found
-            response = await self.http.send(Request("POST", PERSONS, json=body))
-            person_id = at_path(response.json(), ("data", "id"))
-            if person_id in (None, "") or isinstance(person_id, (dict, list, bool)):
-                raise PermanentError(
-                    f"Pipedrive answered without a person id: {response.text[:200]}", code="bad_response"
-                )
-            if value:
-                self._created_persons[f"{field}:{value.lower()}"] = str(person_id)
-            return str(person_id)
+                return found, True
+            self._created_persons[key] = person_id = await self._create_person(body)
+            return person_id, False
 
-    async def person_by_email(self, email: str) -> str | None:
-        return await self.person_by("email", email)
+    async def _create_person(self, body: dict[str, Any]) -> str:
+        response = await self.http.send(Request("POST", PERSONS, json=body))
+        return self.create_call("person").delivered(self, response, None).external_id
 
     async def person_by(self, field: str, value: str) -> str | None:
         known = self._created_persons.get(f"{field}:{value.lower()}")
@@ -292,15 +309,16 @@ class PipedriveAdapter(SpecAdapter):
 
     async def find_existing(self, event: ClassifiedMessage, object_type: str, ctx: DeliveryContext) -> Delivered | None:
         if object_type == "person":
-            email = self.render(event, object_type, ctx).get("email")
-            found = await self.person_by_email(str(email)) if isinstance(email, str) and email else None
-            return await self._delivered_person(found) if found else None
+            contact = _contact(self.request_body(self.create_call("person"), event, object_type, ctx))
+            found = await self.person_by(*contact) if contact else None
+            return self.person_delivered(found, True) if found else None
         if object_type not in ("lead", "deal") or not self.config.extra("originMarker", True):
             return None
         rendered = self.render(event, object_type, ctx)
         person = rendered.get("person_id")
-        if person is None and event.sender.email and self.config.extra("personFromSender", True):
-            person = await self.person_by_email(event.sender.email)
+        sender = _contact(_person_body(self, {"email": event.sender.email, "phone": event.sender.phone}, event, ctx))
+        if person is None and sender is not None and self.config.extra("personFromSender", True):
+            person = await self.person_by(*sender)
         if person is None:
             return None
         path = LEADS if object_type == "lead" else DEALS

@@ -188,6 +188,11 @@ class ZendeskAdapter(SpecAdapter):
         return str(url or "").rstrip("/")
 
     @property
+    def limit_scope(self) -> str:
+        """Zendesk counts per account: every integration on one subdomain shares the budget."""
+        return f"zendesk:{self.base_url.lower()}"
+
+    @property
     def marks(self) -> bool:
         mapping = self.config.mappings.get("ticket")
         mapped = isinstance(mapping, dict) and "external_id" in mapping

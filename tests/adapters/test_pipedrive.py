@@ -213,6 +213,22 @@ def test_bad_settings_fail_at_load() -> None:
         build(personFromSendr=False)
 
 
+async def test_a_lead_value_needs_a_currency_and_a_deal_value_becomes_a_number() -> None:
+    mappings = {"lead": {"title": "x", "value": 500}, "deal": {"title": "x", "value": "1,200"}}
+    async with running(mappings=mappings) as (fake, pipedrive):
+        with pytest.raises(ConfigError, match="currency"):
+            await pipedrive.create(SALES, "lead", ctx())
+        deal = await pipedrive.create(SALES, "deal", ctx())
+    assert fake.store["deal"][deal.external_id]["value"] == 1200.0
+
+
+async def test_concurrent_persons_with_one_email_are_one_person() -> None:
+    async with running() as (fake, pipedrive):
+        results = await asyncio.gather(*(pipedrive.create(SALES, "person", ctx(f"evt-{i}")) for i in range(4)))
+    assert len(fake.store["person"]) == 1 and len({r.external_id for r in results}) == 1
+    assert sorted(bool(r.detail) for r in results) == [False, True, True, True]
+
+
 async def test_without_a_sender_person_a_lead_must_name_one() -> None:
     async with running(personFromSender=False) as (fake, pipedrive):
         with pytest.raises(ConfigError, match="person_id or organization_id"):
