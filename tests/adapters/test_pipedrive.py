@@ -15,6 +15,7 @@ from adapters.base import DeliveryContext, IntegrationConfig
 from adapters.errors import (
     AuthError,
     ConfigError,
+    DeliveryError,
     PermanentError,
     QuotaExhaustedError,
     RateLimitedError,
@@ -241,3 +242,14 @@ async def test_a_bad_token_is_final() -> None:
         with pytest.raises(AuthError) as info:
             await pipedrive.create(SALES, "activity", ctx())
     assert "authorized" in info.value.message and len(fake.requests) == 1
+
+
+@pytest.mark.parametrize("shape", [[1, 2], "a string", 42, None, {"success": True, "data": [1]}])
+async def test_an_undocumented_answer_is_a_typed_error(shape: Any) -> None:
+    async with running() as (fake, pipedrive):
+        fake.inject(Fault(200, shape, path_contains="/api/v1/leads"))
+        with pytest.raises(DeliveryError):
+            await pipedrive.create(SALES, "lead", ctx())
+        fake.inject(Fault(200, shape, path_contains="/persons/search"))
+        fake.inject(Fault(200, shape, path_contains="/api/v1/leads"))
+        assert await pipedrive.find_existing(SALES, "lead", ctx("evt-new")) is None

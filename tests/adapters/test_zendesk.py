@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from adapters.base import DeliveryContext, IntegrationConfig
-from adapters.errors import AuthError, ConfigError, PermanentError, RateLimitedError, RetryableError
+from adapters.errors import AuthError, ConfigError, DeliveryError, PermanentError, RateLimitedError, RetryableError
 from adapters.http import Request
 from adapters.zendesk import ZendeskAdapter, external_marker, idempotency_header_value
 from octopus_crm_sandbox.kit import Fault, SandboxServer
@@ -226,3 +226,13 @@ async def test_a_mapped_external_id_turns_the_marker_and_lookup_off() -> None:
         await zendesk.create(SERVICE, "ticket", ctx())
         assert await zendesk.find_existing(SERVICE, "ticket", ctx()) is None
     assert fake.records["35436"]["ticket"]["external_id"] == SERVICE.messageId
+
+
+@pytest.mark.parametrize("shape", [[1, 2], "a string", 42, None, {"ticket": [1]}, {"ticket": {"id": True}}])
+async def test_an_undocumented_answer_is_a_typed_error(shape: Any) -> None:
+    async with running() as (fake, zendesk):
+        fake.inject(Fault(201, shape, path_contains="/api/v2/tickets"))
+        with pytest.raises(DeliveryError):
+            await zendesk.create(SERVICE, "ticket", ctx())
+        fake.inject(Fault(200, shape, path_contains="/api/v2/tickets"))
+        assert await zendesk.find_existing(SERVICE, "ticket", ctx()) is None
