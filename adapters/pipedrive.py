@@ -21,10 +21,11 @@
 - Errors ``{"success": false, "error": "…", "error_info": "…"}`` with 400/401/403/404/410/422/429,
   and sometimes HTTP 200 with ``success: false`` (a permanent error here).
 - Limits: token-based — a daily budget per company account (seats × plan, shared by every user
-  and app), plus burst limits per 2-second window (Essential: 20 requests per 2 s per API token;
-  search 10 per 2 s). Answers carry ``x-ratelimit-limit/-remaining/-reset`` (the burst window;
-  at remaining 0 we hold until the reset) and ``x-daily-requests-left`` on POST/PUT. A 429 with
-  the daily budget spent (``x-daily-requests-left: 0`` or a daily/budget message) is a
+  and app), plus burst limits per rolling 2-second window (Essential: 20 requests per 2 s per API
+  token, search 10; ``plan`` picks another plan's; OAuth tokens get four times as many). Answers
+  carry ``x-ratelimit-limit/-remaining/-reset`` (the burst window: at remaining 0 we hold one
+  slot, 2 s / limit, as the oldest call ages out) and ``x-daily-requests-left`` on POST/PUT. A 429
+  with the daily budget spent (``x-daily-requests-left: 0`` or a daily/budget message) is a
   :class:`QuotaExhaustedError` until the next UTC midnight [2nd: the reset's time zone]; any
   other 429 is a short wait (``Retry-After``, else ``x-ratelimit-reset``).
 - Value maps: Pipedrive has no priority or category enums on these objects (labels and channels
@@ -37,7 +38,7 @@ import asyncio
 import datetime as dt
 import hashlib
 import re
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr
 
@@ -66,6 +67,8 @@ __all__ = ["PipedriveAdapter", "origin_marker"]
 PERSONS, DEALS, ACTIVITIES, LEADS = "/api/v2/persons", "/api/v2/deals", "/api/v2/activities", "/api/v1/leads"
 SEARCH = "/api/v2/persons/search"
 _COMPANY = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+# Burst requests per 2 s per API token by plan (rate-limiting page); OAuth tokens get four times as many.
+PLAN_BURST = {"essential": 20, "advanced": 40, "professional": 80, "power": 100, "enterprise": 120}
 _REMEMBERED = 4096
 _TOKEN_KEYS = ("apiToken", "api_token", "token", "apiKey")
 _UI_PATH = {"person": "person", "deal": "deal", "lead": "leads/inbox"}
@@ -207,6 +210,9 @@ class PipedriveSettings(VendorSettings):
     endpoints: PipedriveEndpoints = Field(default_factory=PipedriveEndpoints)
     personFromSender: bool = Field(default=True, description="Link leads/deals to the sender's person.")
     originMarker: bool = Field(default=True, description="origin_id on leads/deals to find them after a timeout.")
+    plan: Literal["essential", "advanced", "professional", "power", "enterprise"] | None = Field(
+        default=None, description="Pace at this plan's burst limit (default: essential, 20 per 2 s)."
+    )
 
 
 class PipedriveAdapter(SpecAdapter):
@@ -240,6 +246,14 @@ class PipedriveAdapter(SpecAdapter):
         url = self.config.endpoints.get("baseUrl")
         company = self.config.endpoints.get("companyDomain", self.config.endpoints.get("company_domain"))
         return str(url or (f"https://{company}.pipedrive.com" if company else self.default_base_url)).rstrip("/")
+
+    @property
+    def rate_limit(self) -> RateLimit:
+        plan = self.config.extra("plan")
+        if self.config.rateLimit is not None or (plan is None and self.auth_type != "oauth"):
+            return super().rate_limit
+        burst = PLAN_BURST.get(plan, PLAN_BURST["essential"]) * (4 if self.auth_type == "oauth" else 1)
+        return self.info.rate_limit.model_copy(update={"requests": burst})
 
     @property
     def limit_scope(self) -> str:

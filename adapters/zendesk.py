@@ -21,7 +21,8 @@
 - Limits per account per minute by plan (Team 200, Growth/Professional 400, Enterprise 700,
   High Volume 2,500); answers carry ``X-Rate-Limit`` / ``X-Rate-Limit-Remaining`` and on
   ticketing endpoints ``ratelimit-limit/-remaining/-reset``. We pace at the Team plan's 200/min
-  (set ``rateLimit`` for larger plans) and hold at ``ratelimit-remaining: 0`` until the reset.
+  unless ``plan`` names another (or ``rateLimit`` is set), and hold at ``ratelimit-remaining: 0``
+  until the reset.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, SecretStr
 
@@ -51,10 +52,12 @@ from adapters.spec import (
 )
 from octopus_crm.core.contracts import ClassifiedMessage
 
-__all__ = ["PRIORITY_ZENDESK", "ZendeskAdapter", "external_marker", "idempotency_header_value"]
+__all__ = ["PLAN_LIMITS", "PRIORITY_ZENDESK", "ZendeskAdapter", "external_marker", "idempotency_header_value"]
 
 TICKETS_PATH = "/api/v2/tickets"
 PRIORITY_ZENDESK = {"low": "low", "medium": "normal", "normal": "normal", "high": "high", "urgent": "urgent"}
+# Requests per minute per account by plan (rate-limits page); ``plan`` picks one, ``rateLimit`` overrides.
+PLAN_LIMITS = {"team": 200, "growth": 400, "professional": 400, "enterprise": 700, "enterprise_plus": 2500}
 _COMMENT_KEYS = ("comment", "description", "body", "content")
 _SUBDOMAIN = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 
@@ -107,6 +110,9 @@ class ZendeskSettings(VendorSettings):
     credentials: ZendeskCredentials = Field(default_factory=ZendeskCredentials)
     endpoints: ZendeskEndpoints = Field(default_factory=ZendeskEndpoints)
     externalIdMarker: bool = Field(default=True, description="Set external_id to find tickets after a timeout.")
+    plan: Literal["team", "growth", "professional", "enterprise", "enterprise_plus"] | None = Field(
+        default=None, description="Pace at this plan's per-minute limit (default: team, 200/min)."
+    )
 
 
 def _ticket_body(
@@ -186,6 +192,13 @@ class ZendeskAdapter(SpecAdapter):
         if not url and subdomain:
             url = f"https://{subdomain}.zendesk.com"
         return str(url or "").rstrip("/")
+
+    @property
+    def rate_limit(self) -> RateLimit:
+        plan = self.config.extra("plan")
+        if self.config.rateLimit is None and plan in PLAN_LIMITS:
+            return self.info.rate_limit.model_copy(update={"requests": PLAN_LIMITS[plan]})
+        return super().rate_limit
 
     @property
     def limit_scope(self) -> str:

@@ -253,3 +253,15 @@ async def test_an_undocumented_answer_is_a_typed_error(shape: Any) -> None:
         fake.inject(Fault(200, shape, path_contains="/persons/search"))
         fake.inject(Fault(200, shape, path_contains="/api/v1/leads"))
         assert await pipedrive.find_existing(SALES, "lead", ctx("evt-new")) is None
+
+
+def test_the_plan_and_oauth_pick_the_burst_pace() -> None:
+    def limit(**changes: Any) -> float:
+        base = {"credentials": {"apiToken": "t", "accessToken": "o"}, "mappings": {"lead": {"title": "x"}}}
+        adapter = PipedriveAdapter("p", IntegrationConfig.model_validate({**base, **changes}))
+        assert adapter.rate_limit.per_seconds == 2
+        return adapter.rate_limit.requests
+
+    assert limit() == 20 and limit(plan="professional") == 80
+    assert limit(authType="oauth") == 80 and limit(authType="oauth", plan="enterprise") == 480
+    assert limit(plan="power", rateLimit={"requests": 5, "perSeconds": 2}) == 5

@@ -236,3 +236,18 @@ async def test_an_undocumented_answer_is_a_typed_error(shape: Any) -> None:
             await zendesk.create(SERVICE, "ticket", ctx())
         fake.inject(Fault(200, shape, path_contains="/api/v2/tickets"))
         assert await zendesk.find_existing(SERVICE, "ticket", ctx()) is None
+
+
+def test_the_plan_picks_the_default_pace_and_rate_limit_still_wins() -> None:
+    def limit(**changes: Any) -> float:
+        base = {
+            "credentials": {"email": "a@example.com", "apiToken": "t"},
+            "endpoints": {"subdomain": "acme"},
+            "mappings": {"ticket": {"comment": "{{messageContent}}"}},
+        }
+        return ZendeskAdapter("z", IntegrationConfig.model_validate({**base, **changes})).rate_limit.requests
+
+    assert limit() == 200 and limit(plan="enterprise") == 700 and limit(plan="enterprise_plus") == 2500
+    assert limit(plan="enterprise", rateLimit={"requests": 50, "perSeconds": 60}) == 50
+    with pytest.raises(ConfigError, match="plan"):
+        limit(plan="platinum")
