@@ -13,9 +13,12 @@
 - Idempotency: the ``Idempotency-Key`` header on ticket creation (Support API introduction,
   "Idempotency"): a repeat with the same key and body within the key's lifetime (two hours [2nd])
   answers the original ticket with ``x-idempotency-lookup: hit``; the same key with another body
-  is refused. Keys are at most 255 characters (longer ones are hashed). Beyond that window each
-  ticket also carries ``external_id = octopus-<hash of key>``, found again with
-  ``GET /api/v2/tickets?external_id=…`` after an ambiguous create.
+  is refused (``IdempotentRequestError``: the ticket is then looked up and reported). Keys are at
+  most 255 characters (longer ones are hashed). Beyond that window each ticket also carries
+  ``external_id = octopus-<hash of key>``, found again with ``GET /api/v2/tickets?external_id=…``
+  after an ambiguous create.
+- The requester is whoever the e-mail names: a sender claiming an agent's address files the ticket
+  as that agent. Map ``requester`` explicitly where senders' addresses are not trustworthy.
 - Errors ``{"error": "RecordInvalid", "description": "...", "details": {field: [{"description"}]}}``
   (400, 422), 401, 403, 404, 409 (a concurrent write: retry), 429 + ``Retry-After``.
 - Limits per account per minute by plan (Team 200, Growth/Professional 400, Enterprise 700,
@@ -34,8 +37,8 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, SecretStr
 
-from adapters.base import AdapterInfo, DeliveryContext
-from adapters.errors import ConfigError
+from adapters.base import AdapterInfo, Delivered, DeliveryContext
+from adapters.errors import ConfigError, PermanentError
 from adapters.http import Response
 from adapters.ratelimit import RateLimit
 from adapters.settings import Credentials, Endpoints, Url, VendorSettings, alias
@@ -210,6 +213,19 @@ class ZendeskAdapter(SpecAdapter):
         mapping = self.config.mappings.get("ticket")
         mapped = isinstance(mapping, dict) and "external_id" in mapping
         return bool(self.config.extra("externalIdMarker", True)) and not mapped
+
+    async def create(self, event: ClassifiedMessage, object_type: str, ctx: DeliveryContext) -> Delivered:
+        try:
+            return await super().create(event, object_type, ctx)
+        except PermanentError as exc:
+            # The key was used with another body (the mapping changed between attempts): the
+            # ticket exists, so report it rather than dead-letter a delivery that happened.
+            if "IdempotentRequestError" not in exc.message:
+                raise
+            found = await self.find_existing(event, object_type, ctx)
+            if found is None:
+                raise
+            return Delivered(found.external_id, found.external_url, {**found.detail, "existing": True})
 
     def ticket(self, rendered: dict[str, Any], event: ClassifiedMessage, ctx: DeliveryContext) -> dict[str, Any]:
         """A rendered mapping (flat seed keys or Zendesk's own) as a Create Ticket ``ticket`` object."""

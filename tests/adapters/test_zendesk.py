@@ -88,8 +88,13 @@ async def test_a_redelivery_with_the_same_key_replays_the_first_ticket() -> None
     assert len(fake.records) == 1 and fake.replayed == 1
 
 
-async def test_the_same_key_with_another_body_is_refused_permanently() -> None:
+async def test_the_same_key_with_another_body_reports_the_existing_ticket() -> None:
     async with running() as (fake, zendesk):
+        first = await zendesk.create(SERVICE, "ticket", ctx())
+        again = await zendesk.create(TECH, "ticket", ctx())  # e.g. the mapping changed in between
+    assert again.external_id == first.external_id and again.detail == {"existing": True}
+    assert len(fake.records) == 1
+    async with running(externalIdMarker=False) as (fake, zendesk):
         await zendesk.create(SERVICE, "ticket", ctx())
         with pytest.raises(PermanentError) as info:
             await zendesk.create(TECH, "ticket", ctx())
