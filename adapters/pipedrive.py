@@ -2,8 +2,11 @@
 
 - Base URL ``https://{company}.pipedrive.com`` (``endpoints.baseUrl`` or ``endpoints.companyDomain``;
   default ``https://api.pipedrive.com``). Auth: the API token in the ``x-api-token`` header
-  (``authType: "api_token"``, default; the query parameter would put it in every logged URL) or an
-  OAuth access token as ``Bearer`` (``authType: "oauth"``). Both static here: a 401 is final.
+  (``authType: "api_token"``, default; the query parameter would put it in every logged URL), an
+  OAuth access token as ``Bearer`` (``authType: "oauth"``: static, a 401 is final), or an OAuth
+  app's refresh token (``authType: "oauth2"``: ``clientId``, ``clientSecret``, ``refreshToken``)
+  traded at ``https://oauth.pipedrive.com/oauth/token`` with the client in HTTP basic, refreshed
+  once on a 401.
 - v1 ``POST /v1/persons``, ``/v1/deals``, ``/v1/activities`` are out of support since 1 Aug 2026
   (and cost twice the tokens): we use ``POST /api/v2/persons`` (``name``; ``emails``/``phones``
   as ``[{"value", "primary", "label"}]`` — a flat ``email``/``phone`` is folded into that shape),
@@ -42,6 +45,7 @@ from typing import Any, Literal
 
 from pydantic import Field, SecretStr
 
+from adapters.auth import Auth
 from adapters.base import AdapterInfo, Delivered, DeliveryContext, IntegrationConfig
 from adapters.errors import ConfigError, DeliveryError, PermanentError, QuotaExhaustedError, RateLimitedError
 from adapters.fleet import scope_of_secret
@@ -55,6 +59,7 @@ from adapters.spec import (
     CreateCall,
     Errors,
     LimitHeaders,
+    OAuth2Refresh,
     SpecAdapter,
     VendorSpec,
     at_path,
@@ -178,6 +183,7 @@ SPEC = VendorSpec(
     auth={
         "api_token": ApiKeyHeader("x-api-token", _TOKEN_KEYS),
         "oauth": Bearer(("accessToken",)),
+        "oauth2": OAuth2Refresh("/oauth/token", client_basic=True),
     },
     default_auth="api_token",
     objects={
@@ -198,11 +204,15 @@ SPEC = VendorSpec(
 class PipedriveCredentials(Credentials):
     apiToken: SecretStr | None = alias("apiToken", "api_token", "token", "apiKey", description="API token.")
     accessToken: SecretStr | None = Field(default=None, description="OAuth access token (authType oauth).")
+    clientId: str | None = Field(default=None, description="OAuth app's client id (authType oauth2).")
+    clientSecret: SecretStr | None = Field(default=None, description="authType oauth2.")
+    refreshToken: SecretStr | None = Field(default=None, description="authType oauth2.")
 
 
 class PipedriveEndpoints(Endpoints):
     baseUrl: Url | None = Field(default=None, description="https://<company>.pipedrive.com (default api.pipedrive.com)")
     companyDomain: str | None = alias("companyDomain", "company_domain", description="Instead of baseUrl.")
+    oauthUrl: Url | None = Field(default=None, description="Token server (default https://oauth.pipedrive.com).")
 
 
 class PipedriveSettings(VendorSettings):
@@ -221,7 +231,7 @@ class PipedriveAdapter(SpecAdapter):
         display_name="Pipedrive",
         display_name_zh="Pipedrive 销售管道",
         object_types=("person", "deal", "lead", "activity"),
-        auth_types=("api_token", "oauth"),
+        auth_types=("api_token", "oauth", "oauth2"),
         rate_limit=RateLimit(requests=20, perSeconds=2, concurrency=8),
         idempotency="persons by e-mail; leads/deals origin_id marker found again via the person; activities: ledger",
         docs="https://developers.pipedrive.com/docs/api/v1/Leads#addLead",
@@ -250,16 +260,26 @@ class PipedriveAdapter(SpecAdapter):
     @property
     def rate_limit(self) -> RateLimit:
         plan = self.config.extra("plan")
-        if self.config.rateLimit is not None or (plan is None and self.auth_type != "oauth"):
+        if self.config.rateLimit is not None or (plan is None and self.auth_type == "api_token"):
             return super().rate_limit
-        burst = PLAN_BURST.get(plan, PLAN_BURST["essential"]) * (4 if self.auth_type == "oauth" else 1)
+        burst = PLAN_BURST.get(plan, PLAN_BURST["essential"]) * (1 if self.auth_type == "api_token" else 4)
         return self.info.rate_limit.model_copy(update={"requests": burst})
 
     @property
     def limit_scope(self) -> str:
         """Burst limits count per token: integrations sharing one share a schedule."""
-        token = self.config.secret("accessToken") if self.auth_type == "oauth" else self.config.secret(*_TOKEN_KEYS)
+        if self.auth_type == "oauth2":
+            token = self.config.secret("clientId") + self.config.secret("refreshToken")
+        else:
+            token = self.config.secret("accessToken") if self.auth_type == "oauth" else self.config.secret(*_TOKEN_KEYS)
         return scope_of_secret("pipedrive", token)
+
+    def make_auth(self) -> Auth | None:
+        """OAuth tokens come from Pipedrive's token server, not the API host."""
+        base = self.base_url
+        if self.auth_type == "oauth2":
+            base = str(self.config.endpoints.get("oauthUrl") or "https://oauth.pipedrive.com").rstrip("/")
+        return self.auth_scheme.build(self.config, base)
 
     @property
     def ui_url(self) -> str:

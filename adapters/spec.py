@@ -10,6 +10,7 @@ or overrides ``create`` where the wire shape is not a plain create (WeCom approv
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -161,9 +162,13 @@ class OAuth2ClientCredentials:
         url = _join(base_url, self.token_path)
 
         async def fetch(http: HttpClient) -> Token:
-            return await oauth2_token(http, url, self.form(config))
+            return await oauth2_token(http, url, self.form(config), headers=self.token_headers(config))
 
         return TokenAuth(fetch)
+
+    def token_headers(self, config: IntegrationConfig) -> dict[str, str]:
+        """Headers of the token request (client authentication by HTTP basic, where asked)."""
+        return {}
 
 
 @dataclass(frozen=True)
@@ -171,18 +176,31 @@ class OAuth2Refresh(OAuth2ClientCredentials):
     """RFC 6749 §6: a long-lived refresh token traded for access tokens."""
 
     refresh_token: Keys = ("refreshToken",)
+    #: Authenticate the client with HTTP basic (RFC 6749 §2.3.1) instead of form fields (Pipedrive).
+    client_basic: bool = False
 
     def check(self, config: IntegrationConfig) -> None:
         super().check(config)
         config.secret(*self.refresh_token)
 
     def form(self, config: IntegrationConfig) -> dict[str, str]:
+        if self.client_basic:
+            return {"grant_type": "refresh_token", "refresh_token": config.secret(*self.refresh_token)}
         return {
             "grant_type": "refresh_token",
             "client_id": config.secret(*self.client_id),
             "client_secret": config.secret(*self.client_secret),
             "refresh_token": config.secret(*self.refresh_token),
         }
+
+    def token_headers(self, config: IntegrationConfig) -> dict[str, str]:
+        if not self.client_basic:
+            return {}
+        secret = config.secret(*self.client_secret)
+        register_secret(secret)
+        pair = base64.b64encode(f"{config.secret(*self.client_id)}:{secret}".encode()).decode()
+        register_secret(pair)
+        return {"Authorization": f"Basic {pair}"}
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ import orjson
 from aiohttp import web
 
 from adapters.pipedrive import SPEC as PIPEDRIVE
-from octopus_crm_sandbox.envelope import caller
+from octopus_crm_sandbox.envelope import caller, token_route
 from octopus_crm_sandbox.kit import FakeVendor
 
 __all__ = ["PipedriveFake"]
@@ -47,12 +47,21 @@ class PipedriveFake(FakeVendor):
         *,
         api_token: str = ENV["PIPEDRIVE_API_TOKEN"],
         access_token: str = "pd-oauth-fake-access-token",
+        client_id: str = "pd-fake-client-id",
+        client_secret: str = "pd-fake-client-secret",
+        refresh_token: str = "pd-fake-refresh-token",
         daily_budget: int | None = None,
         search_lag: float = 0.0,
         **kw: Any,
     ) -> None:
         super().__init__(**kw)
-        self.accepted = {"apiToken": api_token, "accessToken": access_token}
+        self.accepted = {
+            "apiToken": api_token,
+            "accessToken": access_token,
+            "clientId": client_id,
+            "clientSecret": client_secret,
+            "refreshToken": refresh_token,
+        }
         self.daily_budget = daily_budget
         self.search_lag = search_lag
         self.spent = 0
@@ -61,10 +70,11 @@ class PipedriveFake(FakeVendor):
         self.created_at: dict[str, float] = {}
 
     def endpoints(self) -> dict[str, Any]:
-        return {"baseUrl": self.base_url, "allowPrivateNetwork": True}  # the fakes listen on loopback
+        return {"baseUrl": self.base_url, "oauthUrl": self.base_url, "allowPrivateNetwork": True}  # loopback
 
     def routes(self) -> list[web.RouteDef]:
         return [
+            token_route(PIPEDRIVE.auth["oauth2"], self.accepted, self),
             web.post("/api/v2/persons", self.creator("person")),
             web.post("/api/v2/deals", self.creator("deal")),
             web.post("/api/v2/activities", self.creator("activity")),
@@ -109,7 +119,8 @@ class PipedriveFake(FakeVendor):
 
     def authenticated(self, request: web.Request) -> str | None:
         if request.headers.get("Authorization", "").startswith("Bearer "):
-            return caller(PIPEDRIVE.auth["oauth"], request, self.accepted, self)
+            static = caller(PIPEDRIVE.auth["oauth"], request, self.accepted, self)
+            return static or caller(PIPEDRIVE.auth["oauth2"], request, self.accepted, self)
         return caller(PIPEDRIVE.auth["api_token"], request, self.accepted, self)
 
     def unauthorized(self, request: web.Request) -> web.Response:

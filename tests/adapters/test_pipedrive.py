@@ -265,3 +265,20 @@ def test_the_plan_and_oauth_pick_the_burst_pace() -> None:
     assert limit() == 20 and limit(plan="professional") == 80
     assert limit(authType="oauth") == 80 and limit(authType="oauth", plan="enterprise") == 480
     assert limit(plan="power", rateLimit={"requests": 5, "perSeconds": 2}) == 5
+
+
+async def test_an_oauth_app_trades_its_refresh_token_with_the_client_in_basic_auth() -> None:
+    fake = PipedriveFake()
+    credentials = {k: fake.accepted[k] for k in ("clientId", "clientSecret", "refreshToken")}
+    async with running(fake, authType="oauth2", credentials=credentials) as (fake, pipedrive):
+        await pipedrive.create(SALES, "activity", ctx())
+        fake.expire_tokens()
+        await pipedrive.create(SALES, "activity", ctx("evt-2"))
+    first, _ = [r for r in fake.requests if r.path == "/oauth/token"]
+    assert first.body == b"grant_type=refresh_token&refresh_token=pd-fake-refresh-token"
+    assert first.headers["Authorization"].startswith("Basic ") and fake.token_requests == 2
+    assert sent(fake, "POST", "/api/v2/activities")[-1].headers["Authorization"].startswith("Bearer tok-")
+    wrong = {**credentials, "clientSecret": "nope"}
+    async with running(PipedriveFake(), authType="oauth2", credentials=wrong) as (_, pipedrive):
+        with pytest.raises(AuthError):
+            await pipedrive.create(SALES, "activity", ctx())

@@ -8,7 +8,7 @@ import base64
 from adapters.base import IntegrationConfig
 from adapters.http import HttpClient, Request, Response
 from adapters.ratelimit import Limiter, RateLimit
-from adapters.spec import Basic, CreateCall, LimitHeaders
+from adapters.spec import Basic, CreateCall, LimitHeaders, OAuth2Refresh
 
 
 async def test_basic_appends_the_user_suffix() -> None:
@@ -48,3 +48,14 @@ async def test_a_rolling_window_waits_one_slot_not_the_whole_window() -> None:
     without_limit = Limiter(RateLimit(requests=10))
     limits.observe(Response(200, {"x-left": "0", "x-reset": "2"}, b""), without_limit)
     assert 1.5 < without_limit.paused_for <= 2.0  # no limit header: the whole reset
+
+
+def test_a_refresh_grant_can_authenticate_the_client_with_basic() -> None:
+    config = IntegrationConfig.model_validate(
+        {"credentials": {"clientId": "app", "clientSecret": "s3cret", "refreshToken": "r"}}
+    )
+    scheme = OAuth2Refresh("/oauth/token", client_basic=True)
+    assert scheme.form(config) == {"grant_type": "refresh_token", "refresh_token": "r"}
+    header = scheme.token_headers(config)["Authorization"]
+    assert base64.b64decode(header.removeprefix("Basic ")).decode() == "app:s3cret"
+    assert OAuth2Refresh("/oauth/token").token_headers(config) == {}
