@@ -185,6 +185,7 @@ async def oauth2_token(
     *,
     default_ttl: float | None = None,
     secret_parts: tuple[str, ...] = (),
+    headers: Mapping[str, str] | None = None,
 ) -> Token:
     """An OAuth2 token endpoint (RFC 6749 §4.3/§4.4/§6), form-encoded; errors per §5.2.
 
@@ -196,7 +197,7 @@ async def oauth2_token(
         register_secret(form.get(key))
     for part in secret_parts:
         register_secret(part)
-    response = await http.raw(Request("POST", url, form=form, authenticated=False))
+    response = await http.raw(Request("POST", url, form=form, headers=dict(headers or {}), authenticated=False))
     if not response.ok:
         raise _token_error(response, response.field("error_description") or response.field("error"))
     body = response.json_object(f"{http.name}: token endpoint")

@@ -23,12 +23,14 @@ from adapters.jira import JiraAdapter
 from adapters.linear import LinearAdapter
 from adapters.monday import MondayAdapter
 from adapters.notion import NotionAdapter
+from adapters.pipedrive import PipedriveAdapter
 from adapters.salesforce import SalesforceAdapter
 from adapters.settings import settings_schema
 from adapters.slack import SlackAdapter
 from adapters.trello import TrelloAdapter
 from adapters.webhook import WebhookAdapter
 from adapters.wecom import WeComAdapter
+from adapters.zendesk import ZendeskAdapter
 from adapters.zoho import ZohoAdapter
 
 __all__ = ["ADAPTERS", "adapter_class", "describe"]
@@ -65,6 +67,8 @@ ADAPTERS: dict[str, type[Adapter]] = _register(
         ZohoAdapter,
         LinearAdapter,
         MondayAdapter,
+        ZendeskAdapter,
+        PipedriveAdapter,
     ]
 )
 

@@ -10,6 +10,7 @@ or overrides ``create`` where the wire shape is not a plain create (WeCom approv
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import time
 from collections.abc import Callable, Mapping
@@ -44,6 +45,7 @@ __all__ = [
     "Errors",
     "FindCall",
     "JsonToken",
+    "LimitHeaders",
     "NoAuth",
     "OAuth2ClientCredentials",
     "OAuth2Refresh",
@@ -101,6 +103,8 @@ class Basic:
     password: Keys
     #: A fixed password instead of a credential (Freshdesk: the API key as user, any password).
     fixed_password: str | None = None
+    #: Appended to the user name (Zendesk API tokens: ``{email}/token``).
+    user_suffix: str = ""
 
     def check(self, config: IntegrationConfig) -> None:
         config.secret(*self.user)
@@ -108,10 +112,11 @@ class Basic:
             config.secret(*self.password)
 
     def build(self, config: IntegrationConfig, base_url: str) -> Auth | None:
+        user = config.secret(*self.user) + self.user_suffix
         if self.fixed_password is None:
-            return basic(config.secret(*self.user), config.secret(*self.password))
+            return basic(user, config.secret(*self.password))
         register_secret(config.secret(*self.user))  # the user name is the secret here
-        return basic(config.secret(*self.user), self.fixed_password)
+        return basic(user, self.fixed_password)
 
 
 @dataclass(frozen=True)
@@ -168,12 +173,16 @@ class OAuth2ClientCredentials:
         url = _join(base_url, self.token_path)
 
         async def fetch(http: HttpClient) -> Token:
-            return await oauth2_token(http, url, self.form(config))
+            return await oauth2_token(http, url, self.form(config), headers=self.token_headers(config))
 
         return TokenAuth(fetch, place=self.place)
 
     def place(self, request: Request, token: Token) -> None:
         request.headers["Authorization"] = f"{self.scheme} {token.value}"
+
+    def token_headers(self, config: IntegrationConfig) -> dict[str, str]:
+        """Headers of the token request (client authentication by HTTP basic, where asked)."""
+        return {}
 
 
 @dataclass(frozen=True)
@@ -181,18 +190,31 @@ class OAuth2Refresh(OAuth2ClientCredentials):
     """RFC 6749 §6: a long-lived refresh token traded for access tokens."""
 
     refresh_token: Keys = ("refreshToken",)
+    #: Authenticate the client with HTTP basic (RFC 6749 §2.3.1) instead of form fields (Pipedrive).
+    client_basic: bool = False
 
     def check(self, config: IntegrationConfig) -> None:
         super().check(config)
         config.secret(*self.refresh_token)
 
     def form(self, config: IntegrationConfig) -> dict[str, str]:
+        if self.client_basic:
+            return {"grant_type": "refresh_token", "refresh_token": config.secret(*self.refresh_token)}
         return {
             "grant_type": "refresh_token",
             "client_id": config.secret(*self.client_id),
             "client_secret": config.secret(*self.client_secret),
             "refresh_token": config.secret(*self.refresh_token),
         }
+
+    def token_headers(self, config: IntegrationConfig) -> dict[str, str]:
+        if not self.client_basic:
+            return {}
+        secret = config.secret(*self.client_secret)
+        register_secret(secret)
+        pair = base64.b64encode(f"{config.secret(*self.client_id)}:{secret}".encode()).decode()
+        register_secret(pair)
+        return {"Authorization": f"Basic {pair}"}
 
 
 @dataclass(frozen=True)
@@ -302,6 +324,8 @@ class CreateCall:
     #: (adapter, request body, ctx) → the URL, when it depends on the record (DingTalk's to-do
     #: goes to ``/v1.0/todo/users/{the owner's unionId}/tasks``); overrides ``path``.
     path_of: Callable[[Any, Any, DeliveryContext], str] | None = None
+    #: The idempotency key as the vendor takes it (a length limit: Zendesk's 255 characters).
+    idempotency_value: Callable[[str], str] | None = None
 
     def delivered(self, adapter: Any, response: Response, ctx: DeliveryContext | None) -> Delivered:
         # A body the id is read from must be an object (a list or text is a typed error).
@@ -351,6 +375,9 @@ class FindCall:
     #: (adapter, item, ctx) → whether a listed item is this delivery's record (a marker in its text),
     #: for vendors whose list call cannot filter by the marker itself.
     match: Callable[[Any, Any, DeliveryContext], bool] | None = None
+    #: Reads a found item when it is shaped unlike the create answer (Zendesk wraps a created
+    #: ticket in ``{"ticket": …}``, lists it bare); default: the object type's create call.
+    read: CreateCall | None = None
 
 
 @dataclass(frozen=True)
@@ -456,6 +483,8 @@ class VendorSpec:
     #: Why the vendor cannot be tested without a write (when ``test_call`` is None).
     not_testable: str = "this target has no read call to test with"
     headers: Mapping[str, str] = field(default_factory=dict)
+    #: Headers announcing the requests left in the vendor's window (read on every answer).
+    limit_headers: LimitHeaders | None = None
 
 
 class SpecAdapter(HttpAdapter):
@@ -482,7 +511,15 @@ class SpecAdapter(HttpAdapter):
         return scheme
 
     def classifier(self) -> Classifier:
-        return self.spec.errors.classify
+        limits = self.spec.limit_headers
+        if limits is None:
+            return self.spec.errors.classify
+
+        def classify(response: Response) -> DeliveryError | None:
+            limits.observe(response, self.current_limiter())
+            return self.spec.errors.classify(response)
+
+        return classify
 
     def make_http(self, limiter: Limiter) -> HttpClient:
         return HttpClient(
@@ -519,7 +556,8 @@ class SpecAdapter(HttpAdapter):
         call = self.create_call(object_type)
         headers = dict(call.headers)
         if call.idempotency_header:
-            headers[call.idempotency_header] = ctx.idempotency_key
+            key = ctx.idempotency_key
+            headers[call.idempotency_header] = call.idempotency_value(key) if call.idempotency_value else key
         if call.event_headers is not None:
             headers.update(call.event_headers(event))
         body = self.request_body(call, event, object_type, ctx)
@@ -541,7 +579,7 @@ class SpecAdapter(HttpAdapter):
             items = [item for item in items if find.match(self, item, ctx)]
         if not isinstance(items, list) or not items:
             return None
-        return self.create_call(object_type).delivered_from(self, items[0], {}, None)
+        return (find.read or self.create_call(object_type)).delivered_from(self, items[0], {}, None)
 
     async def test_connection(self) -> None:
         call = self.spec.test_call
@@ -564,3 +602,36 @@ def dedupe_marker(idempotency_key: str) -> str:
     """``octopus-<16 hex of sha256(key)>``: a findable trace of a delivery (a label, tag or text
     marker) for vendors without an idempotency key; no spaces, safe in labels, tags and queries."""
     return "octopus-" + hashlib.sha256(idempotency_key.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class LimitHeaders:
+    """A vendor's "requests left" headers (Zendesk ``ratelimit-remaining``, Pipedrive
+    ``x-ratelimit-remaining``): at zero, hold this integration until the window resets, so the
+    next call does not spend a 429 finding out.
+    """
+
+    remaining: str
+    #: Seconds until the window resets (delta-seconds); ``default_wait`` when absent.
+    reset: str
+    default_wait: float = 1.0
+    #: A rolling window of this many seconds (Pipedrive's 2 s): its oldest call ages out about
+    #: one slot (window / the ``limit`` header) later, so wait that, not the whole window.
+    rolling_window: float = 0.0
+    limit: str = ""
+
+    def observe(self, response: Response, limiter: Limiter | None) -> None:
+        value = response.headers.get(self.remaining)
+        if limiter is None or value is None:
+            return
+        try:
+            left = float(value)
+        except ValueError:
+            return  # a vendor header is untrusted text: an unreadable one says nothing
+        if left > 0:
+            return
+        if self.rolling_window and (allowed := parse_retry_after(response.headers.get(self.limit))):
+            limiter.slow_down(self.rolling_window / allowed)
+            return
+        wait = parse_retry_after(response.headers.get(self.reset))
+        limiter.slow_down(self.default_wait if wait is None else wait)

@@ -59,8 +59,9 @@ def caller(scheme: AuthScheme, request: web.Request, accepted: Mapping[str, str]
         except (ValueError, UnicodeDecodeError):
             return None
         # A fixed password is a placeholder the vendor ignores (Freshdesk documents any value).
+        expected_user = _accepted(accepted, scheme.user)
         good_password = scheme.fixed_password is not None or password == _accepted(accepted, scheme.password)
-        ok = user == _accepted(accepted, scheme.user) and good_password
+        ok = expected_user is not None and user == expected_user + scheme.user_suffix and good_password
         return user if ok else None
     if isinstance(scheme, ApiKeyHeader):
         expected = _accepted(accepted, scheme.keys)
@@ -97,10 +98,13 @@ def _oauth2_handler(scheme: OAuth2ClientCredentials, accepted: Mapping[str, str]
     async def handler(request: web.Request) -> web.Response:
         form = await request.post()
         grant = "refresh_token" if isinstance(scheme, OAuth2Refresh) else "client_credentials"
+        client_id, client_secret = form.get("client_id"), form.get("client_secret")
+        if isinstance(scheme, OAuth2Refresh) and scheme.client_basic:  # RFC 6749 §2.3.1, and only that
+            client_id, client_secret = _basic_pair(request.headers.get("Authorization", ""))
         ok = (
             form.get("grant_type") == grant
-            and form.get("client_id") == _accepted(accepted, scheme.client_id)
-            and form.get("client_secret") == _accepted(accepted, scheme.client_secret)
+            and client_id == _accepted(accepted, scheme.client_id)
+            and client_secret == _accepted(accepted, scheme.client_secret)
         )
         if isinstance(scheme, OAuth2Refresh):
             ok = ok and form.get("refresh_token") == _accepted(accepted, scheme.refresh_token)
@@ -124,3 +128,14 @@ def _json_token_handler(scheme: JsonToken, accepted: Mapping[str, str], fake: Fa
         return web.json_response({**body, scheme.message_field: "ok"})
 
     return handler
+
+
+def _basic_pair(header: str) -> tuple[str | None, str | None]:
+    kind, _, value = header.partition(" ")
+    if kind.lower() != "basic":
+        return None, None
+    try:
+        user, _, password = base64.b64decode(value, validate=True).decode().partition(":")
+    except (ValueError, UnicodeDecodeError):
+        return None, None
+    return user, password

@@ -15,12 +15,14 @@ from octopus_crm_sandbox.kit import FakeVendor
 from octopus_crm_sandbox.linear import LinearFake
 from octopus_crm_sandbox.monday import MondayFake
 from octopus_crm_sandbox.notion import NotionFake
+from octopus_crm_sandbox.pipedrive import PipedriveFake
 from octopus_crm_sandbox.salesforce import SalesforceFake
 from octopus_crm_sandbox.slack import SlackFake
 from octopus_crm_sandbox.smtp import SmtpFake
 from octopus_crm_sandbox.trello import TrelloFake
 from octopus_crm_sandbox.webhook import WebhookFake
 from octopus_crm_sandbox.wecom import WeComFake
+from octopus_crm_sandbox.zendesk import ZendeskFake
 from octopus_crm_sandbox.zoho import ZohoFake
 
 __all__ = ["FAKES"]
@@ -45,4 +47,6 @@ FAKES: dict[str, type[FakeVendor] | type[SmtpFake]] = {
     "zoho": ZohoFake,
     "linear": LinearFake,
     "monday": MondayFake,
+    "zendesk": ZendeskFake,
+    "pipedrive": PipedriveFake,
 }

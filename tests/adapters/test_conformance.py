@@ -48,11 +48,13 @@ from octopus_crm_sandbox.kit import FakeVendor, Fault, SandboxServer
 from octopus_crm_sandbox.linear import LinearFake
 from octopus_crm_sandbox.monday import MondayFake
 from octopus_crm_sandbox.notion import NotionFake
+from octopus_crm_sandbox.pipedrive import PipedriveFake
 from octopus_crm_sandbox.salesforce import SalesforceFake
 from octopus_crm_sandbox.slack import SlackFake
 from octopus_crm_sandbox.trello import TrelloFake
 from octopus_crm_sandbox.webhook import WebhookFake
 from octopus_crm_sandbox.wecom import WeComFake
+from octopus_crm_sandbox.zendesk import ZendeskFake
 from octopus_crm_sandbox.zoho import ZohoFake
 from tests.adapters.seed import event_of, resolved, sample_events, seed_entry
 from tests.adapters.test_feishu import FEISHU_ENTRY
@@ -584,6 +586,48 @@ VENDORS = [
                     200, {"errors": [{"message": "Oops", "extensions": {"code": "SomethingNew", "status_code": 500}}]}
                 ),
                 RetryableError,
+            ),
+        ),
+    ),
+    Vendor(
+        "zendesk",
+        ZendeskFake,
+        seed_configured("zendesk"),
+        "ticket",
+        "客户服务",
+        "/api/v2/tickets",
+        finds=True,
+        body_errors=(
+            (
+                Fault(422, {"error": "RecordInvalid", "description": "Record validation errors", "details": {}}),
+                PermanentError,
+            ),
+            (Fault(400, {"error": "IdempotentRequestError", "description": "different request"}), PermanentError),
+            (Fault(403, {"error": "Forbidden", "description": "You do not have access"}), AuthError),
+            (Fault(409, {"error": "Conflict", "description": "concurrent update"}), RetryableError),
+            (Fault(429, {"error": "APIRateLimitExceeded"}, headers={"ratelimit-reset": "7"}), RateLimitedError),
+        ),
+    ),
+    Vendor(
+        "pipedrive",
+        PipedriveFake,
+        seed_configured("pipedrive"),
+        "lead",
+        "销售线索",
+        "/api/v1/leads",
+        finds=True,
+        body_errors=(
+            (Fault(200, {"success": False, "error": "Person not found", "data": None}), PermanentError),
+            (Fault(400, {"success": False, "error": "Validation failed", "error_info": "title"}), PermanentError),
+            (Fault(410, {"success": False, "error": "Gone", "error_info": "out of support"}), PermanentError),
+            (Fault(403, {"success": False, "error": "Scope and URL mismatch"}), AuthError),
+            (
+                Fault(429, {"success": False, "error": "Request over limit"}, headers={"Retry-After": "2"}),
+                RateLimitedError,
+            ),
+            (
+                Fault(429, {"success": False, "error": "Request over limit"}, headers={"x-daily-requests-left": "0"}),
+                QuotaExhaustedError,
             ),
         ),
     ),

@@ -247,10 +247,10 @@ def test_secret_bearing_fields_resolve_and_register_each_part(tmp_path: Path) ->
 
 
 def test_unknown_type() -> None:
-    errors = errors_of({"crmIntegrations": [hook(), {"id": "zd", "type": "zendesk"}]}, env={})
+    errors = errors_of({"crmIntegrations": [hook(), {"id": "zd", "type": "sugarcrm"}]}, env={})
     assert len(errors) == 1
     assert errors[0][0] == "crmIntegrations[1].type"
-    assert errors[0][1].startswith("unknown integration type 'zendesk'; known: ")
+    assert errors[0][1].startswith("unknown integration type 'sugarcrm'; known: ")
     assert "webhook" in errors[0][1]
 
 
