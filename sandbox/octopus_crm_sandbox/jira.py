@@ -132,7 +132,7 @@ class JiraFake(SpecFake):
         }
         return web.json_response({"errorMessages": ["Rate limit exceeded."], "errors": {}}, status=429, headers=headers)
 
-    def unauthorized(self) -> web.Response:
+    def unauthorized(self, request: web.Request) -> web.Response:
         return web.Response(
             status=401,
             text="Client must be authenticated to access this resource.",

@@ -23,7 +23,7 @@ from adapters.spec import CreateCall, FindCall, JsonToken, OAuth2ClientCredentia
 from octopus_crm_sandbox.envelope import caller, token_route
 from octopus_crm_sandbox.kit import FakeVendor
 
-__all__ = ["SpecFake", "placed", "schema_problems"]
+__all__ = ["Refusal", "SpecFake", "placed", "schema_problems"]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -40,6 +40,14 @@ def schema_problems(validator: jsonschema.protocols.Validator, body: Any) -> lis
     return [f"{'/'.join(map(str, e.path)) or 'body'}: {e.message}" for e in validator.iter_errors(body)]
 
 
+class Refusal(Exception):
+    """Raised by any hook to answer ``response`` instead (a lookup query the vendor rejects)."""
+
+    def __init__(self, response: web.Response) -> None:
+        super().__init__(response.status)
+        self.response = response
+
+
 class SpecFake(FakeVendor):
     """A fake whose routes and caller check come from ``spec``; subclasses state the vendor's domain."""
 
@@ -47,19 +55,47 @@ class SpecFake(FakeVendor):
     #: Object type → validator of its create body (a fragment of the vendor's published spec).
     schemas: ClassVar[Mapping[str, jsonschema.protocols.Validator]] = {}
     created_status: ClassVar[int] = 201
+    #: Where the spec's relative paths live on this fake (the ``/api`` of ``https://slack.com/api``).
+    mount: ClassVar[str] = ""
 
     def __init__(self, *, accepted: Mapping[str, str], **kw: Any) -> None:
         super().__init__(**kw)
         #: Credential name (as the spec's auth schemes read it) → the value this fake accepts.
         self.accepted = dict(accepted)
+        #: Idempotency key → the record id its first create made (a replay answers that record).
+        self.by_key: dict[str, str] = {}
+        self.replays = 0
 
     # -- the vendor's shapes: override what differs --------------------------------------------
 
-    def error(self, status: int, messages: Sequence[str], **fields: str) -> web.Response:
-        return web.json_response({"errors": list(messages), **fields}, status=status)
+    def answer(self, body: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
+        """Every JSON answer of the envelope goes out here (headers a vendor adds to all of them)."""
+        return web.json_response(body, status=status, headers=headers)
 
-    def unauthorized(self) -> web.Response:
+    def error(self, status: int, messages: Sequence[str], **fields: str) -> web.Response:
+        return self.answer({"errors": list(messages), **fields}, status=status)
+
+    def unauthorized(self, request: web.Request) -> web.Response:
         return self.error(401, ["unauthorized"])
+
+    def unreadable(self, status: int, message: str) -> web.Response:
+        """A body that is not JSON: 415 for another content type, 400 for bad JSON."""
+        if status == 415:
+            return web.Response(status=415, text="Unsupported Media Type")
+        return self.error(status, [message])
+
+    def refused(self, object_type: str, body: Any, request: web.Request) -> web.Response | None:
+        """The domain check of a create body: the schema, then :meth:`check`; None accepts it."""
+        validator = self.schemas.get(object_type)
+        problems = schema_problems(validator, body) if validator is not None else []
+        if problems:
+            return self.error(400, problems)
+        messages, fields = self.check(object_type, body)
+        return self.error(400, messages, **fields) if messages or fields else None
+
+    def idempotency_key(self, call: CreateCall, body: Any, request: web.Request) -> str | None:
+        """The create's idempotency key (the spec's header by default); a repeat replays the first."""
+        return request.headers.get(call.idempotency_header) if call.idempotency_header else None
 
     def check(self, object_type: str, body: Any) -> tuple[list[str], dict[str, str]]:
         """Messages and per-field problems beyond the schema (what the vendor's server checks)."""
@@ -84,6 +120,10 @@ class SpecFake(FakeVendor):
         """One record as the lookup lists it; the adapter reads its id like a create answer's."""
         return placed(self.spec.objects[object_type].id_at, record_id)
 
+    def listing(self, find: FindCall, hits: list[Any]) -> Any:
+        """The lookup answer: the hits where the spec reads them."""
+        return placed(find.items_at, hits)
+
     def whoami(self, who: str) -> Any:
         """The connection-test read's answer."""
         return {"ok": True, "user": who}
@@ -102,63 +142,81 @@ class SpecFake(FakeVendor):
                 return who
         return None
 
+    def token_routes(self) -> list[web.RouteDef]:
+        """The token endpoint of each token scheme (override for a vendor's own token errors)."""
+        routes = []
+        for scheme in self.spec.auth.values():
+            if isinstance(scheme, (OAuth2ClientCredentials, JsonToken)):
+                token = token_route(scheme, self.accepted, self)
+                routes.append(web.route(token.method, self.mount + token.path, token.handler))
+        return routes
+
     def routes(self) -> list[web.RouteDef]:
-        routes = [
-            token_route(scheme, self.accepted, self)
-            for scheme in self.spec.auth.values()
-            if isinstance(scheme, (OAuth2ClientCredentials, JsonToken))
-        ]
+        routes = self.token_routes()
         for object_type, call in self.spec.objects.items():
-            routes.append(web.route(call.method, _route_path(call.path), self._create_handler(object_type, call)))
+            routes.append(web.route(call.method, self._path(call.path), self._create_handler(object_type, call)))
         for object_type, find in self.spec.find.items():
-            routes.append(web.route(find.method, _route_path(find.path), self._find_handler(object_type, find)))
+            routes.append(web.route(find.method, self._path(find.path), self._find_handler(object_type, find)))
         if self.spec.test_call is not None:
-            routes.append(web.route(self.spec.test_call.method, _route_path(self.spec.test_call.path), self._whoami))
-        return [*routes, *self.extra_routes()]
+            routes.append(web.route(self.spec.test_call.method, self._path(self.spec.test_call.path), self._whoami))
+        return [web.route(r.method, r.path, _answering(r.handler)) for r in routes] + self.extra_routes()
 
     def _create_handler(self, object_type: str, call: CreateCall) -> Handler:
         async def create(request: web.Request) -> web.StreamResponse:
             if self.caller(request) is None:
-                return self.unauthorized()
+                return self.unauthorized(request)
             if request.content_type != "application/json":
-                return web.Response(status=415, text="Unsupported Media Type")
+                return self.unreadable(415, "Content-Type must be application/json")
             try:
                 body = orjson.loads(await request.read())
             except orjson.JSONDecodeError as exc:
-                return self.error(400, [f"Unexpected character in JSON body: {exc}"])
-            validator = self.schemas.get(object_type)
-            problems = schema_problems(validator, body) if validator is not None else []
-            if problems:
-                return self.error(400, problems)
-            messages, fields = self.check(object_type, body)
-            if messages or fields:
-                return self.error(400, messages, **fields)
-            record_id, record = self.store(object_type, body, request)
-            self.records[record_id] = record
-            answer, headers = self.created(call, record_id, record)
+                return self.unreadable(400, f"Unexpected character in JSON body: {exc}")
+            refusal = self.refused(object_type, body, request)
+            if refusal is not None:
+                return refusal
+            key = self.idempotency_key(call, body, request)
+            if key and key in self.by_key:
+                self.replays += 1
+                record_id = self.by_key[key]
+            else:
+                record_id, record = self.store(object_type, body, request)
+                self.records[record_id] = record
+                if key:
+                    self.by_key[key] = record_id
+            answer, headers = self.created(call, record_id, self.records[record_id])
             if answer is None:
                 return web.Response(status=204, headers=headers)
-            return web.json_response(answer, status=self.created_status, headers=headers)
+            return self.answer(answer, status=self.created_status, headers=headers)
 
         return create
 
     def _find_handler(self, object_type: str, find: FindCall) -> Handler:
         async def lookup(request: web.Request) -> web.StreamResponse:
             if self.caller(request) is None:
-                return self.unauthorized()
+                return self.unauthorized(request)
             hits = [
                 self.found(object_type, record_id, record)
                 for record_id, record in self.records.items()
                 if self.matches(object_type, record, request.query)
             ]
-            return web.json_response(placed(find.items_at, hits))
+            return self.answer(self.listing(find, hits))
 
         return lookup
 
     async def _whoami(self, request: web.Request) -> web.StreamResponse:
         who = self.caller(request)
-        return self.unauthorized() if who is None else web.json_response(self.whoami(who))
+        return self.unauthorized(request) if who is None else self.answer(self.whoami(who))
+
+    def _path(self, path: str) -> str:
+        return self.mount + "/" + path.lstrip("/")  # ``{placeholders}`` are aiohttp's own route variables
 
 
-def _route_path(path: str) -> str:
-    return "/" + path.lstrip("/")  # ``{placeholders}`` are aiohttp's own route variables
+def _answering(handler: Any) -> Handler:
+    async def answer(request: web.Request) -> web.StreamResponse:
+        try:
+            response: web.StreamResponse = await handler(request)
+        except Refusal as refusal:
+            return refusal.response
+        return response
+
+    return answer
