@@ -158,7 +158,7 @@ class FreshdeskFake(SpecFake):
         body = {"code": "invalid_credentials", "message": "You have to be logged in to perform this action."}
         return self.answer(body, status=401)
 
-    def unreadable(self, status: int, message: str) -> web.Response:
+    def unreadable(self, object_type: str, status: int, message: str) -> web.Response:
         if status == 415:
             return self.answer({"code": "invalid_content_type", "message": "Content-Type must be JSON"}, 415)
         return self.invalid(_INVALID_JSON)

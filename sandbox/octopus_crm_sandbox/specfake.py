@@ -78,7 +78,7 @@ class SpecFake(FakeVendor):
     def unauthorized(self, request: web.Request) -> web.Response:
         return self.error(401, ["unauthorized"])
 
-    def unreadable(self, status: int, message: str) -> web.Response:
+    def unreadable(self, object_type: str, status: int, message: str) -> web.Response:
         """A body that is not JSON: 415 for another content type, 400 for bad JSON."""
         if status == 415:
             return web.Response(status=415, text="Unsupported Media Type")
@@ -166,11 +166,11 @@ class SpecFake(FakeVendor):
             if self.caller(request) is None:
                 return self.unauthorized(request)
             if request.content_type != "application/json":
-                return self.unreadable(415, "Content-Type must be application/json")
+                return self.unreadable(object_type, 415, "Content-Type must be application/json")
             try:
                 body = orjson.loads(await request.read())
             except orjson.JSONDecodeError as exc:
-                return self.unreadable(400, f"Unexpected character in JSON body: {exc}")
+                return self.unreadable(object_type, 400, f"Unexpected character in JSON body: {exc}")
             refusal = self.refused(object_type, body, request)
             if refusal is not None:
                 return refusal
