@@ -299,8 +299,8 @@ class FeishuFake(SpecFake):
         return [web.get("/open-apis/bitable/v1/apps/{app}/tables", self.list_tables)]
 
     async def list_tables(self, request: web.Request) -> web.Response:
-        if self.caller(request) is None:
-            return self.unauthorized(request)
+        if (denied := await self.admit(request)) is not None:
+            return denied
         app = request.match_info["app"]
         if app not in self.tables:
             return _json(400, 1254040, "BaseTokenNotFound")

@@ -142,6 +142,19 @@ class SpecFake(FakeVendor):
                 return who
         return None
 
+    async def admit(self, request: web.Request) -> web.Response | None:
+        """The refusal of a request the vendor would not serve (no valid caller), or None."""
+        return self.unauthorized(request) if self.caller(request) is None else None
+
+    async def read_body(self, object_type: str, request: web.Request) -> Any:
+        """The create's decoded body; raises :class:`Refusal` with :meth:`unreadable`'s answer."""
+        if request.content_type != "application/json":
+            raise Refusal(self.unreadable(object_type, 415, "Content-Type must be application/json"))
+        try:
+            return orjson.loads(await request.read())
+        except orjson.JSONDecodeError as exc:
+            raise Refusal(self.unreadable(object_type, 400, f"Unexpected character in JSON body: {exc}")) from None
+
     def token_routes(self) -> list[web.RouteDef]:
         """The token endpoint of each token scheme (override for a vendor's own token errors)."""
         routes = []
@@ -163,14 +176,9 @@ class SpecFake(FakeVendor):
 
     def _create_handler(self, object_type: str, call: CreateCall) -> Handler:
         async def create(request: web.Request) -> web.StreamResponse:
-            if self.caller(request) is None:
-                return self.unauthorized(request)
-            if request.content_type != "application/json":
-                return self.unreadable(object_type, 415, "Content-Type must be application/json")
-            try:
-                body = orjson.loads(await request.read())
-            except orjson.JSONDecodeError as exc:
-                return self.unreadable(object_type, 400, f"Unexpected character in JSON body: {exc}")
+            if (denied := await self.admit(request)) is not None:
+                return denied
+            body = await self.read_body(object_type, request)
             refusal = self.refused(object_type, body, request)
             if refusal is not None:
                 return refusal
@@ -192,8 +200,8 @@ class SpecFake(FakeVendor):
 
     def _find_handler(self, object_type: str, find: FindCall) -> Handler:
         async def lookup(request: web.Request) -> web.StreamResponse:
-            if self.caller(request) is None:
-                return self.unauthorized(request)
+            if (denied := await self.admit(request)) is not None:
+                return denied
             hits = [
                 self.found(object_type, record_id, record)
                 for record_id, record in self.records.items()
@@ -204,8 +212,9 @@ class SpecFake(FakeVendor):
         return lookup
 
     async def _whoami(self, request: web.Request) -> web.StreamResponse:
-        who = self.caller(request)
-        return self.unauthorized(request) if who is None else self.answer(self.whoami(who))
+        if (denied := await self.admit(request)) is not None:
+            return denied
+        return self.answer(self.whoami(self.caller(request) or "anonymous"))
 
     def _path(self, path: str) -> str:
         return self.mount + "/" + path.lstrip("/")  # ``{placeholders}`` are aiohttp's own route variables

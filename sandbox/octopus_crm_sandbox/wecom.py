@@ -277,13 +277,13 @@ class WeComFake(SpecFake):
     # -- cheap reads ----------------------------------------------------------------------------
 
     async def agent_get(self, request: web.Request) -> web.Response:
-        if self.caller(request) is None:
-            return self.unauthorized(request)
+        if (denied := await self.admit(request)) is not None:
+            return denied
         if request.query.get("agentid") != str(self.agent_id):
             return self._error(40056, "invalid agentid")
         return _answer(agentid=self.agent_id, name="Octopus", close=0)
 
     async def api_domain_ip(self, request: web.Request) -> web.Response:
-        if self.caller(request) is None:
-            return self.unauthorized(request)
+        if (denied := await self.admit(request)) is not None:
+            return denied
         return _answer(ip_list=["127.0.0.1"])
