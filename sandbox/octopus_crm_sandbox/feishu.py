@@ -252,7 +252,9 @@ class FeishuFake(SpecFake):
         }
         return guid, task
 
-    def created(self, call: CreateCall, record_id: str, record: dict[str, Any]) -> tuple[Any, dict[str, str]]:
+    def created(
+        self, call: CreateCall, record_id: str, record: dict[str, Any], request: web.Request
+    ) -> tuple[Any, dict[str, str]]:
         data = {"record": _row(record)} if "record_id" in record else {"task": record}
         return {"code": 0, "msg": "success", "data": data}, {}
 

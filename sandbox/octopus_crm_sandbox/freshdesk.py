@@ -205,7 +205,9 @@ class FreshdeskFake(SpecFake):
         self.created_at[str(ticket_id)] = time.monotonic()
         return str(ticket_id), {**ticket, "request": body}
 
-    def created(self, call: CreateCall, record_id: str, record: dict[str, Any]) -> tuple[Any, dict[str, str]]:
+    def created(
+        self, call: CreateCall, record_id: str, record: dict[str, Any], request: web.Request
+    ) -> tuple[Any, dict[str, str]]:
         return _public(record), {"Location": f"{self.base_url}/api/v2/tickets/{record_id}"}
 
     # -- search and agents/me ----------------------------------------------------------------

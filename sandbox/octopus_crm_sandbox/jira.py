@@ -155,7 +155,9 @@ class JiraFake(SpecFake):
         self.created_at[key] = time.monotonic()
         return key, record
 
-    def created(self, call: CreateCall, record_id: str, record: dict[str, Any]) -> tuple[Any, dict[str, str]]:
+    def created(
+        self, call: CreateCall, record_id: str, record: dict[str, Any], request: web.Request
+    ) -> tuple[Any, dict[str, str]]:
         answer = {"id": record["id"], "key": record_id, "self": f"{self.base_url}/rest/api/3/issue/{record['id']}"}
         assert not list(_CREATED.iter_errors(answer))
         return answer, {}

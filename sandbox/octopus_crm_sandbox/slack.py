@@ -200,7 +200,9 @@ class SlackFake(SpecFake):
         self.messages.append(record)
         return f"{channel}:{ts}", {**record, "warnings": request[_WARNINGS]}
 
-    def created(self, call: CreateCall, record_id: str, record: dict[str, Any]) -> tuple[Any, dict[str, str]]:
+    def created(
+        self, call: CreateCall, record_id: str, record: dict[str, Any], request: web.Request
+    ) -> tuple[Any, dict[str, str]]:
         message: dict[str, Any] = {
             "type": "message",
             "subtype": "bot_message",

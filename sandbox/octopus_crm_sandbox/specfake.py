@@ -75,6 +75,10 @@ class SpecFake(FakeVendor):
     def error(self, status: int, messages: Sequence[str], **fields: str) -> web.Response:
         return self.answer({"errors": list(messages), **fields}, status=status)
 
+    def answer_headers(self, request: web.Request) -> Mapping[str, str]:
+        """Headers on each successful answer to ``request`` (rate-limit counters for its caller)."""
+        return {}
+
     def unauthorized(self, request: web.Request) -> web.Response:
         return self.error(401, ["unauthorized"])
 
@@ -106,7 +110,9 @@ class SpecFake(FakeVendor):
         record_id = self.new_id()
         return record_id, {"id": record_id, "objectType": object_type, "body": body}
 
-    def created(self, call: CreateCall, record_id: str, record: dict[str, Any]) -> tuple[Any, dict[str, str]]:
+    def created(
+        self, call: CreateCall, record_id: str, record: dict[str, Any], request: web.Request
+    ) -> tuple[Any, dict[str, str]]:
         """The create answer: body and headers, the id where the adapter's spec reads it."""
         if call.id_header is not None:
             return None, {call.id_header: f"{self.base_url}/{call.path.strip('/')}({record_id})"}
@@ -191,7 +197,8 @@ class SpecFake(FakeVendor):
                 self.records[record_id] = record
                 if key:
                     self.by_key[key] = record_id
-            answer, headers = self.created(call, record_id, self.records[record_id])
+            answer, headers = self.created(call, record_id, self.records[record_id], request)
+            headers = {**self.answer_headers(request), **headers}
             if answer is None:
                 return web.Response(status=204, headers=headers)
             return self.answer(answer, status=self.created_status, headers=headers)
@@ -207,14 +214,14 @@ class SpecFake(FakeVendor):
                 for record_id, record in self.records.items()
                 if self.matches(object_type, record, request.query)
             ]
-            return self.answer(self.listing(find, hits))
+            return self.answer(self.listing(find, hits), headers=self.answer_headers(request))
 
         return lookup
 
     async def _whoami(self, request: web.Request) -> web.StreamResponse:
         if (denied := await self.admit(request)) is not None:
             return denied
-        return self.answer(self.whoami(self.caller(request) or "anonymous"))
+        return self.answer(self.whoami(self.caller(request) or "anonymous"), headers=self.answer_headers(request))
 
     def _path(self, path: str) -> str:
         return self.mount + "/" + path.lstrip("/")  # ``{placeholders}`` are aiohttp's own route variables

@@ -173,7 +173,9 @@ class WeComFake(SpecFake):
         self.approvals.append(body)
         return sp_no, body
 
-    def created(self, call: CreateCall, record_id: str, record: dict[str, Any]) -> tuple[Any, dict[str, str]]:
+    def created(
+        self, call: CreateCall, record_id: str, record: dict[str, Any], request: web.Request
+    ) -> tuple[Any, dict[str, str]]:
         if call.path.endswith("/applyevent"):
             return {"sp_no": record_id}, {}
         return {"invaliduser": "|".join(self._invalid(record)), "msgid": record_id}, {}
