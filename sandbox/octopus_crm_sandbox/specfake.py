@@ -134,6 +134,10 @@ class SpecFake(FakeVendor):
         """The connection-test read's answer."""
         return {"ok": True, "user": who}
 
+    def create_path(self, object_type: str, call: CreateCall) -> str:
+        """The create route's path: the spec's, or the pattern of a path the adapter computes."""
+        return call.path
+
     def extra_routes(self) -> list[web.RouteDef]:
         """Routes the spec does not describe (a removed API answering 410, an admin listing)."""
         return []
@@ -173,7 +177,8 @@ class SpecFake(FakeVendor):
     def routes(self) -> list[web.RouteDef]:
         routes = self.token_routes()
         for object_type, call in self.spec.objects.items():
-            routes.append(web.route(call.method, self._path(call.path), self._create_handler(object_type, call)))
+            path = self._path(self.create_path(object_type, call))
+            routes.append(web.route(call.method, path, self._create_handler(object_type, call)))
         for object_type, find in self.spec.find.items():
             routes.append(web.route(find.method, self._path(find.path), self._find_handler(object_type, find)))
         if self.spec.test_call is not None:
