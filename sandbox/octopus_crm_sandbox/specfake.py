@@ -4,10 +4,20 @@ From the spec come who may call (each ``authType``'s scheme, read from the wire 
 :func:`~octopus_crm_sandbox.envelope.caller`), the token endpoint of token schemes, one create route
 per object type (its method and path; the new id placed where the spec reads it — a body path or a
 response header), the lookup route of each :class:`~adapters.spec.FindCall` (its result list where
-the spec reads it) and the connection-test route. The kit's envelope adds the 429 window, latency
-and injected faults. A vendor's fake keeps only its domain: the credentials it accepts, its error
-body, the JSON Schema of each create body (from the vendor's published spec) and the checks the
-vendor makes beyond it, what a created record looks like, and how a lookup matches.
+the spec reads it) and the connection-test route; a repeated idempotency key replays the first
+record. The kit's envelope adds the 429 window, latency and injected faults. A vendor's fake keeps
+only its domain: the credentials it accepts, its error body, the JSON Schema of each create body
+(from the vendor's published spec) and the checks the vendor makes beyond it, what a created
+record looks like, and how a lookup matches.
+
+Hooks for wires that differ: ``mount`` (the spec's paths under a base-URL prefix), ``create_path``
+(a path the adapter computes), ``admit`` (a caller check of the vendor's own, e.g. a token in the
+body or a daily allowance), ``read_body`` / ``unreadable`` (form bodies, the vendor's 400/415),
+``refused`` (the whole domain check in one answer), ``answer`` / ``answer_headers`` (a 200-with-code
+envelope, rate-limit headers on every answer), ``created_status`` (a create answered 200),
+``idempotency_key`` / ``replayed`` (a key in the body or query, a replay's own answer),
+``token_routes`` (a token endpoint with the vendor's own errors) and :class:`Refusal`, which any
+hook raises to answer instead.
 """
 
 from __future__ import annotations
@@ -118,6 +128,17 @@ class SpecFake(FakeVendor):
             return None, {call.id_header: f"{self.base_url}/{call.path.strip('/')}({record_id})"}
         return placed(call.id_at, record_id), {}
 
+    def created_answer(self, call: CreateCall, record_id: str, request: web.Request) -> web.Response:
+        answer, headers = self.created(call, record_id, self.records[record_id], request)
+        headers = {**self.answer_headers(request), **headers}
+        if answer is None:
+            return web.Response(status=204, headers=headers)
+        return self.answer(answer, status=self.created_status, headers=headers)
+
+    def replayed(self, call: CreateCall, record_id: str, request: web.Request) -> web.Response:
+        """The answer to a repeated idempotency key: the first create's answer by default."""
+        return self.created_answer(call, record_id, request)
+
     def matches(self, object_type: str, record: dict[str, Any], query: Mapping[str, str]) -> bool:
         """Whether a lookup (the spec's FindCall parameters) finds ``record``."""
         return False
@@ -196,17 +217,12 @@ class SpecFake(FakeVendor):
             key = self.idempotency_key(call, body, request)
             if key and key in self.by_key:
                 self.replays += 1
-                record_id = self.by_key[key]
-            else:
-                record_id, record = self.store(object_type, body, request)
-                self.records[record_id] = record
-                if key:
-                    self.by_key[key] = record_id
-            answer, headers = self.created(call, record_id, self.records[record_id], request)
-            headers = {**self.answer_headers(request), **headers}
-            if answer is None:
-                return web.Response(status=204, headers=headers)
-            return self.answer(answer, status=self.created_status, headers=headers)
+                return self.replayed(call, self.by_key[key], request)
+            record_id, record = self.store(object_type, body, request)
+            self.records[record_id] = record
+            if key:
+                self.by_key[key] = record_id
+            return self.created_answer(call, record_id, request)
 
         return create
 
