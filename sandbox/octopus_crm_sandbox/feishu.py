@@ -166,9 +166,6 @@ class FeishuFake(SpecFake):
     def bitable(self) -> dict[str, dict[str, Any]]:
         return {key: _row(record) for key, record in self.records.items() if "record_id" in record}
 
-    def endpoints(self) -> dict[str, Any]:
-        return {"baseUrl": f"{self.base_url}/open-apis", "allowPrivateNetwork": True}  # the fakes listen on loopback
-
     def limited_paths(self) -> tuple[str, ...]:
         return ("/open-apis/task/", "/open-apis/bitable/")
 

@@ -118,9 +118,6 @@ class FreshdeskFake(SpecFake):
         self._ids = itertools.count(1)
         self.created_at: dict[str, float] = {}
 
-    def endpoints(self) -> dict[str, Any]:
-        return {"baseUrl": self.base_url, "allowPrivateNetwork": True}  # the fakes listen on loopback
-
     def limited_paths(self) -> tuple[str, ...]:
         return ("/api/v2/",)
 

@@ -121,9 +121,6 @@ class HubSpotFake(SpecFake):
         self.issued: set[str] = set()  # OAuth tokens ever issued: expired ones say so
         self._ids = itertools.count(51_000_000_001)
 
-    def endpoints(self) -> dict[str, Any]:
-        return {"baseUrl": self.base_url, "allowPrivateNetwork": True}  # the fakes listen on loopback
-
     def limited_paths(self) -> tuple[str, ...]:
         return ("/crm/", "/account-info/")
 

@@ -109,9 +109,6 @@ class JiraFake(SpecFake):
         self._numbers = {key: itertools.count(1) for key in self.projects}
         self.created_at: dict[str, float] = {}
 
-    def endpoints(self) -> dict[str, Any]:
-        return {"baseUrl": self.base_url, "allowPrivateNetwork": True}  # the fakes listen on loopback
-
     def limited_paths(self) -> tuple[str, ...]:
         return ("/rest/api/",)
 

@@ -184,7 +184,7 @@ class SalesforceFake(SpecFake):
         self.rejected: list[tuple[int, Any]] = []
 
     def endpoints(self) -> dict[str, Any]:
-        return {"baseUrl": self.base_url, "allowPrivateNetwork": True}  # the fakes listen on loopback
+        return {"baseUrl": self.base_url, "allowPrivateNetwork": True}  # the adapter adds the version path
 
     def limited_paths(self) -> tuple[str, ...]:
         return ("/services/data/v",)

@@ -97,9 +97,6 @@ class SlackFake(SpecFake):
     def webhook_url(self) -> str:
         return f"{self.base_url}{self.WEBHOOK_PATH}"
 
-    def endpoints(self) -> dict[str, Any]:
-        return {"baseUrl": f"{self.base_url}/api", "allowPrivateNetwork": True}  # the fakes listen on loopback
-
     def extra_routes(self) -> list[web.RouteDef]:
         return [
             web.get("/api/auth.test", self._whoami),

@@ -76,6 +76,10 @@ class SpecFake(FakeVendor):
         self.by_key: dict[str, str] = {}
         self.replays = 0
 
+    def endpoints(self) -> dict[str, Any]:
+        """The ``config.endpoints`` pointing an integration here (the fakes listen on loopback)."""
+        return {"baseUrl": f"{self.base_url}{self.mount}", "allowPrivateNetwork": True}
+
     # -- the vendor's shapes: override what differs --------------------------------------------
 
     def answer(self, body: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:

@@ -96,9 +96,6 @@ class WeComFake(SpecFake):
         self._recent: dict[tuple[str, str, str], tuple[float, str]] = {}
         self._seq = itertools.count(1)
 
-    def endpoints(self) -> dict[str, Any]:
-        return {"baseUrl": self.base_url, "allowPrivateNetwork": True}  # the fakes listen on loopback
-
     def token_routes(self) -> list[web.RouteDef]:
         return [web.get("/cgi-bin/gettoken", self.gettoken)]
 
