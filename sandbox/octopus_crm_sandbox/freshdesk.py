@@ -29,9 +29,10 @@ import jsonschema
 import orjson
 from aiohttp import web
 
+from adapters.freshdesk import SEARCH_PATH
 from adapters.freshdesk import SPEC as FRESHDESK
 from adapters.spec import CreateCall, FindCall
-from octopus_crm_sandbox.specfake import Refusal, SpecFake
+from octopus_crm_sandbox.specfake import SpecFake
 
 __all__ = ["TICKET_SCHEMA", "FreshdeskFake"]
 
@@ -209,11 +210,15 @@ class FreshdeskFake(SpecFake):
 
     # -- search and agents/me ----------------------------------------------------------------
 
+    async def admit(self, request: web.Request) -> web.Response | None:
+        denied = await super().admit(request)
+        if denied is None and request.path == SEARCH_PATH and not _TAG_QUERY.match(request.query.get("query", "")):
+            return self.invalid({"field": "query", "message": "Given query is invalid", "code": "invalid_value"})
+        return denied
+
     def matches(self, object_type: str, record: dict[str, Any], query: Mapping[str, str]) -> bool:
         match = _TAG_QUERY.match(query.get("query", ""))
-        if match is None:
-            problem = {"field": "query", "message": "Given query is invalid", "code": "invalid_value"}
-            raise Refusal(self.invalid(problem))
+        assert match is not None  # admit refused any other query
         visible = self.created_at[str(record["id"])] <= time.monotonic() - self.search_lag
         return visible and match.group(1) in record["tags"]
 
