@@ -35,7 +35,7 @@ from adapters.dingtalk import NEW_TOKEN, OLD_TOKEN, TODO_PATH
 from adapters.dingtalk import SPEC as DINGTALK
 from adapters.spec import CreateCall
 from octopus_crm_sandbox.envelope import caller, token_route
-from octopus_crm_sandbox.specfake import SpecFake
+from octopus_crm_sandbox.specfake import Created, SpecFake
 
 __all__ = ["TODO_SCHEMA", "DingTalkFake"]
 
@@ -167,9 +167,7 @@ class DingTalkFake(SpecFake):
             return self._todo(body, request.match_info["union"])
         return self._notify(body)
 
-    def created(
-        self, call: CreateCall, record_id: str, record: dict[str, Any], request: web.Request
-    ) -> tuple[Any, dict[str, str]]:
+    def created(self, call: CreateCall, record_id: str, record: dict[str, Any], request: web.Request) -> Created:
         if call is DINGTALK.objects["task"]:
             return record, {}
         return {"errcode": 0, "errmsg": "ok", "task_id": int(record_id), "request_id": secrets.token_hex(6)}, {}

@@ -31,7 +31,7 @@ from aiohttp import web
 
 from adapters.feishu import SPEC as FEISHU
 from adapters.spec import CreateCall
-from octopus_crm_sandbox.specfake import SpecFake
+from octopus_crm_sandbox.specfake import Created, SpecFake
 
 __all__ = ["DEFAULT_TABLES", "TASK_CREATE_SPEC", "FeishuFake", "check_meta", "meta_schema"]
 
@@ -249,9 +249,7 @@ class FeishuFake(SpecFake):
         }
         return guid, task
 
-    def created(
-        self, call: CreateCall, record_id: str, record: dict[str, Any], request: web.Request
-    ) -> tuple[Any, dict[str, str]]:
+    def created(self, call: CreateCall, record_id: str, record: dict[str, Any], request: web.Request) -> Created:
         data = {"record": _row(record)} if "record_id" in record else {"task": record}
         return {"code": 0, "msg": "success", "data": data}, {}
 

@@ -32,7 +32,7 @@ from aiohttp import web
 from adapters.freshdesk import SEARCH_PATH
 from adapters.freshdesk import SPEC as FRESHDESK
 from adapters.spec import CreateCall, FindCall
-from octopus_crm_sandbox.specfake import SpecFake
+from octopus_crm_sandbox.specfake import Created, SpecFake
 
 __all__ = ["TICKET_SCHEMA", "FreshdeskFake"]
 
@@ -203,9 +203,7 @@ class FreshdeskFake(SpecFake):
         self.created_at[str(ticket_id)] = time.monotonic()
         return str(ticket_id), {**ticket, "request": body}
 
-    def created(
-        self, call: CreateCall, record_id: str, record: dict[str, Any], request: web.Request
-    ) -> tuple[Any, dict[str, str]]:
+    def created(self, call: CreateCall, record_id: str, record: dict[str, Any], request: web.Request) -> Created:
         return _public(record), {"Location": f"{self.base_url}/api/v2/tickets/{record_id}"}
 
     # -- search and agents/me ----------------------------------------------------------------

@@ -36,7 +36,7 @@ from aiohttp import web
 from adapters.hubspot import OBJECTS
 from adapters.hubspot import SPEC as HUBSPOT
 from adapters.spec import CreateCall
-from octopus_crm_sandbox.specfake import Refusal, SpecFake
+from octopus_crm_sandbox.specfake import Created, Refusal, SpecFake
 
 __all__ = ["HubSpotFake"]
 
@@ -342,9 +342,7 @@ class HubSpotFake(SpecFake):
         record["associations"] = body["associations"]
         return record["id"], record
 
-    def created(
-        self, call: CreateCall, record_id: str, record: dict[str, Any], request: web.Request
-    ) -> tuple[Any, dict[str, str]]:
+    def created(self, call: CreateCall, record_id: str, record: dict[str, Any], request: web.Request) -> Created:
         return self._public(record), {}
 
     # -- model -------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from aiohttp import web
 
 from adapters.jira import SPEC as JIRA
 from adapters.spec import CreateCall
-from octopus_crm_sandbox.specfake import SpecFake
+from octopus_crm_sandbox.specfake import Created, SpecFake
 
 __all__ = ["JiraFake", "adf_to_text"]
 
@@ -152,9 +152,7 @@ class JiraFake(SpecFake):
         self.created_at[key] = time.monotonic()
         return key, record
 
-    def created(
-        self, call: CreateCall, record_id: str, record: dict[str, Any], request: web.Request
-    ) -> tuple[Any, dict[str, str]]:
+    def created(self, call: CreateCall, record_id: str, record: dict[str, Any], request: web.Request) -> Created:
         answer = {"id": record["id"], "key": record_id, "self": f"{self.base_url}/rest/api/3/issue/{record['id']}"}
         assert not list(_CREATED.iter_errors(answer))
         return answer, {}

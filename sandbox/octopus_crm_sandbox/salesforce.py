@@ -39,7 +39,7 @@ from aiohttp import web
 from adapters.salesforce import SOBJECTS
 from adapters.salesforce import SPEC as SALESFORCE
 from adapters.spec import CreateCall
-from octopus_crm_sandbox.specfake import Refusal, SpecFake
+from octopus_crm_sandbox.specfake import Created, Refusal, SpecFake
 
 __all__ = ["SalesforceFake"]
 
@@ -285,9 +285,7 @@ class SalesforceFake(SpecFake):
         record = self._insert(SOBJECTS[object_type], body)
         return record["Id"], record
 
-    def created(
-        self, call: CreateCall, record_id: str, record: dict[str, Any], request: web.Request
-    ) -> tuple[Any, dict[str, str]]:
+    def created(self, call: CreateCall, record_id: str, record: dict[str, Any], request: web.Request) -> Created:
         return {"id": record_id, "success": True, "errors": []}, {}
 
     def _check(self, request: web.Request) -> None:

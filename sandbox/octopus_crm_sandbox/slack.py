@@ -33,7 +33,7 @@ from aiohttp import web
 
 from adapters.slack import SPEC as SLACK
 from adapters.spec import CreateCall
-from octopus_crm_sandbox.specfake import Refusal, SpecFake
+from octopus_crm_sandbox.specfake import Created, Refusal, SpecFake
 
 __all__ = ["SPEC_ERRORS", "SlackFake"]
 
@@ -197,9 +197,7 @@ class SlackFake(SpecFake):
         self.messages.append(record)
         return f"{channel}:{ts}", {**record, "warnings": request[_WARNINGS]}
 
-    def created(
-        self, call: CreateCall, record_id: str, record: dict[str, Any], request: web.Request
-    ) -> tuple[Any, dict[str, str]]:
+    def created(self, call: CreateCall, record_id: str, record: dict[str, Any], request: web.Request) -> Created:
         message: dict[str, Any] = {
             "type": "message",
             "subtype": "bot_message",

@@ -33,9 +33,10 @@ from adapters.spec import CreateCall, FindCall, JsonToken, OAuth2ClientCredentia
 from octopus_crm_sandbox.envelope import caller, token_route
 from octopus_crm_sandbox.kit import FakeVendor
 
-__all__ = ["Refusal", "SpecFake", "placed", "schema_problems"]
+__all__ = ["Created", "Refusal", "SpecFake", "placed", "schema_problems"]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Created = tuple[Any, dict[str, str]]  # a create's answer: the body (None: no content) and headers
 
 
 def placed(path: Sequence[str | int], value: Any) -> Any:
@@ -124,9 +125,7 @@ class SpecFake(FakeVendor):
         record_id = self.new_id()
         return record_id, {"id": record_id, "objectType": object_type, "body": body}
 
-    def created(
-        self, call: CreateCall, record_id: str, record: dict[str, Any], request: web.Request
-    ) -> tuple[Any, dict[str, str]]:
+    def created(self, call: CreateCall, record_id: str, record: dict[str, Any], request: web.Request) -> Created:
         """The create answer: body and headers, the id where the adapter's spec reads it."""
         if call.id_header is not None:
             return None, {call.id_header: f"{self.base_url}/{call.path.strip('/')}({record_id})"}

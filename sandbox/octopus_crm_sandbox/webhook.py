@@ -16,7 +16,7 @@ from aiohttp import web
 
 from adapters.spec import CreateCall
 from adapters.webhook import SPEC as WEBHOOK
-from octopus_crm_sandbox.specfake import Refusal, SpecFake
+from octopus_crm_sandbox.specfake import Created, Refusal, SpecFake
 
 __all__ = ["WebhookFake"]
 
@@ -70,9 +70,7 @@ class WebhookFake(SpecFake):
         self.deliveries.append(delivery)
         return record_id, delivery
 
-    def created(
-        self, call: CreateCall, record_id: str, record: dict[str, Any], request: web.Request
-    ) -> tuple[Any, dict[str, str]]:
+    def created(self, call: CreateCall, record_id: str, record: dict[str, Any], request: web.Request) -> Created:
         return {"id": record_id, "url": f"{self.base_url}/records#{record_id}"}, {}
 
     def replayed(self, call: CreateCall, record_id: str, request: web.Request) -> web.Response:

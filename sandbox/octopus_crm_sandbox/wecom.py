@@ -28,7 +28,7 @@ from aiohttp import web
 
 from adapters.spec import CreateCall
 from adapters.wecom import SPEC as WECOM
-from octopus_crm_sandbox.specfake import SpecFake
+from octopus_crm_sandbox.specfake import Created, SpecFake
 
 __all__ = ["DEFAULT_TEMPLATES", "WeComFake"]
 
@@ -170,9 +170,7 @@ class WeComFake(SpecFake):
         self.approvals.append(body)
         return sp_no, body
 
-    def created(
-        self, call: CreateCall, record_id: str, record: dict[str, Any], request: web.Request
-    ) -> tuple[Any, dict[str, str]]:
+    def created(self, call: CreateCall, record_id: str, record: dict[str, Any], request: web.Request) -> Created:
         if call.path.endswith("/applyevent"):
             return {"sp_no": record_id}, {}
         return {"invaliduser": "|".join(self._invalid(record)), "msgid": record_id}, {}
