@@ -14,6 +14,9 @@ DingTalk publishes no machine-readable spec: to-do bodies are validated with ``j
 of the fake's directory. The error messages for unknown ids are the fake's own wording. Work
 notifications check ``agent_id``, ``userid_list`` (≤ 100 userIds) and the ``msg`` shape, and
 suppress the same content to the same user within a day, as DingTalk does.
+
+The envelope (both token endpoints, the create routes, the token checks) comes from the adapter's
+spec (sandbox/octopus_crm_sandbox/specfake.py); each generation answers in its own error shape.
 """
 
 from __future__ import annotations
@@ -21,15 +24,18 @@ from __future__ import annotations
 import itertools
 import secrets
 import time
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import jsonschema
 import orjson
 from aiohttp import web
 
-from adapters.dingtalk import NEW_TOKEN, OLD_TOKEN
+from adapters.dingtalk import NEW_TOKEN, OLD_TOKEN, TODO_PATH
+from adapters.dingtalk import SPEC as DINGTALK
+from adapters.spec import CreateCall
 from octopus_crm_sandbox.envelope import caller, token_route
-from octopus_crm_sandbox.kit import FakeVendor
+from octopus_crm_sandbox.specfake import Created, SpecFake
 
 __all__ = ["TODO_SCHEMA", "DingTalkFake"]
 
@@ -63,12 +69,10 @@ DEFAULT_USER_IDS = frozenset({"manager-001", "octopus-bot", "zhangsan"})
 DAY_S = 86400.0
 
 
-def _json(body: Any, status: int = 200) -> web.Response:
-    return web.json_response(body, status=status, dumps=lambda obj: orjson.dumps(obj).decode())
-
-
-class DingTalkFake(FakeVendor):
+class DingTalkFake(SpecFake):
     name = "dingtalk"
+    spec = DINGTALK
+    created_status = 200
     ENV: ClassVar[dict[str, str]] = {
         "DINGTALK_APP_KEY": "dingfakeappkey0001",
         "DINGTALK_APP_SECRET": "fake-dingtalk-app-secret-0001",
@@ -85,8 +89,7 @@ class DingTalkFake(FakeVendor):
         user_ids: frozenset[str] = DEFAULT_USER_IDS,
         **kw: Any,
     ) -> None:
-        super().__init__(**kw)
-        self.accepted = {"appKey": app_key, "appSecret": app_secret}
+        super().__init__(accepted={"appKey": app_key, "appSecret": app_secret}, **kw)
         self.agent_id = agent_id
         self.union_ids = union_ids
         self.user_ids = user_ids
@@ -100,18 +103,20 @@ class DingTalkFake(FakeVendor):
     def endpoints(self) -> dict[str, Any]:
         return {"baseUrl": self.base_url, "apiUrl": self.base_url, "allowPrivateNetwork": True}
 
-    def routes(self) -> list[web.RouteDef]:
+    def token_routes(self) -> list[web.RouteDef]:
+        return [token_route(NEW_TOKEN, self.accepted, self), token_route(OLD_TOKEN, self.accepted, self)]
+
+    def create_path(self, object_type: str, call: CreateCall) -> str:
+        return TODO_PATH if object_type == "task" else call.path  # the to-do's path names its owner
+
+    def extra_routes(self) -> list[web.RouteDef]:
         return [
-            token_route(NEW_TOKEN, self.accepted, self),
-            token_route(OLD_TOKEN, self.accepted, self),
-            web.post("/v1.0/todo/users/{union}/tasks", self.create_todo),
             web.get("/v1.0/todo/users/{union}/tasks/sources/{source}", self.todo_by_source),
-            web.post("/topapi/message/corpconversation/asyncsend_v2", self.send_notification),
             web.get("/auth/scopes", self.scopes),
         ]
 
     def limited_paths(self) -> tuple[str, ...]:
-        return ()  # each handler answers the limit in its generation's shape
+        return ()  # admit answers the limit in each generation's shape
 
     def expire_tokens(self) -> None:
         self.expired.update(self.tokens)
@@ -119,20 +124,23 @@ class DingTalkFake(FakeVendor):
 
     # -- the two envelopes -------------------------------------------------------------------
 
+    def answer(self, body: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
+        return web.json_response(body, status=status, headers=headers, dumps=lambda obj: orjson.dumps(obj).decode())
+
     def new_error(self, status: int, code: str, message: str) -> web.Response:
-        return _json({"code": code, "message": message, "requestid": secrets.token_hex(8).upper()}, status)
+        return self.answer({"code": code, "message": message, "requestid": secrets.token_hex(8).upper()}, status)
 
     def old_error(self, errcode: int, errmsg: str) -> web.Response:
-        return _json({"errcode": errcode, "errmsg": errmsg, "request_id": secrets.token_hex(6)})
+        return self.answer({"errcode": errcode, "errmsg": errmsg, "request_id": secrets.token_hex(6)})
 
-    def new_denied(self, request: web.Request) -> web.Response | None:
-        if caller(NEW_TOKEN, request, self.accepted, self) is None:
-            return self.new_error(401, "InvalidAuthentication", "不合法的access_token")
-        if (wait := self.rate_limited()) is not None:
-            return self.new_error(403, "Forbidden.AccessDenied.QpsLimitForAppkeyAndApi", f"QPS limit, wait {wait:.2f}s")
-        return None
-
-    def old_denied(self, request: web.Request) -> web.Response | None:
+    async def admit(self, request: web.Request) -> web.Response | None:
+        if request.path.startswith("/v1.0/"):
+            if caller(NEW_TOKEN, request, self.accepted, self) is None:
+                return self.new_error(401, "InvalidAuthentication", "不合法的access_token")
+            if (wait := self.rate_limited()) is not None:
+                message = f"QPS limit, wait {wait:.2f}s"
+                return self.new_error(403, "Forbidden.AccessDenied.QpsLimitForAppkeyAndApi", message)
+            return None
         token = request.query.get("access_token", "")
         if not token:
             return self.old_error(41001, "缺少access_token参数")
@@ -142,21 +150,31 @@ class DingTalkFake(FakeVendor):
             return self.old_error(90018, "当前企业调用该接口的QPS超过了限制")
         return None
 
-    async def _body(self, request: web.Request) -> Any:
-        try:
-            return orjson.loads(await request.read())
-        except orjson.JSONDecodeError:
-            return None
+    def unreadable(self, object_type: str, status: int, message: str) -> web.Response:
+        if object_type == "task":
+            return self.new_error(400, "paramError", "body is not a JSON object")
+        return self.old_error(40035, "不合法的参数")
+
+    def refused(self, object_type: str, body: Any, request: web.Request) -> web.Response | None:
+        if not isinstance(body, dict):
+            return self.unreadable(object_type, 400, "not an object")
+        if object_type == "task":
+            return self._todo_problem(body, request.match_info["union"], request.query.get("operatorId"))
+        return self._notification_problem(body)
+
+    def store(self, object_type: str, body: Any, request: web.Request) -> tuple[str, dict[str, Any]]:
+        if object_type == "task":
+            return self._todo(body, request.match_info["union"])
+        return self._notify(body)
+
+    def created(self, call: CreateCall, record_id: str, record: dict[str, Any], request: web.Request) -> Created:
+        if call is DINGTALK.objects["task"]:
+            return record, {}
+        return {"errcode": 0, "errmsg": "ok", "task_id": int(record_id), "request_id": secrets.token_hex(6)}, {}
 
     # -- to-dos (new API) ----------------------------------------------------------------------
 
-    async def create_todo(self, request: web.Request) -> web.Response:
-        if (denied := self.new_denied(request)) is not None:
-            return denied
-        owner, operator = request.match_info["union"], request.query.get("operatorId")
-        body = await self._body(request)
-        if not isinstance(body, dict):
-            return self.new_error(400, "paramError", "body is not a JSON object")
+    def _todo_problem(self, body: dict[str, Any], owner: str, operator: str | None) -> web.Response | None:
         errors = sorted(_TODO.iter_errors(body), key=str)
         if errors:
             where = ".".join(str(p) for p in errors[0].absolute_path) or "body"
@@ -168,6 +186,9 @@ class DingTalkFake(FakeVendor):
         ]
         if unknown or body.get("creatorId", owner) not in self.union_ids:
             return self.new_error(400, "todo.taskCreate.paramError", "executor or participant is not a valid unionId")
+        return None
+
+    def _todo(self, body: dict[str, Any], owner: str) -> tuple[str, dict[str, Any]]:
         todo_id = "OPJpwt" + secrets.token_hex(10)
         now = int(time.time() * 1000)
         todo = {
@@ -182,27 +203,21 @@ class DingTalkFake(FakeVendor):
             "bizTag": "isv_dingtalkTodo",
             "requestId": secrets.token_hex(8).upper(),
         }
-        self.records[todo_id] = todo
         if "sourceId" in body:
             self.todos[(owner, body["sourceId"])] = todo_id
-        return _json(todo)
+        return todo_id, todo
 
     async def todo_by_source(self, request: web.Request) -> web.Response:
-        if (denied := self.new_denied(request)) is not None:
+        if (denied := await self.admit(request)) is not None:
             return denied
         todo_id = self.todos.get((request.match_info["union"], request.match_info["source"]))
         if todo_id is None:
             return self.new_error(400, "todo.getTaskBySourceId.paramError", "task not exist")
-        return _json(self.records[todo_id])
+        return self.answer(self.records[todo_id])
 
     # -- work notifications (old API) ----------------------------------------------------------
 
-    async def send_notification(self, request: web.Request) -> web.Response:
-        if (denied := self.old_denied(request)) is not None:
-            return denied
-        body = await self._body(request)
-        if not isinstance(body, dict):
-            return self.old_error(40035, "不合法的参数")
+    def _notification_problem(self, body: dict[str, Any]) -> web.Response | None:
         if body.get("agent_id") != self.agent_id:
             return self.old_error(40035, "不合法的参数: agent_id")
         users = [u for u in str(body.get("userid_list") or "").split(",") if u]
@@ -210,31 +225,25 @@ class DingTalkFake(FakeVendor):
             return self.old_error(40035, "不合法的参数: userid_list 最多100个")
         if not users and not body.get("dept_id_list") and body.get("to_all_user") is not True:
             return self.old_error(40035, "不合法的参数: 接收者为空")
-        msg = body.get("msg")
-        kind = msg.get("msgtype") if isinstance(msg, dict) else None
-        part = msg.get(kind) if isinstance(msg, dict) and isinstance(kind, str) else None
-        if kind == "text" and isinstance(part, dict) and isinstance(part.get("content"), str) and part["content"]:
-            content = part["content"]
-        elif kind == "markdown" and isinstance(part, dict) and part.get("title") and part.get("text"):
-            content = f"{part['title']}\n{part['text']}"
-        else:
-            return self.old_error(40035, "不合法的参数: msg")
+        return None if _content(body) else self.old_error(40035, "不合法的参数: msg")
+
+    def _notify(self, body: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        content = _content(body)
         task_id = next(self._tasks)
         now = time.monotonic()
-        for user in users:
+        for user in [u for u in str(body.get("userid_list") or "").split(",") if u]:
             seen = self._seen.get((user, content))
             if seen is not None and now - seen < DAY_S:
                 self.suppressed += 1  # DingTalk shows the same content to a user once a day
                 continue
             self._seen[(user, content)] = now
             self.notifications.append({"task_id": task_id, "userid": user, "content": content})
-        self.records[str(task_id)] = body
-        return _json({"errcode": 0, "errmsg": "ok", "task_id": task_id, "request_id": secrets.token_hex(6)})
+        return str(task_id), body
 
     async def scopes(self, request: web.Request) -> web.Response:
-        if (denied := self.old_denied(request)) is not None:
+        if (denied := await self.admit(request)) is not None:
             return denied
-        return _json(
+        return self.answer(
             {
                 "errcode": 0,
                 "errmsg": "ok",
@@ -242,3 +251,15 @@ class DingTalkFake(FakeVendor):
                 "auth_org_scopes": {"authed_dept": [1], "authed_user": []},
             }
         )
+
+
+def _content(body: dict[str, Any]) -> str:
+    """A work notification's shown content (text, or markdown title and text); "" when malformed."""
+    msg = body.get("msg")
+    kind = msg.get("msgtype") if isinstance(msg, dict) else None
+    part = msg.get(kind) if isinstance(msg, dict) and isinstance(kind, str) else None
+    if kind == "text" and isinstance(part, dict) and isinstance(part.get("content"), str) and part["content"]:
+        return str(part["content"])
+    if kind == "markdown" and isinstance(part, dict) and part.get("title") and part.get("text"):
+        return f"{part['title']}\n{part['text']}"
+    return ""

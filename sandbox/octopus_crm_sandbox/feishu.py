@@ -5,11 +5,14 @@ open.larksuite.com. Bodies use Feishu's ``{code, msg, data}`` envelope; errors c
 (as current Feishu APIs do), an invalid or expired token with ``400 / code 99991663`` and rate
 limiting with ``429 / code 99991400`` plus ``x-ogw-ratelimit-limit`` / ``x-ogw-ratelimit-reset``.
 
-Task bodies are checked against the task v2 create request schema copied from Lark's CLI metadata
-(``specs/feishu_task_create.json``): required properties, types, unknown keys, plus the limits its
+The envelope (the token check, the create routes, ``client_token`` replay) comes from the adapter's
+spec (sandbox/octopus_crm_sandbox/specfake.py). Task bodies are validated with ``jsonschema``
+against a JSON Schema made from the task v2 create request in Lark's CLI metadata
+(``specs/feishu_task_create.json``: required properties, types, unknown keys) plus the limits its
 descriptions state (summary non-empty and ≤ 3,000 characters, ≤ 50 members, member roles). Records
-are checked against a configurable table schema (field names and simple value types). Both honour
-``client_token``: the same token returns the task / record the first request made.
+are checked against a configurable table schema (field names and simple value types); Base has no
+published spec. Both honour ``client_token``: the same token returns the task / record the first
+request made.
 """
 
 from __future__ import annotations
@@ -18,16 +21,19 @@ import itertools
 import math
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
+import jsonschema
 import orjson
 from aiohttp import web
 
-from octopus_crm_sandbox.kit import FakeVendor
+from adapters.feishu import SPEC as FEISHU
+from adapters.spec import CreateCall
+from octopus_crm_sandbox.specfake import Created, SpecFake
 
-__all__ = ["DEFAULT_TABLES", "TASK_CREATE_SPEC", "FeishuFake", "check_meta"]
+__all__ = ["DEFAULT_TABLES", "TASK_CREATE_SPEC", "FeishuFake", "check_meta", "meta_schema"]
 
 SPEC_PATH = Path(__file__).resolve().parent / "specs" / "feishu_task_create.json"
 TASK_CREATE_SPEC: dict[str, Any] = orjson.loads(SPEC_PATH.read_bytes())["method"]
@@ -52,39 +58,66 @@ _MISSING_TOKEN = "Missing access token for authorization. Please make a request 
 _INVALID_TOKEN = "Invalid access token for authorization. Please make a request with token attached."
 APPLINK = "https://applink.feishu.cn/client/todo/detail?guid={guid}&suite_entity_num={num}"
 MEMBER_PREFIX = {"open_id": "ou_", "union_id": "on_"}
-_TYPES: dict[str, tuple[type, ...]] = {
-    "string": (str,),
-    "integer": (int,),
-    "boolean": (bool,),
-    "object": (dict,),
-    "array": (list,),
-    "number": (int, float),
-}
 
 
-def check_meta(props: Mapping[str, Any], value: Any, path: str = "") -> list[str]:
+def meta_schema(props: Mapping[str, Any]) -> dict[str, Any]:
+    """The JSON Schema of an object described by Lark's metadata properties."""
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "required": [name for name, spec in props.items() if spec.get("required")],
+        "properties": {name: _meta_property(spec) for name, spec in props.items()},
+    }
+
+
+def _meta_property(spec: Mapping[str, Any]) -> dict[str, Any]:
+    nested = spec.get("properties")
+    if nested and spec.get("type") == "object":
+        return meta_schema(nested)
+    if nested and spec.get("type") == "array":
+        return {"type": "array", "items": meta_schema(nested)}
+    return {"type": spec["type"]} if spec.get("type") else {}
+
+
+def _problems(validator: jsonschema.protocols.Validator, value: Any) -> list[str]:
+    """Each violation as ``members[0].role: required``; ``x-message`` words a limit of our own."""
+    problems: list[str] = []
+    for error in validator.iter_errors(value):
+        where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path).lstrip(".")
+        prefix = f"{where}." if where else ""
+        if error.validator == "required":
+            problems += [f"{prefix}{n}: required" for n in error.validator_value if n not in error.instance]
+        elif error.validator == "additionalProperties":
+            known = error.schema.get("properties", {})
+            problems += [f"{prefix}{k}: unknown field" for k in error.instance if k not in known]
+        elif error.validator == "type":
+            problems.append(f"{where or 'body'}: must be {'an object' if not where else error.validator_value}")
+        else:
+            problems.append(f"{where}: {error.schema.get('x-message', error.message)}")
+    return list(dict.fromkeys(problems))
+
+
+def check_meta(props: Mapping[str, Any], value: Any) -> list[str]:
     """What is wrong with ``value`` against Lark's metadata properties (required, types, keys)."""
-    if not isinstance(value, dict):
-        return [f"{path or 'body'}: must be an object"]
-    problems = [f"{path}{k}: unknown field" for k in value if k not in props]
-    for name, spec in props.items():
-        where = f"{path}{name}"
-        if name not in value:
-            if spec.get("required"):
-                problems.append(f"{where}: required")
-            continue
-        item = value[name]
-        types = _TYPES.get(spec.get("type", ""), (object,))
-        if not isinstance(item, types) or (spec.get("type") == "integer" and isinstance(item, bool)):
-            problems.append(f"{where}: must be {spec.get('type')}")
-            continue
-        nested = spec.get("properties")
-        if nested and spec.get("type") == "object":
-            problems += check_meta(nested, item, f"{where}.")
-        elif nested and isinstance(item, list):
-            for i, element in enumerate(item):
-                problems += check_meta(nested, element, f"{where}[{i}].")
-    return problems
+    return _problems(jsonschema.Draft202012Validator(meta_schema(props)), value)
+
+
+def _task_schema() -> dict[str, Any]:
+    schema = meta_schema(TASK_CREATE_SPEC["requestBody"])
+    props = schema["properties"]
+    longer = f"longer than {TEXT_MAX} characters"
+    props["summary"].update({"pattern": r"\S", "maxLength": TEXT_MAX, "x-message": "must not be empty"})
+    props["description"].update({"maxLength": TEXT_MAX, "x-message": longer})
+    props["members"].update({"maxItems": 50, "x-message": "at most 50"})
+    member = props["members"]["items"]["properties"]
+    member["role"].update({"enum": ["assignee", "follower"], "x-message": "must be assignee or follower"})
+    member["type"].update({"enum": ["user", "app"], "x-message": "must be user or app"})
+    props["due"]["properties"]["timestamp"].update({"pattern": "^[0-9]+$", "x-message": "must be epoch milliseconds"})
+    props["client_token"].update({"maxLength": 100, "x-message": "too long"})
+    return schema
+
+
+_TASK = jsonschema.Draft202012Validator(_task_schema())
 
 
 def _json(status: int, code: int, msg: str, data: Any = None, **headers: str) -> web.Response:
@@ -100,8 +133,11 @@ def _json(status: int, code: int, msg: str, data: Any = None, **headers: str) ->
     )
 
 
-class FeishuFake(FakeVendor):
+class FeishuFake(SpecFake):
     name = "feishu"
+    spec = FEISHU
+    mount = "/open-apis"
+    created_status = 200
     ENV: ClassVar[dict[str, str]] = {
         "FEISHU_APP_ID": "cli_fake0000octopus",
         "FEISHU_APP_SECRET": "fake-feishu-app-secret-0001",
@@ -115,30 +151,33 @@ class FeishuFake(FakeVendor):
         tables: Mapping[str, Mapping[str, Mapping[str, str]]] | None = None,
         **kw: Any,
     ) -> None:
-        super().__init__(**kw)
+        super().__init__(accepted={"appId": app_id, "appSecret": app_secret}, **kw)
         self.app_id = app_id
         self.app_secret = app_secret
         self.tables = {a: {t: dict(f) for t, f in ts.items()} for a, ts in (tables or DEFAULT_TABLES).items()}
-        self.tasks: dict[str, dict[str, Any]] = {}
-        self.bitable: dict[str, dict[str, Any]] = {}
-        self.by_client_token: dict[str, str] = {}
-        self.replays = 0
         self.rate_limited_answers = 0
         self._seq = itertools.count(1)
 
-    def endpoints(self) -> dict[str, Any]:
-        return {"baseUrl": f"{self.base_url}/open-apis", "allowPrivateNetwork": True}  # the fakes listen on loopback
+    @property
+    def tasks(self) -> dict[str, dict[str, Any]]:
+        return {key: record for key, record in self.records.items() if "guid" in record}
 
-    def routes(self) -> list[web.RouteDef]:
-        return [
-            web.post("/open-apis/auth/v3/tenant_access_token/internal", self.tenant_token),
-            web.post("/open-apis/task/v2/tasks", self.create_task),
-            web.post("/open-apis/bitable/v1/apps/{app}/tables/{table}/records", self.create_record),
-            web.get("/open-apis/bitable/v1/apps/{app}/tables", self.list_tables),
-        ]
+    @property
+    def bitable(self) -> dict[str, dict[str, Any]]:
+        return {key: _row(record) for key, record in self.records.items() if "record_id" in record}
 
     def limited_paths(self) -> tuple[str, ...]:
         return ("/open-apis/task/", "/open-apis/bitable/")
+
+    # -- shapes ------------------------------------------------------------------------------
+
+    def answer(self, body: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
+        return web.Response(
+            body=orjson.dumps(body), status=status, content_type="application/json", charset="utf-8", headers=headers
+        )
+
+    def error(self, status: int, messages: Sequence[str], **fields: str) -> web.Response:
+        return _json(status, int(fields.get("code", 1470400)), "; ".join(messages))
 
     def too_many(self, wait: float) -> web.Response:
         self.rate_limited_answers += 1
@@ -150,66 +189,50 @@ class FeishuFake(FakeVendor):
             **{"x-ogw-ratelimit-limit": limit, "x-ogw-ratelimit-reset": str(math.ceil(wait))},
         )
 
+    def unauthorized(self, request: web.Request) -> web.Response:
+        header = request.headers.get("Authorization", "")
+        if not header.startswith("Bearer ") or not header[7:]:
+            return _json(400, 99991661, _MISSING_TOKEN)
+        return _json(400, 99991663, _INVALID_TOKEN)
+
+    def unreadable(self, object_type: str, status: int, message: str) -> web.Response:
+        if object_type == "bitable_record":
+            return _json(400, 1254000, "WrongRequestJson")
+        return _json(400, 1470400, "invalid request body: not a JSON object")
+
     # -- auth --------------------------------------------------------------------------------
 
+    def token_routes(self) -> list[web.RouteDef]:
+        return [web.post("/open-apis/auth/v3/tenant_access_token/internal", self.tenant_token)]
+
     async def tenant_token(self, request: web.Request) -> web.Response:
-        body = await self._body(request)
+        body = await _body(request)
         if body is None or not body.get("app_id") or not body.get("app_secret"):
             return _json(400, 10003, "invalid param")
         if body["app_id"] != self.app_id or body["app_secret"] != self.app_secret:
             return _json(400, 10014, "app secret invalid")
         token = self.issue_token("t")
-        return web.Response(
-            body=orjson.dumps(
-                {
-                    "code": 0,
-                    "msg": "ok",
-                    "tenant_access_token": token,
-                    "expire": int(self.token_ttl),
-                }
-            ),
-            content_type="application/json",
-        )
+        return self.answer({"code": 0, "msg": "ok", "tenant_access_token": token, "expire": int(self.token_ttl)})
 
-    def _denied(self, request: web.Request) -> web.Response | None:
-        header = request.headers.get("Authorization", "")
-        if not header.startswith("Bearer ") or not header[7:]:
-            return _json(
-                400,
-                99991661,
-                _MISSING_TOKEN,
-            )
-        if not self.token_valid(header[7:]):
-            return _json(
-                400,
-                99991663,
-                _INVALID_TOKEN,
-            )
-        return None
+    # -- creates -----------------------------------------------------------------------------
 
-    async def _body(self, request: web.Request) -> dict[str, Any] | None:
-        try:
-            body = orjson.loads(await request.read())
-        except orjson.JSONDecodeError:
-            return None
-        return body if isinstance(body, dict) else None
+    def refused(self, object_type: str, body: Any, request: web.Request) -> web.Response | None:
+        if object_type == "task":
+            if not isinstance(body, dict):
+                return _json(400, 1470400, "invalid request body: not a JSON object")
+            problems = self._check_task(body, request.query.get("user_id_type", "open_id"))
+            return _json(400, 1470400, "invalid param: " + "; ".join(problems[:5])) if problems else None
+        return self._check_record(request, body)
 
-    # -- task v2 ---------------------------------------------------------------------------------
+    def idempotency_key(self, call: CreateCall, body: Any, request: web.Request) -> str | None:
+        token = request.query.get("client_token") or (body.get("client_token") if isinstance(body, dict) else None)
+        return str(token) if token else None
 
-    async def create_task(self, request: web.Request) -> web.Response:
-        if (denied := self._denied(request)) is not None:
-            return denied
-        body = await self._body(request)
-        if body is None:
-            return _json(400, 1470400, "invalid request body: not a JSON object")
-        id_type = request.query.get("user_id_type", "open_id")
-        problems = self._check_task(body, id_type)
-        if problems:
-            return _json(400, 1470400, "invalid param: " + "; ".join(problems[:5]))
-        token = body.get("client_token")
-        if token and token in self.by_client_token:
-            self.replays += 1
-            return _json(200, 0, "success", {"task": self.tasks[self.by_client_token[token]]})
+    def store(self, object_type: str, body: Any, request: web.Request) -> tuple[str, dict[str, Any]]:
+        if object_type == "bitable_record":
+            record_id = f"rec{self.new_id()[:10]}"
+            app, table = request.match_info["app"], request.match_info["table"]
+            return record_id, {"app_token": app, "table_id": table, **_row(body, record_id)}
         n = next(self._seq)
         guid = str(uuid.uuid4())
         now = str(int(time.time() * 1000))
@@ -224,47 +247,24 @@ class FeishuFake(FakeVendor):
             "updated_at": now,
             "url": APPLINK.format(guid=guid, num=f"t{100000 + n}"),
         }
-        self.tasks[guid] = task
-        self.records[guid] = task
-        if token:
-            self.by_client_token[token] = guid
-        return _json(200, 0, "success", {"task": task})
+        return guid, task
+
+    def created(self, call: CreateCall, record_id: str, record: dict[str, Any], request: web.Request) -> Created:
+        data = {"record": _row(record)} if "record_id" in record else {"task": record}
+        return {"code": 0, "msg": "success", "data": data}, {}
 
     def _check_task(self, body: dict[str, Any], id_type: str) -> list[str]:
-        problems = check_meta(TASK_CREATE_SPEC["requestBody"], body)
+        problems = _problems(_TASK, body)
         if id_type not in ("open_id", "user_id", "union_id"):
             problems.append(f"user_id_type: invalid {id_type!r}")
-        summary = body.get("summary")
-        if isinstance(summary, str) and not summary.strip():
-            problems.append("summary: must not be empty")
-        for key in ("summary", "description"):
-            if isinstance(body.get(key), str) and len(body[key]) > TEXT_MAX:
-                problems.append(f"{key}: longer than {TEXT_MAX} characters")
+        prefix = MEMBER_PREFIX.get(id_type)
         members = body.get("members") or []
-        if isinstance(members, list):
-            if len(members) > 50:
-                problems.append("members: at most 50")
-            prefix = MEMBER_PREFIX.get(id_type)
-            for i, m in enumerate(m for m in members if isinstance(m, dict)):
-                if m.get("role") not in ("assignee", "follower"):
-                    problems.append(f"members[{i}].role: must be assignee or follower")
-                if m.get("type", "user") not in ("user", "app"):
-                    problems.append(f"members[{i}].type: must be user or app")
-                if prefix and m.get("type", "user") == "user" and not str(m.get("id")).startswith(prefix):
-                    problems.append(f"members[{i}].id: not a valid {id_type}")
-        due = body.get("due")
-        if isinstance(due, dict) and not str(due.get("timestamp", "0")).isdigit():
-            problems.append("due.timestamp: must be epoch milliseconds")
-        token = body.get("client_token")
-        if isinstance(token, str) and len(token) > 100:
-            problems.append("client_token: too long")
+        for i, m in enumerate(m for m in members if isinstance(m, dict)) if isinstance(members, list) else ():
+            if prefix and m.get("type", "user") == "user" and not str(m.get("id")).startswith(prefix):
+                problems.append(f"members[{i}].id: not a valid {id_type}")
         return problems
 
-    # -- bitable -----------------------------------------------------------------------------------
-
-    async def create_record(self, request: web.Request) -> web.Response:
-        if (denied := self._denied(request)) is not None:
-            return denied
+    def _check_record(self, request: web.Request, body: Any) -> web.Response | None:
         app, table = request.match_info["app"], request.match_info["table"]
         if app not in self.tables:
             return _json(400, 1254040, "BaseTokenNotFound")
@@ -276,13 +276,8 @@ class FeishuFake(FakeVendor):
             try:
                 uuid.UUID(token)
             except ValueError:
-                return _json(
-                    400,
-                    1254037,
-                    "Invalid client token, make sure that it complies with the specification.",
-                )
-        body = await self._body(request)
-        if body is None:
+                return _json(400, 1254037, "Invalid client token, make sure that it complies with the specification.")
+        if not isinstance(body, dict):
             return _json(400, 1254000, "WrongRequestJson")
         fields = body.get("fields")
         if not isinstance(fields, dict) or set(body) - {"fields"}:
@@ -293,30 +288,36 @@ class FeishuFake(FakeVendor):
                 return _json(400, 1254045, "FieldNameNotFound")
             if problem := _check_cell(kind, value):
                 return _json(400, problem[0], problem[1])
-        if token and token in self.by_client_token:
-            self.replays += 1
-            return _json(200, 0, "success", {"record": self.bitable[self.by_client_token[token]]})
-        record_id = f"rec{self.new_id()[:10]}"
-        record = {"fields": fields, "id": record_id, "record_id": record_id}
-        self.bitable[record_id] = record
-        self.records[record_id] = {"app_token": app, "table_id": table, **record}
-        if token:
-            self.by_client_token[token] = record_id
-        return _json(200, 0, "success", {"record": record})
+        return None
+
+    # -- the connection test's read ----------------------------------------------------------
+
+    def extra_routes(self) -> list[web.RouteDef]:
+        return [web.get("/open-apis/bitable/v1/apps/{app}/tables", self.list_tables)]
 
     async def list_tables(self, request: web.Request) -> web.Response:
-        if (denied := self._denied(request)) is not None:
+        if (denied := await self.admit(request)) is not None:
             return denied
         app = request.match_info["app"]
         if app not in self.tables:
             return _json(400, 1254040, "BaseTokenNotFound")
         items = [{"table_id": t, "name": t, "revision": 1} for t in self.tables[app]]
-        return _json(
-            200,
-            0,
-            "success",
-            {"has_more": False, "page_token": "", "total": len(items), "items": items},
-        )
+        data = {"has_more": False, "page_token": "", "total": len(items), "items": items}
+        return _json(200, 0, "success", data)
+
+
+def _row(record: Mapping[str, Any], record_id: str | None = None) -> dict[str, Any]:
+    """A Base record as Feishu answers it."""
+    record_id = record_id or str(record["record_id"])
+    return {"fields": record["fields"], "id": record_id, "record_id": record_id}
+
+
+async def _body(request: web.Request) -> dict[str, Any] | None:
+    try:
+        body = orjson.loads(await request.read())
+    except orjson.JSONDecodeError:
+        return None
+    return body if isinstance(body, dict) else None
 
 
 _CELL_ERRORS = {

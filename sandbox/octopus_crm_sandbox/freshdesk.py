@@ -1,5 +1,7 @@
 """A Freshdesk fake: basic auth with an API key, ``POST /api/v2/tickets``, tag search, ``agents/me``.
 
+The envelope (who may call, the create, search and ``agents/me`` routes) comes from the adapter's
+spec (sandbox/octopus_crm_sandbox/specfake.py); what follows is Freshdesk's own.
 Freshdesk publishes no machine-readable spec, so create bodies are validated with ``jsonschema``
 against :data:`TICKET_SCHEMA`, written from the "Create a Ticket" section of the API reference
 (developers.freshdesk.com/api/#create_ticket): known fields only, numeric ``status`` / ``priority``
@@ -19,6 +21,7 @@ import itertools
 import math
 import re
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
@@ -26,9 +29,10 @@ import jsonschema
 import orjson
 from aiohttp import web
 
+from adapters.freshdesk import SEARCH_PATH
 from adapters.freshdesk import SPEC as FRESHDESK
-from octopus_crm_sandbox.envelope import caller
-from octopus_crm_sandbox.kit import FakeVendor
+from adapters.spec import CreateCall, FindCall
+from octopus_crm_sandbox.specfake import Created, SpecFake
 
 __all__ = ["TICKET_SCHEMA", "FreshdeskFake"]
 
@@ -92,8 +96,13 @@ def _field_error(error: jsonschema.ValidationError) -> dict[str, str]:
     return {"field": field, "message": error.message, "code": "invalid_value"}
 
 
-class FreshdeskFake(FakeVendor):
+_INVALID_JSON = {"field": "", "message": "Request body has invalid json format", "code": "invalid_json"}
+
+
+class FreshdeskFake(SpecFake):
     name = "freshdesk"
+    spec = FRESHDESK
+    schemas: ClassVar[Mapping[str, Any]] = {"ticket": _VALIDATOR}
     ENV: ClassVar[dict[str, str]] = {"FRESHDESK_API_KEY": "fake-freshdesk-api-key-0001"}
 
     def __init__(
@@ -104,25 +113,16 @@ class FreshdeskFake(FakeVendor):
         search_lag: float = 0.0,
         **kw: Any,
     ) -> None:
-        super().__init__(**kw)
-        self.accepted = {"apiKey": api_key}
+        super().__init__(accepted={"apiKey": api_key}, **kw)
         self.types = types
         self.search_lag = search_lag
         self._ids = itertools.count(1)
         self.created_at: dict[str, float] = {}
 
-    def endpoints(self) -> dict[str, Any]:
-        return {"baseUrl": self.base_url, "allowPrivateNetwork": True}  # the fakes listen on loopback
-
-    def routes(self) -> list[web.RouteDef]:
-        return [
-            web.post("/api/v2/tickets", self.create_ticket),
-            web.get("/api/v2/search/tickets", self.search),
-            web.get("/api/v2/agents/me", self.me),
-        ]
-
     def limited_paths(self) -> tuple[str, ...]:
         return ("/api/v2/",)
+
+    # -- shapes ------------------------------------------------------------------------------
 
     def limit_headers(self, remaining: int | None = None) -> dict[str, str]:
         total = self.window.limit if self.window else 200
@@ -133,11 +133,11 @@ class FreshdeskFake(FakeVendor):
             "X-RateLimit-Used-CurrentRequest": "1",
         }
 
-    def answer(self, body: Any, status: int = 200, **headers: str) -> web.Response:
+    def answer(self, body: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
         return web.json_response(
             body,
             status=status,
-            headers={**self.limit_headers(), **headers},
+            headers={**self.limit_headers(), **(headers or {})},
             dumps=lambda obj: orjson.dumps(obj).decode(),
         )
 
@@ -152,30 +152,21 @@ class FreshdeskFake(FakeVendor):
     def invalid(self, *errors: dict[str, str]) -> web.Response:
         return self.answer({"description": "Validation failed", "errors": list(errors)}, status=400)
 
-    def authenticated(self, request: web.Request) -> bool:
-        return caller(FRESHDESK.auth["apikey"], request, self.accepted, self) is not None
-
-    def unauthorized(self) -> web.Response:
+    def unauthorized(self, request: web.Request) -> web.Response:
         body = {"code": "invalid_credentials", "message": "You have to be logged in to perform this action."}
         return self.answer(body, status=401)
 
+    def unreadable(self, object_type: str, status: int, message: str) -> web.Response:
+        if status == 415:
+            return self.answer({"code": "invalid_content_type", "message": "Content-Type must be JSON"}, 415)
+        return self.invalid(_INVALID_JSON)
+
     # -- tickets -----------------------------------------------------------------------------
 
-    async def create_ticket(self, request: web.Request) -> web.Response:
-        if not self.authenticated(request):
-            return self.unauthorized()
-        if request.content_type != "application/json":
-            return self.answer({"code": "invalid_content_type", "message": "Content-Type must be JSON"}, 415)
-        try:
-            body = orjson.loads(await request.read())
-        except orjson.JSONDecodeError:
-            return self.invalid(
-                {"field": "", "message": "Request body has invalid json format", "code": "invalid_json"}
-            )
+    def refused(self, object_type: str, body: Any, request: web.Request) -> web.Response | None:
+        """Every problem in one answer: the schema's, then the helpdesk's own."""
         if not isinstance(body, dict):
-            return self.invalid(
-                {"field": "", "message": "Request body has invalid json format", "code": "invalid_json"}
-            )
+            return self.invalid(_INVALID_JSON)
         errors = [_field_error(e) for e in sorted(_VALIDATOR.iter_errors(body), key=str)]
         if not any(body.get(name) for name in REQUESTER_FIELDS):
             errors.append(
@@ -189,8 +180,9 @@ class FreshdeskFake(FakeVendor):
             errors.append(
                 {"field": "type", "message": f"It should be one of these values: '{values}'", "code": "invalid_value"}
             )
-        if errors:
-            return self.invalid(*errors)
+        return self.invalid(*errors) if errors else None
+
+    def store(self, object_type: str, body: Any, request: web.Request) -> tuple[str, dict[str, Any]]:
         ticket_id = next(self._ids)
         now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         ticket = {
@@ -208,25 +200,35 @@ class FreshdeskFake(FakeVendor):
             "created_at": now,
             "updated_at": now,
         }
-        self.records[str(ticket_id)] = {**ticket, "request": body}
         self.created_at[str(ticket_id)] = time.monotonic()
-        return self.answer(ticket, status=201, Location=f"{self.base_url}/api/v2/tickets/{ticket_id}")
+        return str(ticket_id), {**ticket, "request": body}
 
-    async def search(self, request: web.Request) -> web.Response:
-        if not self.authenticated(request):
-            return self.unauthorized()
-        match = _TAG_QUERY.match(request.query.get("query", ""))
-        if match is None:
+    def created(self, call: CreateCall, record_id: str, record: dict[str, Any], request: web.Request) -> Created:
+        return _public(record), {"Location": f"{self.base_url}/api/v2/tickets/{record_id}"}
+
+    # -- search and agents/me ----------------------------------------------------------------
+
+    async def admit(self, request: web.Request) -> web.Response | None:
+        denied = await super().admit(request)
+        if denied is None and request.path == SEARCH_PATH and not _TAG_QUERY.match(request.query.get("query", "")):
             return self.invalid({"field": "query", "message": "Given query is invalid", "code": "invalid_value"})
-        visible = time.monotonic() - self.search_lag
-        results = [
-            {k: v for k, v in record.items() if k != "request"}
-            for key, record in self.records.items()
-            if match.group(1) in record["tags"] and self.created_at[key] <= visible
-        ]
-        return self.answer({"results": results, "total": len(results)})
+        return denied
 
-    async def me(self, request: web.Request) -> web.Response:
-        if not self.authenticated(request):
-            return self.unauthorized()
-        return self.answer({"id": 1, "available": True, "contact": {"name": "Octopus", "email": "bot@example.com"}})
+    def matches(self, object_type: str, record: dict[str, Any], query: Mapping[str, str]) -> bool:
+        match = _TAG_QUERY.match(query.get("query", ""))
+        assert match is not None  # admit refused any other query
+        visible = self.created_at[str(record["id"])] <= time.monotonic() - self.search_lag
+        return visible and match.group(1) in record["tags"]
+
+    def found(self, object_type: str, record_id: str, record: dict[str, Any]) -> Any:
+        return _public(record)
+
+    def listing(self, find: FindCall, hits: list[Any]) -> Any:
+        return {"results": hits, "total": len(hits)}
+
+    def whoami(self, who: str) -> Any:
+        return {"id": 1, "available": True, "contact": {"name": "Octopus", "email": "bot@example.com"}}
+
+
+def _public(record: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in record.items() if k != "request"}

@@ -14,6 +14,10 @@
   answer as ``X-HubSpot-RateLimit-Max/-Remaining/-Interval-Milliseconds``, 429 with
   ``policyName: TEN_SECONDLY_ROLLING`` over it; ``daily_limit`` calls a day, then 429
   ``policyName: DAILY``. Daily headers are sent for private-app calls only, as HubSpot does.
+
+The envelope (the create routes per object type, the account-info read) comes from the adapter's
+spec (sandbox/octopus_crm_sandbox/specfake.py). HubSpot's OpenAPI files are not licensed for reuse,
+so the property checks stay HubSpot's rules as documented, each with its error code.
 """
 
 from __future__ import annotations
@@ -22,13 +26,17 @@ import datetime as dt
 import itertools
 import re
 import uuid
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 from zoneinfo import ZoneInfo
 
 import orjson
 from aiohttp import web
 
-from octopus_crm_sandbox.kit import FakeVendor
+from adapters.hubspot import OBJECTS
+from adapters.hubspot import SPEC as HUBSPOT
+from adapters.spec import CreateCall
+from octopus_crm_sandbox.specfake import Created, Refusal, SpecFake
 
 __all__ = ["HubSpotFake"]
 
@@ -66,14 +74,17 @@ STANDARD_PROPERTIES: dict[str, dict[str, tuple[str, ...] | None]] = {
     kind: {**dict.fromkeys(_TEXT[kind]), **_OPTIONS[kind]} for kind in _TEXT
 }
 READ_ONLY = frozenset({"hs_object_id", "createdate", "lastmodifieddate", "hs_ticket_id"})
+_OAUTH = web.RequestKey("hubspot_oauth", bool)  # whether the call came with an OAuth token
+_SCHEMA = "SimplePublicObjectInputForCreate"
 DEFAULT_PIPELINES: dict[str, tuple[str, ...]] = {
     "0": ("1", "2", "3", "4"),
     "support_pipeline": ("new", "waiting_on_contact", "waiting_on_us", "closed"),
 }
 
 
-class HubSpotFake(FakeVendor):
+class HubSpotFake(SpecFake):
     name = "hubspot"
+    spec = HUBSPOT
     ENV: ClassVar[dict[str, str]] = {"HUBSPOT_TOKEN": "pat-na1-00000000-fake-4c1e-octopus"}
 
     def __init__(
@@ -91,7 +102,8 @@ class HubSpotFake(FakeVendor):
         rate_limit: tuple[int, float] | None = (100, 10.0),
         **kw: Any,
     ) -> None:
-        super().__init__(rate_limit=rate_limit, **kw)
+        accepted = {"token": token, "clientId": client_id, "clientSecret": client_secret}
+        super().__init__(accepted={**accepted, "refreshToken": refresh_token}, rate_limit=rate_limit, **kw)
         self.private_token = token
         self.client_id = client_id
         self.client_secret = client_secret
@@ -109,23 +121,21 @@ class HubSpotFake(FakeVendor):
         self.issued: set[str] = set()  # OAuth tokens ever issued: expired ones say so
         self._ids = itertools.count(51_000_000_001)
 
-    def endpoints(self) -> dict[str, Any]:
-        return {"baseUrl": self.base_url, "allowPrivateNetwork": True}  # the fakes listen on loopback
-
     def limited_paths(self) -> tuple[str, ...]:
         return ("/crm/", "/account-info/")
 
-    def routes(self) -> list[web.RouteDef]:
+    def token_routes(self) -> list[web.RouteDef]:
+        return [web.post("/oauth/v1/token", self.oauth_token)]
+
+    def extra_routes(self) -> list[web.RouteDef]:
         return [
-            web.post("/oauth/v1/token", self.oauth_token),
-            web.get("/account-info/v3/details", self.account_details),
-            web.post("/crm/v3/objects/{kind}", self.create),
+            web.post("/crm/v3/objects/{kind}", self.unknown_kind),
             web.get("/crm/v3/objects/{kind}/{record_id}", self.read),
         ]
 
     # -- shapes ------------------------------------------------------------------------------
 
-    def error(
+    def refuse(
         self,
         status: int,
         message: str,
@@ -157,8 +167,14 @@ class HubSpotFake(FakeVendor):
             headers["X-HubSpot-RateLimit-Daily-Remaining"] = str(max(0, self.daily_limit - self.daily_used))
         return headers
 
+    def error(self, status: int, messages: Sequence[str], **fields: str) -> web.Response:
+        return self.refuse(status, "; ".join(messages), fields.get("category", "VALIDATION_ERROR"))
+
+    def answer_headers(self, request: web.Request) -> Mapping[str, str]:
+        return self.window_headers(request.get(_OAUTH, False))
+
     def too_many(self, wait: float) -> web.Response:
-        return self.error(
+        return self.refuse(
             429,
             "You have reached your ten_secondly_rolling limit.",
             "RATE_LIMITS",
@@ -168,29 +184,33 @@ class HubSpotFake(FakeVendor):
             groupName=f"publicapi:private-app-api-calls-ten-secondly:{self.portal_id}",
         )
 
-    def _auth(self, request: web.Request) -> tuple[bool, web.Response | None]:
-        """(is OAuth, error response) for the request's bearer token and the daily allowance."""
+    def invalid(self, request: web.Request, message: str, **extra: Any) -> web.Response:
+        return self.refuse(400, message, "VALIDATION_ERROR", dict(self.answer_headers(request)), **extra)
+
+    async def admit(self, request: web.Request) -> web.Response | None:
+        """The bearer token (private app, or an OAuth token and whether it expired), then the daily allowance."""
         header = request.headers.get("Authorization", "")
         token = header[7:] if header.startswith("Bearer ") else ""
         if token and token == self.private_token:
             oauth = False
         elif token in self.issued:
             if not self.token_valid(token):
-                return True, self.error(
+                return self.refuse(
                     401,
                     "The OAuth token used to make this call expired 1 second(s) ago.",
                     "EXPIRED_AUTHENTICATION",
                 )
             oauth = True
         else:
-            return False, self.error(
+            return self.refuse(
                 401,
                 "Authentication credentials not found. This API supports OAuth 2.0 authentication"
                 " and you can find more details at https://developers.hubspot.com/docs/methods/auth/oauth-overview",
                 "INVALID_AUTHENTICATION",
             )
+        request[_OAUTH] = oauth
         if self.daily_used >= self.daily_limit:
-            return oauth, self.error(
+            return self.refuse(
                 429,
                 "You have reached your daily limit.",
                 "RATE_LIMITS",
@@ -200,7 +220,7 @@ class HubSpotFake(FakeVendor):
                 groupName=f"publicapi:private-app-api-calls-daily:{self.portal_id}",
             )
         self.daily_used += 1
-        return oauth, None
+        return None
 
     # -- endpoints ---------------------------------------------------------------------------
 
@@ -231,108 +251,99 @@ class HubSpotFake(FakeVendor):
             }
         )
 
-    async def account_details(self, request: web.Request) -> web.Response:
-        oauth, error = self._auth(request)
-        if error is not None:
-            return error
+    def whoami(self, who: str) -> Any:
         offset = dt.datetime.now(ZoneInfo(self.time_zone)).utcoffset() or dt.timedelta()
         offset_ms = int(offset.total_seconds() * 1000)
-        return web.json_response(
-            {
-                "portalId": self.portal_id,
-                "accountType": "STANDARD",
-                "timeZone": self.time_zone,
-                "companyCurrency": "CNY",
-                "additionalCurrencies": [],
-                "utcOffset": f"{'-' if offset_ms < 0 else '+'}{abs(offset_ms) // 3_600_000:02d}:"
-                f"{abs(offset_ms) // 60_000 % 60:02d}",
-                "utcOffsetMilliseconds": offset_ms,
-                "uiDomain": "app.hubspot.com",
-                "dataHostingLocation": "na1",
-            },
-            headers=self.window_headers(oauth),
+        return {
+            "portalId": self.portal_id,
+            "accountType": "STANDARD",
+            "timeZone": self.time_zone,
+            "companyCurrency": "CNY",
+            "additionalCurrencies": [],
+            "utcOffset": f"{'-' if offset_ms < 0 else '+'}{abs(offset_ms) // 3_600_000:02d}:"
+            f"{abs(offset_ms) // 60_000 % 60:02d}",
+            "utcOffsetMilliseconds": offset_ms,
+            "uiDomain": "app.hubspot.com",
+            "dataHostingLocation": "na1",
+        }
+
+    async def unknown_kind(self, request: web.Request) -> web.Response:
+        if (denied := await self.admit(request)) is not None:
+            return denied
+        kind = request.match_info["kind"]
+        return self.refuse(
+            404, f"Unable to infer object type from: {kind}", "OBJECT_NOT_FOUND", dict(self.answer_headers(request))
         )
 
     async def read(self, request: web.Request) -> web.Response:
-        oauth, error = self._auth(request)
-        if error is not None:
-            return error
+        if (denied := await self.admit(request)) is not None:
+            return denied
+        headers = dict(self.answer_headers(request))
         kind, key = request.match_info["kind"], request.match_info["record_id"]
         if kind not in self.properties:
-            return self.error(404, f"Unable to infer object type from: {kind}", "OBJECT_NOT_FOUND")
+            return self.refuse(404, f"Unable to infer object type from: {kind}", "OBJECT_NOT_FOUND")
         if request.query.get("idProperty") == "email" and kind == "contacts":
             record = self.contact_by_email(key)
         else:
             record = self.records.get(key)
             record = record if record is not None and record["kind"] == kind else None
         if record is None:
-            return self.error(
+            return self.refuse(
                 404,
                 "Object not found.  objectId are usually numeric.",
                 "OBJECT_NOT_FOUND",
-                headers=self.window_headers(oauth),
+                headers=headers,
                 context={"id": [key]},
             )
-        return web.json_response(self._public(record), headers=self.window_headers(oauth))
+        return web.json_response(self._public(record), headers=headers)
 
-    async def create(self, request: web.Request) -> web.Response:
-        oauth, error = self._auth(request)
-        if error is not None:
-            return error
-        headers = self.window_headers(oauth)
-        kind = request.match_info["kind"]
-        if kind not in self.properties:
-            return self.error(404, f"Unable to infer object type from: {kind}", "OBJECT_NOT_FOUND", headers)
+    # -- creates -----------------------------------------------------------------------------
+
+    async def read_body(self, object_type: str, request: web.Request) -> Any:
         try:
-            body = orjson.loads(await request.read())
+            return orjson.loads(await request.read())
         except orjson.JSONDecodeError as exc:
-            return self.error(400, f"Invalid input JSON on line 1: {exc}", "VALIDATION_ERROR", headers)
-        schema = "SimplePublicObjectInputForCreate"
+            raise Refusal(self.invalid(request, f"Invalid input JSON on line 1: {exc}")) from None
+
+    def refused(self, object_type: str, body: Any, request: web.Request) -> web.Response | None:
+        kind = OBJECTS[object_type]
         missing = [k for k in ("properties", "associations") if not isinstance(body, dict) or k not in body]
         if missing:
-            return self.error(
-                400,
-                f"Invalid input JSON on line 1, column 1: Cannot build {schema}, some of required"
+            return self.invalid(
+                request,
+                f"Invalid input JSON on line 1, column 1: Cannot build {_SCHEMA}, some of required"
                 f" attributes are not set [{', '.join(missing)}]",
-                "VALIDATION_ERROR",
-                headers,
             )
         props, associations = body["properties"], body["associations"]
         if not isinstance(props, dict) or not isinstance(associations, list):
-            return self.error(
-                400,
-                f"Invalid input JSON: {schema} properties must be an object and associations an array",
-                "VALIDATION_ERROR",
-                headers,
+            return self.invalid(
+                request, f"Invalid input JSON: {_SCHEMA} properties must be an object and associations an array"
             )
         problems = self.validate(kind, props)
         if problems:
-            return self.error(
-                400,
+            return self.invalid(
+                request,
                 f"Property values were not valid: {orjson.dumps(problems).decode()}",
-                "VALIDATION_ERROR",
-                headers,
                 errors=[
-                    {
-                        "message": p["message"],
-                        "code": p["error"],
-                        "context": {"propertyName": [p["name"]]},
-                    }
+                    {"message": p["message"], "code": p["error"], "context": {"propertyName": [p["name"]]}}
                     for p in problems
                 ],
             )
         if kind == "contacts" and props.get("email"):
             existing = self.contact_by_email(str(props["email"]))
             if existing is not None:
-                return self.error(
-                    409,
-                    f"Contact already exists. Existing ID: {existing['id']}",
-                    "CONFLICT",
-                    headers,
-                )
-        record = self._insert(kind, {k: None if v is None else str(v) for k, v in props.items()})
-        record["associations"] = associations
-        return web.json_response(self._public(record), status=201, headers=headers)
+                message = f"Contact already exists. Existing ID: {existing['id']}"
+                return self.refuse(409, message, "CONFLICT", dict(self.answer_headers(request)))
+        return None
+
+    def store(self, object_type: str, body: Any, request: web.Request) -> tuple[str, dict[str, Any]]:
+        props = {k: None if v is None else str(v) for k, v in body["properties"].items()}
+        record = self._insert(OBJECTS[object_type], props)
+        record["associations"] = body["associations"]
+        return record["id"], record
+
+    def created(self, call: CreateCall, record_id: str, record: dict[str, Any], request: web.Request) -> Created:
+        return self._public(record), {}
 
     # -- model -------------------------------------------------------------------------------
 

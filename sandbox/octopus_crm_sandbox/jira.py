@@ -28,7 +28,7 @@ from aiohttp import web
 
 from adapters.jira import SPEC as JIRA
 from adapters.spec import CreateCall
-from octopus_crm_sandbox.specfake import SpecFake
+from octopus_crm_sandbox.specfake import Created, SpecFake
 
 __all__ = ["JiraFake", "adf_to_text"]
 
@@ -109,9 +109,6 @@ class JiraFake(SpecFake):
         self._numbers = {key: itertools.count(1) for key in self.projects}
         self.created_at: dict[str, float] = {}
 
-    def endpoints(self) -> dict[str, Any]:
-        return {"baseUrl": self.base_url, "allowPrivateNetwork": True}  # the fakes listen on loopback
-
     def limited_paths(self) -> tuple[str, ...]:
         return ("/rest/api/",)
 
@@ -132,7 +129,7 @@ class JiraFake(SpecFake):
         }
         return web.json_response({"errorMessages": ["Rate limit exceeded."], "errors": {}}, status=429, headers=headers)
 
-    def unauthorized(self) -> web.Response:
+    def unauthorized(self, request: web.Request) -> web.Response:
         return web.Response(
             status=401,
             text="Client must be authenticated to access this resource.",
@@ -155,7 +152,7 @@ class JiraFake(SpecFake):
         self.created_at[key] = time.monotonic()
         return key, record
 
-    def created(self, call: CreateCall, record_id: str, record: dict[str, Any]) -> tuple[Any, dict[str, str]]:
+    def created(self, call: CreateCall, record_id: str, record: dict[str, Any], request: web.Request) -> Created:
         answer = {"id": record["id"], "key": record_id, "self": f"{self.base_url}/rest/api/3/issue/{record['id']}"}
         assert not list(_CREATED.iter_errors(answer))
         return answer, {}

@@ -15,6 +15,11 @@
 - Over the short-window ``rate_limit``, or past ``api_limit`` calls in total, the answer is ``403
   [{"errorCode": "REQUEST_LIMIT_EXCEEDED"}]`` (Salesforce never sends 429); every data response
   carries ``Sforce-Limit-Info: api-usage=n/limit``.
+
+The create envelope (``POST /services/data/{version}/sobjects/{Lead|Case}/``) comes from the
+adapter's spec (sandbox/octopus_crm_sandbox/specfake.py); the grants, upsert, reads and describe
+are Salesforce's own routes. sObject schemas are per org (no published spec), so the field checks
+below stand in for an org's describe.
 """
 
 from __future__ import annotations
@@ -24,14 +29,17 @@ import re
 import secrets
 import string
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import orjson
 from aiohttp import web
 
-from octopus_crm_sandbox.kit import FakeVendor
+from adapters.salesforce import SOBJECTS
+from adapters.salesforce import SPEC as SALESFORCE
+from adapters.spec import CreateCall
+from octopus_crm_sandbox.specfake import Created, Refusal, SpecFake
 
 __all__ = ["SalesforceFake"]
 
@@ -135,8 +143,10 @@ class Refused(Exception):
 Handler = Callable[[web.Request], Awaitable[web.Response]]
 
 
-class SalesforceFake(FakeVendor):
+class SalesforceFake(SpecFake):
     name = "salesforce"
+    spec = SALESFORCE
+    mount = "/services/data/{version}"
     ENV: ClassVar[dict[str, str]] = {
         "SALESFORCE_CLIENT_ID": "3MVG9fake.client.id.octopus",
         "SALESFORCE_CLIENT_SECRET": "fake-client-secret-5f1c",
@@ -157,7 +167,7 @@ class SalesforceFake(FakeVendor):
         max_version: int = 66,
         **kw: Any,
     ) -> None:
-        super().__init__(**kw)
+        super().__init__(accepted={"clientId": client_id, "clientSecret": client_secret}, **kw)
         self.client_id = client_id
         self.client_secret = client_secret
         self.username = username
@@ -174,7 +184,7 @@ class SalesforceFake(FakeVendor):
         self.rejected: list[tuple[int, Any]] = []
 
     def endpoints(self) -> dict[str, Any]:
-        return {"baseUrl": self.base_url, "allowPrivateNetwork": True}  # the fakes listen on loopback
+        return {"baseUrl": self.base_url, "allowPrivateNetwork": True}  # the adapter adds the version path
 
     def limited_paths(self) -> tuple[str, ...]:
         return ("/services/data/v",)
@@ -182,11 +192,13 @@ class SalesforceFake(FakeVendor):
     def too_many(self, wait: float) -> web.Response:
         return self._refuse(Refused(403, "REQUEST_LIMIT_EXCEEDED", "ConcurrentPerOrgLongTxn Limit exceeded."))
 
-    def routes(self) -> list[web.RouteDef]:
-        data = "/services/data/{version}"
+    def token_routes(self) -> list[web.RouteDef]:
+        return [web.post("/services/oauth2/token", self.token)]
+
+    def extra_routes(self) -> list[web.RouteDef]:
+        data = self.mount
         sobject = data + "/sobjects/{sobject}"
         return [
-            web.post("/services/oauth2/token", self.token),
             web.get(data + "/limits", self._api(self.limits)),
             web.get(sobject + "/describe", self._api(self.describe)),
             web.get(sobject, self._api(self.basic_info)),
@@ -246,6 +258,36 @@ class SalesforceFake(FakeVendor):
 
         return call
 
+    async def admit(self, request: web.Request) -> web.Response | None:
+        try:
+            self._check(request)
+        except Refused as refused:
+            return self._refuse(refused, request)
+        return None
+
+    def answer_headers(self, request: web.Request) -> Mapping[str, str]:
+        return {"Sforce-Limit-Info": f"api-usage={self.api_usage}/{self.api_limit}"}
+
+    async def read_body(self, object_type: str, request: web.Request) -> Any:
+        try:
+            return self._parse(await request.read())
+        except Refused as refused:
+            raise Refusal(self._refuse(refused, request)) from None
+
+    def refused(self, object_type: str, body: Any, request: web.Request) -> web.Response | None:
+        try:
+            self.validate(SOBJECTS[object_type], body, creating=True)
+        except Refused as refused:
+            return self._refuse(refused, request)
+        return None
+
+    def store(self, object_type: str, body: Any, request: web.Request) -> tuple[str, dict[str, Any]]:
+        record = self._insert(SOBJECTS[object_type], body)
+        return record["Id"], record
+
+    def created(self, call: CreateCall, record_id: str, record: dict[str, Any], request: web.Request) -> Created:
+        return {"id": record_id, "success": True, "errors": []}, {}
+
     def _check(self, request: web.Request) -> None:
         match = _VERSION.match(request.match_info.get("version", ""))
         if not match or not 31 <= int(match.group(1)) <= self.max_version:
@@ -259,9 +301,11 @@ class SalesforceFake(FakeVendor):
         if request.match_info.get("sobject", "Lead") not in self.fields:
             raise Refused(404, "NOT_FOUND", NOT_FOUND)
 
-    def _refuse(self, refused: Refused) -> web.Response:
+    def _refuse(self, refused: Refused, request: web.Request | None = None) -> web.Response:
+        """Salesforce's error answer; a data call's (``request``) carries the usage header."""
         self.rejected.append((refused.status, refused.body[0]["errorCode"]))
-        return web.json_response(refused.body, status=refused.status)
+        headers = self.answer_headers(request) if request is not None else None
+        return web.json_response(refused.body, status=refused.status, headers=headers)
 
     async def limits(self, request: web.Request) -> web.Response:
         remaining = self.api_limit - self.api_usage

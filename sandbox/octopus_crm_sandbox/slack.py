@@ -10,7 +10,9 @@ way Slack does: ``not_authed``, ``invalid_auth``, ``token_revoked``, ``invalid_a
 Successful answers are checked against the spec's success schema. The rate limit answers HTTP 429
 with ``Retry-After`` and ``{"ok": false, "error": "ratelimited"}``.
 
-The webhook half serves ``/services/T000/B000/XXXX``: 200 ``ok``, or a status with a short text
+The Web API's envelope (the ``chat.postMessage`` and ``auth.test`` routes under ``/api``) comes from
+the adapter's spec (sandbox/octopus_crm_sandbox/specfake.py); the token check reads Slack's two
+places for a token. The webhook half serves ``/services/T000/B000/XXXX``: 200 ``ok``, or a status with a short text
 reason (``invalid_payload``, ``no_text``, ``invalid_token``, ``no_service``,
 ``channel_is_archived``).
 """
@@ -21,6 +23,7 @@ import itertools
 import json
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -28,7 +31,9 @@ import jsonschema
 import orjson
 from aiohttp import web
 
-from octopus_crm_sandbox.kit import FakeVendor
+from adapters.slack import SPEC as SLACK
+from adapters.spec import CreateCall
+from octopus_crm_sandbox.specfake import Created, Refusal, SpecFake
 
 __all__ = ["SPEC_ERRORS", "SlackFake"]
 
@@ -52,10 +57,14 @@ _SUCCESS_CHECK = jsonschema.Draft7Validator({**_POST["responses"]["200"]["schema
 # The error enum the spec lists for chat.postMessage (old; the live API has more codes).
 SPEC_ERRORS = frozenset(_POST["responses"]["default"]["schema"]["properties"]["error"]["enum"])
 MAX_TEXT = 40_000
+_WARNINGS = web.RequestKey("slack_warnings", list[str])  # Slack's warnings about one call
 
 
-class SlackFake(FakeVendor):
+class SlackFake(SpecFake):
     name = "slack"
+    spec = SLACK
+    mount = "/api"
+    created_status = 200
     ENV: ClassVar[dict[str, str]] = {"SLACK_BOT_TOKEN": "xoxb-1111111111-2222222222-fakeslacktoken"}
     WEBHOOK_PATH = "/services/T000/B000/XXXX"
 
@@ -69,7 +78,7 @@ class SlackFake(FakeVendor):
         webhooks: dict[str, str] | None = None,
         **kw: Any,
     ) -> None:
-        super().__init__(**kw)
+        super().__init__(accepted={}, **kw)
         self.bot_tokens = set(tokens)
         self.revoked: set[str] = set()
         self.channels = channels or {
@@ -88,13 +97,9 @@ class SlackFake(FakeVendor):
     def webhook_url(self) -> str:
         return f"{self.base_url}{self.WEBHOOK_PATH}"
 
-    def endpoints(self) -> dict[str, Any]:
-        return {"baseUrl": f"{self.base_url}/api", "allowPrivateNetwork": True}  # the fakes listen on loopback
-
-    def routes(self) -> list[web.RouteDef]:
+    def extra_routes(self) -> list[web.RouteDef]:
         return [
-            web.post("/api/chat.postMessage", self.post_message),
-            web.route("*", "/api/auth.test", self.auth_test),
+            web.get("/api/auth.test", self._whoami),
             web.post("/services/{team}/{bot}/{secret}", self.incoming_webhook),
         ]
 
@@ -117,6 +122,9 @@ class SlackFake(FakeVendor):
             body["response_metadata"] = {"messages": list(messages)}
         return web.json_response(body)
 
+    def error(self, status: int, messages: Sequence[str], **fields: str) -> web.Response:
+        return self.fail(fields.get("error", "invalid_arguments"), *messages)
+
     async def arguments(self, request: web.Request) -> tuple[dict[str, Any] | None, list[str]]:
         """The call's arguments (JSON or form) and any Slack warnings, or None if unreadable."""
         warnings: list[str] = []
@@ -132,14 +140,23 @@ class SlackFake(FakeVendor):
             return {k: v for k, v in (await request.post()).items() if isinstance(v, str)}, warnings
         return {}, warnings
 
-    def token_error(self, request: web.Request, args: dict[str, Any]) -> str | None:
+    async def admit(self, request: web.Request) -> web.Response | None:
+        """The bot token, from ``Authorization: Bearer`` or the ``token`` argument."""
         header = request.headers.get("Authorization", "")
-        token = header[7:] if header.startswith("Bearer ") else str(args.pop("token", "") or "")
+        args, _ = await self.arguments(request)
+        token = header[7:] if header.startswith("Bearer ") else str((args or {}).get("token", "") or "")
         if not token:
-            return "not_authed"
+            return self.fail("not_authed")
         if token in self.revoked:
-            return "token_revoked"
-        return None if token in self.bot_tokens else "invalid_auth"
+            return self.fail("token_revoked")
+        return None if token in self.bot_tokens else self.fail("invalid_auth")
+
+    async def read_body(self, object_type: str, request: web.Request) -> Any:
+        args, warnings = await self.arguments(request)
+        if args is None:
+            raise Refusal(self.fail("invalid_json"))
+        request[_WARNINGS] = warnings  # answered with the message
+        return {k: v for k, v in args.items() if k != "token"}
 
     def channel_id(self, channel: str) -> str | None:
         name = channel.removeprefix("#")
@@ -147,21 +164,14 @@ class SlackFake(FakeVendor):
             return self.channels[name]
         return channel if channel in self.channels.values() else None
 
-    async def post_message(self, request: web.Request) -> web.Response:
-        args, warnings = await self.arguments(request)
-        if args is None:
-            return self.fail("invalid_json")
-        if error := self.token_error(request, args):
-            return self.fail(error)
+    def refused(self, object_type: str, body: Any, request: web.Request) -> web.Response | None:
+        args = body
         problems = [
             f"[ERROR] {e.message} [json-pointer:/{'/'.join(map(str, e.path))}]" for e in _ARGS_CHECK.iter_errors(args)
         ]
-        blocks = args.get("blocks")
-        if isinstance(blocks, str):
-            try:
-                blocks = json.loads(blocks)
-            except ValueError:
-                return self.fail("invalid_blocks_format")
+        blocks = _blocks(args)
+        if blocks is _UNREADABLE:
+            return self.fail("invalid_blocks_format")
         if blocks is not None and list(_BLOCKS_CHECK.iter_errors(blocks)):
             return self.fail("invalid_blocks", "[ERROR] blocks must be a list of objects with a type")
         if problems:
@@ -178,41 +188,42 @@ class SlackFake(FakeVendor):
             return self.fail("no_text")
         if isinstance(text, str) and len(text) > MAX_TEXT:
             return self.fail("msg_too_long")
+        return None
+
+    def store(self, object_type: str, body: Any, request: web.Request) -> tuple[str, dict[str, Any]]:
+        channel = self.channel_id(str(body["channel"]))
         ts = f"{int(time.time()):010d}.{next(self._seq):06d}"
+        record = {"channel": channel, "ts": ts, "text": body.get("text"), "blocks": _blocks(body), "args": body}
+        self.messages.append(record)
+        return f"{channel}:{ts}", {**record, "warnings": request[_WARNINGS]}
+
+    def created(self, call: CreateCall, record_id: str, record: dict[str, Any], request: web.Request) -> Created:
         message: dict[str, Any] = {
             "type": "message",
             "subtype": "bot_message",
-            "text": text or "",
-            "ts": ts,
+            "text": record["text"] or "",
+            "ts": record["ts"],
             "bot_id": "B0OCTOPUS1",
         }
-        if blocks is not None:
-            message["blocks"] = blocks
-        record = {"channel": channel, "ts": ts, "text": text, "blocks": blocks, "args": args}
-        self.records[f"{channel}:{ts}"] = record
-        self.messages.append(record)
-        answer: dict[str, Any] = {"ok": True, "channel": channel, "ts": ts, "message": message}
+        if record["blocks"] is not None:
+            message["blocks"] = record["blocks"]
+        answer: dict[str, Any] = {"ok": True, "channel": record["channel"], "ts": record["ts"], "message": message}
         assert not list(_SUCCESS_CHECK.iter_errors(answer)), "fake answer off-spec"
-        if warnings:
+        if warnings := record["warnings"]:
             answer["warning"] = ",".join(warnings)
             answer["response_metadata"] = {"warnings": warnings}
-        return web.json_response(answer)
+        return answer, {}
 
-    async def auth_test(self, request: web.Request) -> web.Response:
-        args, _ = await self.arguments(request)
-        if error := self.token_error(request, args or {}):
-            return self.fail(error)
-        return web.json_response(
-            {
-                "ok": True,
-                "url": "https://octopus-fake.slack.com/",
-                "team": "Octopus Fake",
-                "user": "octopus-bot",
-                "team_id": "T000",
-                "user_id": "U0OCTOPUS1",
-                "bot_id": "B0OCTOPUS1",
-            }
-        )
+    def whoami(self, who: str) -> Any:
+        return {
+            "ok": True,
+            "url": "https://octopus-fake.slack.com/",
+            "team": "Octopus Fake",
+            "user": "octopus-bot",
+            "team_id": "T000",
+            "user_id": "U0OCTOPUS1",
+            "bot_id": "B0OCTOPUS1",
+        }
 
     # -- incoming webhooks -------------------------------------------------------------------
 
@@ -245,3 +256,17 @@ class SlackFake(FakeVendor):
         self.records[f"webhook:{next(self._seq)}"] = record
         self.messages.append(record)
         return web.Response(status=200, text="ok")
+
+
+_UNREADABLE = object()
+
+
+def _blocks(args: dict[str, Any]) -> Any:
+    """The ``blocks`` argument decoded (a form sends it as a JSON string); _UNREADABLE if it is not JSON."""
+    blocks = args.get("blocks")
+    if isinstance(blocks, str):
+        try:
+            return json.loads(blocks)
+        except ValueError:
+            return _UNREADABLE
+    return blocks

@@ -9,20 +9,26 @@ shape, answering ``301025 get approval param error:…`` as WeCom does. message/
 recipients (unknown ones come back in ``invaliduser``; all unknown is ``81013``), msgtype and
 content, and honours ``enable_duplicate_check``: the same text to the same recipients inside the
 window returns the first message's ``msgid`` and sends nothing.
+
+The envelope (the token check, the create routes) comes from the adapter's spec
+(sandbox/octopus_crm_sandbox/specfake.py). WeCom publishes no machine-readable spec, so the checks
+stay WeCom's own rules, each with the errcode WeCom answers.
 """
 
 from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 import orjson
 from aiohttp import web
 
-from octopus_crm_sandbox.kit import FakeVendor
+from adapters.spec import CreateCall
+from adapters.wecom import SPEC as WECOM
+from octopus_crm_sandbox.specfake import Created, SpecFake
 
 __all__ = ["DEFAULT_TEMPLATES", "WeComFake"]
 
@@ -57,8 +63,10 @@ def _answer(errcode: int = 0, errmsg: str = "ok", **data: Any) -> web.Response:
     )
 
 
-class WeComFake(FakeVendor):
+class WeComFake(SpecFake):
     name = "wecom"
+    spec = WECOM
+    created_status = 200
     ENV: ClassVar[dict[str, str]] = {
         "WEWORK_CORP_ID": "ww-fake-corp-0001",
         "WEWORK_AGENT_ID": "1000002",
@@ -75,7 +83,7 @@ class WeComFake(FakeVendor):
         users: frozenset[str] | None = DEFAULT_USERS,
         **kw: Any,
     ) -> None:
-        super().__init__(**kw)
+        super().__init__(accepted={"corpId": corp_id, "secret": secret}, **kw)
         self.corp_id = corp_id
         self.secret = secret
         self.agent_id = agent_id
@@ -88,14 +96,11 @@ class WeComFake(FakeVendor):
         self._recent: dict[tuple[str, str, str], tuple[float, str]] = {}
         self._seq = itertools.count(1)
 
-    def endpoints(self) -> dict[str, Any]:
-        return {"baseUrl": self.base_url, "allowPrivateNetwork": True}  # the fakes listen on loopback
+    def token_routes(self) -> list[web.RouteDef]:
+        return [web.get("/cgi-bin/gettoken", self.gettoken)]
 
-    def routes(self) -> list[web.RouteDef]:
+    def extra_routes(self) -> list[web.RouteDef]:
         return [
-            web.get("/cgi-bin/gettoken", self.gettoken),
-            web.post("/cgi-bin/oa/applyevent", self.applyevent),
-            web.post("/cgi-bin/message/send", self.message_send),
             web.get("/cgi-bin/agent/get", self.agent_get),
             web.get("/cgi-bin/get_api_domain_ip", self.api_domain_ip),
         ]
@@ -115,6 +120,15 @@ class WeComFake(FakeVendor):
         self.error_answers.append(errcode)
         return _answer(errcode, errmsg)
 
+    def error(self, status: int, messages: Sequence[str], **fields: str) -> web.Response:
+        return self._error(int(fields.get("errcode", 47001)), "; ".join(messages))
+
+    def answer(self, body: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
+        return _answer(**body)  # WeCom answers HTTP 200 with errcode 0 for every success
+
+    def unreadable(self, object_type: str, status: int, message: str) -> web.Response:
+        return self._error(47001, "data format error")
+
     # -- auth --------------------------------------------------------------------------------
 
     async def gettoken(self, request: web.Request) -> web.Response:
@@ -130,39 +144,38 @@ class WeComFake(FakeVendor):
         token = self.issue_token("wx")
         return _answer(access_token=token, expires_in=int(self.token_ttl))
 
-    def _token_error(self, request: web.Request) -> web.Response | None:
+    def unauthorized(self, request: web.Request) -> web.Response:
         token = request.query.get("access_token")
         if not token:
             return self._error(41001, "access_token missing")
-        if self.token_valid(token):
-            return None
         if token in self.expired or token in self.tokens:
             return self._error(42001, "access_token expired")
         return self._error(40014, "invalid access_token")
 
-    async def _json(self, request: web.Request) -> dict[str, Any] | None:
-        try:
-            body = orjson.loads(await request.read())
-        except orjson.JSONDecodeError:
-            return None
-        return body if isinstance(body, dict) else None
+    # -- creates -----------------------------------------------------------------------------
 
-    # -- OA approval ---------------------------------------------------------------------------
-
-    async def applyevent(self, request: web.Request) -> web.Response:
-        if (denied := self._token_error(request)) is not None:
-            return denied
-        body = await self._json(request)
-        if body is None:
+    def refused(self, object_type: str, body: Any, request: web.Request) -> web.Response | None:
+        if not isinstance(body, dict):
             return self._error(47001, "data format error")
+        if object_type == "message":
+            return self._check_message(body)
         problem = self._check_apply(body)
-        if problem:
-            return self._error(301025, f"get approval param error:{problem}")
+        return self._error(301025, f"get approval param error:{problem}") if problem else None
+
+    def store(self, object_type: str, body: Any, request: web.Request) -> tuple[str, dict[str, Any]]:
+        if object_type == "message":
+            return self._send(body)
         day = datetime.now(UTC).strftime("%Y%m%d")
         sp_no = f"{day}{next(self._seq):04d}"
-        self.records[sp_no] = body
         self.approvals.append(body)
-        return _answer(sp_no=sp_no)
+        return sp_no, body
+
+    def created(self, call: CreateCall, record_id: str, record: dict[str, Any], request: web.Request) -> Created:
+        if call.path.endswith("/applyevent"):
+            return {"sp_no": record_id}, {}
+        return {"invaliduser": "|".join(self._invalid(record)), "msgid": record_id}, {}
+
+    # -- OA approval ---------------------------------------------------------------------------
 
     def _check_apply(self, body: dict[str, Any]) -> str:
         creator = body.get("creator_userid")
@@ -218,12 +231,7 @@ class WeComFake(FakeVendor):
 
     # -- app messages --------------------------------------------------------------------------
 
-    async def message_send(self, request: web.Request) -> web.Response:
-        if (denied := self._token_error(request)) is not None:
-            return denied
-        body = await self._json(request)
-        if body is None:
-            return self._error(47001, "data format error")
+    def _check_message(self, body: dict[str, Any]) -> web.Response | None:
         agentid = body.get("agentid")
         if agentid is None:
             return self._error(41011, "missing agentid")
@@ -240,31 +248,39 @@ class WeComFake(FakeVendor):
         users = [u for u in str(body.get("touser") or "").split("|") if u]
         if not users and not body.get("toparty") and not body.get("totag"):
             return self._error(40031, "invalid user list")
-        invalid = [u for u in users if self.users is not None and u != "@all" and u not in self.users]
+        invalid = self._invalid(body)
         if users and len(invalid) == len(users) and not body.get("toparty") and not body.get("totag"):
             return self._error(81013, "user & party & tag all invalid")
-        key = (str(body.get("touser")), str(msgtype), content)
+        return None
+
+    def _invalid(self, body: dict[str, Any]) -> list[str]:
+        users = [u for u in str(body.get("touser") or "").split("|") if u]
+        return [u for u in users if self.users is not None and u != "@all" and u not in self.users]
+
+    def _send(self, body: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        """Send a checked message, or, inside the duplicate-check window, answer the first one's id."""
+        msgtype = str(body.get("msgtype"))
+        key = (str(body.get("touser")), msgtype, str(body[msgtype]["content"]))
         now = time.monotonic()
         if body.get("enable_duplicate_check") == 1:
             seen = self._recent.get(key)
             if seen is not None and now - seen[0] < float(body.get("duplicate_check_interval", 1800)):
-                return _answer(invaliduser="|".join(invalid), msgid=seen[1])
+                return seen[1], self.records[seen[1]]
         msgid = f"msg{next(self._seq):06d}-{self.new_id()}"
         self._recent[key] = (now, msgid)
-        self.records[msgid] = body
         self.messages.append(body)
-        return _answer(invaliduser="|".join(invalid), msgid=msgid)
+        return msgid, body
 
     # -- cheap reads ----------------------------------------------------------------------------
 
     async def agent_get(self, request: web.Request) -> web.Response:
-        if (denied := self._token_error(request)) is not None:
+        if (denied := await self.admit(request)) is not None:
             return denied
         if request.query.get("agentid") != str(self.agent_id):
             return self._error(40056, "invalid agentid")
         return _answer(agentid=self.agent_id, name="Octopus", close=0)
 
     async def api_domain_ip(self, request: web.Request) -> web.Response:
-        if (denied := self._token_error(request)) is not None:
+        if (denied := await self.admit(request)) is not None:
             return denied
         return _answer(ip_list=["127.0.0.1"])
