@@ -37,7 +37,7 @@ class BenchWebhook(WebhookFake):
         super().__init__(**kw)
         self.name = name
         self.requests_total = 0
-        self.created = 0
+        self.created_total = 0  # not "created": SpecFake.created() builds the create answer
         self.per_second: collections.Counter[int] = collections.Counter()
         self.rejected_per_second: collections.Counter[int] = collections.Counter()
         self.service_ms: collections.deque[float] = collections.deque(maxlen=200_000)
@@ -100,7 +100,7 @@ class BenchWebhook(WebhookFake):
     def trim(self) -> None:
         self.requests_total += len(self.requests)
         self.requests.clear()
-        self.created += len(self.deliveries)
+        self.created_total += len(self.deliveries)
         self.deliveries.clear()
         self.records.clear()
 
@@ -112,7 +112,7 @@ class BenchWebhook(WebhookFake):
                 {
                     "name": self.name,
                     "requests": self.requests_total,
-                    "created": self.created,
+                    "created": self.created_total,
                     "unique_keys": len(self.by_key),
                     "replays": self.replays,
                     "accepted": self.window.accepted if self.window else None,
