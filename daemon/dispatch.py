@@ -50,6 +50,7 @@ from daemon.ledger import Lease, Ledger, LedgerEntry, lease_owner
 from daemon.records import InboundRecord
 from daemon.retrying import AttemptRecord, RetryKind, RetryRecord, TargetSpec
 from octopus_crm.core.contracts import ClassifiedMessage, ResultError, ResultSource, SyncResult, SyncStatus
+from octopus_crm.core.wire import Header
 from strategies.breaker import BreakerPolicy, BreakerState, CircuitBreaker
 from strategies.retry import RetryPolicy
 from strategies.routing import Plan, Target
@@ -588,11 +589,11 @@ class Dispatcher:
             record=state.original(),
             reason=f"{error['class']} {error['code']}: {error['message']}"[:1000],
             headers=(
-                ("octopus-integration", primary.integration_id.encode()),
-                ("octopus-object-type", primary.object_type.encode()),
-                ("octopus-error-code", error["code"].encode()),
-                ("octopus-attempts", str(len(state.history)).encode()),
-                ("octopus-attempt-history", history[:16384]),
+                (Header.INTEGRATION, primary.integration_id.encode()),
+                (Header.OBJECT_TYPE, primary.object_type.encode()),
+                (Header.ERROR_CODE, error["code"].encode()),
+                (Header.ATTEMPTS, str(len(state.history)).encode()),
+                (Header.ATTEMPT_HISTORY, history[:16384]),
             ),
         )
         return Outcomes(results=[result], dead_letters=[dead])

@@ -18,10 +18,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiolimiter import AsyncLimiter
 
 from daemon.settings import Settings
+from octopus_crm.core.wire import HEADER_PREFIX, REPLAYABLE_BY_DEFAULT, Header
 
 __all__ = ["ReplayFilter", "ReplayReport", "replay_dlq"]
-
-REPLAYABLE_BY_DEFAULT = frozenset({"delivery_failed", "internal_error"})
 
 
 @dataclass(frozen=True)
@@ -32,13 +31,13 @@ class ReplayFilter:
     until: datetime | None = None
 
     def matches(self, headers: dict[str, bytes]) -> bool:
-        error_class = headers.get("octopus-error-class", b"").decode()
+        error_class = headers.get(Header.ERROR_CLASS, b"").decode()
         if self.error_classes and "all" not in self.error_classes and error_class not in self.error_classes:
             return False
-        integration = headers.get("octopus-integration", b"").decode()
+        integration = headers.get(Header.INTEGRATION, b"").decode()
         if self.integrations and integration not in self.integrations:
             return False
-        at_ms = int(headers.get("octopus-dead-lettered-at", b"0") or 0)
+        at_ms = int(headers.get(Header.DEAD_LETTERED_AT, b"0") or 0)
         if self.since is not None and at_ms < self.since.timestamp() * 1000:
             return False
         return not (self.until is not None and at_ms > self.until.timestamp() * 1000)
@@ -123,11 +122,11 @@ async def replay_dlq(
                     if not selection.matches(headers):
                         continue
                     report.matched += 1
-                    error_class = headers.get("octopus-error-class", b"").decode()
+                    error_class = headers.get(Header.ERROR_CLASS, b"").decode()
                     report.by_class[error_class] = report.by_class.get(error_class, 0) + 1
                     origin = b":".join(
                         headers.get(h, b"")
-                        for h in ("octopus-source-topic", "octopus-source-partition", "octopus-source-offset")
+                        for h in (Header.SOURCE_TOPIC, Header.SOURCE_PARTITION, Header.SOURCE_OFFSET)
                     )
                     if origin in seen:
                         report.repeats += 1
@@ -136,9 +135,9 @@ async def replay_dlq(
                     if dry_run or (limit is not None and report.replayed >= limit):
                         continue
                     await pace.acquire()
-                    replay_headers = [(k, v) for k, v in record.headers if not k.startswith("octopus-")]
+                    replay_headers = [(k, v) for k, v in record.headers if not k.startswith(HEADER_PREFIX)]
                     replay_headers.append(
-                        ("octopus-replayed-from", f"{tp.topic}:{tp.partition}:{record.offset}".encode())
+                        (Header.REPLAYED_FROM.value, f"{tp.topic}:{tp.partition}:{record.offset}".encode())
                     )
                     await producer.send_and_wait(target, value=record.value, key=record.key, headers=replay_headers)
                     report.replayed += 1

@@ -21,18 +21,19 @@ from daemon.records import InboundRecord
 from daemon.retrying import RetryRecord
 from octopus_crm.core.contracts import SyncResult
 from octopus_crm.core.redaction import redact_bytes, redact_value
+from octopus_crm.core.wire import HEADER_PREFIX, Header
 
 __all__ = ["DLQ_HEADERS", "Reporter"]
 
 log = structlog.get_logger("octopus.reporting")
 
 DLQ_HEADERS = (
-    "octopus-error-class",
-    "octopus-error-reason",
-    "octopus-source-topic",
-    "octopus-source-partition",
-    "octopus-source-offset",
-    "octopus-dead-lettered-at",
+    Header.ERROR_CLASS,
+    Header.ERROR_REASON,
+    Header.SOURCE_TOPIC,
+    Header.SOURCE_PARTITION,
+    Header.SOURCE_OFFSET,
+    Header.DEAD_LETTERED_AT,
 )
 
 
@@ -46,11 +47,11 @@ class Reporter:
     async def schedule(self, retries: Sequence[RetryRecord]) -> None:
         """Hand deliveries to the retry topic, keyed by original key and integration."""
         for retry in retries:
-            headers = [
-                ("octopus-due-at", str(int(retry.due * 1000)).encode()),
-                ("octopus-integration", retry.target.integration_id.encode()),
-                ("octopus-retry-kind", retry.kind.encode()),
-                ("octopus-attempt", str(retry.attempt).encode()),
+            headers: list[tuple[str, bytes]] = [
+                (Header.DUE_AT, str(int(retry.due * 1000)).encode()),
+                (Header.INTEGRATION, retry.target.integration_id.encode()),
+                (Header.RETRY_KIND, retry.kind.encode()),
+                (Header.ATTEMPT, str(retry.attempt).encode()),
             ]
             await self._send(self.retry_topic, retry.kafka_key(), retry.encode_scrubbed(), headers)
 
@@ -69,20 +70,21 @@ class Reporter:
     ) -> None:
         """The original key and value bytes, unchanged, with headers naming what went wrong
         (our own headers scrubbed of secrets; the original record's are kept as they came)."""
-        headers = [(k, v) for k, v in record.headers if not k.startswith("octopus-")]
+        headers = [(k, v) for k, v in record.headers if not k.startswith(HEADER_PREFIX)]
         headers += [
-            ("octopus-error-class", error_class.encode()),
-            ("octopus-error-reason", redact_bytes(reason.encode("utf-8", "replace"))[:4096]),
-            ("octopus-source-topic", record.topic.encode()),
-            ("octopus-source-partition", str(record.partition).encode()),
-            ("octopus-source-offset", str(record.offset).encode()),
-            ("octopus-dead-lettered-at", str(int(time.time() * 1000)).encode()),
+            (Header.ERROR_CLASS, error_class.encode()),
+            (Header.ERROR_REASON, redact_bytes(reason.encode("utf-8", "replace"))[:4096]),
+            (Header.SOURCE_TOPIC, record.topic.encode()),
+            (Header.SOURCE_PARTITION, str(record.partition).encode()),
+            (Header.SOURCE_OFFSET, str(record.offset).encode()),
+            (Header.DEAD_LETTERED_AT, str(int(time.time() * 1000)).encode()),
             *((name, redact_bytes(value)) for name, value in extra),
         ]
         await self._send(self.dlq_topic, record.key, record.value, headers)
         metrics.DLQ_RECORDS.labels(error_class).inc()
 
     async def _send(self, topic: str, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]) -> None:
+        headers = [(str(k), v) for k, v in headers]  # the client takes exact str keys, not Header members
         delay = 0.2
         while True:
             try:

@@ -124,6 +124,7 @@ def test_seed_config_loads_with_its_environment() -> None:
     assert tenant_strategies == {
         "t-support-desk": "category_routing",
         "t-enterprise": "parallel_sync",
+        "t-showcase": "parallel_sync",  # the demo's one-event-to-every-target tenant
     }
     if swapped:  # reported by the test run, so nobody mistakes this for full seed coverage
         print(f"seed types without an adapter, loaded as webhooks: {sorted(swapped)}")
