@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
 
 import orjson
 import structlog
@@ -18,14 +17,13 @@ from pydantic import ValidationError
 
 from daemon import metrics
 from daemon.dispatch import Dispatcher, Outcomes
-from daemon.logs import canonical
 from daemon.records import InboundRecord
-from daemon.reporting import Reporter
-from octopus_crm.core.contracts import SUPPORTED_SCHEMA_VERSIONS, ClassifiedMessage, SyncResult
+from daemon.reporting import Reporter, log_outcomes, report
+from octopus_crm.core.contracts import SUPPORTED_SCHEMA_VERSIONS, ClassifiedMessage
 from octopus_crm.core.wire import DeadLetterClass
 from strategies.routing import Plan
 
-__all__ = ["BadInput", "Processor", "decode", "log_outcomes", "report"]
+__all__ = ["BadInput", "Processor", "decode"]
 
 log = structlog.get_logger("octopus.processing")
 
@@ -133,43 +131,3 @@ class Processor:
             return
         metrics.EVENT_LATENCY.observe(time.monotonic() - started)
         log_outcomes("event processed", plan.strategy, outcomes, started)
-
-
-async def report(reporter: Reporter, outcomes: Outcomes) -> None:
-    """Publish everything one pass produced; returns once the broker has acknowledged it all.
-
-    Each result is a target's final outcome, published once wherever it was decided (the input
-    or the retry topic); the canonical line of that pass logs it, once."""
-    await reporter.schedule(outcomes.retries)
-    for dead in outcomes.dead_letters:
-        await reporter.dead_letter(dead.record, DeadLetterClass.DELIVERY_FAILED, dead.reason, dead.headers)
-    await reporter.publish(outcomes.results)
-
-
-def _outcome(r: SyncResult) -> dict[str, Any]:
-    return {
-        "integration": r.integrationId,
-        "object": r.objectType,
-        "status": r.status,
-        **({"externalId": r.externalId} if r.externalId else {}),
-        **({"error": r.error.code} if r.error else {}),
-        **({"detail": r.detail} if r.detail else {}),
-    }
-
-
-def log_outcomes(message: str, strategy: str, outcomes: Outcomes, started: float) -> None:
-    canonical(
-        message,
-        strategy=strategy,
-        outcomes=[_outcome(r) for r in outcomes.results],
-        scheduled=[
-            {
-                "integration": r.target.integration_id,
-                "kind": r.kind,
-                "attempt": r.attempt,
-                "inSeconds": round(r.due - time.time(), 1),
-            }
-            for r in outcomes.retries
-        ],
-        latency_ms=round((time.monotonic() - started) * 1000, 2),
-    )

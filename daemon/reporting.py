@@ -1,4 +1,5 @@
-"""Reporting: the only producer of result and dead-letter records.
+"""Reporting: the only producer of result, retry and dead-letter records, and the canonical log
+line of each pass.
 
 Every send is awaited until the broker acknowledges it (acks=all); a failed send is retried with
 backoff until it succeeds or the daemon shuts down, because an event's offset may be committed
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import orjson
 import structlog
@@ -17,13 +19,15 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from daemon import metrics
+from daemon.logs import canonical
+from daemon.outcomes import Outcomes
 from daemon.records import InboundRecord
 from daemon.retrying import RetryRecord
 from octopus_crm.core.contracts import SyncResult
 from octopus_crm.core.redaction import redact_bytes, redact_value
-from octopus_crm.core.wire import HEADER_PREFIX, Header
+from octopus_crm.core.wire import HEADER_PREFIX, DeadLetterClass, Header
 
-__all__ = ["DLQ_HEADERS", "Reporter"]
+__all__ = ["DLQ_HEADERS", "Reporter", "log_outcomes", "report"]
 
 log = structlog.get_logger("octopus.reporting")
 
@@ -96,6 +100,46 @@ class Reporter:
                 log.warning("produce failed, retrying", topic=topic, error=type(exc).__name__, retry_in=delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
+
+
+async def report(reporter: Reporter, outcomes: Outcomes) -> None:
+    """Publish everything one pass produced; returns once the broker has acknowledged it all.
+
+    Each result is a target's final outcome, published once wherever it was decided (the input
+    or the retry topic); the canonical line of that pass logs it, once."""
+    await reporter.schedule(outcomes.retries)
+    for dead in outcomes.dead_letters:
+        await reporter.dead_letter(dead.record, DeadLetterClass.DELIVERY_FAILED, dead.reason, dead.headers)
+    await reporter.publish(outcomes.results)
+
+
+def _outcome(r: SyncResult) -> dict[str, Any]:
+    return {
+        "integration": r.integrationId,
+        "object": r.objectType,
+        "status": r.status,
+        **({"externalId": r.externalId} if r.externalId else {}),
+        **({"error": r.error.code} if r.error else {}),
+        **({"detail": r.detail} if r.detail else {}),
+    }
+
+
+def log_outcomes(message: str, strategy: str, outcomes: Outcomes, started: float) -> None:
+    canonical(
+        message,
+        strategy=strategy,
+        outcomes=[_outcome(r) for r in outcomes.results],
+        scheduled=[
+            {
+                "integration": r.target.integration_id,
+                "kind": r.kind,
+                "attempt": r.attempt,
+                "inSeconds": round(r.due - time.time(), 1),
+            }
+            for r in outcomes.retries
+        ],
+        latency_ms=round((time.monotonic() - started) * 1000, 2),
+    )
 
 
 # What a vendor or a delivery wrote into a result (error text may echo a secret). The rest is

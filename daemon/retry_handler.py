@@ -16,9 +16,8 @@ from pydantic import ValidationError
 
 from daemon.consumer import WorkAbandoned
 from daemon.dispatch import Dispatcher
-from daemon.processing import log_outcomes, report
 from daemon.records import InboundRecord
-from daemon.reporting import Reporter
+from daemon.reporting import Reporter, log_outcomes, report
 from daemon.retrying import RetryRecord
 from octopus_crm.core.contracts import ClassifiedMessage
 from octopus_crm.core.wire import DeadLetterClass
