@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -68,9 +67,9 @@ class ConfigFileError(ValueError):
         super().__init__(f"invalid configuration{f' in {source}' if source else ''}:\n{lines}")
 
 
-@cache
 def vendor_catalog() -> VendorCatalog:
-    """The registry's vendors as the schema sees them (type names, aliases, unmapped defaults)."""
+    """The registry's vendors as the schema sees them (type names, aliases, unmapped defaults);
+    read at each load, so a type registered later (a test's, a plugin's) is known."""
     return VendorCatalog(
         kinds={name: cls.info.type for name, cls in ADAPTERS.items()},
         unmapped={cls.info.type: cls.info.object_types[:1] for cls in ADAPTERS.values() if cls.allows_unmapped},
