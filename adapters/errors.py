@@ -1,14 +1,23 @@
-"""The error taxonomy every delivery speaks.
+"""The error taxonomy every delivery speaks; it lives in :mod:`octopus_crm.core.errors`.
 
-Errors are typed on two axes: may the same request be tried again (``retriable``), and whose
-fault it is (``error_class``: retryable, permanent, auth, config). ``code`` is a short, bounded
-token that becomes a metric label and the ``error.code`` of a result; ``message`` keeps the
-vendor's own words.
+Adapters import it from here (``from adapters.errors import RetryableError``) as before.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from octopus_crm.core.errors import (
+    AmbiguousDeliveryError,
+    AuthError,
+    ConfigError,
+    DeliveryError,
+    ErrorClass,
+    ErrorInfo,
+    PermanentError,
+    QuotaExhaustedError,
+    RateLimitedError,
+    RetryableError,
+    TokenExpiredError,
+)
 
 __all__ = [
     "AmbiguousDeliveryError",
@@ -16,88 +25,10 @@ __all__ = [
     "ConfigError",
     "DeliveryError",
     "ErrorClass",
+    "ErrorInfo",
     "PermanentError",
     "QuotaExhaustedError",
     "RateLimitedError",
     "RetryableError",
     "TokenExpiredError",
 ]
-
-ErrorClass = Literal["retryable", "permanent", "auth", "config"]
-
-
-class DeliveryError(Exception):
-    """Base of every failure an adapter reports."""
-
-    error_class: ClassVar[ErrorClass] = "permanent"
-    retriable: ClassVar[bool] = False
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        code: str = "error",
-        status: int | None = None,
-        retry_after: float | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.message = message
-        self.code = code
-        self.status = status
-        self.retry_after = retry_after
-
-    def as_dict(self) -> dict[str, str]:
-        return {"class": self.error_class, "code": self.code, "message": self.message}
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(code={self.code!r}, status={self.status!r}, message={self.message!r})"
-
-
-class RetryableError(DeliveryError):
-    """Timeouts, connection errors, 5xx, vendor 'busy' codes: the same request may succeed later."""
-
-    error_class = "retryable"
-    retriable = True
-
-
-class RateLimitedError(RetryableError):
-    """The vendor asked us to slow down (429, or a rate-limit code in a 200 body)."""
-
-    def __init__(self, message: str, *, code: str = "rate_limited", **kw: object) -> None:
-        super().__init__(message, code=code, **kw)  # type: ignore[arg-type]
-
-
-class QuotaExhaustedError(RateLimitedError):
-    """A daily or monthly quota is spent: wait for ``retry_after``, do not spin."""
-
-
-class AmbiguousDeliveryError(RetryableError):
-    """The request may have reached the vendor but no answer came back (timeout after send).
-
-    A blind retry could create a second record; callers resolve it with a lookup or the
-    vendor's idempotency key before trying again.
-    """
-
-
-class PermanentError(DeliveryError):
-    """The vendor rejected the request itself (validation 4xx): retrying cannot help."""
-
-    error_class = "permanent"
-
-
-class AuthError(DeliveryError):
-    """Credentials rejected, still 401/403 after one refresh."""
-
-    error_class = "auth"
-
-
-class TokenExpiredError(AuthError):
-    """The cached token is no longer accepted; the kit refreshes once and retries."""
-
-    retriable = True
-
-
-class ConfigError(DeliveryError):
-    """Our configuration cannot produce a request: missing mapping, unknown object type."""
-
-    error_class = "config"

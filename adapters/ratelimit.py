@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from types import TracebackType
 
 from aiolimiter import AsyncLimiter
-from pydantic import BaseModel, ConfigDict, Field
+
+from octopus_crm.core.policies import RateLimit
 
 __all__ = ["Limiter", "RateLimit", "waits_measured"]
 
@@ -43,22 +44,6 @@ def _note_wait(since: float) -> None:
     waited = _waited.get()
     if waited is not None:
         waited.append(time.monotonic() - since)
-
-
-class RateLimit(BaseModel):
-    """``requests`` per ``perSeconds``, at most ``concurrency`` in flight."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
-
-    requests: float = Field(gt=0)
-    per_seconds: float = Field(default=1.0, gt=0, alias="perSeconds")
-    burst: int = Field(default=1, ge=1)
-    concurrency: int = Field(default=32, ge=1)
-    headroom: float = Field(default=0.97, gt=0, le=1)
-
-    @property
-    def rate(self) -> float:
-        return self.requests / self.per_seconds * self.headroom
 
 
 @dataclass

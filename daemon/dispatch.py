@@ -1,24 +1,29 @@
 """Delivery of one event's plan: the one place that decides retry, fallback and outcome.
 
 Each route of a plan runs concurrently; a route tries its targets in order (primary, then
-fallbacks). For each target, in this order:
+fallbacks). Its state while it does (:class:`~daemon.route.RouteState`) lives in memory and
+becomes a retry record only when the route is handed to the retry topic. For each target, these
+steps run in this order (``Dispatcher.step_*``, each deciding the pass or handing on):
 
-1. **barrier** — if the integration keeps per-key order and an earlier event of the same key
-   waits for a retry there, this one queues behind it (on the retry topic);
-2. **ledger** — if this (event, integration, object type), or another target of the route,
-   already has a record, the outcome is ``duplicate`` (or, when the process stopped before that
-   delivery's result reached the broker, the delivery's own outcome, reported now);
-3. **circuit / park / backlog** — an open circuit goes straight to the fallback (or waits for
-   the probe); an integration paused for a long quota or ``Retry-After`` is parked; a fresh
-   event whose integration cannot take it within the hand-off budget (its pace, a pause, busy
-   slots) is handed to the retry topic so that its siblings and the source partition keep flowing;
-4. **claim** — a lease on (event, target) in the ledger, held from before the vendor call until
-   the result is on the broker: a second copy of the delivery waits for the first one's outcome
-   instead of calling the vendor; a lease left by a dead copy is resolved by a lookup first;
-5. **attempt** — an ambiguous failure (sent, no answer) is resolved by a lookup where the
-   vendor allows it; a retryable failure is scheduled on the retry topic with backoff; a final
-   failure moves on to the fallback, and when no target is left the event gets a ``failed``
-   result and a dead letter with its full attempt history.
+1. **barrier** (``step_barrier``) — if the integration keeps per-key order and an earlier event
+   of the same key waits for a retry there, this one queues behind it (on the retry topic);
+2. **ledger** (``step_recorded``) — if this (event, integration, object type), or another target
+   of the route, already has a record, the outcome is ``duplicate`` (or, when the process stopped
+   before that delivery's result reached the broker, the delivery's own outcome, reported now);
+3. **circuit / park / backlog** (``step_admission``) — an open circuit goes straight to the
+   fallback (or waits for the probe); an integration paused for a long quota or ``Retry-After``
+   is parked; a fresh event whose integration cannot take it within the hand-off budget (its
+   pace, a pause, busy slots) is handed to the retry topic so that its siblings and the source
+   partition keep flowing;
+4. **claim** (``step_claim``) — a lease on (event, target) in the ledger, held from before the
+   vendor call until the result is on the broker: a second copy of the delivery waits for the
+   first one's outcome instead of calling the vendor; a lease left by a dead copy is resolved by
+   a lookup first;
+5. **attempt** (``step_attempt``, then ``step_succeed`` or ``step_failed``) — an ambiguous
+   failure (sent, no answer) is resolved by a lookup where the vendor allows it; a retryable
+   failure is scheduled on the retry topic with backoff; a final failure moves on to the
+   fallback, and when no target is left the event gets a ``failed`` result and a dead letter
+   with its full attempt history.
 """
 
 from __future__ import annotations
@@ -27,11 +32,8 @@ import asyncio
 import dataclasses
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any
+from dataclasses import dataclass
 
-import orjson
 import structlog
 
 from adapters.base import Adapter, Delivered, DeliveryContext
@@ -46,15 +48,17 @@ from adapters.fleet import FleetStore
 from adapters.ratelimit import waits_measured
 from daemon import metrics
 from daemon.config import CrmConfig
-from daemon.ledger import Lease, Ledger, LedgerEntry, lease_owner
+from daemon.ledger import Claim, Lease, Ledger, LedgerEntry, lease_owner
+from daemon.outcomes import DeadLetter, Outcomes, failed, finished
 from daemon.records import InboundRecord
 from daemon.retrying import AttemptRecord, RetryKind, RetryRecord, TargetSpec
-from octopus_crm.core.contracts import ClassifiedMessage, ResultError, ResultSource, SyncResult, SyncStatus
+from daemon.route import RouteState
+from octopus_crm.core.contracts import ClassifiedMessage, ResultSource, SyncResult
 from strategies.breaker import BreakerPolicy, BreakerState, CircuitBreaker
 from strategies.retry import RetryPolicy
 from strategies.routing import Plan, Target
 
-__all__ = ["CircuitOpenError", "DeadLetter", "Dispatcher", "Outcomes", "idempotency_key"]
+__all__ = ["AtTarget", "CircuitOpenError", "DeadLetter", "Dispatcher", "Outcomes", "idempotency_key"]
 
 log = structlog.get_logger("octopus.dispatch")
 
@@ -74,31 +78,26 @@ class CircuitOpenError(RetryableError):
     """Fail fast: the integration's breaker is open."""
 
 
-@dataclass(frozen=True)
-class DeadLetter:
-    record: InboundRecord
-    reason: str
-    headers: tuple[tuple[str, bytes], ...]
-
-
 @dataclass
-class Outcomes:
-    """What one pass over a plan (or one retry) produced; all of it is published before commit."""
+class AtTarget:
+    """A route at its current target, for one pass: what its steps share.
 
-    results: list[SyncResult] = field(default_factory=list)
-    retries: list[RetryRecord] = field(default_factory=list)
-    dead_letters: list[DeadLetter] = field(default_factory=list)
-    # ledger entries of these results' deliveries, marked published once the results are acked
-    unpublished: list[tuple[str, LedgerEntry]] = field(default_factory=list)
-    # (idempotency key, owner) of the claims held until then
-    leases: list[tuple[str, str]] = field(default_factory=list)
+    ``owner``, ``abandoned`` and ``ctx`` are set as the steps go (the claim, the attempt)."""
 
-    def extend(self, other: Outcomes) -> None:
-        self.results += other.results
-        self.retries += other.retries
-        self.dead_letters += other.dead_letters
-        self.unpublished += other.unpublished
-        self.leases += other.leases
+    state: RouteState
+    event: ClassifiedMessage
+    adapter: Adapter
+    route_key: str
+    scope: str
+    ordered: bool
+    owner: str = ""
+    abandoned: bool = False
+    ctx: DeliveryContext | None = None
+
+    @property
+    def context(self) -> DeliveryContext:
+        assert self.ctx is not None, "no attempt made at this target yet"
+        return self.ctx
 
 
 OnRoute = Callable[[Outcomes], Awaitable[None]]
@@ -130,22 +129,6 @@ def _breaker(integration_id: str, policy: BreakerPolicy | None, fleet: FleetStor
 
     breaker = CircuitBreaker(policy, on_change=export)
     return breaker
-
-
-def _err(error: DeliveryError) -> dict[str, str]:
-    return error.as_dict()
-
-
-def _bounded(detail: Mapping[str, Any]) -> dict[str, Any]:
-    """A delivery's detail for the result: JSON scalars as they are, anything else as short text."""
-    out: dict[str, Any] = {}
-    for key, value in list(detail.items())[:20]:
-        if value is None or isinstance(value, (bool, int, float)):
-            out[str(key)[:100]] = value
-        else:
-            text = value if isinstance(value, str) else orjson.dumps(value, default=str).decode()
-            out[str(key)[:100]] = text[:1000]
-    return out
 
 
 class Dispatcher:
@@ -181,25 +164,11 @@ class Dispatcher:
         merged outcomes are returned either way."""
         received_at = time.time() - (time.monotonic() - record.received_at if record.received_at else 0.0)
         states = [
-            RetryRecord(
-                kind="retry",
-                event_id=event.eventId,
-                key=RetryRecord.key_b64(record.key),
-                value=record.value.decode() if record.value else "",
-                headers=RetryRecord.headers_b64(record.headers),
-                source_topic=record.topic,
-                source_partition=record.partition,
-                source_offset=record.offset,
-                received_at=received_at,
-                strategy=plan.strategy,
-                chain=[TargetSpec.of(t) for t in route.chain],
-                sync_back=route.sync_back,
-            )
-            for route in plan.routes
+            RouteState.fresh_route(event.eventId, record, received_at, plan.strategy, route) for route in plan.routes
         ]
 
-        async def route(state: RetryRecord) -> Outcomes:
-            done = await self._advance(state, event, fresh=True)
+        async def route(state: RouteState) -> Outcomes:
+            done = await self._advance(state, event)
             if on_route is not None:
                 await on_route(done)
             return done
@@ -233,140 +202,158 @@ class Dispatcher:
 
     async def resume(self, retry: RetryRecord, event: ClassifiedMessage) -> Outcomes:
         """A record from the retry topic, now due."""
-        return await self._advance(retry.model_copy(deep=True), event, fresh=False)
+        return await self._advance(RouteState.from_retry(retry), event)
 
-    # -- the route state machine -------------------------------------------------------------
+    # -- the route, step by step ---------------------------------------------------------------
 
-    async def _advance(self, state: RetryRecord, event: ClassifiedMessage, *, fresh: bool) -> Outcomes:
-        key = state.key or ""
-        # one claim per route, not per target: a copy at the backup must not deliver while
-        # another copy's call to the primary is in flight
-        route_key = "route:" + idempotency_key(event.eventId, state.chain[0])
+    async def _advance(self, state: RouteState, event: ClassifiedMessage) -> Outcomes:
+        """Walk the chain until a step decides this pass: delivered, handed to the retry topic,
+        or (no target left) failed. Each step returns its :class:`Outcomes` when it decides."""
         while state.index < len(state.chain):
-            spec = state.target
-            target = spec.target()
-            integration = self.config.integration(spec.integration_id)
-            adapter = self.adapters[spec.integration_id]
-            scope = f"{key}|{target.key}"  # the barrier: one key, one target (integration + object)
-            ordered = integration.ordered and state.key is not None and state.kind != "sync_back"
-
-            if ordered:
-                head = await self.ledger.barrier_head(scope)
-                if head is not None and head.event_id != event.eventId:
-                    return await self._defer(state, "barrier", max(time.time(), head.due) + 0.2, scope, ordered)
-
-            found = await self._recorded(state, event)
-            if found is not None:
-                index, existing = found
-                found_key = idempotency_key(event.eventId, state.chain[index])
-                owner = lease_owner()
-                if not existing.published:  # reported by a live copy right now, or by nobody yet
-                    claim = await self.ledger.claim(route_key, owner, LEASE_TTL_S)
-                    if not claim.granted:
-                        return await self._wait_for_copy(state, claim.previous, scope, ordered)
-                    if await self._reported_by_gone_copy(event, state.chain[index], existing):
-                        existing = dataclasses.replace(existing, published=True)
-                        await self.ledger.put(found_key, existing)
-                        await self.ledger.release(route_key, owner)
-                await self._release(scope, event, ordered)
-                state.index = index
-                known = Delivered(existing.external_id, existing.external_url)
-                if existing.published:
-                    if not fresh:  # a retry record replayed after a restart: already reported
-                        return Outcomes()
-                    return self._finish(state, event, known, duplicate=True)
-                # delivered, but the copy that delivered it was gone before its result reached
-                # the broker: this is the delivery's only report, so it carries its own outcome
-                outcomes = self._finish(state, event, known)
-                outcomes.unpublished.append((found_key, existing))
-                outcomes.leases.append((route_key, owner))
-                if state.index > 0 and state.sync_back:
-                    outcomes.retries.append(self._sync_back(state))
-                return outcomes
-
-            breaker = self.breakers[spec.integration_id]
-            limiter = adapter.current_limiter()
-            policy = self.policy(spec.integration_id)
-            if limiter is not None and breaker.state is BreakerState.CLOSED:
-                if limiter.paused_for > PARK_THRESHOLD_S:
-                    return await self._defer(state, "park", time.time() + limiter.paused_for, scope, ordered)
-                budget = policy.handoff_budget
-                if fresh and (limiter.expected_latency > budget or not limiter.serves_within(budget)):
-                    return await self._defer(state, "backlog", time.time(), scope, ordered)
-
-            key_of_target = idempotency_key(event.eventId, spec)
-            owner = lease_owner()
-            claim = await self.ledger.claim(route_key, owner, LEASE_TTL_S)
-            if not claim.granted:
-                return await self._wait_for_copy(state, claim.previous, scope, ordered)
-            if claim.previous is not None and await self._recorded(state, event) is not None:
-                await self.ledger.release(route_key, owner)  # another copy finished meanwhile
-                continue
-
-            state.attempt += 1
-            ctx = DeliveryContext(key_of_target, state.attempt, spec.integration_id, target.overrides)
-            delivered: Delivered | None = None
-            error: DeliveryError | None = None
-            if claim.abandoned:
-                # the copy that held this delivery is gone: its vendor call may have created the
-                # record, so look before creating (where the vendor can tell)
-                delivered = await self._look_up(adapter, target, event, ctx)
-            if delivered is not None:
-                pass
-            elif breaker.allow():
-                delivered, error = await self._attempt(adapter, breaker, target, event, ctx)
-            else:  # fail fast: straight to the fallback, or an attempt of the budget spent waiting
-                error = CircuitOpenError(f"circuit open for {spec.integration_id}", code="circuit_open")
-                if state.index + 1 < len(state.chain):
-                    state.attempt = self.policy(spec.integration_id).max_attempts
-            state.history.append(
-                AttemptRecord(integration=spec.integration_id, at=time.time(), error=_err(error) if error else None)
-            )
+            at = self.at_target(state, event)
+            for step in (self.step_barrier, self.step_recorded, self.step_admission):
+                decided = await step(at)
+                if decided is not None:
+                    return decided
+            claim = await self.step_claim(at)
+            if claim is None:
+                continue  # another copy finished meanwhile: the ledger step reports it
+            if isinstance(claim, Outcomes):
+                return claim
+            delivered, error = await self.step_attempt(at)
             if error is None:
                 assert delivered is not None
-                outcomes = await self._succeed(state, event, spec, ctx, delivered, scope, ordered)
-                outcomes.leases.append((route_key, owner))
-                return outcomes
-
-            if isinstance(error, QuotaExhaustedError) or (
-                isinstance(error, RateLimitedError) and (error.retry_after or 0.0) > PARK_THRESHOLD_S
-            ):
-                state.attempt -= 1  # a spent quota, or a vendor's long block, is not the record's fault
-                await self.ledger.release(route_key, owner)
-                wait = error.retry_after or policy.park_after
-                return await self._defer(state, "park", time.time() + wait, scope, ordered)
-            if error.retriable and not policy.exhausted(state.attempt):
-                await self.ledger.release(route_key, owner)
-                delay = policy.delay(state.attempt, error.retry_after)
-                return await self._defer(state, "retry", time.time() + delay, scope, ordered)
-            if error.retriable and not isinstance(error, CircuitOpenError):
-                # a lost response may have created the record: look before giving up on the target
-                found_late = await self._look_up(adapter, target, event, ctx)
-                if found_late is not None:
-                    delivered, error = found_late, None
-                    state.history.append(AttemptRecord(integration=spec.integration_id, at=time.time()))
-                    outcomes = await self._succeed(state, event, spec, ctx, delivered, scope, ordered)
-                    outcomes.leases.append((route_key, owner))
-                    return outcomes
-            await self.ledger.release(route_key, owner)
-            await self._release(scope, event, ordered)
-            self._note(state, error)
-            if state.kind == "sync_back":
+                return await self.step_succeed(at, delivered)
+            decided = await self.step_failed(at, error)
+            if decided is not None:
+                return decided
+            if state.is_sync_back:
                 break
-            self._next_target(state)
-        return self._fail(state, event)
+            state.next_target()
+        return failed(state, event)
 
-    async def _succeed(
-        self,
-        state: RetryRecord,
-        event: ClassifiedMessage,
-        spec: TargetSpec,
-        ctx: DeliveryContext,
-        delivered: Delivered,
-        scope: str,
-        ordered: bool,
-    ) -> Outcomes:
+    def at_target(self, state: RouteState, event: ClassifiedMessage) -> AtTarget:
+        """What every step at the route's current target needs to know."""
+        spec = state.target
+        integration = self.config.integration(spec.integration_id)
+        key = RetryRecord.key_b64(state.source.key) or ""
+        return AtTarget(
+            state=state,
+            event=event,
+            adapter=self.adapters[spec.integration_id],
+            # one claim per route, not per target: a copy at the backup must not deliver while
+            # another copy's call to the primary is in flight
+            route_key="route:" + idempotency_key(event.eventId, state.chain[0]),
+            scope=f"{key}|{spec.target().key}",  # the barrier: one key, one target (integration + object)
+            ordered=integration.ordered and state.source.key is not None and not state.is_sync_back,
+        )
+
+    async def step_barrier(self, at: AtTarget) -> Outcomes | None:
+        """An earlier event of the same key waits for a retry at this target: queue behind it."""
+        if not at.ordered:
+            return None
+        head = await self.ledger.barrier_head(at.scope)
+        if head is not None and head.event_id != at.event.eventId:
+            return await self._defer(at, "barrier", max(time.time(), head.due) + 0.2)
+        return None
+
+    async def step_recorded(self, at: AtTarget) -> Outcomes | None:
+        """A target of the route already has the record: ``duplicate``, or (its result never
+        reached the broker) the delivery's own outcome, reported now."""
+        state, event = at.state, at.event
+        found = await self._recorded(state, event)
+        if found is None:
+            return None
+        index, existing = found
+        found_key = idempotency_key(event.eventId, state.chain[index])
+        owner = lease_owner()
+        if not existing.published:  # reported by a live copy right now, or by nobody yet
+            claim = await self.ledger.claim(at.route_key, owner, LEASE_TTL_S)
+            if not claim.granted:
+                return await self._wait_for_copy(at, claim.previous)
+            if await self._reported_by_gone_copy(event, state.chain[index], existing):
+                existing = dataclasses.replace(existing, published=True)
+                await self.ledger.put(found_key, existing)
+                await self.ledger.release(at.route_key, owner)
+        await self._release(at)
+        state.index = index
+        known = Delivered(existing.external_id, existing.external_url)
+        if existing.published:
+            if not state.fresh:  # a retry record replayed after a restart: already reported
+                return Outcomes()
+            return finished(state, event, known, duplicate=True)
+        # delivered, but the copy that delivered it was gone before its result reached
+        # the broker: this is the delivery's only report, so it carries its own outcome
+        outcomes = finished(state, event, known)
+        outcomes.unpublished.append((found_key, existing))
+        outcomes.leases.append((at.route_key, owner))
+        if state.index > 0 and state.sync_back:
+            outcomes.retries.append(self._sync_back(state))
+        return outcomes
+
+    async def step_admission(self, at: AtTarget) -> Outcomes | None:
+        """A long vendor pause parks the route; a fresh delivery its integration cannot start
+        within the hand-off budget goes to the retry topic as backlog."""
+        spec = at.state.target
+        limiter = at.adapter.current_limiter()
+        if limiter is None or self.breakers[spec.integration_id].state is not BreakerState.CLOSED:
+            return None
+        if limiter.paused_for > PARK_THRESHOLD_S:
+            return await self._defer(at, "park", time.time() + limiter.paused_for)
+        budget = self.policy(spec.integration_id).handoff_budget
+        if at.state.fresh and (limiter.expected_latency > budget or not limiter.serves_within(budget)):
+            return await self._defer(at, "backlog", time.time())
+        return None
+
+    async def step_claim(self, at: AtTarget) -> Claim | Outcomes | None:
+        """The lease on the route, held from before the vendor call until the result is on the
+        broker. Another live copy holding it: wait for its outcome (``Outcomes``); a copy that
+        finished meanwhile: ``None``, look again."""
+        owner = lease_owner()
+        claim = await self.ledger.claim(at.route_key, owner, LEASE_TTL_S)
+        if not claim.granted:
+            return await self._wait_for_copy(at, claim.previous)
+        if claim.previous is not None and await self._recorded(at.state, at.event) is not None:
+            await self.ledger.release(at.route_key, owner)
+            return None
+        at.owner = owner
+        at.abandoned = claim.abandoned
+        return claim
+
+    async def step_attempt(self, at: AtTarget) -> tuple[Delivered | None, DeliveryError | None]:
+        """One attempt at the current target (a lookup first when a gone copy may have created
+        the record; fail fast when the circuit is open), noted in the route's history."""
+        state = at.state
+        spec = state.target
+        target = spec.target()
+        adapter = at.adapter
+        breaker = self.breakers[spec.integration_id]
+        state.attempt += 1
+        at.ctx = DeliveryContext(
+            idempotency_key(at.event.eventId, spec), state.attempt, spec.integration_id, target.overrides
+        )
+        delivered: Delivered | None = None
+        error: DeliveryError | None = None
+        if at.abandoned:
+            # the copy that held this delivery is gone: its vendor call may have created the
+            # record, so look before creating (where the vendor can tell)
+            delivered = await self._look_up(adapter, target, at.event, at.ctx)
+        if delivered is not None:
+            pass
+        elif breaker.allow():
+            delivered, error = await self._attempt(adapter, breaker, target, at.event, at.ctx)
+        else:  # fail fast: straight to the fallback, or an attempt of the budget spent waiting
+            error = CircuitOpenError(f"circuit open for {spec.integration_id}", code="circuit_open")
+            if state.has_next:
+                state.attempt = self.policy(spec.integration_id).max_attempts
+        state.history.append(
+            AttemptRecord(integration=spec.integration_id, at=time.time(), error=error.as_dict() if error else None)
+        )
+        return delivered, error
+
+    async def step_succeed(self, at: AtTarget, delivered: Delivered) -> Outcomes:
         """The record exists: tell the ledger first (the crash window), then report."""
+        state, spec, ctx = at.state, at.state.target, at.context
         entry = LedgerEntry(
             delivered.external_id,
             delivered.external_url,
@@ -376,12 +363,39 @@ class Dispatcher:
             published=False,
         )
         await self.ledger.put(ctx.idempotency_key, entry)
-        await self._release(scope, event, ordered)
-        outcomes = self._finish(state, event, delivered)
+        await self._release(at)
+        outcomes = finished(state, at.event, delivered)
         outcomes.unpublished.append((ctx.idempotency_key, entry))
+        outcomes.leases.append((at.route_key, at.owner))
         if state.index > 0 and state.sync_back:
             outcomes.retries.append(self._sync_back(state))
         return outcomes
+
+    async def step_failed(self, at: AtTarget, error: DeliveryError) -> Outcomes | None:
+        """After a failed attempt: park on a spent quota or a long block, retry with backoff while
+        the budget lasts, and before giving up on the target look for a record a lost response
+        may have created. ``None``: this target is done with, move on."""
+        state = at.state
+        spec = state.target
+        policy = self.policy(spec.integration_id)
+        if isinstance(error, QuotaExhaustedError) or (
+            isinstance(error, RateLimitedError) and (error.retry_after or 0.0) > PARK_THRESHOLD_S
+        ):
+            state.attempt -= 1  # a spent quota, or a vendor's long block, is not the record's fault
+            await self.ledger.release(at.route_key, at.owner)
+            return await self._defer(at, "park", time.time() + (error.retry_after or policy.park_after))
+        if error.retriable and not policy.exhausted(state.attempt):
+            await self.ledger.release(at.route_key, at.owner)
+            return await self._defer(at, "retry", time.time() + policy.delay(state.attempt, error.retry_after))
+        if error.retriable and not isinstance(error, CircuitOpenError):
+            found_late = await self._look_up(at.adapter, spec.target(), at.event, at.context)
+            if found_late is not None:
+                state.history.append(AttemptRecord(integration=spec.integration_id, at=time.time()))
+                return await self.step_succeed(at, found_late)
+        await self.ledger.release(at.route_key, at.owner)
+        await self._release(at)
+        state.note(error.info)
+        return None
 
     @staticmethod
     async def _look_up(
@@ -392,7 +406,7 @@ class Dispatcher:
         except DeliveryError:
             return None  # the vendor cannot answer now either: fall back as planned
 
-    async def _recorded(self, state: RetryRecord, event: ClassifiedMessage) -> tuple[int, LedgerEntry] | None:
+    async def _recorded(self, state: RouteState, event: ClassifiedMessage) -> tuple[int, LedgerEntry] | None:
         """The target of the route that already has the record, if any (primary first).
 
         A route delivers to one target of its chain. After a crash, an event is redelivered from
@@ -424,13 +438,13 @@ class Dispatcher:
             return False
         return await self.published(event.eventId, spec.integration_id, spec.object_type, entry.at - 1.0)
 
-    async def _wait_for_copy(self, state: RetryRecord, holder: Lease | None, scope: str, ordered: bool) -> Outcomes:
+    async def _wait_for_copy(self, at: AtTarget, holder: Lease | None) -> Outcomes:
         """Another live copy holds this delivery: look again once it is done (its lease ends, or
         after a short poll), without spending an attempt and without calling the vendor."""
         due = time.time() + LEASE_POLL_S
         if holder is not None:
             due = min(due, holder.until + 0.1)
-        return await self._defer(state, "backlog", due, scope, ordered)
+        return await self._defer(at, "backlog", due)
 
     async def _attempt(
         self,
@@ -478,121 +492,31 @@ class Dispatcher:
 
     # -- transitions -------------------------------------------------------------------------
 
-    @staticmethod
-    def _note(state: RetryRecord, error: DeliveryError) -> None:
-        if state.first_error is None:
-            state.first_error = _err(error)
+    async def _defer(self, at: AtTarget, kind: RetryKind, due: float) -> Outcomes:
+        """Hand the route to the retry topic, due at ``due``; an ordered target holds its key."""
+        if at.ordered:
+            await self.ledger.barrier_hold(at.scope, at.state.event_id, due)
+        metrics.child(metrics.RETRIES_SCHEDULED, at.state.target.integration_id, _REASONS[kind]).inc()
+        return Outcomes(retries=[at.state.to_retry(kind, due)])
 
-    @staticmethod
-    def _next_target(state: RetryRecord) -> None:
-        state.index += 1
-        state.attempt = 0
-        state.kind = "retry"
+    async def _release(self, at: AtTarget) -> None:
+        if at.ordered:
+            await self.ledger.barrier_release(at.scope, at.event.eventId)
 
-    async def _defer(self, state: RetryRecord, kind: RetryKind, due: float, scope: str, ordered: bool) -> Outcomes:
-        if state.kind != "sync_back":
-            state.kind = kind
-        state.due = due
-        if ordered:
-            await self.ledger.barrier_hold(scope, state.event_id, due)
-        metrics.child(metrics.RETRIES_SCHEDULED, state.target.integration_id, _REASONS[kind]).inc()
-        return Outcomes(retries=[state])
-
-    async def _release(self, scope: str, event: ClassifiedMessage, ordered: bool) -> None:
-        if ordered:
-            await self.ledger.barrier_release(scope, event.eventId)
-
-    def _sync_back(self, state: RetryRecord) -> RetryRecord:
+    def _sync_back(self, state: RouteState) -> RetryRecord:
         """After a fallback: deliver to the primary too, once it recovers."""
         primary = state.chain[0]
         policy = self.policy(primary.integration_id)
         breaker = self.breakers[primary.integration_id]
-        return state.model_copy(
-            update={
-                "kind": "sync_back",
-                "chain": [primary],
-                "index": 0,
-                "attempt": 0,
-                "due": time.time() + max(breaker.retry_in, policy.delay(1)),
-                "sync_back": False,
-                "sync_back_from": state.target.integration_id,
-                "first_error": None,
-            },
-            deep=True,
-        )
-
-    def _result(
-        self,
-        state: RetryRecord,
-        event: ClassifiedMessage,
-        status: SyncStatus,
-        target: TargetSpec,
-        delivered: Delivered | None = None,
-        error: dict[str, str] | None = None,
-        reason: str | None = None,
-        detail: Mapping[str, Any] | None = None,
-    ) -> SyncResult:
-        return SyncResult(
-            eventId=event.eventId,
-            messageId=event.messageId,
-            tenantId=event.tenantId,
-            integrationId=target.integration_id,
-            integrationType=target.integration_type,
-            objectType=target.object_type,
-            strategy=state.strategy,
-            status=status,
-            externalId=delivered.external_id if delivered else None,
-            externalUrl=delivered.external_url if delivered else None,
-            attempts=len(state.history),
-            latencyMs=round((time.time() - state.received_at) * 1000, 3),
-            error=ResultError.model_validate(error) if error else None,
-            reason=reason,
-            fallbackFrom=state.chain[0].integration_id if status == "fallback" else None,
-            detail=_bounded(detail) if detail else None,
-            source=ResultSource(topic=state.source_topic, partition=state.source_partition, offset=state.source_offset),
-            completedAt=datetime.now(UTC),
-        )
-
-    def _finish(
-        self, state: RetryRecord, event: ClassifiedMessage, delivered: Delivered, duplicate: bool = False
-    ) -> Outcomes:
-        if duplicate:
-            status: SyncStatus = "duplicate"
-        elif state.index > 0:
-            status = "fallback"
-        else:
-            status = "succeeded"
-        reason = None
-        if state.kind == "sync_back":
-            reason = f"sync_back: delivered to the primary after fallback to {state.sync_back_from}"
-        result = self._result(
+        back = dataclasses.replace(
             state,
-            event,
-            status,
-            state.target,
-            delivered,
-            error=state.first_error if status == "fallback" else None,
-            reason=reason,
-            detail=delivered.detail,
+            purpose="sync_back",
+            chain=(primary,),
+            index=0,
+            attempt=0,
+            history=list(state.history),
+            first_error=None,
+            sync_back=False,
+            sync_back_from=state.target.integration_id,
         )
-        return Outcomes(results=[result])
-
-    def _fail(self, state: RetryRecord, event: ClassifiedMessage) -> Outcomes:
-        """No target left: a final ``failed`` result and a dead letter with the whole history."""
-        primary = state.chain[0]
-        error = state.first_error or {"class": "config", "code": "no_target", "message": "no target could be tried"}
-        reason = f"sync_back to {primary.integration_id} gave up" if state.kind == "sync_back" else None
-        result = self._result(state, event, "failed", primary, error=error, reason=reason)
-        history = orjson.dumps([h.model_dump() for h in state.history])
-        dead = DeadLetter(
-            record=state.original(),
-            reason=f"{error['class']} {error['code']}: {error['message']}"[:1000],
-            headers=(
-                ("octopus-integration", primary.integration_id.encode()),
-                ("octopus-object-type", primary.object_type.encode()),
-                ("octopus-error-code", error["code"].encode()),
-                ("octopus-attempts", str(len(state.history)).encode()),
-                ("octopus-attempt-history", history[:16384]),
-            ),
-        )
-        return Outcomes(results=[result], dead_letters=[dead])
+        return back.to_retry("sync_back", time.time() + max(breaker.retry_in, policy.delay(1)))

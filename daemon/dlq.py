@@ -1,5 +1,9 @@
 """``octopus-crm dlq replay``: re-inject dead letters into the input topic.
 
+Three steps: :func:`scan_dlq` reads the DLQ up to its end as it was when the replay began,
+:func:`select` keeps what the :class:`ReplayFilter` matches (each source record once), and
+:func:`replay` re-produces it.
+
 Filters by integration, error class and time range; rate-limited. Each selection has its own
 replay group (named after the filter), whose offsets are committed as records are re-injected, so
 running the same replay twice takes each dead letter once; within a run, a source record is
@@ -11,17 +15,17 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiolimiter import AsyncLimiter
 
 from daemon.settings import Settings
+from octopus_crm.core.wire import HEADER_PREFIX, REPLAYABLE_BY_DEFAULT, Header
 
-__all__ = ["ReplayFilter", "ReplayReport", "replay_dlq"]
-
-REPLAYABLE_BY_DEFAULT = frozenset({"delivery_failed", "internal_error"})
+__all__ = ["ReplayFilter", "ReplayReport", "replay", "replay_dlq", "scan_dlq", "select"]
 
 
 @dataclass(frozen=True)
@@ -32,13 +36,13 @@ class ReplayFilter:
     until: datetime | None = None
 
     def matches(self, headers: dict[str, bytes]) -> bool:
-        error_class = headers.get("octopus-error-class", b"").decode()
+        error_class = headers.get(Header.ERROR_CLASS, b"").decode()
         if self.error_classes and "all" not in self.error_classes and error_class not in self.error_classes:
             return False
-        integration = headers.get("octopus-integration", b"").decode()
+        integration = headers.get(Header.INTEGRATION, b"").decode()
         if self.integrations and integration not in self.integrations:
             return False
-        at_ms = int(headers.get("octopus-dead-lettered-at", b"0") or 0)
+        at_ms = int(headers.get(Header.DEAD_LETTERED_AT, b"0") or 0)
         if self.since is not None and at_ms < self.since.timestamp() * 1000:
             return False
         return not (self.until is not None and at_ms > self.until.timestamp() * 1000)
@@ -96,55 +100,92 @@ async def replay_dlq(
     await consumer.start()
     await producer.start()
     try:
-        partitions = [
-            TopicPartition(settings.dlq_topic, p)
-            for p in sorted(consumer.partitions_for_topic(settings.dlq_topic) or [])
-        ]
-        consumer.assign(partitions)
-        for tp in partitions:
-            committed = await consumer.committed(tp) if group else None
-            if committed is None:
-                await consumer.seek_to_beginning(tp)
+        await _assign(consumer, settings.dlq_topic, committed=group is not None)
         seen: set[bytes] = set()
-        started_ms = time.time() * 1000
-        idle_polls = 0
-        deadline = time.monotonic() + 600
-        # Scan to the end as it was when we started: until the topic has nothing more for us.
-        # (Polling until idle rather than trusting ListOffsets, which some brokers answer late.)
-        while idle_polls < 3 and time.monotonic() < deadline and (limit is None or report.replayed < limit):
-            batch = await consumer.getmany(timeout_ms=500)
-            idle_polls = 0 if batch else idle_polls + 1
-            for tp, records in batch.items():
-                for record in records:
-                    if record.timestamp > started_ms:
-                        continue  # dead-lettered after the replay began: the next replay's
-                    report.scanned += 1
-                    headers = {k: v for k, v in record.headers}
-                    if not selection.matches(headers):
-                        continue
-                    report.matched += 1
-                    error_class = headers.get("octopus-error-class", b"").decode()
-                    report.by_class[error_class] = report.by_class.get(error_class, 0) + 1
-                    origin = b":".join(
-                        headers.get(h, b"")
-                        for h in ("octopus-source-topic", "octopus-source-partition", "octopus-source-offset")
-                    )
-                    if origin in seen:
-                        report.repeats += 1
-                        continue
-                    seen.add(origin)
-                    if dry_run or (limit is not None and report.replayed >= limit):
-                        continue
-                    await pace.acquire()
-                    replay_headers = [(k, v) for k, v in record.headers if not k.startswith("octopus-")]
-                    replay_headers.append(
-                        ("octopus-replayed-from", f"{tp.topic}:{tp.partition}:{record.offset}".encode())
-                    )
-                    await producer.send_and_wait(target, value=record.value, key=record.key, headers=replay_headers)
-                    report.replayed += 1
-                if group and records:
-                    await consumer.commit({tp: records[-1].offset + 1})
+        # Scan to the end as it was when we started (later dead letters are the next replay's).
+        scan = scan_dlq(consumer, before_ms=time.time() * 1000, more=lambda: limit is None or report.replayed < limit)
+        async for tp, records, last_offset in scan:
+            chosen = select(records, selection, seen, report)
+            if not dry_run:
+                await replay(producer, target, chosen, pace, report, limit)
+            if group:
+                await consumer.commit({tp: last_offset + 1})
     finally:
         await producer.stop()
         await consumer.stop()
     return report
+
+
+async def _assign(consumer: AIOKafkaConsumer, topic: str, *, committed: bool) -> None:
+    """Every partition of the DLQ, from the replay group's committed offset or the beginning."""
+    partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
+    consumer.assign(partitions)
+    for tp in partitions:
+        if (await consumer.committed(tp) if committed else None) is None:
+            await consumer.seek_to_beginning(tp)
+
+
+async def scan_dlq(
+    consumer: AIOKafkaConsumer, *, before_ms: float, more: Callable[[], bool], max_seconds: float = 600
+) -> AsyncIterator[tuple[TopicPartition, list[ConsumerRecord[bytes, bytes]], int]]:
+    """Scan: per fetched batch of a partition, its dead letters written before ``before_ms`` and
+    the batch's last offset (to commit), until the topic has nothing more for us (three empty
+    polls), ``more()`` says stop, or ``max_seconds`` have passed.
+
+    (Polling until idle rather than trusting ListOffsets, which some brokers answer late.)"""
+    idle_polls = 0
+    deadline = time.monotonic() + max_seconds
+    while idle_polls < 3 and time.monotonic() < deadline and more():
+        batch = await consumer.getmany(timeout_ms=500)
+        idle_polls = 0 if batch else idle_polls + 1
+        for tp, records in batch.items():
+            if records:
+                yield tp, [r for r in records if r.timestamp <= before_ms], records[-1].offset
+
+
+def select(
+    records: Iterable[ConsumerRecord[bytes, bytes]],
+    selection: ReplayFilter,
+    seen: set[bytes],
+    report: ReplayReport,
+) -> list[ConsumerRecord[bytes, bytes]]:
+    """Filter: the records ``selection`` matches, each source record once per run (``seen``
+    holds the sources taken so far); counts what was scanned, matched and repeated."""
+    chosen = []
+    for record in records:
+        report.scanned += 1
+        headers = {k: v for k, v in record.headers}
+        if not selection.matches(headers):
+            continue
+        report.matched += 1
+        error_class = headers.get(Header.ERROR_CLASS, b"").decode()
+        report.by_class[error_class] = report.by_class.get(error_class, 0) + 1
+        origin = b":".join(
+            headers.get(h, b"") for h in (Header.SOURCE_TOPIC, Header.SOURCE_PARTITION, Header.SOURCE_OFFSET)
+        )
+        if origin in seen:
+            report.repeats += 1
+            continue
+        seen.add(origin)
+        chosen.append(record)
+    return chosen
+
+
+async def replay(
+    producer: AIOKafkaProducer,
+    topic: str,
+    records: Iterable[ConsumerRecord[bytes, bytes]],
+    pace: AsyncLimiter,
+    report: ReplayReport,
+    limit: int | None = None,
+) -> None:
+    """Replay: each record to ``topic`` as it was consumed (our headers replaced by where it came
+    from), at the pace of ``pace`` and up to ``limit`` records in the whole run."""
+    for record in records:
+        if limit is not None and report.replayed >= limit:
+            return
+        await pace.acquire()
+        headers = [(k, v) for k, v in record.headers if not k.startswith(HEADER_PREFIX)]
+        headers.append((Header.REPLAYED_FROM.value, f"{record.topic}:{record.partition}:{record.offset}".encode()))
+        await producer.send_and_wait(topic, value=record.value, key=record.key, headers=headers)
+        report.replayed += 1

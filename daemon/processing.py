@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
 
 import orjson
 import structlog
@@ -18,13 +17,13 @@ from pydantic import ValidationError
 
 from daemon import metrics
 from daemon.dispatch import Dispatcher, Outcomes
-from daemon.logs import canonical
 from daemon.records import InboundRecord
-from daemon.reporting import Reporter
-from octopus_crm.core.contracts import SUPPORTED_SCHEMA_VERSIONS, ClassifiedMessage, SyncResult
+from daemon.reporting import Reporter, log_outcomes, report
+from octopus_crm.core.contracts import SUPPORTED_SCHEMA_VERSIONS, ClassifiedMessage
+from octopus_crm.core.wire import DeadLetterClass
 from strategies.routing import Plan
 
-__all__ = ["BadInput", "Processor", "decode", "log_outcomes", "report"]
+__all__ = ["BadInput", "Processor", "decode"]
 
 log = structlog.get_logger("octopus.processing")
 
@@ -32,7 +31,7 @@ log = structlog.get_logger("octopus.processing")
 class BadInput(Exception):
     """A record that can never be processed; ``error_class`` is a bounded metric label."""
 
-    def __init__(self, error_class: str, reason: str) -> None:
+    def __init__(self, error_class: DeadLetterClass, reason: str) -> None:
         super().__init__(reason)
         self.error_class = error_class
         self.reason = reason
@@ -51,9 +50,9 @@ def decode(record: InboundRecord, max_bytes: int) -> ClassifiedMessage:
     """Bytes → event, or :class:`BadInput` naming the class of problem."""
     value = record.value
     if value is None:
-        raise BadInput("empty_value", "record has no value (tombstone)")
+        raise BadInput(DeadLetterClass.EMPTY_VALUE, "record has no value (tombstone)")
     if len(value) > max_bytes:
-        raise BadInput("too_large", f"value is {len(value)} bytes, over the {max_bytes}-byte limit")
+        raise BadInput(DeadLetterClass.TOO_LARGE, f"value is {len(value)} bytes, over the {max_bytes}-byte limit")
     # one parse for a good event (pydantic checks the UTF-8 and the JSON itself); what fails is
     # looked at again below, to name the problem
     try:
@@ -66,23 +65,23 @@ def decode(record: InboundRecord, max_bytes: int) -> ClassifiedMessage:
     try:
         text = value.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise BadInput("undecodable", f"value is not UTF-8: {exc.reason} at byte {exc.start}") from None
+        raise BadInput(DeadLetterClass.UNDECODABLE, f"value is not UTF-8: {exc.reason} at byte {exc.start}") from None
     try:
         raw = orjson.loads(text)
     except orjson.JSONDecodeError as exc:
-        raise BadInput("invalid_json", f"value is not JSON: {exc}") from None
+        raise BadInput(DeadLetterClass.INVALID_JSON, f"value is not JSON: {exc}") from None
     if not isinstance(raw, dict):
-        raise BadInput("schema_violation", f"value is a JSON {type(raw).__name__}, not an object")
+        raise BadInput(DeadLetterClass.SCHEMA_VIOLATION, f"value is a JSON {type(raw).__name__}, not an object")
     version = raw.get("schemaVersion")
     if isinstance(version, int) and not isinstance(version, bool) and version not in SUPPORTED_SCHEMA_VERSIONS:
         raise BadInput(
-            "unsupported_schema_version",
+            DeadLetterClass.UNSUPPORTED_SCHEMA_VERSION,
             f"schemaVersion {version} is not supported (supported: {sorted(SUPPORTED_SCHEMA_VERSIONS)})",
         )
     try:
         return ClassifiedMessage.model_validate_json(value)
     except ValidationError as exc:
-        raise BadInput("schema_violation", _pydantic_reason(exc)) from None
+        raise BadInput(DeadLetterClass.SCHEMA_VIOLATION, _pydantic_reason(exc)) from None
 
 
 class Processor:
@@ -126,47 +125,9 @@ class Processor:
             outcomes = await self.dispatcher.run(plan, event, record, on_route=publish)
         except Exception as exc:  # a bug, not bad input: keep the record, never stall the partition
             log.exception("processing failed", error=type(exc).__name__)
-            await self.reporter.dead_letter(record, "internal_error", f"{type(exc).__name__}: {exc}"[:1000])
+            await self.reporter.dead_letter(
+                record, DeadLetterClass.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}"[:1000]
+            )
             return
         metrics.EVENT_LATENCY.observe(time.monotonic() - started)
         log_outcomes("event processed", plan.strategy, outcomes, started)
-
-
-async def report(reporter: Reporter, outcomes: Outcomes) -> None:
-    """Publish everything one pass produced; returns once the broker has acknowledged it all.
-
-    Each result is a target's final outcome, published once wherever it was decided (the input
-    or the retry topic); the canonical line of that pass logs it, once."""
-    await reporter.schedule(outcomes.retries)
-    for dead in outcomes.dead_letters:
-        await reporter.dead_letter(dead.record, "delivery_failed", dead.reason, dead.headers)
-    await reporter.publish(outcomes.results)
-
-
-def _outcome(r: SyncResult) -> dict[str, Any]:
-    return {
-        "integration": r.integrationId,
-        "object": r.objectType,
-        "status": r.status,
-        **({"externalId": r.externalId} if r.externalId else {}),
-        **({"error": r.error.code} if r.error else {}),
-        **({"detail": r.detail} if r.detail else {}),
-    }
-
-
-def log_outcomes(message: str, strategy: str, outcomes: Outcomes, started: float) -> None:
-    canonical(
-        message,
-        strategy=strategy,
-        outcomes=[_outcome(r) for r in outcomes.results],
-        scheduled=[
-            {
-                "integration": r.target.integration_id,
-                "kind": r.kind,
-                "attempt": r.attempt,
-                "inSeconds": round(r.due - time.time(), 1),
-            }
-            for r in outcomes.retries
-        ],
-        latency_ms=round((time.monotonic() - started) * 1000, 2),
-    )

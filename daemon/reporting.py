@@ -1,4 +1,5 @@
-"""Reporting: the only producer of result and dead-letter records.
+"""Reporting: the only producer of result, retry and dead-letter records, and the canonical log
+line of each pass.
 
 Every send is awaited until the broker acknowledges it (acks=all); a failed send is retried with
 backoff until it succeeds or the daemon shuts down, because an event's offset may be committed
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import orjson
 import structlog
@@ -17,23 +19,26 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from daemon import metrics
+from daemon.logs import canonical
+from daemon.outcomes import Outcomes
 from daemon.records import InboundRecord
 from daemon.retrying import RetryRecord
 from daemon.sync_status import BOOK
 from octopus_crm.core.contracts import SyncResult
 from octopus_crm.core.redaction import redact_bytes, redact_value
+from octopus_crm.core.wire import HEADER_PREFIX, DeadLetterClass, Header
 
-__all__ = ["DLQ_HEADERS", "Reporter"]
+__all__ = ["DLQ_HEADERS", "Reporter", "log_outcomes", "report"]
 
 log = structlog.get_logger("octopus.reporting")
 
 DLQ_HEADERS = (
-    "octopus-error-class",
-    "octopus-error-reason",
-    "octopus-source-topic",
-    "octopus-source-partition",
-    "octopus-source-offset",
-    "octopus-dead-lettered-at",
+    Header.ERROR_CLASS,
+    Header.ERROR_REASON,
+    Header.SOURCE_TOPIC,
+    Header.SOURCE_PARTITION,
+    Header.SOURCE_OFFSET,
+    Header.DEAD_LETTERED_AT,
 )
 
 
@@ -48,11 +53,11 @@ class Reporter:
     async def schedule(self, retries: Sequence[RetryRecord]) -> None:
         """Hand deliveries to the retry topic, keyed by original key and integration."""
         for retry in retries:
-            headers = [
-                ("octopus-due-at", str(int(retry.due * 1000)).encode()),
-                ("octopus-integration", retry.target.integration_id.encode()),
-                ("octopus-retry-kind", retry.kind.encode()),
-                ("octopus-attempt", str(retry.attempt).encode()),
+            headers: list[tuple[str, bytes]] = [
+                (Header.DUE_AT, str(int(retry.due * 1000)).encode()),
+                (Header.INTEGRATION, retry.target.integration_id.encode()),
+                (Header.RETRY_KIND, retry.kind.encode()),
+                (Header.ATTEMPT, str(retry.attempt).encode()),
             ]
             await self._send(self.retry_topic, retry.kafka_key(), retry.encode_scrubbed(), headers)
             BOOK.scheduled(retry.event_id, retry.target.integration_id)
@@ -74,20 +79,21 @@ class Reporter:
     ) -> None:
         """The original key and value bytes, unchanged, with headers naming what went wrong
         (our own headers scrubbed of secrets; the original record's are kept as they came)."""
-        headers = [(k, v) for k, v in record.headers if not k.startswith("octopus-")]
+        headers = [(k, v) for k, v in record.headers if not k.startswith(HEADER_PREFIX)]
         headers += [
-            ("octopus-error-class", error_class.encode()),
-            ("octopus-error-reason", redact_bytes(reason.encode("utf-8", "replace"))[:4096]),
-            ("octopus-source-topic", record.topic.encode()),
-            ("octopus-source-partition", str(record.partition).encode()),
-            ("octopus-source-offset", str(record.offset).encode()),
-            ("octopus-dead-lettered-at", str(int(time.time() * 1000)).encode()),
+            (Header.ERROR_CLASS, error_class.encode()),
+            (Header.ERROR_REASON, redact_bytes(reason.encode("utf-8", "replace"))[:4096]),
+            (Header.SOURCE_TOPIC, record.topic.encode()),
+            (Header.SOURCE_PARTITION, str(record.partition).encode()),
+            (Header.SOURCE_OFFSET, str(record.offset).encode()),
+            (Header.DEAD_LETTERED_AT, str(int(time.time() * 1000)).encode()),
             *((name, redact_bytes(value)) for name, value in extra),
         ]
         await self._send(self.dlq_topic, record.key, record.value, headers)
         metrics.DLQ_RECORDS.labels(error_class).inc()
 
     async def _send(self, topic: str, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]) -> None:
+        headers = [(str(k), v) for k, v in headers]  # the client takes exact str keys, not Header members
         delay = 0.2
         while True:
             try:
@@ -99,6 +105,46 @@ class Reporter:
                 log.warning("produce failed, retrying", topic=topic, error=type(exc).__name__, retry_in=delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
+
+
+async def report(reporter: Reporter, outcomes: Outcomes) -> None:
+    """Publish everything one pass produced; returns once the broker has acknowledged it all.
+
+    Each result is a target's final outcome, published once wherever it was decided (the input
+    or the retry topic); the canonical line of that pass logs it, once."""
+    await reporter.schedule(outcomes.retries)
+    for dead in outcomes.dead_letters:
+        await reporter.dead_letter(dead.record, DeadLetterClass.DELIVERY_FAILED, dead.reason, dead.headers)
+    await reporter.publish(outcomes.results)
+
+
+def _outcome(r: SyncResult) -> dict[str, Any]:
+    return {
+        "integration": r.integrationId,
+        "object": r.objectType,
+        "status": r.status,
+        **({"externalId": r.externalId} if r.externalId else {}),
+        **({"error": r.error.code} if r.error else {}),
+        **({"detail": r.detail} if r.detail else {}),
+    }
+
+
+def log_outcomes(message: str, strategy: str, outcomes: Outcomes, started: float) -> None:
+    canonical(
+        message,
+        strategy=strategy,
+        outcomes=[_outcome(r) for r in outcomes.results],
+        scheduled=[
+            {
+                "integration": r.target.integration_id,
+                "kind": r.kind,
+                "attempt": r.attempt,
+                "inSeconds": round(r.due - time.time(), 1),
+            }
+            for r in outcomes.retries
+        ],
+        latency_ms=round((time.monotonic() - started) * 1000, 2),
+    )
 
 
 # What a vendor or a delivery wrote into a result (error text may echo a secret). The rest is

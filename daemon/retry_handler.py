@@ -16,11 +16,11 @@ from pydantic import ValidationError
 
 from daemon.consumer import WorkAbandoned
 from daemon.dispatch import Dispatcher
-from daemon.processing import log_outcomes, report
 from daemon.records import InboundRecord
-from daemon.reporting import Reporter
+from daemon.reporting import Reporter, log_outcomes, report
 from daemon.retrying import RetryRecord
 from octopus_crm.core.contracts import ClassifiedMessage
+from octopus_crm.core.wire import DeadLetterClass
 
 __all__ = ["RetryHandler"]
 
@@ -42,7 +42,7 @@ class RetryHandler:
             retry = RetryRecord.decode(record.value or b"")
             event = ClassifiedMessage.model_validate_json(retry.value)
         except ValidationError as exc:
-            await self.reporter.dead_letter(record, "invalid_retry_record", str(exc)[:1000])
+            await self.reporter.dead_letter(record, DeadLetterClass.INVALID_RETRY_RECORD, str(exc)[:1000])
             return
         structlog.contextvars.bind_contextvars(eventId=event.eventId, tenantId=event.tenantId, retry=retry.kind)
         wait = retry.due - time.time()
@@ -58,7 +58,9 @@ class RetryHandler:
             outcomes = await self.dispatcher.resume(retry, event)
         except Exception as exc:  # a bug: keep the original event in the DLQ, never stall
             log.exception("retry failed", error=type(exc).__name__)
-            await self.reporter.dead_letter(retry.original(), "internal_error", f"{type(exc).__name__}: {exc}"[:1000])
+            await self.reporter.dead_letter(
+                retry.original(), DeadLetterClass.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}"[:1000]
+            )
             return
         await report(self.reporter, outcomes)
         await self.dispatcher.confirm(outcomes)

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from daemon.records import InboundRecord
 from octopus_crm.core.redaction import redact_value
+from octopus_crm.core.wire import HEADER_PREFIX
 from strategies.routing import Target
 
 __all__ = ["AttemptRecord", "RetryKind", "RetryRecord", "TargetSpec"]
@@ -130,4 +131,4 @@ class RetryRecord(BaseModel):
 
     @staticmethod
     def headers_b64(headers: tuple[tuple[str, bytes], ...]) -> list[tuple[str, str]]:
-        return [(k, base64.b64encode(v).decode()) for k, v in headers if not k.startswith("octopus-")]
+        return [(k, base64.b64encode(v).decode()) for k, v in headers if not k.startswith(HEADER_PREFIX)]

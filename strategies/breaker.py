@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from enum import IntEnum
 
-from pydantic import BaseModel, ConfigDict, Field
+from octopus_crm.core.policies import BreakerPolicy
 
 __all__ = ["BreakerPolicy", "BreakerState", "CircuitBreaker"]
 
@@ -20,14 +20,6 @@ class BreakerState(IntEnum):
     CLOSED = 0
     HALF_OPEN = 1
     OPEN = 2
-
-
-class BreakerPolicy(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
-
-    failure_threshold: int = Field(default=5, ge=1, alias="failureThreshold")
-    open_seconds: float = Field(default=30.0, gt=0, alias="openSeconds")
-    half_open_probes: int = Field(default=1, ge=1, alias="halfOpenProbes")
 
 
 class CircuitBreaker:

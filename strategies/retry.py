@@ -1,49 +1,10 @@
 """Retry policy as a value object: initial delay, multiplier, cap, attempts, jitter.
 
-The vendor's requested delay (``Retry-After``, a quota reset) overrides the computed backoff.
+The model lives in :mod:`octopus_crm.core.policies` (it is part of the configuration schema).
 """
 
 from __future__ import annotations
 
-import random
-
-from pydantic import BaseModel, ConfigDict, Field
+from octopus_crm.core.policies import RetryPolicy
 
 __all__ = ["RetryPolicy"]
-
-
-class RetryPolicy(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
-
-    max_attempts: int = Field(default=5, ge=1, alias="maxAttempts")
-    initial_delay: float = Field(default=1.0, ge=0, alias="initialDelay")
-    multiplier: float = Field(default=2.0, ge=1)
-    max_delay: float = Field(default=300.0, ge=0, alias="maxDelay")
-    jitter: float = Field(default=0.2, ge=0, le=1, description="± fraction of the delay")
-    park_after: float = Field(
-        default=900.0,
-        alias="parkAfter",
-        description="A requested delay longer than this parks the integration instead of retrying.",
-    )
-    handoff_budget: float = Field(
-        default=1.0,
-        ge=0,
-        alias="handoffBudget",
-        description="A fresh delivery the integration cannot start within this many seconds (its pace, "
-        "a pause, busy slots) goes to the retry topic instead of holding back its event's other targets.",
-    )
-
-    def delay(self, attempt: int, requested: float | None = None, rng: random.Random | None = None) -> float:
-        """Seconds to wait before attempt ``attempt + 1`` (``attempt`` counts from 1)."""
-        if requested is not None:
-            return max(0.0, requested)
-        try:
-            grown = self.initial_delay * self.multiplier ** max(0, attempt - 1)
-        except OverflowError:  # a very high attempt count: the cap applies
-            grown = self.max_delay
-        base = min(self.max_delay, grown)
-        spread = base * self.jitter
-        return max(0.0, base + (rng or random).uniform(-spread, spread))
-
-    def exhausted(self, attempt: int) -> bool:
-        return attempt >= self.max_attempts

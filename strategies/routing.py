@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from daemon.config import (
+from octopus_crm.core.config import (
     CategoryRouting,
     CrmConfig,
     Integration,
@@ -74,14 +74,6 @@ def _tenant_allows(integration: Integration, tenant_id: str, allowed: Sequence[s
     return any(integration in config.resolve(ref) for ref in allowed)
 
 
-def _unmapped_default(type_name: str) -> tuple[str, ...]:
-    """An integration without mappings (a plain webhook) delivers its type's first object."""
-    from adapters.registry import adapter_class
-
-    cls = adapter_class(type_name)
-    return cls.info.object_types[:1] if cls is not None and cls.allows_unmapped else ()
-
-
 class _Planner:
     def __init__(self, config: CrmConfig, event: ClassifiedMessage, allowed: Sequence[str] | None) -> None:
         self.config = config
@@ -107,7 +99,8 @@ class _Planner:
         variant: str = "",
     ) -> list[Target]:
         """Targets for one integration after its rules; records a skip when rules say no."""
-        available = tuple(integration.config.mappings) or _unmapped_default(integration.type)
+        # An integration without mappings (a plain webhook) delivers its type's first object.
+        available = tuple(integration.config.mappings) or self.config.vendors.unmapped_default(integration.type)
         decision = decide(integration.rules, self.event, available)
         if not decision.applies:
             self.skips.append(Skip(integration.id, integration.type, decision.reason))

@@ -11,10 +11,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from adapters.templates import template_vars
-from daemon.config import Condition, Rules
+from octopus_crm.core.config import Condition, Rules
 from octopus_crm.core.contracts import ClassifiedMessage
-from strategies.patterns import compile_pattern
+from octopus_crm.core.patterns import compile_pattern
+from octopus_crm.core.variables import template_vars
 
 __all__ = ["DEFAULT_OBJECTS", "Decision", "decide", "default_object_type", "matches"]
 

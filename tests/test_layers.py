@@ -29,10 +29,6 @@ ALLOWED = {
 }
 # (importing module, imported module): upward imports not yet removed (issue 10, item 1).
 DEBT = {
-    ("strategies.routing", "adapters.registry"),  # default object types per vendor
-    ("strategies.routing", "daemon.config"),  # the config schema still lives in the daemon
-    ("strategies.rules", "daemon.config"),
-    ("strategies.rules", "adapters.templates"),
     # the CLI's demo, dev and sandbox commands load the optional dev-tools distribution lazily
     ("daemon.cli", "octopus_crm_sandbox.demo"),
     ("daemon.cli", "octopus_crm_sandbox.dev"),

@@ -1,0 +1,86 @@
+"""The variables of one event, by name: what mapping templates and rule conditions read.
+
+Flat names (``senderEmail``, ``category``, ``priority`` …) and dotted paths into the event
+(``classification.sentiment``, ``metadata.vip``) resolve lazily; an unknown path is ``None``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from octopus_crm.core.contracts import ClassifiedMessage
+
+__all__ = ["EventVars", "is_variable", "split_name", "template_vars"]
+
+_FLAT: dict[str, Callable[[ClassifiedMessage], Any]] = {
+    "senderName": lambda e: e.sender.name,
+    "senderEmail": lambda e: e.sender.email,
+    "senderPhone": lambda e: e.sender.phone,
+    "senderId": lambda e: e.sender.id,
+    "senderFirstName": lambda e: e.sender.firstName or split_name(e.sender.name)[0],
+    "senderLastName": lambda e: e.sender.lastName or split_name(e.sender.name)[1],
+    "tenantName": lambda e: e.tenantName or e.tenantId,
+    "tenantId": lambda e: e.tenantId,
+    "platform": lambda e: e.platform,
+    "messageContent": lambda e: e.content,
+    "content": lambda e: e.content,
+    "category": lambda e: e.classification.category,
+    "subcategory": lambda e: e.classification.subcategory,
+    "priority": lambda e: e.classification.priority,
+    "sentiment": lambda e: e.classification.sentiment,
+    "confidence": lambda e: e.classification.confidence,
+    "language": lambda e: e.classification.language,
+    "receivedAt": lambda e: e.receivedAt,
+    "eventId": lambda e: e.eventId,
+    "messageId": lambda e: e.messageId,
+    "assigneeUserId": lambda e: e.assignment.assigneeUserId,
+    "managerUserId": lambda e: e.assignment.managerUserId,
+    "systemUserId": lambda e: e.assignment.systemUserId,
+}
+_ROOTS = frozenset(ClassifiedMessage.model_fields)
+
+
+def split_name(name: str) -> tuple[str, str]:
+    """'Hanna Schmidt' → (Hanna, Schmidt); '王小明' → (小明, 王): CJK names put the family first."""
+    parts = name.split()
+    if len(parts) >= 2:
+        return " ".join(parts[:-1]), parts[-1]
+    if name and all("\u3400" <= ch <= "\u9fff" for ch in name) and len(name) >= 2:
+        return name[1:], name[0]
+    return name, name
+
+
+class EventVars:
+    """Lazily resolved variables of one event."""
+
+    __slots__ = ("_dump", "event")
+
+    def __init__(self, event: ClassifiedMessage) -> None:
+        self.event = event
+        self._dump: dict[str, Any] | None = None
+
+    def get(self, name: str) -> Any:
+        flat = _FLAT.get(name)
+        if flat is not None:
+            return flat(self.event)
+        if self._dump is None:
+            self._dump = self.event.model_dump()
+        node: Any = self._dump
+        for part in name.split("."):
+            if isinstance(node, Mapping):
+                node = node.get(part)
+            elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+                node = node[int(part)]
+            else:
+                return None
+        return node
+
+
+def template_vars(event: ClassifiedMessage) -> EventVars:
+    return EventVars(event)
+
+
+def is_variable(name: str) -> bool:
+    """A name a template or a condition may use: a flat name or a path under an event field."""
+    return name in _FLAT or name.split(".", 1)[0] in _ROOTS
