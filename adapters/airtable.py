@@ -31,12 +31,21 @@ from urllib.parse import quote
 
 from pydantic import Field, SecretStr
 
-from adapters.base import AdapterInfo, DeliveryContext
-from adapters.errors import ConfigError
-from adapters.http import Response
-from adapters.ratelimit import RateLimit
-from adapters.settings import Credentials, Endpoints, Url, VendorSettings, alias
-from adapters.spec import Bearer, ConnectionCheck, CreateCall, Errors, FindCall, SpecAdapter, VendorSpec, at_path
+from octopus_crm.adapters.base import AdapterInfo, DeliveryContext
+from octopus_crm.adapters.errors import ConfigError
+from octopus_crm.adapters.http import Response
+from octopus_crm.adapters.ratelimit import RateLimit
+from octopus_crm.adapters.settings import Credentials, Endpoints, Url, VendorSettings, alias
+from octopus_crm.adapters.spec import (
+    Bearer,
+    ConnectionCheck,
+    CreateCall,
+    Errors,
+    FindCall,
+    SpecAdapter,
+    VendorSpec,
+    at_path,
+)
 from octopus_crm.core.contracts import ClassifiedMessage
 
 __all__ = ["AirtableAdapter"]

@@ -15,11 +15,11 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from adapters.errors import AuthError, DeliveryError, RetryableError
+from octopus_crm.adapters.errors import AuthError, DeliveryError, RetryableError
 from octopus_crm.core.redaction import register_secret
 
 if TYPE_CHECKING:
-    from adapters.http import HttpClient, Request, Response
+    from octopus_crm.adapters.http import HttpClient, Request, Response
 
 __all__ = [
     "Auth",
@@ -191,7 +191,7 @@ async def oauth2_token(
 
     ``secret_parts`` are pieces a form value is built from (Salesforce's password and security
     token, sent concatenated): each is registered for redaction on its own too."""
-    from adapters.http import Request
+    from octopus_crm.adapters.http import Request
 
     for key in ("client_secret", "password", "refresh_token"):
         register_secret(form.get(key))

@@ -45,9 +45,9 @@ from urllib.parse import quote
 import orjson
 from pydantic import Field, SecretStr
 
-from adapters.auth import Auth, RoutedAuth, TokenAuth
-from adapters.base import AdapterInfo, BodyCodes, Delivered, DeliveryContext
-from adapters.errors import (
+from octopus_crm.adapters.auth import Auth, RoutedAuth, TokenAuth
+from octopus_crm.adapters.base import AdapterInfo, BodyCodes, Delivered, DeliveryContext
+from octopus_crm.adapters.errors import (
     AuthError,
     ConfigError,
     DeliveryError,
@@ -57,10 +57,10 @@ from adapters.errors import (
     RetryableError,
     TokenExpiredError,
 )
-from adapters.http import Classifier, Request, Response, classify_status, parse_retry_after
-from adapters.ratelimit import RateLimit
-from adapters.settings import Credentials, Endpoints, Url, VendorSettings, alias
-from adapters.spec import CreateCall, JsonToken, SpecAdapter, VendorSpec
+from octopus_crm.adapters.http import Classifier, Request, Response, classify_status, parse_retry_after
+from octopus_crm.adapters.ratelimit import RateLimit
+from octopus_crm.adapters.settings import Credentials, Endpoints, Url, VendorSettings, alias
+from octopus_crm.adapters.spec import CreateCall, JsonToken, SpecAdapter, VendorSpec
 from octopus_crm.core.contracts import ClassifiedMessage
 from octopus_crm.core.redaction import redact
 

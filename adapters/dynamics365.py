@@ -37,13 +37,20 @@ from urllib.parse import quote
 
 from pydantic import Field, SecretStr
 
-from adapters.auth import Auth, Token, TokenAuth, oauth2_token
-from adapters.base import AdapterInfo, Delivered, DeliveryContext
-from adapters.errors import ConfigError, PermanentError
-from adapters.http import Request, Response
-from adapters.ratelimit import RateLimit
-from adapters.settings import Credentials, Endpoints, Url, VendorSettings, alias
-from adapters.spec import ConnectionCheck, CreateCall, Errors, OAuth2ClientCredentials, SpecAdapter, VendorSpec
+from octopus_crm.adapters.auth import Auth, Token, TokenAuth, oauth2_token
+from octopus_crm.adapters.base import AdapterInfo, Delivered, DeliveryContext
+from octopus_crm.adapters.errors import ConfigError, PermanentError
+from octopus_crm.adapters.http import Request, Response
+from octopus_crm.adapters.ratelimit import RateLimit
+from octopus_crm.adapters.settings import Credentials, Endpoints, Url, VendorSettings, alias
+from octopus_crm.adapters.spec import (
+    ConnectionCheck,
+    CreateCall,
+    Errors,
+    OAuth2ClientCredentials,
+    SpecAdapter,
+    VendorSpec,
+)
 from octopus_crm.core.contracts import ClassifiedMessage
 
 __all__ = ["Dynamics365Adapter", "key_value"]

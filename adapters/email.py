@@ -45,8 +45,8 @@ from typing import Any
 import aiosmtplib
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
-from adapters.base import Adapter, AdapterInfo, Delivered, DeliveryContext
-from adapters.errors import (
+from octopus_crm.adapters.base import Adapter, AdapterInfo, Delivered, DeliveryContext
+from octopus_crm.adapters.errors import (
     AmbiguousDeliveryError,
     AuthError,
     ConfigError,
@@ -56,9 +56,9 @@ from adapters.errors import (
     RateLimitedError,
     RetryableError,
 )
-from adapters.http import Timeouts, check_body_size
-from adapters.ratelimit import Limiter, RateLimit
-from adapters.settings import Credentials, VendorSettings, alias
+from octopus_crm.adapters.http import Timeouts, check_body_size
+from octopus_crm.adapters.ratelimit import Limiter, RateLimit
+from octopus_crm.adapters.settings import Credentials, VendorSettings, alias
 from octopus_crm.core.contracts import ClassifiedMessage
 from octopus_crm.core.redaction import redact, register_secret
 

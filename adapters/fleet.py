@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 
 import structlog
 
-from adapters.ratelimit import Limiter, RateLimit
+from octopus_crm.adapters.ratelimit import Limiter, RateLimit
 
 __all__ = ["FleetLimiter", "FleetStore", "scope_of_secret"]
 

@@ -24,8 +24,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from adapters.base import Delivered, DeliveryContext
-from adapters.errors import (
+from octopus_crm.adapters.base import Delivered, DeliveryContext
+from octopus_crm.adapters.errors import (
     AuthError,
     DeliveryError,
     PermanentError,
@@ -34,8 +34,8 @@ from adapters.errors import (
     RetryableError,
     TokenExpiredError,
 )
-from adapters.http import Classifier, Request, Response, classify_status, parse_retry_after
-from adapters.spec import CreateCall, SpecAdapter, at_path
+from octopus_crm.adapters.http import Classifier, Request, Response, classify_status, parse_retry_after
+from octopus_crm.adapters.spec import CreateCall, SpecAdapter, at_path
 from octopus_crm.core.contracts import ClassifiedMessage
 from octopus_crm.core.redaction import redact
 

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import orjson
 
-from adapters.errors import (
+from octopus_crm.adapters.errors import (
     AmbiguousDeliveryError,
     AuthError,
     ConfigError,
@@ -31,12 +31,12 @@ from adapters.errors import (
     RetryableError,
     TokenExpiredError,
 )
-from adapters.ratelimit import Limiter
-from adapters.urlguard import BlockedAddressError, GuardedResolver, check_url
+from octopus_crm.adapters.ratelimit import Limiter
+from octopus_crm.adapters.urlguard import BlockedAddressError, GuardedResolver, check_url
 from octopus_crm.core.redaction import redact
 
 if TYPE_CHECKING:
-    from adapters.auth import Auth
+    from octopus_crm.adapters.auth import Auth
 
 __all__ = [
     "DEFAULT_MAX_BODY_BYTES",

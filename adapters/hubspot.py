@@ -40,14 +40,14 @@ from zoneinfo import ZoneInfo
 
 from pydantic import Field, SecretStr
 
-from adapters.base import (
+from octopus_crm.adapters.base import (
     PRIORITY_UPPER,
     AdapterInfo,
     Delivered,
     DeliveryContext,
     IntegrationConfig,
 )
-from adapters.errors import (
+from octopus_crm.adapters.errors import (
     AuthError,
     DeliveryError,
     PermanentError,
@@ -56,11 +56,11 @@ from adapters.errors import (
     RetryableError,
     TokenExpiredError,
 )
-from adapters.fleet import scope_of_secret
-from adapters.http import Classifier, Request, Response, parse_retry_after
-from adapters.ratelimit import Limiter, RateLimit
-from adapters.settings import Credentials, Endpoints, Url, VendorSettings
-from adapters.spec import Bearer, ConnectionCheck, CreateCall, OAuth2Refresh, SpecAdapter, VendorSpec
+from octopus_crm.adapters.fleet import scope_of_secret
+from octopus_crm.adapters.http import Classifier, Request, Response, parse_retry_after
+from octopus_crm.adapters.ratelimit import Limiter, RateLimit
+from octopus_crm.adapters.settings import Credentials, Endpoints, Url, VendorSettings
+from octopus_crm.adapters.spec import Bearer, ConnectionCheck, CreateCall, OAuth2Refresh, SpecAdapter, VendorSpec
 from octopus_crm.core.contracts import ClassifiedMessage
 from octopus_crm.core.redaction import redact
 

@@ -35,12 +35,21 @@ from typing import Any, ClassVar
 
 from pydantic import Field, SecretStr
 
-from adapters.base import AdapterInfo, DeliveryContext
-from adapters.errors import ConfigError
-from adapters.http import Response
-from adapters.ratelimit import RateLimit
-from adapters.settings import Credentials, Endpoints, Url, VendorSettings, alias
-from adapters.spec import Basic, Bearer, ConnectionCheck, CreateCall, Errors, FindCall, SpecAdapter, VendorSpec
+from octopus_crm.adapters.base import AdapterInfo, DeliveryContext
+from octopus_crm.adapters.errors import ConfigError
+from octopus_crm.adapters.http import Response
+from octopus_crm.adapters.ratelimit import RateLimit
+from octopus_crm.adapters.settings import Credentials, Endpoints, Url, VendorSettings, alias
+from octopus_crm.adapters.spec import (
+    Basic,
+    Bearer,
+    ConnectionCheck,
+    CreateCall,
+    Errors,
+    FindCall,
+    SpecAdapter,
+    VendorSpec,
+)
 from octopus_crm.core.contracts import ClassifiedMessage
 
 __all__ = ["JiraAdapter", "dedupe_label", "text_to_adf"]

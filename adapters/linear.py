@@ -31,9 +31,9 @@ from typing import Any, ClassVar
 
 from pydantic import Field, SecretStr
 
-from adapters.base import AdapterInfo, Delivered, DeliveryContext
-from adapters.errors import ConfigError, PermanentError
-from adapters.graphql import (
+from octopus_crm.adapters.base import AdapterInfo, Delivered, DeliveryContext
+from octopus_crm.adapters.errors import ConfigError, PermanentError
+from octopus_crm.adapters.graphql import (
     Budget,
     GraphQLAdapter,
     GraphQLErrors,
@@ -42,9 +42,9 @@ from adapters.graphql import (
     graphql_create,
     header_number,
 )
-from adapters.ratelimit import RateLimit
-from adapters.settings import Credentials, Endpoints, Url, VendorSettings, alias
-from adapters.spec import ApiKeyHeader, Bearer, Errors, VendorSpec
+from octopus_crm.adapters.ratelimit import RateLimit
+from octopus_crm.adapters.settings import Credentials, Endpoints, Url, VendorSettings, alias
+from octopus_crm.adapters.spec import ApiKeyHeader, Bearer, Errors, VendorSpec
 from octopus_crm.core.contracts import ClassifiedMessage
 
 __all__ = ["CREATE", "LOOKUP", "PROBE", "LinearAdapter", "issue_id"]

@@ -40,12 +40,12 @@ from typing import Any, ClassVar
 import orjson
 from pydantic import Field, SecretStr
 
-from adapters.base import AdapterInfo, DeliveryContext
-from adapters.errors import ConfigError
-from adapters.graphql import Budget, GraphQLAdapter, GraphQLErrors, Lookup, body_number, graphql_create
-from adapters.ratelimit import RateLimit
-from adapters.settings import Credentials, Endpoints, Url, VendorSettings, alias
-from adapters.spec import ApiKeyHeader, Errors, VendorSpec
+from octopus_crm.adapters.base import AdapterInfo, DeliveryContext
+from octopus_crm.adapters.errors import ConfigError
+from octopus_crm.adapters.graphql import Budget, GraphQLAdapter, GraphQLErrors, Lookup, body_number, graphql_create
+from octopus_crm.adapters.ratelimit import RateLimit
+from octopus_crm.adapters.settings import Credentials, Endpoints, Url, VendorSettings, alias
+from octopus_crm.adapters.spec import ApiKeyHeader, Errors, VendorSpec
 from octopus_crm.core.contracts import ClassifiedMessage
 
 __all__ = ["CREATE", "LOOKUP", "PROBE", "MondayAdapter", "dedupe_marker"]

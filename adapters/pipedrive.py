@@ -45,14 +45,20 @@ from typing import Any, Literal
 
 from pydantic import Field, SecretStr
 
-from adapters.auth import Auth
-from adapters.base import AdapterInfo, Delivered, DeliveryContext, IntegrationConfig
-from adapters.errors import ConfigError, DeliveryError, PermanentError, QuotaExhaustedError, RateLimitedError
-from adapters.fleet import scope_of_secret
-from adapters.http import Request, Response, classify_status
-from adapters.ratelimit import RateLimit
-from adapters.settings import Credentials, Endpoints, Url, VendorSettings, alias
-from adapters.spec import (
+from octopus_crm.adapters.auth import Auth
+from octopus_crm.adapters.base import AdapterInfo, Delivered, DeliveryContext, IntegrationConfig
+from octopus_crm.adapters.errors import (
+    ConfigError,
+    DeliveryError,
+    PermanentError,
+    QuotaExhaustedError,
+    RateLimitedError,
+)
+from octopus_crm.adapters.fleet import scope_of_secret
+from octopus_crm.adapters.http import Request, Response, classify_status
+from octopus_crm.adapters.ratelimit import RateLimit
+from octopus_crm.adapters.settings import Credentials, Endpoints, Url, VendorSettings, alias
+from octopus_crm.adapters.spec import (
     ApiKeyHeader,
     Bearer,
     ConnectionCheck,

@@ -106,7 +106,7 @@ class Limiter:
 
     @property
     def tokens(self) -> float | None:
-        """Turns free right now across the fleet (see ``adapters.fleet``); None for a local limiter."""
+        """Turns free right now across the fleet (see ``octopus_crm.adapters.fleet``); None for a local limiter."""
         return None
 
     async def refresh(self) -> None:

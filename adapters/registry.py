@@ -9,29 +9,29 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from adapters.airtable import AirtableAdapter
-from adapters.asana import AsanaAdapter
-from adapters.base import Adapter
-from adapters.clickup import ClickUpAdapter
-from adapters.dingtalk import DingTalkAdapter
-from adapters.dynamics365 import Dynamics365Adapter
-from adapters.email import EmailAdapter
-from adapters.feishu import FeishuAdapter
-from adapters.freshdesk import FreshdeskAdapter
-from adapters.hubspot import HubSpotAdapter
-from adapters.jira import JiraAdapter
-from adapters.linear import LinearAdapter
-from adapters.monday import MondayAdapter
-from adapters.notion import NotionAdapter
-from adapters.pipedrive import PipedriveAdapter
-from adapters.salesforce import SalesforceAdapter
-from adapters.settings import settings_schema
-from adapters.slack import SlackAdapter
-from adapters.trello import TrelloAdapter
-from adapters.webhook import WebhookAdapter
-from adapters.wecom import WeComAdapter
-from adapters.zendesk import ZendeskAdapter
-from adapters.zoho import ZohoAdapter
+from octopus_crm.adapters.airtable import AirtableAdapter
+from octopus_crm.adapters.asana import AsanaAdapter
+from octopus_crm.adapters.base import Adapter
+from octopus_crm.adapters.clickup import ClickUpAdapter
+from octopus_crm.adapters.dingtalk import DingTalkAdapter
+from octopus_crm.adapters.dynamics365 import Dynamics365Adapter
+from octopus_crm.adapters.email import EmailAdapter
+from octopus_crm.adapters.feishu import FeishuAdapter
+from octopus_crm.adapters.freshdesk import FreshdeskAdapter
+from octopus_crm.adapters.hubspot import HubSpotAdapter
+from octopus_crm.adapters.jira import JiraAdapter
+from octopus_crm.adapters.linear import LinearAdapter
+from octopus_crm.adapters.monday import MondayAdapter
+from octopus_crm.adapters.notion import NotionAdapter
+from octopus_crm.adapters.pipedrive import PipedriveAdapter
+from octopus_crm.adapters.salesforce import SalesforceAdapter
+from octopus_crm.adapters.settings import settings_schema
+from octopus_crm.adapters.slack import SlackAdapter
+from octopus_crm.adapters.trello import TrelloAdapter
+from octopus_crm.adapters.webhook import WebhookAdapter
+from octopus_crm.adapters.wecom import WeComAdapter
+from octopus_crm.adapters.zendesk import ZendeskAdapter
+from octopus_crm.adapters.zoho import ZohoAdapter
 
 __all__ = ["ADAPTERS", "adapter_class", "describe"]
 

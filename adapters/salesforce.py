@@ -33,9 +33,9 @@ from urllib.parse import quote, urlsplit
 
 from pydantic import Field, SecretStr
 
-from adapters.auth import Auth, Token, TokenAuth, oauth2_token
-from adapters.base import PRIORITY_TITLE, AdapterInfo, Delivered, DeliveryContext
-from adapters.errors import (
+from octopus_crm.adapters.auth import Auth, Token, TokenAuth, oauth2_token
+from octopus_crm.adapters.base import PRIORITY_TITLE, AdapterInfo, Delivered, DeliveryContext
+from octopus_crm.adapters.errors import (
     AuthError,
     ConfigError,
     DeliveryError,
@@ -45,10 +45,10 @@ from adapters.errors import (
     RetryableError,
     TokenExpiredError,
 )
-from adapters.http import Classifier, HttpClient, Request, Response, parse_retry_after
-from adapters.ratelimit import RateLimit
-from adapters.settings import Credentials, Endpoints, Url, VendorSettings
-from adapters.spec import CreateCall, OAuth2ClientCredentials, SpecAdapter, VendorSpec
+from octopus_crm.adapters.http import Classifier, HttpClient, Request, Response, parse_retry_after
+from octopus_crm.adapters.ratelimit import RateLimit
+from octopus_crm.adapters.settings import Credentials, Endpoints, Url, VendorSettings
+from octopus_crm.adapters.spec import CreateCall, OAuth2ClientCredentials, SpecAdapter, VendorSpec
 from octopus_crm.core.contracts import ClassifiedMessage
 from octopus_crm.core.redaction import redact
 

@@ -32,13 +32,22 @@ from typing import Any
 
 from pydantic import Field, SecretStr
 
-from adapters.base import AdapterInfo, BodyCodes, Delivered, DeliveryContext
-from adapters.errors import AuthError, ConfigError, DeliveryError, PermanentError
-from adapters.fleet import scope_of_secret
-from adapters.http import Classifier, Response, classify_status
-from adapters.ratelimit import RateLimit
-from adapters.settings import Credentials, Endpoints, Url, VendorSettings, alias
-from adapters.spec import Bearer, ConnectionCheck, CreateCall, Errors, NoAuth, SpecAdapter, VendorSpec, at_path
+from octopus_crm.adapters.base import AdapterInfo, BodyCodes, Delivered, DeliveryContext
+from octopus_crm.adapters.errors import AuthError, ConfigError, DeliveryError, PermanentError
+from octopus_crm.adapters.fleet import scope_of_secret
+from octopus_crm.adapters.http import Classifier, Response, classify_status
+from octopus_crm.adapters.ratelimit import RateLimit
+from octopus_crm.adapters.settings import Credentials, Endpoints, Url, VendorSettings, alias
+from octopus_crm.adapters.spec import (
+    Bearer,
+    ConnectionCheck,
+    CreateCall,
+    Errors,
+    NoAuth,
+    SpecAdapter,
+    VendorSpec,
+    at_path,
+)
 from octopus_crm.core.contracts import ClassifiedMessage
 from octopus_crm.core.redaction import register_secret
 

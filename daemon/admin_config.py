@@ -1,7 +1,7 @@
 """What the admin API's ``test-connection`` and ``configure`` do with a candidate configuration.
 
 A candidate (``{type, config}``) is validated exactly as ``octopus-crm validate-config`` validates
-a file: it is put into a configuration tree and run through :func:`daemon.config.parse_config`.
+a file: it is put into a configuration tree and run through :func:`octopus_crm.daemon.config.parse_config`.
 Bodies from the API may not carry ``${…}`` references (a reference would read the daemon's
 environment or files and send them wherever the candidate points); references already in the
 file are kept when a credential comes back as ``"***"`` or is left out.
@@ -21,12 +21,12 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
-from adapters.base import Adapter, DeliveryContext
-from adapters.errors import ConfigError
-from daemon.config import ConfigFileError, CrmConfig, Integration, build_adapter, parse_config, read_raw
-from daemon.config_versions import ConfigWriter, merge_integration
+from octopus_crm.adapters.base import Adapter, DeliveryContext
+from octopus_crm.adapters.errors import ConfigError
 from octopus_crm.core.contracts import ClassifiedMessage
-from strategies.routing import plan
+from octopus_crm.daemon.config import ConfigFileError, CrmConfig, Integration, build_adapter, parse_config, read_raw
+from octopus_crm.daemon.config_versions import ConfigWriter, merge_integration
+from octopus_crm.strategies.routing import plan
 
 __all__ = [
     "CANDIDATE_ID",
@@ -182,7 +182,7 @@ def prepare_configure(body: Mapping[str, Any], writer: ConfigWriter, env: Mappin
 @cache
 def sample_events() -> tuple[dict[str, Any], ...]:
     """The sample events a dry run routes when the request brings none."""
-    text = resources.files("daemon").joinpath("static/admin/sample-events.json").read_bytes()
+    text = resources.files("octopus_crm.daemon").joinpath("static/admin/sample-events.json").read_bytes()
     return tuple(orjson.loads(text))
 
 

@@ -1,6 +1,6 @@
 """The admin API's OpenAPI 3.1 document, served at ``/api/openapi.json``.
 
-Written by hand next to the handlers (``daemon.admin``); ``tests/daemon/test_admin_openapi.py``
+Written by hand next to the handlers (``octopus_crm.daemon.admin``); ``tests/daemon/test_admin_openapi.py``
 runs schemathesis against it, so a handler that answers outside this document fails the suite.
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from adapters.registry import ADAPTERS
+from octopus_crm.adapters.registry import ADAPTERS
 
 __all__ = ["openapi"]
 

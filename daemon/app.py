@@ -17,25 +17,25 @@ import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from adapters.base import Adapter
-from adapters.fleet import FleetStore
-from daemon.admin import AdminServer
-from daemon.broker_probe import BrokerProbe
-from daemon.config import ConfigFileError, CrmConfig, build_adapter, load_config
-from daemon.config_versions import version_of
-from daemon.consumer import ConsumerLoop, Health, shutdown_reserve, unless_stopped
-from daemon.dispatch import Dispatcher
-from daemon.fleet import FleetSync, open_fleet
-from daemon.ledger import Ledger, open_ledger
-from daemon.operator_errors import IdempotenceRefused, refused_idempotence
-from daemon.processing import Processor
-from daemon.published import PublishedResults
-from daemon.reload import ConfigReloader, record_loaded
-from daemon.reporting import Reporter
-from daemon.retry_handler import RetryHandler
-from daemon.settings import Settings
-from daemon.topics import create_topics
-from strategies.routing import plan
+from octopus_crm.adapters.base import Adapter
+from octopus_crm.adapters.fleet import FleetStore
+from octopus_crm.daemon.admin import AdminServer
+from octopus_crm.daemon.broker_probe import BrokerProbe
+from octopus_crm.daemon.config import ConfigFileError, CrmConfig, build_adapter, load_config
+from octopus_crm.daemon.config_versions import version_of
+from octopus_crm.daemon.consumer import ConsumerLoop, Health, shutdown_reserve, unless_stopped
+from octopus_crm.daemon.dispatch import Dispatcher
+from octopus_crm.daemon.fleet import FleetSync, open_fleet
+from octopus_crm.daemon.ledger import Ledger, open_ledger
+from octopus_crm.daemon.operator_errors import IdempotenceRefused, refused_idempotence
+from octopus_crm.daemon.processing import Processor
+from octopus_crm.daemon.published import PublishedResults
+from octopus_crm.daemon.reload import ConfigReloader, record_loaded
+from octopus_crm.daemon.reporting import Reporter
+from octopus_crm.daemon.retry_handler import RetryHandler
+from octopus_crm.daemon.settings import Settings
+from octopus_crm.daemon.topics import create_topics
+from octopus_crm.strategies.routing import plan
 
 __all__ = ["Daemon", "run_daemon"]
 

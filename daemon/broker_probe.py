@@ -17,8 +17,8 @@ import structlog
 from aiokafka.errors import KafkaError
 from aiokafka.protocol.metadata import MetadataRequest
 
-from daemon import metrics
-from daemon.health import Health
+from octopus_crm.daemon import metrics
+from octopus_crm.daemon.health import Health
 
 __all__ = ["BrokerProbe"]
 

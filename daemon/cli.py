@@ -17,9 +17,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
-from daemon.operator_errors import OperatorError
-from daemon.version import VERSION
 from octopus_crm.core.wire import DeadLetterClass
+from octopus_crm.daemon.operator_errors import OperatorError
+from octopus_crm.daemon.version import VERSION
 
 __all__ = ["main"]
 
@@ -52,8 +52,8 @@ _SETTING_FLAGS: tuple[tuple[str, str, type, str], ...] = (
 def _settings(args: argparse.Namespace) -> Any:
     from pydantic import ValidationError
 
-    from daemon.operator_errors import describe_settings_error
-    from daemon.settings import Settings
+    from octopus_crm.daemon.operator_errors import describe_settings_error
+    from octopus_crm.daemon.settings import Settings
 
     flags = {field: flag for flag, field, _, _ in _SETTING_FLAGS if getattr(args, field, None) is not None}
     overrides = {field: getattr(args, field) for field in flags}
@@ -73,7 +73,7 @@ def _run_client(settings: Any, work: Coroutine[Any, Any, T]) -> T:
     (aiokafka's own log lines about it would only repeat it)."""
     from aiokafka.errors import KafkaError
 
-    from daemon.operator_errors import explain_kafka_error
+    from octopus_crm.daemon.operator_errors import explain_kafka_error
 
     for name in ("aiokafka", "asyncio"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
@@ -102,7 +102,7 @@ def _tune_gc() -> None:
     the young generation less often: each event allocates many short-lived containers, and the
     full collections they triggered over the long-lived heap cost ~70 µs of CPU per event in
     ``bench/throughput.py``. Cycles are still collected; memory stays bounded (bench/memory.py)."""
-    import daemon.app  # noqa: F401 - imported before the freeze, so that its objects are frozen too
+    import octopus_crm.daemon.app  # noqa: F401 - imported before the freeze, so that its objects are frozen too
 
     gc.collect()
     gc.freeze()
@@ -110,9 +110,9 @@ def _tune_gc() -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from daemon.app import run_daemon
-    from daemon.config import ConfigFileError
-    from daemon.logs import configure_logging
+    from octopus_crm.daemon.app import run_daemon
+    from octopus_crm.daemon.config import ConfigFileError
+    from octopus_crm.daemon.logs import configure_logging
 
     settings = _settings(args)
     configure_logging(settings.log_format, settings.log_level)
@@ -128,7 +128,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_validate(args: argparse.Namespace) -> int:
     import os
 
-    from daemon.config import ConfigFileError, load_config
+    from octopus_crm.daemon.config import ConfigFileError, load_config
 
     env: dict[str, str] | None = None
     if args.allow_missing_env:
@@ -161,7 +161,7 @@ class _PermissiveEnv(dict[str, str]):
 def _cmd_adapters(args: argparse.Namespace) -> int:
     import orjson
 
-    from adapters.registry import describe
+    from octopus_crm.adapters.registry import describe
 
     table = describe()
     if args.json:
@@ -178,7 +178,7 @@ def _cmd_adapters(args: argparse.Namespace) -> int:
 
 
 def _cmd_produce(args: argparse.Namespace) -> int:
-    from daemon.producing import produce_lines
+    from octopus_crm.daemon.producing import produce_lines
 
     settings = _settings(args)
     try:
@@ -252,8 +252,8 @@ def _timestamp(text: str) -> datetime:
 
 
 def _cmd_dlq_replay(args: argparse.Namespace) -> int:
-    from daemon.dlq import ReplayFilter, replay_dlq
     from octopus_crm.core.wire import REPLAYABLE_BY_DEFAULT
+    from octopus_crm.daemon.dlq import ReplayFilter, replay_dlq
 
     selection = ReplayFilter(
         integrations=frozenset(args.integration or ()),

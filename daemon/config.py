@@ -20,9 +20,9 @@ import orjson
 import yaml
 from pydantic import ValidationError
 
-from adapters.base import Adapter
-from adapters.errors import ConfigError as AdapterConfigError
-from adapters.registry import ADAPTERS, adapter_class
+from octopus_crm.adapters.base import Adapter
+from octopus_crm.adapters.errors import ConfigError as AdapterConfigError
+from octopus_crm.adapters.registry import ADAPTERS, adapter_class
 from octopus_crm.core.config import (
     Action,
     CategoryRouting,

@@ -5,7 +5,7 @@ A new version is written atomically (a temp file in the same directory, fsync, `
 previous file is kept under ``<dir>/.<name>.versions/`` (the last :data:`KEEP_VERSIONS`). Secrets
 never enter the file: each credential value (and each secret header) goes to its own 0600 file in
 ``<dir>/<stem>.secrets/`` and the configuration refers to it as ``${file:/abs/path}``, which
-:mod:`daemon.config` resolves at load. A file that cannot be written (a Kubernetes ConfigMap
+:mod:`octopus_crm.daemon.config` resolves at load. A file that cannot be written (a Kubernetes ConfigMap
 mount, a read-only volume) is refused with a reason: the change belongs in Git then.
 
 The version is the first 12 hex digits of the SHA-256 of the file's bytes (and the overlay's).
@@ -26,7 +26,7 @@ from typing import Any
 
 import orjson
 
-from daemon.config import SECRET_HEADER_NAMES, public_credential
+from octopus_crm.daemon.config import SECRET_HEADER_NAMES, public_credential
 
 __all__ = [
     "KEEP_VERSIONS",

@@ -18,12 +18,12 @@ import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
-from daemon import metrics
-from daemon.health import LAG_INTERVAL_S, Health
-from daemon.offsets import OffsetTracker
-from daemon.ordering import KeyedExecutor
-from daemon.records import InboundRecord
-from daemon.settings import Settings
+from octopus_crm.daemon import metrics
+from octopus_crm.daemon.health import LAG_INTERVAL_S, Health
+from octopus_crm.daemon.offsets import OffsetTracker
+from octopus_crm.daemon.ordering import KeyedExecutor
+from octopus_crm.daemon.records import InboundRecord
+from octopus_crm.daemon.settings import Settings
 
 __all__ = ["ConsumerLoop", "Health", "WorkAbandoned", "shutdown_reserve", "unless_stopped"]
 

@@ -36,27 +36,27 @@ from dataclasses import dataclass
 
 import structlog
 
-from adapters.base import Adapter, Delivered, DeliveryContext
-from adapters.errors import (
+from octopus_crm.adapters.base import Adapter, Delivered, DeliveryContext
+from octopus_crm.adapters.errors import (
     AmbiguousDeliveryError,
     DeliveryError,
     QuotaExhaustedError,
     RateLimitedError,
     RetryableError,
 )
-from adapters.fleet import FleetStore
-from adapters.ratelimit import waits_measured
-from daemon import metrics
-from daemon.config import CrmConfig
-from daemon.ledger import Claim, Lease, Ledger, LedgerEntry, lease_owner
-from daemon.outcomes import DeadLetter, Outcomes, failed, finished
-from daemon.records import InboundRecord
-from daemon.retrying import AttemptRecord, RetryKind, RetryRecord, TargetSpec
-from daemon.route import RouteState
+from octopus_crm.adapters.fleet import FleetStore
+from octopus_crm.adapters.ratelimit import waits_measured
 from octopus_crm.core.contracts import ClassifiedMessage, ResultSource, SyncResult
-from strategies.breaker import BreakerPolicy, BreakerState, CircuitBreaker
-from strategies.retry import RetryPolicy
-from strategies.routing import Plan, Target
+from octopus_crm.daemon import metrics
+from octopus_crm.daemon.config import CrmConfig
+from octopus_crm.daemon.ledger import Claim, Lease, Ledger, LedgerEntry, lease_owner
+from octopus_crm.daemon.outcomes import DeadLetter, Outcomes, failed, finished
+from octopus_crm.daemon.records import InboundRecord
+from octopus_crm.daemon.retrying import AttemptRecord, RetryKind, RetryRecord, TargetSpec
+from octopus_crm.daemon.route import RouteState
+from octopus_crm.strategies.breaker import BreakerPolicy, BreakerState, CircuitBreaker
+from octopus_crm.strategies.retry import RetryPolicy
+from octopus_crm.strategies.routing import Plan, Target
 
 __all__ = ["AtTarget", "CircuitOpenError", "DeadLetter", "Dispatcher", "Outcomes", "idempotency_key"]
 

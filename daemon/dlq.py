@@ -22,8 +22,8 @@ from datetime import datetime
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiolimiter import AsyncLimiter
 
-from daemon.settings import Settings
 from octopus_crm.core.wire import HEADER_PREFIX, REPLAYABLE_BY_DEFAULT, Header
+from octopus_crm.daemon.settings import Settings
 
 __all__ = ["ReplayFilter", "ReplayReport", "replay", "replay_dlq", "scan_dlq", "select"]
 

@@ -14,11 +14,11 @@ from collections.abc import Mapping
 
 import structlog
 
-from adapters.base import Adapter
-from adapters.fleet import FleetStore
-from daemon import metrics
-from daemon.settings import Settings
-from strategies.breaker import BreakerState, CircuitBreaker
+from octopus_crm.adapters.base import Adapter
+from octopus_crm.adapters.fleet import FleetStore
+from octopus_crm.daemon import metrics
+from octopus_crm.daemon.settings import Settings
+from octopus_crm.strategies.breaker import BreakerState, CircuitBreaker
 
 __all__ = ["FleetSync", "open_fleet"]
 

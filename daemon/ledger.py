@@ -25,7 +25,7 @@ from urllib.parse import urlparse
 import orjson
 import structlog
 
-from daemon import metrics
+from octopus_crm.daemon import metrics
 
 T = TypeVar("T")
 log = structlog.get_logger("octopus.ledger")

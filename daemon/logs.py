@@ -16,8 +16,8 @@ import orjson
 import structlog
 from structlog.types import EventDict, WrappedLogger
 
-from daemon.log_summary import ClientLogSummary
 from octopus_crm.core.redaction import mask_secret_keys, redact, redact_value
+from octopus_crm.daemon.log_summary import ClientLogSummary
 
 __all__ = ["canonical", "configure_logging"]
 

@@ -6,7 +6,7 @@ from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, PlatformCollector, ProcessCollector
 
-from daemon.version import VERSION
+from octopus_crm.daemon.version import VERSION
 
 __all__ = [
     "BREAKER_STATE",

@@ -12,14 +12,14 @@ from typing import Any
 
 import orjson
 
-from adapters.base import Delivered
-from daemon.ledger import LedgerEntry
-from daemon.records import InboundRecord
-from daemon.retrying import RetryRecord, TargetSpec
-from daemon.route import RouteState
+from octopus_crm.adapters.base import Delivered
 from octopus_crm.core.contracts import ClassifiedMessage, ResultError, ResultSource, SyncResult, SyncStatus
 from octopus_crm.core.errors import ErrorInfo
 from octopus_crm.core.wire import Header
+from octopus_crm.daemon.ledger import LedgerEntry
+from octopus_crm.daemon.records import InboundRecord
+from octopus_crm.daemon.retrying import RetryRecord, TargetSpec
+from octopus_crm.daemon.route import RouteState
 
 __all__ = ["DeadLetter", "Outcomes", "failed", "finished", "result"]
 

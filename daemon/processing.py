@@ -15,13 +15,13 @@ import orjson
 import structlog
 from pydantic import ValidationError
 
-from daemon import metrics
-from daemon.dispatch import Dispatcher, Outcomes
-from daemon.records import InboundRecord
-from daemon.reporting import Reporter, log_outcomes, report
 from octopus_crm.core.contracts import SUPPORTED_SCHEMA_VERSIONS, ClassifiedMessage
 from octopus_crm.core.wire import DeadLetterClass
-from strategies.routing import Plan
+from octopus_crm.daemon import metrics
+from octopus_crm.daemon.dispatch import Dispatcher, Outcomes
+from octopus_crm.daemon.records import InboundRecord
+from octopus_crm.daemon.reporting import Reporter, log_outcomes, report
+from octopus_crm.strategies.routing import Plan
 
 __all__ = ["BadInput", "Processor", "decode"]
 

@@ -10,7 +10,7 @@ import orjson
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError
 
-from daemon.settings import Settings
+from octopus_crm.daemon.settings import Settings
 
 __all__ = ["event_key", "produce_lines"]
 

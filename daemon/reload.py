@@ -18,9 +18,9 @@ from typing import Any
 
 import structlog
 
-from daemon import metrics
-from daemon.config import ConfigFileError, CrmConfig, load_config
-from daemon.config_versions import version_of
+from octopus_crm.daemon import metrics
+from octopus_crm.daemon.config import ConfigFileError, CrmConfig, load_config
+from octopus_crm.daemon.config_versions import version_of
 
 __all__ = ["ConfigReloader", "ReloadResult", "record_loaded"]
 

@@ -18,15 +18,15 @@ import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from daemon import metrics
-from daemon.logs import canonical
-from daemon.outcomes import Outcomes
-from daemon.records import InboundRecord
-from daemon.retrying import RetryRecord
-from daemon.sync_status import BOOK
 from octopus_crm.core.contracts import SyncResult
 from octopus_crm.core.redaction import redact_bytes, redact_value
 from octopus_crm.core.wire import HEADER_PREFIX, DeadLetterClass, Header
+from octopus_crm.daemon import metrics
+from octopus_crm.daemon.logs import canonical
+from octopus_crm.daemon.outcomes import Outcomes
+from octopus_crm.daemon.records import InboundRecord
+from octopus_crm.daemon.retrying import RetryRecord
+from octopus_crm.daemon.sync_status import BOOK
 
 __all__ = ["DLQ_HEADERS", "Reporter", "log_outcomes", "report"]
 

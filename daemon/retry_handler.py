@@ -14,13 +14,13 @@ import time
 import structlog
 from pydantic import ValidationError
 
-from daemon.consumer import WorkAbandoned
-from daemon.dispatch import Dispatcher
-from daemon.records import InboundRecord
-from daemon.reporting import Reporter, log_outcomes, report
-from daemon.retrying import RetryRecord
 from octopus_crm.core.contracts import ClassifiedMessage
 from octopus_crm.core.wire import DeadLetterClass
+from octopus_crm.daemon.consumer import WorkAbandoned
+from octopus_crm.daemon.dispatch import Dispatcher
+from octopus_crm.daemon.records import InboundRecord
+from octopus_crm.daemon.reporting import Reporter, log_outcomes, report
+from octopus_crm.daemon.retrying import RetryRecord
 
 __all__ = ["RetryHandler"]
 

@@ -15,10 +15,10 @@ from typing import Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
-from daemon.records import InboundRecord
 from octopus_crm.core.redaction import redact_value
 from octopus_crm.core.wire import HEADER_PREFIX
-from strategies.routing import Target
+from octopus_crm.daemon.records import InboundRecord
+from octopus_crm.strategies.routing import Target
 
 __all__ = ["AttemptRecord", "RetryKind", "RetryRecord", "TargetSpec"]
 

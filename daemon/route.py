@@ -12,10 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from daemon.records import InboundRecord
-from daemon.retrying import AttemptRecord, RetryKind, RetryRecord, TargetSpec
 from octopus_crm.core.errors import ErrorInfo
-from strategies.routing import Route
+from octopus_crm.daemon.records import InboundRecord
+from octopus_crm.daemon.retrying import AttemptRecord, RetryKind, RetryRecord, TargetSpec
+from octopus_crm.strategies.routing import Route
 
 __all__ = ["RouteState"]
 

@@ -14,11 +14,11 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
-from adapters.base import Adapter
-from daemon import metrics
+from octopus_crm.adapters.base import Adapter
 from octopus_crm.core.contracts import SyncResult
 from octopus_crm.core.redaction import redact_value
-from strategies.breaker import CircuitBreaker
+from octopus_crm.daemon import metrics
+from octopus_crm.strategies.breaker import CircuitBreaker
 
 __all__ = ["BOOK", "StatusBook", "sync_status"]
 

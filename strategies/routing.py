@@ -21,7 +21,7 @@ from octopus_crm.core.config import (
     Strategy,
 )
 from octopus_crm.core.contracts import ClassifiedMessage
-from strategies.rules import decide
+from octopus_crm.strategies.rules import decide
 
 __all__ = ["Plan", "Route", "Skip", "Target", "plan"]
 

@@ -74,7 +74,7 @@ def redis_url() -> Iterator[str]:
     import subprocess
     import time
 
-    from daemon.net import free_port
+    from octopus_crm.daemon.net import free_port
 
     def answers(port: int) -> bool:
         try:

@@ -9,8 +9,8 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from daemon.settings import Settings
-from daemon.topics import create_topics
+from octopus_crm.daemon.settings import Settings
+from octopus_crm.daemon.topics import create_topics
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Run the real daemon as a subprocess (``python -m daemon.cli run``) for crash and rebalance tests."""
+"""Run the real daemon as a subprocess (``python -m octopus_crm.daemon.cli run``) for crash and rebalance tests."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from daemon.net import free_port
+from octopus_crm.daemon.net import free_port
 
 
 class DaemonProcess:
@@ -53,7 +53,9 @@ class DaemonProcess:
 
     def start(self) -> DaemonProcess:
         log = open(self.log_path, "ab")  # noqa: SIM115
-        self.proc = subprocess.Popen([sys.executable, "-m", "daemon.cli", "run"], env=self.env, stdout=log, stderr=log)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "octopus_crm.daemon.cli", "run"], env=self.env, stdout=log, stderr=log
+        )
         return self
 
     def kill(self) -> None:

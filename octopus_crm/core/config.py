@@ -1,7 +1,7 @@
 """The configuration schema: the seed's ``crmIntegrations`` and strategy blocks as frozen models.
 
 Reading files, ``${ENV}`` references, overlays and the semantic checks live in the daemon
-(``daemon.config``); this module only says what a valid configuration looks like. What the schema
+(``octopus_crm.daemon.config``); this module only says what a valid configuration looks like. What the schema
 needs to know of the registered vendors (which type names exist, which are aliases of one
 another, what an integration without mappings delivers) comes in as a :class:`VendorCatalog`,
 passed as the validation context ``{"vendors": catalog}`` by whoever owns the registry.

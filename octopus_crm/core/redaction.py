@@ -6,8 +6,8 @@ Credentials from the configuration and tokens fetched at run time register thems
 values). :func:`redact` / :func:`redact_value` replace them, and anything that looks like a
 secret whether registered or not (URL userinfo, ``?sig=``-style query values, Authorization
 headers), with ``[REDACTED]``. They are applied at every exit: result, dead-letter and retry
-records and their headers (:mod:`daemon.reporting`), admin API answers (:mod:`daemon.admin`) and
-log lines (:mod:`daemon.logs`). This is the second line of defence: the first is never putting
+records and their headers (:mod:`octopus_crm.daemon.reporting`), admin API answers (:mod:`octopus_crm.daemon.admin`) and
+log lines (:mod:`octopus_crm.daemon.logs`). This is the second line of defence: the first is never putting
 secrets into messages at all.
 """
 

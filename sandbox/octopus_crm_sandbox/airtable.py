@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 import orjson
 from aiohttp import web
 
-from adapters.airtable import SPEC as AIRTABLE
+from octopus_crm.adapters.airtable import SPEC as AIRTABLE
 from octopus_crm_sandbox.envelope import caller
 from octopus_crm_sandbox.kit import FakeVendor
 

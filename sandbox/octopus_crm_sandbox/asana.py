@@ -21,7 +21,7 @@ import jsonschema
 import orjson
 from aiohttp import web
 
-from adapters.asana import SPEC as ASANA
+from octopus_crm.adapters.asana import SPEC as ASANA
 from octopus_crm_sandbox.envelope import caller
 from octopus_crm_sandbox.kit import FakeVendor
 

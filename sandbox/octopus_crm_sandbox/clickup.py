@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 import orjson
 from aiohttp import web
 
-from adapters.clickup import SPEC as CLICKUP
+from octopus_crm.adapters.clickup import SPEC as CLICKUP
 from octopus_crm_sandbox.envelope import caller
 from octopus_crm_sandbox.kit import FakeVendor
 

@@ -20,16 +20,16 @@ from typing import Any
 
 import orjson
 
-from daemon.app import Daemon
-from daemon.config import CrmConfig, PrimaryBackup
-from daemon.logs import configure_logging
-from daemon.net import free_port
-from daemon.producing import event_key, produce_lines
-from daemon.settings import Settings
 from octopus_crm.core.contracts import ClassifiedMessage
+from octopus_crm.daemon.app import Daemon
+from octopus_crm.daemon.config import CrmConfig, PrimaryBackup
+from octopus_crm.daemon.logs import configure_logging
+from octopus_crm.daemon.net import free_port
+from octopus_crm.daemon.producing import event_key, produce_lines
+from octopus_crm.daemon.settings import Settings
+from octopus_crm.strategies.routing import plan
 from octopus_crm_sandbox.local_stack import EXAMPLES, local_stack
 from octopus_crm_sandbox.runner import Sandbox, integrations_of
-from strategies.routing import plan
 
 __all__ = ["run_demo"]
 

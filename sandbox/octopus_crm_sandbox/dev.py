@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from daemon.app import Daemon, install_signal_handlers
-from daemon.logs import configure_logging
+from octopus_crm.daemon.app import Daemon, install_signal_handlers
+from octopus_crm.daemon.logs import configure_logging
 from octopus_crm_sandbox.local_stack import EXAMPLES, local_stack
 
 __all__ = ["run_dev"]

@@ -31,9 +31,9 @@ import jsonschema
 import orjson
 from aiohttp import web
 
-from adapters.dingtalk import NEW_TOKEN, OLD_TOKEN, TODO_PATH
-from adapters.dingtalk import SPEC as DINGTALK
-from adapters.spec import CreateCall
+from octopus_crm.adapters.dingtalk import NEW_TOKEN, OLD_TOKEN, TODO_PATH
+from octopus_crm.adapters.dingtalk import SPEC as DINGTALK
+from octopus_crm.adapters.spec import CreateCall
 from octopus_crm_sandbox.envelope import caller, token_route
 from octopus_crm_sandbox.specfake import Created, SpecFake
 

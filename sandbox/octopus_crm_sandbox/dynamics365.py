@@ -31,7 +31,7 @@ import jsonschema
 import orjson
 from aiohttp import web
 
-from adapters.dynamics365 import SPEC as DYNAMICS
+from octopus_crm.adapters.dynamics365 import SPEC as DYNAMICS
 from octopus_crm_sandbox.envelope import caller
 from octopus_crm_sandbox.kit import FakeVendor
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
-from adapters.spec import (
+from octopus_crm.adapters.spec import (
     ApiKeyHeader,
     ApiKeyQuery,
     AuthScheme,

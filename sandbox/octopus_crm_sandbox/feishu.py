@@ -29,8 +29,8 @@ import jsonschema
 import orjson
 from aiohttp import web
 
-from adapters.feishu import SPEC as FEISHU
-from adapters.spec import CreateCall
+from octopus_crm.adapters.feishu import SPEC as FEISHU
+from octopus_crm.adapters.spec import CreateCall
 from octopus_crm_sandbox.specfake import Created, SpecFake
 
 __all__ = ["DEFAULT_TABLES", "TASK_CREATE_SPEC", "FeishuFake", "check_meta", "meta_schema"]

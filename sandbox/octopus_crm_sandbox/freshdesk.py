@@ -29,9 +29,9 @@ import jsonschema
 import orjson
 from aiohttp import web
 
-from adapters.freshdesk import SEARCH_PATH
-from adapters.freshdesk import SPEC as FRESHDESK
-from adapters.spec import CreateCall, FindCall
+from octopus_crm.adapters.freshdesk import SEARCH_PATH
+from octopus_crm.adapters.freshdesk import SPEC as FRESHDESK
+from octopus_crm.adapters.spec import CreateCall, FindCall
 from octopus_crm_sandbox.specfake import Created, SpecFake
 
 __all__ = ["TICKET_SCHEMA", "FreshdeskFake"]

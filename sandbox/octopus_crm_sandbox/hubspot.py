@@ -33,9 +33,9 @@ from zoneinfo import ZoneInfo
 import orjson
 from aiohttp import web
 
-from adapters.hubspot import OBJECTS
-from adapters.hubspot import SPEC as HUBSPOT
-from adapters.spec import CreateCall
+from octopus_crm.adapters.hubspot import OBJECTS
+from octopus_crm.adapters.hubspot import SPEC as HUBSPOT
+from octopus_crm.adapters.spec import CreateCall
 from octopus_crm_sandbox.specfake import Created, Refusal, SpecFake
 
 __all__ = ["HubSpotFake"]

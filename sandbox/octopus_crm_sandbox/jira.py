@@ -26,8 +26,8 @@ from typing import Any, ClassVar
 import jsonschema
 from aiohttp import web
 
-from adapters.jira import SPEC as JIRA
-from adapters.spec import CreateCall
+from octopus_crm.adapters.jira import SPEC as JIRA
+from octopus_crm.adapters.spec import CreateCall
 from octopus_crm_sandbox.specfake import Created, SpecFake
 
 __all__ = ["JiraFake", "adf_to_text"]

@@ -19,7 +19,7 @@ from typing import Any
 
 from aiohttp import web
 
-from daemon.net import bound_port
+from octopus_crm.daemon.net import bound_port
 
 __all__ = ["FakeVendor", "Fault", "Recorded", "SandboxServer", "SlidingWindow"]
 

@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 from aiohttp import web
 from graphql import GraphQLError
 
-from adapters.linear import SPEC as LINEAR
+from octopus_crm.adapters.linear import SPEC as LINEAR
 from octopus_crm_sandbox.envelope import caller
 from octopus_crm_sandbox.graphql import GraphQLFake, Resolver
 

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from daemon.config import CrmConfig, load_config
-from daemon.settings import Settings
-from daemon.topics import create_topics
+from octopus_crm.daemon.config import CrmConfig, load_config
+from octopus_crm.daemon.settings import Settings
+from octopus_crm.daemon.topics import create_topics
 from octopus_crm_sandbox.broker import EmbeddedBroker
 from octopus_crm_sandbox.runner import Sandbox, integrations_of
 

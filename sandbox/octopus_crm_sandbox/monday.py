@@ -27,7 +27,7 @@ import orjson
 from aiohttp import web
 from graphql import GraphQLError
 
-from adapters.monday import SPEC as MONDAY
+from octopus_crm.adapters.monday import SPEC as MONDAY
 from octopus_crm_sandbox.envelope import caller
 from octopus_crm_sandbox.graphql import GraphQLFake, Resolver
 

@@ -26,8 +26,8 @@ import jsonschema
 import orjson
 from aiohttp import web
 
-from adapters.notion import NOTION_VERSION
-from adapters.notion import SPEC as NOTION
+from octopus_crm.adapters.notion import NOTION_VERSION
+from octopus_crm.adapters.notion import SPEC as NOTION
 from octopus_crm_sandbox.envelope import caller
 from octopus_crm_sandbox.kit import FakeVendor
 

@@ -24,7 +24,7 @@ import jsonschema
 import orjson
 from aiohttp import web
 
-from adapters.pipedrive import SPEC as PIPEDRIVE
+from octopus_crm.adapters.pipedrive import SPEC as PIPEDRIVE
 from octopus_crm_sandbox.envelope import caller, token_route
 from octopus_crm_sandbox.kit import FakeVendor
 

@@ -8,7 +8,7 @@ import socket
 import subprocess
 import time
 
-from daemon.net import free_port
+from octopus_crm.daemon.net import free_port
 
 __all__ = ["RedisServer"]
 

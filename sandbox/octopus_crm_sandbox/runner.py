@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 import yaml
 
-from adapters.registry import adapter_class
+from octopus_crm.adapters.registry import adapter_class
 from octopus_crm_sandbox.kit import FakeVendor, SandboxServer
 from octopus_crm_sandbox.registry import FAKES
 

@@ -36,9 +36,9 @@ from typing import Any, ClassVar
 import orjson
 from aiohttp import web
 
-from adapters.salesforce import SOBJECTS
-from adapters.salesforce import SPEC as SALESFORCE
-from adapters.spec import CreateCall
+from octopus_crm.adapters.salesforce import SOBJECTS
+from octopus_crm.adapters.salesforce import SPEC as SALESFORCE
+from octopus_crm.adapters.spec import CreateCall
 from octopus_crm_sandbox.specfake import Created, Refusal, SpecFake
 
 __all__ = ["SalesforceFake"]

@@ -31,8 +31,8 @@ import jsonschema
 import orjson
 from aiohttp import web
 
-from adapters.slack import SPEC as SLACK
-from adapters.spec import CreateCall
+from octopus_crm.adapters.slack import SPEC as SLACK
+from octopus_crm.adapters.spec import CreateCall
 from octopus_crm_sandbox.specfake import Created, Refusal, SpecFake
 
 __all__ = ["SPEC_ERRORS", "SlackFake"]

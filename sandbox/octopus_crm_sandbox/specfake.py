@@ -29,7 +29,7 @@ import jsonschema
 import orjson
 from aiohttp import web
 
-from adapters.spec import CreateCall, FindCall, JsonToken, OAuth2ClientCredentials, VendorSpec
+from octopus_crm.adapters.spec import CreateCall, FindCall, JsonToken, OAuth2ClientCredentials, VendorSpec
 from octopus_crm_sandbox.envelope import caller, token_route
 from octopus_crm_sandbox.kit import FakeVendor
 
@@ -40,7 +40,7 @@ Created = tuple[Any, dict[str, str]]  # a create's answer: the body (None: no co
 
 
 def placed(path: Sequence[str | int], value: Any) -> Any:
-    """A JSON value holding ``value`` at ``path`` (the inverse of :func:`adapters.spec.at_path`)."""
+    """A JSON value holding ``value`` at ``path`` (the inverse of :func:`octopus_crm.adapters.spec.at_path`)."""
     for key in reversed(path):
         value = [value] if isinstance(key, int) else {key: value}
     return value

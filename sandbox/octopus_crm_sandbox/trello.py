@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 import orjson
 from aiohttp import web
 
-from adapters.trello import SPEC as TRELLO
+from octopus_crm.adapters.trello import SPEC as TRELLO
 from octopus_crm_sandbox.envelope import caller
 from octopus_crm_sandbox.kit import FakeVendor
 

@@ -14,8 +14,8 @@ from typing import Any, ClassVar
 import orjson
 from aiohttp import web
 
-from adapters.spec import CreateCall
-from adapters.webhook import SPEC as WEBHOOK
+from octopus_crm.adapters.spec import CreateCall
+from octopus_crm.adapters.webhook import SPEC as WEBHOOK
 from octopus_crm_sandbox.specfake import Created, Refusal, SpecFake
 
 __all__ = ["WebhookFake"]

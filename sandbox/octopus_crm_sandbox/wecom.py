@@ -26,8 +26,8 @@ from typing import Any, ClassVar
 import orjson
 from aiohttp import web
 
-from adapters.spec import CreateCall
-from adapters.wecom import SPEC as WECOM
+from octopus_crm.adapters.spec import CreateCall
+from octopus_crm.adapters.wecom import SPEC as WECOM
 from octopus_crm_sandbox.specfake import Created, SpecFake
 
 __all__ = ["DEFAULT_TEMPLATES", "WeComFake"]

@@ -25,7 +25,7 @@ import jsonschema
 import orjson
 from aiohttp import web
 
-from adapters.zendesk import SPEC as ZENDESK
+from octopus_crm.adapters.zendesk import SPEC as ZENDESK
 from octopus_crm_sandbox.envelope import caller
 from octopus_crm_sandbox.kit import FakeVendor
 

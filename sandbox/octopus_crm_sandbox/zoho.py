@@ -36,7 +36,7 @@ import jsonschema
 import orjson
 from aiohttp import web
 
-from adapters.zoho import SPEC as ZOHO
+from octopus_crm.adapters.zoho import SPEC as ZOHO
 from octopus_crm_sandbox.envelope import caller
 from octopus_crm_sandbox.kit import FakeVendor, SlidingWindow
 

@@ -10,9 +10,9 @@ from typing import Any, TypeVar
 
 import orjson
 
-from adapters.base import Adapter, IntegrationConfig
-from daemon.config import resolve_references
+from octopus_crm.adapters.base import Adapter, IntegrationConfig
 from octopus_crm.core.contracts import ClassifiedMessage
+from octopus_crm.daemon.config import resolve_references
 from octopus_crm_sandbox.kit import FakeVendor, SandboxServer
 
 A = TypeVar("A", bound=Adapter)

@@ -9,9 +9,9 @@ from typing import Any
 import orjson
 import pytest
 
-from adapters.asana import AsanaAdapter, external_gid
-from adapters.base import DeliveryContext, IntegrationConfig
-from adapters.errors import ConfigError, PermanentError, RateLimitedError, RetryableError
+from octopus_crm.adapters.asana import AsanaAdapter, external_gid
+from octopus_crm.adapters.base import DeliveryContext, IntegrationConfig
+from octopus_crm.adapters.errors import ConfigError, PermanentError, RateLimitedError, RetryableError
 from octopus_crm_sandbox.asana import AsanaFake
 from octopus_crm_sandbox.kit import Fault, SandboxServer
 from tests.adapters.seed import event_of, seed_config

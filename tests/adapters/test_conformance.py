@@ -22,8 +22,8 @@ from typing import Any
 
 import pytest
 
-from adapters.base import Adapter, DeliveryContext, IntegrationConfig
-from adapters.errors import (
+from octopus_crm.adapters.base import Adapter, DeliveryContext, IntegrationConfig
+from octopus_crm.adapters.errors import (
     AmbiguousDeliveryError,
     AuthError,
     ConfigError,
@@ -33,7 +33,7 @@ from adapters.errors import (
     RateLimitedError,
     RetryableError,
 )
-from adapters.registry import ADAPTERS
+from octopus_crm.adapters.registry import ADAPTERS
 from octopus_crm.core.contracts import ClassifiedMessage
 from octopus_crm_sandbox.airtable import AirtableFake
 from octopus_crm_sandbox.asana import AsanaFake

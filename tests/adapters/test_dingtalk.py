@@ -10,9 +10,9 @@ from typing import Any
 import orjson
 import pytest
 
-from adapters.base import DeliveryContext, IntegrationConfig
-from adapters.dingtalk import CHINA, PRIORITY, DingTalkAdapter, _until_next_month, classify, source_id
-from adapters.errors import (
+from octopus_crm.adapters.base import DeliveryContext, IntegrationConfig
+from octopus_crm.adapters.dingtalk import CHINA, PRIORITY, DingTalkAdapter, _until_next_month, classify, source_id
+from octopus_crm.adapters.errors import (
     AuthError,
     ConfigError,
     PermanentError,
@@ -20,7 +20,7 @@ from adapters.errors import (
     RateLimitedError,
     TokenExpiredError,
 )
-from adapters.http import Response
+from octopus_crm.adapters.http import Response
 from octopus_crm_sandbox.dingtalk import DingTalkFake
 from octopus_crm_sandbox.kit import Fault, SandboxServer
 from tests.adapters.seed import event_of, seed_config, seed_entry, with_changes

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from adapters.base import DeliveryContext, IntegrationConfig
-from adapters.email import EmailAdapter, classify_reply, message_id_for
-from adapters.errors import (
+from octopus_crm.adapters.base import DeliveryContext, IntegrationConfig
+from octopus_crm.adapters.email import EmailAdapter, classify_reply, message_id_for
+from octopus_crm.adapters.errors import (
     AmbiguousDeliveryError,
     AuthError,
     ConfigError,

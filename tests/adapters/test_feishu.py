@@ -17,8 +17,8 @@ from typing import Any
 import orjson
 import pytest
 
-from adapters.base import DeliveryContext, IntegrationConfig
-from adapters.errors import (
+from octopus_crm.adapters.base import DeliveryContext, IntegrationConfig
+from octopus_crm.adapters.errors import (
     AuthError,
     ConfigError,
     DeliveryError,
@@ -26,7 +26,7 @@ from adapters.errors import (
     RateLimitedError,
     RetryableError,
 )
-from adapters.feishu import RECORD_RATE, TASK_RATE, FeishuAdapter, client_token
+from octopus_crm.adapters.feishu import RECORD_RATE, TASK_RATE, FeishuAdapter, client_token
 from octopus_crm.core.contracts import ClassifiedMessage
 from octopus_crm_sandbox.feishu import TASK_CREATE_SPEC, FeishuFake, check_meta
 from octopus_crm_sandbox.kit import Fault, SandboxServer

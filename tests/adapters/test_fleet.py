@@ -20,16 +20,16 @@ from pathlib import Path
 import pytest
 import structlog
 
-from adapters.base import IntegrationConfig
-from adapters.fleet import FleetStore, scope_of_secret
-from adapters.ratelimit import Limiter, RateLimit
-from adapters.webhook import WebhookAdapter
-from daemon import metrics
-from daemon.dispatch import _breaker
-from daemon.fleet import FleetSync
-from daemon.settings import Settings
+from octopus_crm.adapters.base import IntegrationConfig
+from octopus_crm.adapters.fleet import FleetStore, scope_of_secret
+from octopus_crm.adapters.ratelimit import Limiter, RateLimit
+from octopus_crm.adapters.webhook import WebhookAdapter
+from octopus_crm.daemon import metrics
+from octopus_crm.daemon.dispatch import _breaker
+from octopus_crm.daemon.fleet import FleetSync
+from octopus_crm.daemon.settings import Settings
+from octopus_crm.strategies.breaker import BreakerPolicy, BreakerState
 from octopus_crm_sandbox.redis_server import RedisServer
-from strategies.breaker import BreakerPolicy, BreakerState
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -203,8 +203,8 @@ def test_scope_never_holds_the_secret() -> None:
 
 def test_vendor_scopes_follow_the_account_not_the_integration() -> None:
     """Two HubSpot integrations on one account share one schedule; Slack goes by workspace token."""
-    from adapters.hubspot import HubSpotAdapter
-    from adapters.slack import SlackAdapter
+    from octopus_crm.adapters.hubspot import HubSpotAdapter
+    from octopus_crm.adapters.slack import SlackAdapter
 
     mappings = {"contact": {"email": "{{senderEmail}}"}}
     same = IntegrationConfig.model_validate({"credentials": {"accessToken": "pat-na1-x"}, "mappings": mappings})
@@ -306,8 +306,8 @@ async def test_pause_holds_locally_while_redis_is_down(own_redis: RedisServer) -
 _WORKER = textwrap.dedent(
     """
     import asyncio, sys, time
-    from adapters.fleet import FleetStore
-    from adapters.ratelimit import RateLimit
+    from octopus_crm.adapters.fleet import FleetStore
+    from octopus_crm.adapters.ratelimit import RateLimit
 
     async def main(url: str, prefix: str, count: int) -> None:
         fleet = FleetStore(url, expected_replicas=3, prefix=prefix, timeout=1.0)

@@ -10,8 +10,8 @@ import aiohttp
 import orjson
 import pytest
 
-from adapters.base import DeliveryContext, IntegrationConfig
-from adapters.errors import (
+from octopus_crm.adapters.base import DeliveryContext, IntegrationConfig
+from octopus_crm.adapters.errors import (
     AuthError,
     ConfigError,
     PermanentError,
@@ -19,7 +19,7 @@ from adapters.errors import (
     RateLimitedError,
     RetryableError,
 )
-from adapters.hubspot import HubSpotAdapter, seconds_until_midnight
+from octopus_crm.adapters.hubspot import HubSpotAdapter, seconds_until_midnight
 from octopus_crm_sandbox.hubspot import HubSpotFake
 from octopus_crm_sandbox.kit import Fault, SandboxServer
 from tests.adapters.seed import event_of, seed_entry, with_changes

@@ -12,8 +12,8 @@ from typing import Any
 import orjson
 import pytest
 
-from adapters.base import DeliveryContext
-from adapters.errors import (
+from octopus_crm.adapters.base import DeliveryContext
+from octopus_crm.adapters.errors import (
     AmbiguousDeliveryError,
     AuthError,
     PermanentError,
@@ -21,8 +21,8 @@ from adapters.errors import (
     RetryableError,
     TokenExpiredError,
 )
-from adapters.http import Request
-from adapters.jira import JiraAdapter, dedupe_label, text_to_adf
+from octopus_crm.adapters.http import Request
+from octopus_crm.adapters.jira import JiraAdapter, dedupe_label, text_to_adf
 from octopus_crm.core.contracts import ClassifiedMessage
 from octopus_crm_sandbox.jira import JiraFake, adf_to_text
 from octopus_crm_sandbox.kit import Fault, SandboxServer

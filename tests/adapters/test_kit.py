@@ -12,9 +12,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from aiohttp import web
 
-from adapters.auth import Token, TokenAuth
-from adapters.base import BodyCodes
-from adapters.errors import (
+from octopus_crm.adapters.auth import Token, TokenAuth
+from octopus_crm.adapters.base import BodyCodes
+from octopus_crm.adapters.errors import (
     AmbiguousDeliveryError,
     AuthError,
     PermanentError,
@@ -23,7 +23,7 @@ from adapters.errors import (
     RetryableError,
     TokenExpiredError,
 )
-from adapters.http import (
+from octopus_crm.adapters.http import (
     HttpClient,
     Request,
     Response,
@@ -31,7 +31,7 @@ from adapters.http import (
     classify_status,
     parse_retry_after,
 )
-from adapters.ratelimit import Limiter, RateLimit
+from octopus_crm.adapters.ratelimit import Limiter, RateLimit
 from octopus_crm_sandbox.kit import FakeVendor, Fault, SandboxServer
 
 # -- a tiny vendor: POST /token issues a bearer token, POST /records needs one ----------------

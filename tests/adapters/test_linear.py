@@ -10,9 +10,9 @@ from typing import Any
 import orjson
 import pytest
 
-from adapters.base import DeliveryContext
-from adapters.errors import AuthError, ConfigError, PermanentError, RateLimitedError
-from adapters.linear import CREATE, PRIORITY_LINEAR, LinearAdapter, issue_id
+from octopus_crm.adapters.base import DeliveryContext
+from octopus_crm.adapters.errors import AuthError, ConfigError, PermanentError, RateLimitedError
+from octopus_crm.adapters.linear import CREATE, PRIORITY_LINEAR, LinearAdapter, issue_id
 from octopus_crm_sandbox.kit import Fault, SandboxServer
 from octopus_crm_sandbox.linear import TEAM_ID, LinearFake
 from tests.adapters.seed import event_of, seed_config
@@ -148,7 +148,7 @@ async def test_an_error_with_partial_data_is_still_a_failure() -> None:
 
 
 def _post(adapter: LinearAdapter, query: str, variables: dict[str, Any] | None = None) -> Any:
-    from adapters.http import Request
+    from octopus_crm.adapters.http import Request
 
     headers = {"Authorization": LinearFake.ENV["LINEAR_API_KEY"]}
     return Request("POST", adapter.base_url, json={"query": query, "variables": variables or {}}, headers=headers)

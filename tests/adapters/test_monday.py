@@ -9,9 +9,15 @@ from typing import Any
 import orjson
 import pytest
 
-from adapters.base import DeliveryContext, IntegrationConfig
-from adapters.errors import ConfigError, PermanentError, QuotaExhaustedError, RateLimitedError, RetryableError
-from adapters.monday import API_VERSION, CREATE, PRIORITY_MONDAY, MondayAdapter, dedupe_marker
+from octopus_crm.adapters.base import DeliveryContext, IntegrationConfig
+from octopus_crm.adapters.errors import (
+    ConfigError,
+    PermanentError,
+    QuotaExhaustedError,
+    RateLimitedError,
+    RetryableError,
+)
+from octopus_crm.adapters.monday import API_VERSION, CREATE, PRIORITY_MONDAY, MondayAdapter, dedupe_marker
 from octopus_crm_sandbox.kit import Fault, SandboxServer
 from octopus_crm_sandbox.monday import BOARD_ID, MondayFake
 from tests.adapters.seed import event_of, seed_config, with_changes

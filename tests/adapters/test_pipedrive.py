@@ -11,8 +11,8 @@ from typing import Any
 import orjson
 import pytest
 
-from adapters.base import DeliveryContext, IntegrationConfig
-from adapters.errors import (
+from octopus_crm.adapters.base import DeliveryContext, IntegrationConfig
+from octopus_crm.adapters.errors import (
     AuthError,
     ConfigError,
     DeliveryError,
@@ -21,7 +21,7 @@ from adapters.errors import (
     RateLimitedError,
     RetryableError,
 )
-from adapters.pipedrive import PipedriveAdapter, origin_marker, seconds_until_utc_midnight
+from octopus_crm.adapters.pipedrive import PipedriveAdapter, origin_marker, seconds_until_utc_midnight
 from octopus_crm_sandbox.kit import Fault, SandboxServer
 from octopus_crm_sandbox.pipedrive import PipedriveFake
 from tests.adapters.seed import event_of, seed_config, with_changes

@@ -11,8 +11,8 @@ import aiohttp
 import orjson
 import pytest
 
-from adapters.base import DeliveryContext, IntegrationConfig
-from adapters.errors import (
+from octopus_crm.adapters.base import DeliveryContext, IntegrationConfig
+from octopus_crm.adapters.errors import (
     AuthError,
     ConfigError,
     PermanentError,
@@ -20,7 +20,7 @@ from adapters.errors import (
     RateLimitedError,
     RetryableError,
 )
-from adapters.salesforce import SalesforceAdapter, api_field_name, api_version
+from octopus_crm.adapters.salesforce import SalesforceAdapter, api_field_name, api_version
 from octopus_crm.core.redaction import REDACTED, redact
 from octopus_crm_sandbox.kit import Fault, SandboxServer
 from octopus_crm_sandbox.salesforce import SalesforceFake

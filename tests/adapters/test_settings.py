@@ -13,13 +13,13 @@ import aiohttp
 import orjson
 import pytest
 
-from adapters.base import IntegrationConfig
-from adapters.errors import ConfigError
-from adapters.feishu import FeishuAdapter
-from adapters.registry import ADAPTERS, describe
-from daemon.admin import AdminServer
-from daemon.config import ConfigFileError, parse_config
-from daemon.consumer import Health
+from octopus_crm.adapters.base import IntegrationConfig
+from octopus_crm.adapters.errors import ConfigError
+from octopus_crm.adapters.feishu import FeishuAdapter
+from octopus_crm.adapters.registry import ADAPTERS, describe
+from octopus_crm.daemon.admin import AdminServer
+from octopus_crm.daemon.config import ConfigFileError, parse_config
+from octopus_crm.daemon.consumer import Health
 from tests.events import webhook_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -117,7 +117,7 @@ def test_every_vendor_declares_settings_and_serves_their_schema() -> None:
 
 def test_octopus_crm_adapters_json_serves_the_schemas() -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "daemon.cli", "adapters", "--json"],
+        [sys.executable, "-m", "octopus_crm.daemon.cli", "adapters", "--json"],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -12,8 +12,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from adapters.base import DeliveryContext
-from adapters.errors import (
+from octopus_crm.adapters.base import DeliveryContext
+from octopus_crm.adapters.errors import (
     AuthError,
     ConfigError,
     DeliveryError,
@@ -22,8 +22,8 @@ from adapters.errors import (
     RetryableError,
     TokenExpiredError,
 )
-from adapters.http import Request
-from adapters.slack import WEB_API_CODES, SlackAdapter
+from octopus_crm.adapters.http import Request
+from octopus_crm.adapters.slack import WEB_API_CODES, SlackAdapter
 from octopus_crm.core.contracts import ClassifiedMessage
 from octopus_crm_sandbox.kit import Fault, SandboxServer
 from octopus_crm_sandbox.slack import SPEC_ERRORS, SlackFake

@@ -13,8 +13,8 @@ import pytest
 from aiohttp import web
 from pydantic import Field, SecretStr
 
-from adapters.base import AdapterInfo, DeliveryContext, IntegrationConfig
-from adapters.errors import (
+from octopus_crm.adapters.base import AdapterInfo, DeliveryContext, IntegrationConfig
+from octopus_crm.adapters.errors import (
     AuthError,
     ConfigError,
     PermanentError,
@@ -22,9 +22,9 @@ from adapters.errors import (
     RateLimitedError,
     RetryableError,
 )
-from adapters.ratelimit import RateLimit
-from adapters.settings import Credentials, Endpoints, Url, VendorSettings
-from adapters.spec import (
+from octopus_crm.adapters.ratelimit import RateLimit
+from octopus_crm.adapters.settings import Credentials, Endpoints, Url, VendorSettings
+from octopus_crm.adapters.spec import (
     ApiKeyHeader,
     ApiKeyQuery,
     ConnectionCheck,
@@ -253,9 +253,9 @@ def test_an_unknown_auth_type_names_the_accepted_ones() -> None:
 def test_an_oauth2_token_is_sent_under_the_schemes_name() -> None:
     from aiohttp.test_utils import make_mocked_request
 
-    from adapters.auth import Token
-    from adapters.http import Request
-    from adapters.spec import OAuth2Refresh
+    from octopus_crm.adapters.auth import Token
+    from octopus_crm.adapters.http import Request
+    from octopus_crm.adapters.spec import OAuth2Refresh
 
     scheme = OAuth2Refresh("/oauth/v2/token", scheme="Zoho-oauthtoken")
     request = Request("GET", "/x")

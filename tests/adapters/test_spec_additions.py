@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import base64
 
-from adapters.base import IntegrationConfig
-from adapters.http import HttpClient, Request, Response
-from adapters.ratelimit import Limiter, RateLimit
-from adapters.spec import Basic, CreateCall, LimitHeaders, OAuth2Refresh
+from octopus_crm.adapters.base import IntegrationConfig
+from octopus_crm.adapters.http import HttpClient, Request, Response
+from octopus_crm.adapters.ratelimit import Limiter, RateLimit
+from octopus_crm.adapters.spec import Basic, CreateCall, LimitHeaders, OAuth2Refresh
 
 
 async def test_basic_appends_the_user_suffix() -> None:

@@ -8,11 +8,11 @@ import base64
 import pytest
 from aiohttp.test_utils import make_mocked_request
 
-from adapters.auth import HeaderAuth, QueryAuth, RoutedAuth, Token, TokenAuth
-from adapters.base import IntegrationConfig
-from adapters.errors import ConfigError
-from adapters.http import Request
-from adapters.spec import Basic
+from octopus_crm.adapters.auth import HeaderAuth, QueryAuth, RoutedAuth, Token, TokenAuth
+from octopus_crm.adapters.base import IntegrationConfig
+from octopus_crm.adapters.errors import ConfigError
+from octopus_crm.adapters.http import Request
+from octopus_crm.adapters.spec import Basic
 from octopus_crm_sandbox.envelope import caller
 from octopus_crm_sandbox.kit import FakeVendor
 

@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 import pytest
 
-from adapters.templates import TemplateError, compile_template
+from octopus_crm.adapters.templates import TemplateError, compile_template
 from octopus_crm.core.contracts import ClassifiedMessage
 
 BASE: dict[str, Any] = {

@@ -9,11 +9,18 @@ from typing import Any
 import orjson
 import pytest
 
-from adapters.base import DeliveryContext, IntegrationConfig
-from adapters.errors import AuthError, ConfigError, DeliveryError, PermanentError, RateLimitedError, RetryableError
-from adapters.http import Request
-from adapters.spec import dedupe_marker
-from adapters.trello import DESC_MAX, TrelloAdapter
+from octopus_crm.adapters.base import DeliveryContext, IntegrationConfig
+from octopus_crm.adapters.errors import (
+    AuthError,
+    ConfigError,
+    DeliveryError,
+    PermanentError,
+    RateLimitedError,
+    RetryableError,
+)
+from octopus_crm.adapters.http import Request
+from octopus_crm.adapters.spec import dedupe_marker
+from octopus_crm.adapters.trello import DESC_MAX, TrelloAdapter
 from octopus_crm_sandbox.kit import Fault, SandboxServer
 from octopus_crm_sandbox.trello import TrelloFake
 from tests.adapters.seed import event_of, seed_config, with_changes

@@ -13,8 +13,8 @@ from typing import Any
 import orjson
 import pytest
 
-from adapters.base import DeliveryContext, IntegrationConfig
-from adapters.errors import (
+from octopus_crm.adapters.base import DeliveryContext, IntegrationConfig
+from octopus_crm.adapters.errors import (
     AuthError,
     ConfigError,
     DeliveryError,
@@ -22,7 +22,7 @@ from adapters.errors import (
     RateLimitedError,
     RetryableError,
 )
-from adapters.wecom import MESSAGE_RATE, RateLimitBlocks, WeComAdapter
+from octopus_crm.adapters.wecom import MESSAGE_RATE, RateLimitBlocks, WeComAdapter
 from octopus_crm.core.contracts import ClassifiedMessage
 from octopus_crm_sandbox.kit import Fault
 from octopus_crm_sandbox.wecom import WeComFake

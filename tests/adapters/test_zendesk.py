@@ -11,10 +11,17 @@ from typing import Any
 import orjson
 import pytest
 
-from adapters.base import DeliveryContext, IntegrationConfig
-from adapters.errors import AuthError, ConfigError, DeliveryError, PermanentError, RateLimitedError, RetryableError
-from adapters.http import Request
-from adapters.zendesk import ZendeskAdapter, external_marker, idempotency_header_value
+from octopus_crm.adapters.base import DeliveryContext, IntegrationConfig
+from octopus_crm.adapters.errors import (
+    AuthError,
+    ConfigError,
+    DeliveryError,
+    PermanentError,
+    RateLimitedError,
+    RetryableError,
+)
+from octopus_crm.adapters.http import Request
+from octopus_crm.adapters.zendesk import ZendeskAdapter, external_marker, idempotency_header_value
 from octopus_crm_sandbox.kit import Fault, SandboxServer
 from octopus_crm_sandbox.zendesk import ZendeskFake
 from tests.adapters.seed import event_of, seed_config, with_changes

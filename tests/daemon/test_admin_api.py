@@ -13,13 +13,13 @@ import aiohttp
 import orjson
 import pytest
 
-from adapters.base import DeliveryContext
-from adapters.slack import SlackAdapter
-from adapters.webhook import WebhookAdapter
-from daemon.admin import AdminServer
-from daemon.config import parse_config
-from daemon.consumer import Health
+from octopus_crm.adapters.base import DeliveryContext
+from octopus_crm.adapters.slack import SlackAdapter
+from octopus_crm.adapters.webhook import WebhookAdapter
 from octopus_crm.core.contracts import ClassifiedMessage
+from octopus_crm.daemon.admin import AdminServer
+from octopus_crm.daemon.config import parse_config
+from octopus_crm.daemon.consumer import Health
 from octopus_crm_sandbox.kit import SandboxServer
 from octopus_crm_sandbox.slack import SlackFake
 from octopus_crm_sandbox.webhook import WebhookFake

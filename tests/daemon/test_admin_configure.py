@@ -14,9 +14,9 @@ import aiohttp
 import orjson
 import pytest
 
-from daemon.admin import AdminServer
-from daemon.config import load_config, parse_config
-from daemon.consumer import Health
+from octopus_crm.daemon.admin import AdminServer
+from octopus_crm.daemon.config import load_config, parse_config
+from octopus_crm.daemon.consumer import Health
 from octopus_crm_sandbox.jira import JiraFake
 from octopus_crm_sandbox.kit import SandboxServer
 from tests.events import webhook_config
@@ -142,7 +142,7 @@ async def test_configure_dry_run_routes_sample_events_without_calling_the_vendor
 
 
 def _event() -> dict[str, Any]:
-    from daemon.admin_config import sample_events
+    from octopus_crm.daemon.admin_config import sample_events
 
     return dict(sample_events()[0])
 

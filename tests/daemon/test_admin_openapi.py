@@ -22,10 +22,10 @@ from schemathesis.specs.openapi.checks import (  # noqa: E402
     status_code_conformance,
 )
 
-from daemon.admin import AdminServer  # noqa: E402
-from daemon.admin_openapi import openapi  # noqa: E402
-from daemon.config import parse_config  # noqa: E402
-from daemon.consumer import Health  # noqa: E402
+from octopus_crm.daemon.admin import AdminServer  # noqa: E402
+from octopus_crm.daemon.admin_openapi import openapi  # noqa: E402
+from octopus_crm.daemon.config import parse_config  # noqa: E402
+from octopus_crm.daemon.consumer import Health  # noqa: E402
 from tests.events import webhook_config  # noqa: E402
 
 TOKEN = "admin-token-openapi-9f1"

@@ -11,8 +11,8 @@ from typing import Any
 import orjson
 import pytest
 
-from daemon.net import free_port
-from daemon.topics import create_topics
+from octopus_crm.daemon.net import free_port
+from octopus_crm.daemon.topics import create_topics
 from octopus_crm_sandbox.broker import EmbeddedBroker
 from octopus_crm_sandbox.kit import SandboxServer
 from octopus_crm_sandbox.webhook import WebhookFake

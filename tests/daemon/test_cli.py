@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from daemon.cli import DEAD_LETTER_CLASSES
-from daemon.net import free_port
+from octopus_crm.daemon.cli import DEAD_LETTER_CLASSES
+from octopus_crm.daemon.net import free_port
 from tests.events import webhook_config
 from tests.process import DaemonProcess
 
@@ -34,7 +34,7 @@ SAMPLES = ROOT / "examples" / "events.sample.jsonl"
 
 def octopus(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "daemon.cli", *args],
+        [sys.executable, "-m", "octopus_crm.daemon.cli", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -46,7 +46,9 @@ def octopus(*args: str, env: dict[str, str] | None = None, timeout: float = 60) 
 def spawn(*args: str, python_code: str | None = None, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     """A long-running command whose stdout is read line by line. SIGINT is reset to its default:
     a shell without job control starts background jobs with it ignored, and children inherit that."""
-    command = [sys.executable, "-c", python_code] if python_code else [sys.executable, "-m", "daemon.cli", *args]
+    command = (
+        [sys.executable, "-c", python_code] if python_code else [sys.executable, "-m", "octopus_crm.daemon.cli", *args]
+    )
     return subprocess.Popen(
         command,
         stdout=subprocess.PIPE,
@@ -190,7 +192,7 @@ class Block(importlib.abc.MetaPathFinder):
             raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
         return None
 sys.meta_path.insert(0, Block())
-from daemon.cli import main
+from octopus_crm.daemon.cli import main
 sys.exit(main({argv!r}))
 """
 

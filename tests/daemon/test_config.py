@@ -14,9 +14,9 @@ import orjson
 import pytest
 import yaml
 
-from adapters.registry import adapter_class
-from daemon.config import ConfigFileError, load_config, parse_config
+from octopus_crm.adapters.registry import adapter_class
 from octopus_crm.core.redaction import REDACTED, redact
+from octopus_crm.daemon.config import ConfigFileError, load_config, parse_config
 from octopus_crm_sandbox.registry import FAKES
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -430,7 +430,7 @@ def test_inline_overlay_wins_over_overlay_file(tmp_path: Path) -> None:
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith(tuple(SEED_ENV))}
     return subprocess.run(
-        [sys.executable, "-m", "daemon.cli", "validate-config", *args],
+        [sys.executable, "-m", "octopus_crm.daemon.cli", "validate-config", *args],
         cwd=ROOT,
         env={**base, **(env or {})},
         capture_output=True,

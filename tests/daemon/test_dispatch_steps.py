@@ -11,23 +11,23 @@ from typing import Any, cast
 
 import pytest
 
-from adapters.base import Adapter, Delivered, DeliveryContext
-from adapters.errors import (
+from octopus_crm.adapters.base import Adapter, Delivered, DeliveryContext
+from octopus_crm.adapters.errors import (
     DeliveryError,
     PermanentError,
     QuotaExhaustedError,
     RetryableError,
 )
-from daemon.config import CrmConfig, parse_config
-from daemon.dispatch import AtTarget, CircuitOpenError, Dispatcher, Outcomes, idempotency_key
-from daemon.ledger import Claim, Lease, LedgerEntry, MemoryLedger, lease_owner
-from daemon.records import InboundRecord
-from daemon.retrying import RetryRecord
-from daemon.route import RouteState
 from octopus_crm.core.contracts import ClassifiedMessage
 from octopus_crm.core.errors import ErrorInfo
 from octopus_crm.core.wire import Header
-from strategies.routing import Route, Target
+from octopus_crm.daemon.config import CrmConfig, parse_config
+from octopus_crm.daemon.dispatch import AtTarget, CircuitOpenError, Dispatcher, Outcomes, idempotency_key
+from octopus_crm.daemon.ledger import Claim, Lease, LedgerEntry, MemoryLedger, lease_owner
+from octopus_crm.daemon.records import InboundRecord
+from octopus_crm.daemon.retrying import RetryRecord
+from octopus_crm.daemon.route import RouteState
+from octopus_crm.strategies.routing import Route, Target
 from tests.events import encode, make_event, webhook_config
 
 FAST_RETRY = {"maxAttempts": 3, "initialDelay": 0.1, "multiplier": 2, "jitter": 0}

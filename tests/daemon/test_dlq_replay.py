@@ -7,10 +7,10 @@ from typing import Any
 
 import orjson
 
-from daemon.app import Daemon
-from daemon.config import parse_config
-from daemon.dlq import ReplayFilter, replay_dlq
-from daemon.ledger import MemoryLedger
+from octopus_crm.daemon.app import Daemon
+from octopus_crm.daemon.config import parse_config
+from octopus_crm.daemon.dlq import ReplayFilter, replay_dlq
+from octopus_crm.daemon.ledger import MemoryLedger
 from octopus_crm_sandbox.kit import Fault, SandboxServer
 from octopus_crm_sandbox.webhook import WebhookFake
 from tests.daemon.test_pipeline import running

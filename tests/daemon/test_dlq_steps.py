@@ -9,8 +9,8 @@ from typing import Any, cast
 from aiokafka import ConsumerRecord
 from aiolimiter import AsyncLimiter
 
-from daemon.dlq import ReplayFilter, ReplayReport, replay, select
 from octopus_crm.core.wire import REPLAYABLE_BY_DEFAULT, DeadLetterClass, Header
+from octopus_crm.daemon.dlq import ReplayFilter, ReplayReport, replay, select
 
 
 @dataclass

@@ -12,11 +12,11 @@ from typing import Any
 import orjson
 import structlog
 
-from daemon import metrics
-from daemon.app import Daemon
-from daemon.config import parse_config
-from daemon.ledger import MemoryLedger
-from daemon.retrying import RetryRecord
+from octopus_crm.daemon import metrics
+from octopus_crm.daemon.app import Daemon
+from octopus_crm.daemon.config import parse_config
+from octopus_crm.daemon.ledger import MemoryLedger
+from octopus_crm.daemon.retrying import RetryRecord
 from octopus_crm_sandbox.kit import Fault, SandboxServer
 from octopus_crm_sandbox.webhook import WebhookFake
 from octopus_crm_sandbox.wecom import WeComFake

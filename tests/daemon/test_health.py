@@ -11,9 +11,9 @@ import time
 import pytest
 from aiokafka.errors import KafkaError
 
-from daemon.consumer import unless_stopped
-from daemon.health import Health
-from daemon.log_summary import ClientLogSummary
+from octopus_crm.daemon.consumer import unless_stopped
+from octopus_crm.daemon.health import Health
+from octopus_crm.daemon.log_summary import ClientLogSummary
 
 
 def stalled(health: Health, for_s: float) -> Health:

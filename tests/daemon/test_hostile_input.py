@@ -8,8 +8,8 @@ from typing import Any
 import orjson
 import pytest
 
-from daemon.app import Daemon
-from daemon.config import parse_config
+from octopus_crm.daemon.app import Daemon
+from octopus_crm.daemon.config import parse_config
 from octopus_crm_sandbox.kit import Fault, SandboxServer
 from octopus_crm_sandbox.salesforce import SalesforceFake
 from octopus_crm_sandbox.webhook import WebhookFake

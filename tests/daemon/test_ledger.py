@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 import pytest
 
-from daemon.ledger import (
+from octopus_crm.daemon.ledger import (
     Claim,
     Lease,
     Ledger,

@@ -15,7 +15,7 @@ import pytest
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
-from daemon.consumer import Health
+from octopus_crm.daemon.consumer import Health
 from octopus_crm_sandbox.kit import FakeVendor, SandboxServer
 from octopus_crm_sandbox.webhook import WebhookFake
 from tests.events import keyed, make_event, webhook_config
@@ -129,8 +129,8 @@ def test_the_canonical_line_is_the_line_structlog_renders(capsys: Any) -> None:
     import orjson
     import structlog
 
-    from daemon.logs import _Canonical, canonical, configure_logging
     from octopus_crm.core.redaction import register_secret
+    from octopus_crm.daemon.logs import _Canonical, canonical, configure_logging
 
     secret = f"s3cret-{time.time_ns()}"
     register_secret(secret)
@@ -160,7 +160,7 @@ def test_the_canonical_line_follows_a_replaced_stderr(monkeypatch: pytest.Monkey
 
     import structlog
 
-    from daemon.logs import _Canonical, canonical, configure_logging
+    from octopus_crm.daemon.logs import _Canonical, canonical, configure_logging
 
     old, new = io.StringIO(), io.StringIO()
     monkeypatch.setattr(sys, "stderr", old)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from daemon.offsets import OffsetTracker
+from octopus_crm.daemon.offsets import OffsetTracker
 
 
 def tracker_with(*offsets: int) -> OffsetTracker:

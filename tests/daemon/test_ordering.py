@@ -6,7 +6,7 @@ import asyncio
 import random
 from collections import defaultdict
 
-from daemon.ordering import KeyedExecutor
+from octopus_crm.daemon.ordering import KeyedExecutor
 
 Work = tuple[str | None, int]
 

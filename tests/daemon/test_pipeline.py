@@ -11,8 +11,8 @@ from typing import Any
 import orjson
 import pytest
 
-from daemon.app import Daemon
-from daemon.config import parse_config
+from octopus_crm.daemon.app import Daemon
+from octopus_crm.daemon.config import parse_config
 from octopus_crm_sandbox.kit import SandboxServer
 from octopus_crm_sandbox.webhook import WebhookFake
 from tests.events import keyed, make_event, webhook_config

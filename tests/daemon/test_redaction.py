@@ -124,7 +124,7 @@ def test_mask_secret_keys_touches_only_secret_named_keys() -> None:
 
 
 def test_a_retry_record_is_encoded_with_its_errors_scrubbed() -> None:
-    from daemon.retrying import AttemptRecord, RetryRecord, TargetSpec
+    from octopus_crm.daemon.retrying import AttemptRecord, RetryRecord, TargetSpec
 
     token = secret("tok")
     register_secret(token)

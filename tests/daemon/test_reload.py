@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 import pytest
 
-from daemon.config_versions import version_of
+from octopus_crm.daemon.config_versions import version_of
 from octopus_crm_sandbox.broker import EmbeddedBroker
 from octopus_crm_sandbox.kit import SandboxServer
 from octopus_crm_sandbox.webhook import WebhookFake
@@ -126,9 +126,9 @@ async def test_reload_in_flight_loses_nothing_duplicates_nothing_and_never_rebal
 
 
 async def test_the_watcher_refuses_invalid_versions_and_survives_a_failed_swap(tmp_path: Path) -> None:
-    from daemon import metrics
-    from daemon.config import CrmConfig
-    from daemon.reload import ConfigReloader
+    from octopus_crm.daemon import metrics
+    from octopus_crm.daemon.config import CrmConfig
+    from octopus_crm.daemon.reload import ConfigReloader
 
     path = tmp_path / "crm-config.json"
     path.write_bytes(orjson.dumps(config_of(("a", "https://hooks.example.com/a"))))

@@ -11,7 +11,7 @@ import orjson
 import pytest
 from aiohttp import web
 
-from daemon.net import free_port
+from octopus_crm.daemon.net import free_port
 from octopus_crm_sandbox.kit import FakeVendor, SandboxServer
 from tests.events import keyed, make_event
 from tests.process import DaemonProcess, wait_until

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from strategies.breaker import BreakerPolicy, BreakerState, CircuitBreaker
+from octopus_crm.strategies.breaker import BreakerPolicy, BreakerState, CircuitBreaker
 
 
 class Clock:

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from strategies.retry import RetryPolicy
+from octopus_crm.strategies.retry import RetryPolicy
 
 
 def test_exponential_growth_without_jitter() -> None:

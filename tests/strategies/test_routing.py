@@ -5,9 +5,9 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from daemon.config import CrmConfig, parse_config
 from octopus_crm.core.contracts import ClassifiedMessage
-from strategies.routing import Plan, Skip, Target, plan
+from octopus_crm.daemon.config import CrmConfig, parse_config
+from octopus_crm.strategies.routing import Plan, Skip, Target, plan
 from tests.daemon.test_config import SEED_ENV, seed_for_registry
 
 BASE: dict[str, Any] = {

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from daemon.config import Condition, Rules
 from octopus_crm.core.contracts import ClassifiedMessage
-from strategies.rules import decide, default_object_type, matches
+from octopus_crm.daemon.config import Condition, Rules
+from octopus_crm.strategies.rules import decide, default_object_type, matches
 
 BASE: dict[str, Any] = {
     "schemaVersion": 1,
