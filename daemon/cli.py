@@ -12,8 +12,9 @@ import gc
 import importlib
 import logging
 import sys
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from datetime import UTC, datetime
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
@@ -49,7 +50,7 @@ _SETTING_FLAGS: tuple[tuple[str, str, type, str], ...] = (
 )
 
 
-def _settings(args: argparse.Namespace) -> Any:
+def settings_from_args(args: argparse.Namespace) -> Any:
     from pydantic import ValidationError
 
     from octopus_crm.daemon.operator_errors import describe_settings_error
@@ -114,7 +115,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from octopus_crm.daemon.config import ConfigFileError
     from octopus_crm.daemon.logs import configure_logging
 
-    settings = _settings(args)
+    settings = settings_from_args(args)
     configure_logging(settings.log_format, settings.log_level)
     _tune_gc()
     try:
@@ -180,7 +181,7 @@ def _cmd_adapters(args: argparse.Namespace) -> int:
 def _cmd_produce(args: argparse.Namespace) -> int:
     from octopus_crm.daemon.producing import produce_lines
 
-    settings = _settings(args)
+    settings = settings_from_args(args)
     try:
         raw = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
     except OSError as exc:
@@ -192,50 +193,32 @@ def _cmd_produce(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_demo(args: argparse.Namespace) -> int:
-    _require_demo_extra("demo")
-    from octopus_crm_sandbox.demo import run_demo
+def _dev_tool(command: str) -> Callable[[argparse.Namespace], int]:
+    """``demo``, ``dev`` and ``sandbox`` live in the demo extra (octopus-crm-sandbox), which registers
+    them under the ``octopus_crm.commands`` entry points: the daemon never imports the dev tools."""
+    _require_demo_extra(command)
+    for entry in entry_points(group="octopus_crm.commands", name=command):
+        tool: Callable[[argparse.Namespace], int] = entry.load()
+        return tool
+    raise OperatorError(
+        f"octopus-crm {command} needs the demo extra, whose octopus-crm-sandbox registers it: "
+        "pip install 'octopus-crm-sync[demo]' (from a checkout: make demo)"
+    )
 
-    _settings(args)  # OCTOPUS_CRM_* variables apply to the demo's daemon too
-    _check_config_file(args.config)
-    if args.events is not None and not Path(args.events).is_file():
-        raise OperatorError(f"--events: no such file {args.events}")
-    return asyncio.run(run_demo(config_path=args.config, events_path=args.events, verbose=args.verbose))
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    return _dev_tool("demo")(args)
 
 
 def _cmd_dev(args: argparse.Namespace) -> int:
-    _require_demo_extra("dev")
-    from octopus_crm_sandbox.dev import run_dev
-
-    _settings(args)  # OCTOPUS_CRM_* variables apply to the dev daemon too
-    _check_config_file(args.config)
-    return asyncio.run(
-        run_dev(
-            config_path=args.config,
-            metrics_port=args.metrics_port,
-            broker_port=args.broker_port,
-            group_id=args.group_id,
-        )
-    )
+    return _dev_tool("dev")(args)
 
 
 def _cmd_sandbox(args: argparse.Namespace) -> int:
-    _require_demo_extra("sandbox")
-    from octopus_crm_sandbox.local_stack import EXAMPLES
-    from octopus_crm_sandbox.registry import FAKES
-    from octopus_crm_sandbox.runner import run_sandbox, unknown_types
-
-    unknown = unknown_types(args.types)
-    if unknown:
-        raise OperatorError(f"unknown target type {', '.join(map(repr, unknown))}; valid: {', '.join(FAKES)}")
-    _check_config_file(args.config)
-    config = args.config or str(EXAMPLES / "crm-config.seed.json")
-    return asyncio.run(
-        run_sandbox(args.types or None, base_port=args.base_port, config_path=config, write_overlay=args.write_overlay)
-    )
+    return _dev_tool("sandbox")(args)
 
 
-def _check_config_file(path: str | None) -> None:
+def check_config_file(path: str | None) -> None:
     if path is not None and not Path(path).is_file():
         raise OperatorError(f"--config: no such file {path}")
 
@@ -261,7 +244,7 @@ def _cmd_dlq_replay(args: argparse.Namespace) -> int:
         since=args.since,
         until=args.until,
     )
-    settings = _settings(args)
+    settings = settings_from_args(args)
     report = _run_client(
         settings,
         replay_dlq(

@@ -37,14 +37,7 @@ ALLOWED = {
     "octopus_crm_sandbox": {CORE, ADAPTERS, STRATEGIES, DAEMON},
 }
 # (importing module, imported module): upward imports not yet removed (issue 10, item 1).
-DEBT = {
-    # the CLI's demo, dev and sandbox commands load the optional dev-tools distribution lazily
-    ("octopus_crm.daemon.cli", "octopus_crm_sandbox.demo"),
-    ("octopus_crm.daemon.cli", "octopus_crm_sandbox.dev"),
-    ("octopus_crm.daemon.cli", "octopus_crm_sandbox.local_stack"),
-    ("octopus_crm.daemon.cli", "octopus_crm_sandbox.registry"),
-    ("octopus_crm.daemon.cli", "octopus_crm_sandbox.runner"),
-}
+DEBT: set[tuple[str, str]] = set()  # the CLI finds the dev tools' commands through entry points
 
 
 def layer(module: str) -> str | None:
