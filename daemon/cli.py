@@ -168,14 +168,32 @@ def _cmd_adapters(args: argparse.Namespace) -> int:
     if args.json:
         print(orjson.dumps(table, option=orjson.OPT_INDENT_2).decode())
         return 0
-    print(f"{'type':<12} {'name':<22} {'objects':<32} {'auth':<34} idempotency")
-    for row in table:
-        name = f"{row['name']} / {row['nameZh']}" if row["nameZh"] != row["name"] else row["name"]
+    rows = [
+        (
+            row["type"],
+            f"{row['name']} / {row['nameZh']}" if row["nameZh"] != row["name"] else row["name"],
+            ", ".join(row["objectTypes"]),
+            ", ".join(row["authTypes"]),
+            row["idempotency"],
+        )
+        for row in table
+    ]
+    header = ("type", "name", "objects", "auth", "idempotency")
+    widths = [max(_display_width(r[i]) for r in [header, *rows]) for i in range(4)]
+    for row in [header, *rows]:
         print(
-            f"{row['type']:<12} {name:<22} {', '.join(row['objectTypes']):<32} "
-            f"{', '.join(row['authTypes']):<34} {row['idempotency']}"
+            "  ".join(cell + " " * (w - _display_width(cell)) for cell, w in zip(row, widths, strict=False))
+            + "  "
+            + row[4]
         )
     return 0
+
+
+def _display_width(text: str) -> int:
+    """Terminal columns: CJK names (企业微信, 钉钉) take two each."""
+    import unicodedata
+
+    return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
 
 
 def _cmd_produce(args: argparse.Namespace) -> int:
