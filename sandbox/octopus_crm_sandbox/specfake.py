@@ -28,6 +28,7 @@ from typing import Any, ClassVar
 import jsonschema
 import orjson
 from aiohttp import web
+from multidict import MultiDict, MultiMapping
 
 from octopus_crm.adapters.spec import CreateCall, FindCall, JsonToken, OAuth2ClientCredentials, VendorSpec
 from octopus_crm_sandbox.envelope import caller, token_route
@@ -142,16 +143,16 @@ class SpecFake(FakeVendor):
         """The answer to a repeated idempotency key: the first create's answer by default."""
         return self.created_answer(call, record_id, request)
 
-    def matches(self, object_type: str, record: dict[str, Any], query: Mapping[str, str]) -> bool:
-        """Whether a lookup (the spec's FindCall parameters) finds ``record``."""
+    def matches(self, object_type: str, record: dict[str, Any], query: MultiMapping[str]) -> bool:
+        """Whether a lookup finds ``record``: ``query`` holds the FindCall's parameters and path variables."""
         return False
 
     def found(self, object_type: str, record_id: str, record: dict[str, Any]) -> Any:
         """One record as the lookup lists it; the adapter reads its id like a create answer's."""
         return placed(self.spec.objects[object_type].id_at, record_id)
 
-    def listing(self, find: FindCall, hits: list[Any]) -> Any:
-        """The lookup answer: the hits where the spec reads them."""
+    def listing(self, find: FindCall, hits: list[Any], query: MultiMapping[str]) -> Any:
+        """The lookup answer: the hits where the spec reads them (``query`` as :meth:`matches` gets it)."""
         return placed(find.items_at, hits)
 
     def whoami(self, who: str) -> Any:
@@ -233,12 +234,14 @@ class SpecFake(FakeVendor):
         async def lookup(request: web.Request) -> web.StreamResponse:
             if (denied := await self.admit(request)) is not None:
                 return denied
+            query = MultiDict(request.query)
+            query.extend(request.match_info)  # ``/list/{list_id}/task``: the list is part of the lookup
             hits = [
                 self.found(object_type, record_id, record)
                 for record_id, record in self.records.items()
-                if self.matches(object_type, record, request.query)
+                if self.matches(object_type, record, query)
             ]
-            return self.answer(self.listing(find, hits), headers=self.answer_headers(request))
+            return self.answer(self.listing(find, hits, query), headers=self.answer_headers(request))
 
         return lookup
 
