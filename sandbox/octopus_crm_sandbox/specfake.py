@@ -34,7 +34,7 @@ from octopus_crm.adapters.spec import CreateCall, FindCall, JsonToken, OAuth2Cli
 from octopus_crm_sandbox.envelope import caller, token_route
 from octopus_crm_sandbox.kit import FakeVendor
 
-__all__ = ["Created", "Refusal", "SpecFake", "placed", "schema_problems"]
+__all__ = ["Created", "Refusal", "SpecEnvelope", "SpecFake", "placed", "schema_problems"]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Created = tuple[Any, dict[str, str]]  # a create's answer: the body (None: no content) and headers
@@ -60,13 +60,14 @@ class Refusal(Exception):
         self.response = response
 
 
-class SpecFake(FakeVendor):
-    """A fake whose routes and caller check come from ``spec``; subclasses state the vendor's domain."""
+class SpecEnvelope(FakeVendor):
+    """Who may call, the token endpoints and ``endpoints()``, from ``spec``: the part of a fake every wire shares.
+
+    :class:`SpecFake` adds the REST routes; :class:`~octopus_crm_sandbox.graphql.GraphQLFake` its one
+    GraphQL path.
+    """
 
     spec: ClassVar[VendorSpec]
-    #: Object type → validator of its create body (a fragment of the vendor's published spec).
-    schemas: ClassVar[Mapping[str, jsonschema.protocols.Validator]] = {}
-    created_status: ClassVar[int] = 201
     #: Where the spec's relative paths live on this fake (the ``/api`` of ``https://slack.com/api``).
     mount: ClassVar[str] = ""
 
@@ -74,13 +75,48 @@ class SpecFake(FakeVendor):
         super().__init__(**kw)
         #: Credential name (as the spec's auth schemes read it) → the value this fake accepts.
         self.accepted = dict(accepted)
-        #: Idempotency key → the record id its first create made (a replay answers that record).
-        self.by_key: dict[str, str] = {}
-        self.replays = 0
 
     def endpoints(self) -> dict[str, Any]:
         """The ``config.endpoints`` pointing an integration here (the fakes listen on loopback)."""
         return {"baseUrl": f"{self.base_url}{self.mount}", "allowPrivateNetwork": True}
+
+    def unauthorized(self, request: web.Request) -> web.Response:
+        return web.json_response({"errors": ["unauthorized"]}, status=401)
+
+    def caller(self, request: web.Request) -> str | None:
+        """Who calls, under any of the spec's auth schemes whose credentials this fake accepts."""
+        for scheme in self.spec.auth.values():
+            who = caller(scheme, request, self.accepted, self)
+            if who is not None:
+                return who
+        return None
+
+    async def admit(self, request: web.Request) -> web.Response | None:
+        """The refusal of a request the vendor would not serve (no valid caller), or None."""
+        return self.unauthorized(request) if self.caller(request) is None else None
+
+    def token_routes(self) -> list[web.RouteDef]:
+        """The token endpoint of each token scheme (override for a vendor's own token errors)."""
+        routes = []
+        for scheme in self.spec.auth.values():
+            if isinstance(scheme, (OAuth2ClientCredentials, JsonToken)):
+                token = token_route(scheme, self.accepted, self)
+                routes.append(web.route(token.method, self.mount + token.path, token.handler))
+        return routes
+
+
+class SpecFake(SpecEnvelope):
+    """A fake whose routes and caller check come from ``spec``; subclasses state the vendor's domain."""
+
+    #: Object type → validator of its create body (a fragment of the vendor's published spec).
+    schemas: ClassVar[Mapping[str, jsonschema.protocols.Validator]] = {}
+    created_status: ClassVar[int] = 201
+
+    def __init__(self, *, accepted: Mapping[str, str], **kw: Any) -> None:
+        super().__init__(accepted=accepted, **kw)
+        #: Idempotency key → the record id its first create made (a replay answers that record).
+        self.by_key: dict[str, str] = {}
+        self.replays = 0
 
     # -- the vendor's shapes: override what differs --------------------------------------------
 
@@ -169,18 +205,6 @@ class SpecFake(FakeVendor):
 
     # -- the envelope, from the spec -------------------------------------------------------------
 
-    def caller(self, request: web.Request) -> str | None:
-        """Who calls, under any of the spec's auth schemes whose credentials this fake accepts."""
-        for scheme in self.spec.auth.values():
-            who = caller(scheme, request, self.accepted, self)
-            if who is not None:
-                return who
-        return None
-
-    async def admit(self, request: web.Request) -> web.Response | None:
-        """The refusal of a request the vendor would not serve (no valid caller), or None."""
-        return self.unauthorized(request) if self.caller(request) is None else None
-
     async def read_body(self, object_type: str, request: web.Request) -> Any:
         """The create's decoded body; raises :class:`Refusal` with :meth:`unreadable`'s answer."""
         if request.content_type != "application/json":
@@ -189,15 +213,6 @@ class SpecFake(FakeVendor):
             return orjson.loads(await request.read())
         except orjson.JSONDecodeError as exc:
             raise Refusal(self.unreadable(object_type, 400, f"Unexpected character in JSON body: {exc}")) from None
-
-    def token_routes(self) -> list[web.RouteDef]:
-        """The token endpoint of each token scheme (override for a vendor's own token errors)."""
-        routes = []
-        for scheme in self.spec.auth.values():
-            if isinstance(scheme, (OAuth2ClientCredentials, JsonToken)):
-                token = token_route(scheme, self.accepted, self)
-                routes.append(web.route(token.method, self.mount + token.path, token.handler))
-        return routes
 
     def routes(self) -> list[web.RouteDef]:
         routes = self.token_routes()
