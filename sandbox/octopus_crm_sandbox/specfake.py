@@ -15,7 +15,7 @@ Hooks for wires that differ: ``mount`` (the spec's paths under a base-URL prefix
 body or a daily allowance), ``read_body`` / ``unreadable`` (form bodies, the vendor's 400/415),
 ``refused`` (the whole domain check in one answer), ``answer`` / ``answer_headers`` (a 200-with-code
 envelope, rate-limit headers on every answer), ``created_status`` (a create answered 200),
-``idempotency_key`` / ``replayed`` (a key in the body or query, a replay's own answer),
+``idempotency_key`` / ``replay_answer`` (a key in the body or query, a replay's own answer),
 ``token_routes`` (a token endpoint with the vendor's own errors) and :class:`Refusal`, which any
 hook raises to answer instead.
 """
@@ -175,7 +175,7 @@ class SpecFake(SpecEnvelope):
             return web.Response(status=204, headers=headers)
         return self.answer(answer, status=self.created_status, headers=headers)
 
-    def replayed(self, call: CreateCall, record_id: str, request: web.Request) -> web.Response:
+    def replay_answer(self, call: CreateCall, record_id: str, request: web.Request) -> web.Response:
         """The answer to a repeated idempotency key: the first create's answer by default."""
         return self.created_answer(call, record_id, request)
 
@@ -223,7 +223,7 @@ class SpecFake(SpecEnvelope):
             routes.append(web.route(find.method, self._path(find.path), self._find_handler(object_type, find)))
         if self.spec.test_call is not None:
             routes.append(web.route(self.spec.test_call.method, self._path(self.spec.test_call.path), self._whoami))
-        return [web.route(r.method, r.path, _answering(r.handler)) for r in routes] + self.extra_routes()
+        return [web.route(r.method, r.path, _answering(r.handler)) for r in routes + self.extra_routes()]
 
     def _create_handler(self, object_type: str, call: CreateCall) -> Handler:
         async def create(request: web.Request) -> web.StreamResponse:
@@ -236,7 +236,7 @@ class SpecFake(SpecEnvelope):
             key = self.idempotency_key(call, body, request)
             if key and key in self.by_key:
                 self.replays += 1
-                return self.replayed(call, self.by_key[key], request)
+                return self.replay_answer(call, self.by_key[key], request)
             record_id, record = self.store(object_type, body, request)
             self.records[record_id] = record
             if key:
