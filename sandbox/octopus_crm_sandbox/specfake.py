@@ -216,9 +216,12 @@ class SpecFake(SpecEnvelope):
 
     def routes(self) -> list[web.RouteDef]:
         routes = self.token_routes()
+        created: set[tuple[str, str]] = set()
         for object_type, call in self.spec.objects.items():
             path = self._path(self.create_path(object_type, call))
-            routes.append(web.route(call.method, path, self._create_handler(object_type, call)))
+            if (call.method, path) not in created:  # two names for one table: the first one's route serves both
+                created.add((call.method, path))
+                routes.append(web.route(call.method, path, self._create_handler(object_type, call)))
         for object_type, find in self.spec.find.items():
             routes.append(web.route(find.method, self._path(find.path), self._find_handler(object_type, find)))
         if self.spec.test_call is not None:
