@@ -7,8 +7,11 @@ response header), the lookup route of each :class:`~adapters.spec.FindCall` (its
 the spec reads it) and the connection-test route; a repeated idempotency key replays the first
 record. The kit's envelope adds the 429 window, latency and injected faults. A vendor's fake keeps
 only its domain: the credentials it accepts, its error body, the JSON Schema of each create body
-(from the vendor's published spec) and the checks the vendor makes beyond it, what a created
-record looks like, and how a lookup matches.
+(from the vendor's published spec) and the checks the vendor makes beyond it, what a created record
+looks like, and how a lookup matches (``matches`` and ``listing`` get the lookup's query with the
+route's path variables in it, e.g. the ``list_id`` of ``/list/{list_id}/task``).
+:class:`SpecEnvelope` is the part without routes — who may call, token routes, ``endpoints()`` — for
+fakes whose wire is not one create per object (GraphQL, batch writes).
 
 Hooks for wires that differ: ``mount`` (the spec's paths under a base-URL prefix), ``create_path``
 (a path the adapter computes), ``admit`` (a caller check of the vendor's own, e.g. a token in the
@@ -16,8 +19,8 @@ body or a daily allowance), ``read_body`` / ``unreadable`` (form bodies, the ven
 ``refused`` (the whole domain check in one answer), ``answer`` / ``answer_headers`` (a 200-with-code
 envelope, rate-limit headers on every answer), ``created_status`` (a create answered 200),
 ``idempotency_key`` / ``replay_answer`` (a key in the body or query, a replay's own answer),
-``token_routes`` (a token endpoint with the vendor's own errors) and :class:`Refusal`, which any
-hook raises to answer instead.
+``token_routes`` (a token endpoint with the vendor's own errors), ``extra_routes`` (reads the spec
+does not describe) and :class:`Refusal`, which any hook or extra route raises to answer instead.
 """
 
 from __future__ import annotations
