@@ -91,7 +91,7 @@ class AirtableFake(FakeVendor):
     # -- shapes ------------------------------------------------------------------------------
 
     def refuse_value(self, name: str) -> web.Response:
-        return self.refuse_value(name)
+        return self.error(422, "INVALID_VALUE_FOR_COLUMN", f'Field "{name}" cannot accept the provided value')
 
     @staticmethod
     def error(status: int, kind: str, message: str) -> web.Response:
@@ -188,9 +188,7 @@ class AirtableFake(FakeVendor):
                 return self.refuse_value(name)
             if kind == "singleSelect":
                 if not isinstance(value, str):
-                    return self.error(
-                        422, "INVALID_VALUE_FOR_COLUMN", f'Field "{name}" cannot accept the provided value'
-                    )
+                    return self.refuse_value(name)
                 if value not in spec["choices"] and not typecast:
                     return self.error(
                         422,
@@ -201,9 +199,7 @@ class AirtableFake(FakeVendor):
                 try:
                     datetime.fromisoformat(str(value).replace("Z", "+00:00"))
                 except ValueError:
-                    return self.error(
-                        422, "INVALID_VALUE_FOR_COLUMN", f'Field "{name}" cannot accept the provided value'
-                    )
+                    return self.refuse_value(name)
         return None
 
     def cast(self, fields: dict[str, Any]) -> dict[str, Any]:

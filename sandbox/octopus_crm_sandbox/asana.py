@@ -1,12 +1,13 @@
 """An Asana fake: bearer tokens (PAT or OAuth), ``POST /tasks``, ``GET /tasks/{gid}``, ``/users/me``.
 
-Create bodies are validated with ``jsonschema`` against ``TaskCreateRequest`` from Asana's
-published OpenAPI (fragment in ``specs/asana_task_create.json``), then the way Asana checks them:
-the ``data`` envelope is there, read-only properties are not written, the task has a workspace,
-project or parent that exists, enum custom fields get one of their option gids, and custom
-external data comes only from an OAuth caller. Errors are ``{"errors": [{"message", "help"}]}``;
-the rate limit answers 429 with ``Retry-After``. ``GET /tasks/external:<gid>`` finds a task by its
-external gid, as Asana's ``external:`` notation does.
+The envelope (who may call, the create and ``/users/me`` routes) comes from the adapter's spec
+(specfake.py). Create bodies are validated with ``jsonschema`` against ``TaskCreateRequest`` from
+Asana's published OpenAPI (fragment in ``specs/asana_task_create.json``), then the way Asana checks
+them: the ``data`` envelope is there, read-only properties are not written, the task has a
+workspace, project or parent that exists, enum custom fields get one of their option gids, and
+custom external data comes only from an OAuth caller. Errors are ``{"errors": [{"message",
+"help"}]}``; the rate limit answers 429 with ``Retry-After``. ``GET /tasks/external:<gid>`` finds a
+task by its external gid, as Asana's ``external:`` notation does.
 """
 
 from __future__ import annotations
@@ -14,16 +15,16 @@ from __future__ import annotations
 import itertools
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
 import jsonschema
-import orjson
 from aiohttp import web
 
 from octopus_crm.adapters.asana import SPEC as ASANA
-from octopus_crm_sandbox.envelope import caller
-from octopus_crm_sandbox.kit import FakeVendor
+from octopus_crm.adapters.spec import CreateCall
+from octopus_crm_sandbox.specfake import Created, SpecFake
 
 __all__ = ["AsanaFake"]
 
@@ -50,8 +51,10 @@ def _read_only(schema: dict[str, Any]) -> set[str]:
 READ_ONLY = _read_only(_SCHEMAS["schemas"]["TaskCreateRequest"])
 
 
-class AsanaFake(FakeVendor):
+class AsanaFake(SpecFake):
     name = "asana"
+    spec = ASANA
+    mount = "/api/1.0"
     ENV: ClassVar[dict[str, str]] = {
         "ASANA_TOKEN": "2/1200000000000100/1209000000000000:fakeasanapat0000000000000000",
         "ASANA_ACCESS_TOKEN": "2/1200000000000100/1209000000000000:fakeasanaoauth00000000000000",
@@ -67,29 +70,17 @@ class AsanaFake(FakeVendor):
     }
 
     def __init__(self, *, token: str = ENV["ASANA_TOKEN"], access_token: str = ENV["ASANA_ACCESS_TOKEN"], **kw: Any):
-        super().__init__(**kw)
-        self.accepted = {"token": token, "accessToken": access_token}
+        super().__init__(accepted={"token": token, "accessToken": access_token}, **kw)
         self.projects = {self.PROJECT: self.WORKSPACE}
         self.external: dict[str, str] = {}
         self._gids = itertools.count(1209000000000001)
-
-    def endpoints(self) -> dict[str, Any]:
-        return {"baseUrl": f"{self.base_url}/api/1.0", "allowPrivateNetwork": True}  # the fakes listen on loopback
-
-    def routes(self) -> list[web.RouteDef]:
-        return [
-            web.post("/api/1.0/tasks", self.create_task),
-            web.get("/api/1.0/tasks/{gid}", self.get_task),
-            web.get("/api/1.0/users/me", self.me),
-        ]
 
     def limited_paths(self) -> tuple[str, ...]:
         return ("/api/1.0/",)
 
     # -- shapes ------------------------------------------------------------------------------
 
-    @staticmethod
-    def errors(status: int, *messages: str) -> web.Response:
+    def error(self, status: int, messages: Sequence[str], **fields: str) -> web.Response:
         body = {"errors": [{"message": m, "help": HELP} for m in messages]}
         assert not list(_ERRORS.iter_errors(body))
         return web.json_response(body, status=status)
@@ -98,15 +89,15 @@ class AsanaFake(FakeVendor):
         body = {"errors": [{"message": "You have made too many requests recently. Please, be chill."}]}
         return web.json_response(body, status=429, headers={"Retry-After": str(max(1, math.ceil(wait)))})
 
-    def authenticated(self, request: web.Request) -> str | None:
-        """``pat`` or ``oauth``: which of the accepted tokens the caller presented."""
-        for auth_type in ("oauth", "pat"):
-            if caller(ASANA.auth[auth_type], request, self.accepted, self) is not None:
-                return auth_type
-        return None
+    def unauthorized(self, request: web.Request) -> web.Response:
+        return self.error(401, ["Not Authorized"])
 
-    def unauthorized(self) -> web.Response:
-        return self.errors(401, "Not Authorized")
+    def unreadable(self, object_type: str, status: int, message: str) -> web.Response:
+        return self.error(400, ["Could not parse request data, invalid JSON"])
+
+    def auth_type(self, request: web.Request) -> str:
+        """``oauth`` or ``pat``: which of the accepted tokens the caller presented."""
+        return "oauth" if self.caller(request) == "accessToken" else "pat"  # the scheme's first credential name
 
     def task(self, gid: str, opt_fields: str | None) -> dict[str, Any]:
         record = self.records[gid]
@@ -122,34 +113,37 @@ class AsanaFake(FakeVendor):
             return full
         return {k: v for k, v in full.items() if k in {"gid", "resource_type", *opt_fields.split(",")}}
 
-    # -- handlers ----------------------------------------------------------------------------
+    # -- tasks -------------------------------------------------------------------------------
 
-    async def create_task(self, request: web.Request) -> web.Response:
-        who = self.authenticated(request)
-        if who is None:
-            return self.unauthorized()
-        try:
-            body = orjson.loads(await request.read())
-        except orjson.JSONDecodeError:
-            return self.errors(400, "Could not parse request data, invalid JSON")
+    def refused(self, object_type: str, body: Any, request: web.Request) -> web.Response | None:
         if not isinstance(body, dict) or not isinstance(body.get("data"), dict):
-            return self.errors(400, "data: Missing input")
-        problems = [f"{'.'.join(map(str, e.path)) or 'data'}: {e.message}" for e in _CREATE.iter_errors(body["data"])]
+            return self.error(400, ["data: Missing input"])
         data = body["data"]
+        problems = [f"{'.'.join(map(str, e.path)) or 'data'}: {e.message}" for e in _CREATE.iter_errors(data)]
         problems += [f"{name}: Cannot write this property" for name in sorted(READ_ONLY & set(data))]
         if problems:
-            return self.errors(400, *problems)
-        workspace, project, problem = self.container(data)
-        problem = problem or self.check_custom_fields(data.get("custom_fields"))
-        if "external" in data and who != "oauth":
+            return self.error(400, problems)
+        problem = self.container(data)[2] or self.check_custom_fields(data.get("custom_fields"))
+        if "external" in data and self.auth_type(request) != "oauth":
             problem = problem or "external: Custom external data can only be set by an OAuth app"
-        if problem:
-            return self.errors(400, problem)
+        return self.error(400, [problem]) if problem else None
+
+    def store(self, object_type: str, body: Any, request: web.Request) -> tuple[str, dict[str, Any]]:
+        data = body["data"]
+        workspace, project, _ = self.container(data)
         gid = str(next(self._gids))
-        self.records[gid] = {"gid": gid, "data": data, "workspace": workspace, "project": project, "auth": who}
         if isinstance(data.get("external"), dict) and data["external"].get("gid"):
             self.external[str(data["external"]["gid"])] = gid
-        return web.json_response({"data": self.task(gid, request.query.get("opt_fields"))}, status=201)
+        return gid, {
+            "gid": gid,
+            "data": data,
+            "workspace": workspace,
+            "project": project,
+            "auth": self.auth_type(request),
+        }
+
+    def created(self, call: CreateCall, record_id: str, record: dict[str, Any], request: web.Request) -> Created:
+        return {"data": self.task(record_id, request.query.get("opt_fields"))}, {}
 
     def container(self, data: dict[str, Any]) -> tuple[str, str | None, str | None]:
         """(workspace, first project, problem) the way Asana places a new task."""
@@ -178,18 +172,27 @@ class AsanaFake(FakeVendor):
                 return f"custom_fields: enum_value {value} is not a valid option of custom field {field}"
         return None
 
+    # -- reads -------------------------------------------------------------------------------
+
+    def extra_routes(self) -> list[web.RouteDef]:
+        return [web.get("/api/1.0/tasks/{gid}", self.get_task)]
+
     async def get_task(self, request: web.Request) -> web.Response:
-        if self.authenticated(request) is None:
-            return self.unauthorized()
+        if (denied := await self.admit(request)) is not None:
+            return denied
         ref = request.match_info["gid"]
         gid = self.external.get(ref.removeprefix("external:"), "") if ref.startswith("external:") else ref
         if gid not in self.records:
-            return self.errors(404, f"task: Unknown object: {ref}")
+            return self.error(404, [f"task: Unknown object: {ref}"])
         return web.json_response({"data": self.task(gid, request.query.get("opt_fields"))})
 
-    async def me(self, request: web.Request) -> web.Response:
-        if self.authenticated(request) is None:
-            return self.unauthorized()
+    def whoami(self, who: str) -> Any:
         workspace = {"gid": self.WORKSPACE, "resource_type": "workspace", "name": "Octopus Support"}
-        user = {"gid": "1200000000000100", "resource_type": "user", "name": "Octopus Bot", "workspaces": [workspace]}
-        return web.json_response({"data": user})
+        return {
+            "data": {
+                "gid": "1200000000000100",
+                "resource_type": "user",
+                "name": "Octopus Bot",
+                "workspaces": [workspace],
+            }
+        }

@@ -3,8 +3,9 @@
 - ``POST /{tenant}/oauth2/v2.0/token`` (client credentials, form-encoded) checks the tenant, the
   client and a ``scope`` of ``{environment}/.default``, and answers like Entra ID (``token_type``,
   ``expires_in``, ``ext_expires_in``) or with its ``{"error", "error_description": "AADSTS…"}``.
-- Data calls under ``/api/data/v9.2/`` need a valid bearer token (the adapter's SPEC decides who
-  may call: sandbox/octopus_crm_sandbox/envelope.py), else ``401`` with ``WWW-Authenticate``.
+- Data calls under ``/api/data/v9.2/`` need a valid bearer token (who may call, the create
+  routes, ``WhoAmI`` and JSON parsing come from the adapter's SPEC: specfake.py), else ``401``
+  with ``WWW-Authenticate``.
 - Bodies are validated with ``jsonschema`` against the tables' createable columns
   (``specs/dynamics_entities.json``) and answered with Dataverse's codes: unknown property
   ``0x80048d19``, too long ``0x80044331``, bad value ``0x80040203``, a bound customer that does
@@ -28,12 +29,11 @@ from typing import Any, ClassVar
 from urllib.parse import unquote
 
 import jsonschema
-import orjson
 from aiohttp import web
 
 from octopus_crm.adapters.dynamics365 import SPEC as DYNAMICS
-from octopus_crm_sandbox.envelope import caller
-from octopus_crm_sandbox.kit import FakeVendor
+from octopus_crm.adapters.spec import CreateCall
+from octopus_crm_sandbox.specfake import Created, SpecFake
 
 __all__ = ["DynamicsFake"]
 
@@ -54,8 +54,10 @@ def _error(status: int, code: str, message: str, headers: dict[str, str] | None 
     return web.json_response({"error": {"code": code, "message": message}}, status=status, headers=headers)
 
 
-class DynamicsFake(FakeVendor):
+class DynamicsFake(SpecFake):
     name = "dynamics365"
+    spec = DYNAMICS
+    mount = ROOT
     ENV: ClassVar[dict[str, str]] = {
         "DYNAMICS_TENANT_ID": "72f988bf-86f1-41af-91ab-2d7cd011db47",
         "DYNAMICS_CLIENT_ID": "51f81489-12ee-4a9e-aaae-a2591f45987d",
@@ -64,12 +66,12 @@ class DynamicsFake(FakeVendor):
 
     def __init__(self, *, key_column: str = "octopus_idempotencykey", **kw: Any) -> None:
         kw.setdefault("token_ttl", 3599.0)
-        super().__init__(**kw)
-        self.accepted = {
+        accepted = {
             "tenantId": self.ENV["DYNAMICS_TENANT_ID"],
             "clientId": self.ENV["DYNAMICS_CLIENT_ID"],
             "clientSecret": self.ENV["DYNAMICS_CLIENT_SECRET"],
         }
+        super().__init__(accepted=accepted, **kw)
         self.key_column = key_column
         self.existing = {"accounts": {ACCOUNT_ID}, "contacts": {CONTACT_ID}, "systemusers": set[str]()}
         self.scopes: list[str] = []
@@ -77,14 +79,11 @@ class DynamicsFake(FakeVendor):
     def endpoints(self) -> dict[str, Any]:
         return {"baseUrl": self.base_url, "loginUrl": self.base_url, "allowPrivateNetwork": True}
 
-    def routes(self) -> list[web.RouteDef]:
-        return [
-            web.post("/{tenant}/oauth2/v2.0/token", self.token),
-            web.get(f"{ROOT}/WhoAmI", self.who_am_i),
-            web.post(ROOT + "/{table:leads|incidents}", self.create),
-            web.patch(ROOT + "/{target}", self.upsert),
-            web.get(ROOT + "/{target}", self.read),
-        ]
+    def token_routes(self) -> list[web.RouteDef]:
+        return [web.post("/{tenant}/oauth2/v2.0/token", self.token)]
+
+    def extra_routes(self) -> list[web.RouteDef]:
+        return [web.patch(ROOT + "/{target}", self.upsert), web.get(ROOT + "/{target}", self.read)]
 
     def limited_paths(self) -> tuple[str, ...]:
         return ("/api/data/",)
@@ -93,15 +92,11 @@ class DynamicsFake(FakeVendor):
         message = "Number of requests exceeded the limit of 6000 over time window of 300 seconds."
         return _error(429, "0x80072322", message, {"Retry-After": str(max(1, math.ceil(wait)))})
 
-    def _headers(self) -> dict[str, str]:
+    def answer_headers(self, request: web.Request) -> dict[str, str]:
         remaining = self.window.remaining if self.window else 5999
         return {"OData-Version": "4.0", "x-ms-ratelimit-burst-remaining-xrm-requests": str(remaining)}
 
-    def _authorized(self, request: web.Request) -> bool:
-        return caller(DYNAMICS.auth["oauth2"], request, self.accepted, self) is not None
-
-    @staticmethod
-    def _unauthorized() -> web.Response:
+    def unauthorized(self, request: web.Request) -> web.Response:
         return web.Response(status=401, headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
 
     # -- Entra ID ----------------------------------------------------------------------------
@@ -132,24 +127,27 @@ class DynamicsFake(FakeVendor):
 
     # -- Web API -----------------------------------------------------------------------------
 
-    async def who_am_i(self, request: web.Request) -> web.Response:
-        if not self._authorized(request):
-            return self._unauthorized()
+    def whoami(self, who: str) -> Any:
         body = {
             "@odata.context": f"{self.base_url}{ROOT}/$metadata#Microsoft.Dynamics.CRM.WhoAmIResponse",
             "BusinessUnitId": "0ec1e5f6-7d5c-4f3e-9b8e-1b2a3c4d5e6f",
             "UserId": "3a2b1c0d-9e8f-4a7b-8c6d-5e4f3a2b1c0d",
             "OrganizationId": "f1e2d3c4-b5a6-4978-8a9b-0c1d2e3f4a5b",
         }
-        return web.json_response(body, headers=self._headers())
+        return body
 
-    async def _body(self, request: web.Request, table: str) -> dict[str, Any] | web.Response:
-        if request.content_type != "application/json":
+    def table_of(self, object_type: str) -> str:
+        """The table an object type's entity set holds (``case`` is the incident table)."""
+        return TABLES[self.spec.objects[object_type].path]
+
+    def unreadable(self, object_type: str, status: int, message: str) -> web.Response:
+        if status == 415:
             return _error(415, "0x80048d19", "Unsupported content type; use application/json.")
-        try:
-            body = orjson.loads(await request.read())
-        except orjson.JSONDecodeError:
-            return _error(400, "0x80048d19", f"Error identified in Payload provided by the user for Entity :'{table}s'")
+        table = self.table_of(object_type)
+        return _error(400, "0x80048d19", f"Error identified in Payload provided by the user for Entity :'{table}s'")
+
+    def refused(self, object_type: str, body: Any, request: web.Request) -> web.Response | None:
+        table = self.table_of(object_type)
         if not isinstance(body, dict):
             return _error(400, "0x80048d19", "The request body must be a JSON object.")
         for problem in VALIDATORS[table].iter_errors(body):
@@ -176,32 +174,21 @@ class DynamicsFake(FakeVendor):
                 return _error(400, "0x80040217", f"{entity} With Id = {match.group(2)} Does Not Exist")
         if table == "incident" and not any(k.startswith("customerid_") for k in body):
             return _error(400, "0x80040203", "Attribute 'customerid' cannot be NULL")
-        return body
+        return None
 
-    def _store(self, table: str, body: dict[str, Any], key: str | None = None) -> str:
-        guid = str(uuid.uuid4())
-        self.records[guid] = {"table": table, "fields": body, "key": key}
-        return guid
+    def store(self, object_type: str, body: Any, request: web.Request) -> tuple[str, dict[str, Any]]:
+        return str(uuid.uuid4()), {"table": self.table_of(object_type), "fields": body, "key": None}
 
-    def _created(self, request: web.Request, table: str, guid: str, status_if_body: int = 201) -> web.Response:
-        entity_id = f"{self.base_url}{ROOT}/{table}s({guid})"
-        headers = {**self._headers(), "OData-EntityId": entity_id}
-        if "return=representation" in request.headers.get("Prefer", ""):
-            row = {f"{table}id": guid, **self.records[guid]["fields"]}
-            if select := request.query.get("$select"):
-                row = {k: v for k, v in row.items() if k in select.split(",")}
-            body = {"@odata.context": f"{self.base_url}{ROOT}/$metadata#{table}s/$entity", **row}
-            return web.json_response(body, status=status_if_body, headers=headers)
-        return web.Response(status=204, headers=headers)
-
-    async def create(self, request: web.Request) -> web.Response:
-        if not self._authorized(request):
-            return self._unauthorized()
-        table = TABLES[request.match_info["table"]]
-        body = await self._body(request, table)
-        if isinstance(body, web.Response):
-            return body
-        return self._created(request, table, self._store(table, body))
+    def created(self, call: CreateCall, record_id: str, record: dict[str, Any], request: web.Request) -> Created:
+        """``204`` + ``OData-EntityId``, or the row with ``Prefer: return=representation``."""
+        table = record["table"]
+        headers = {"OData-EntityId": f"{self.base_url}{ROOT}/{table}s({record_id})"}
+        if "return=representation" not in request.headers.get("Prefer", ""):
+            return None, headers
+        row = {f"{table}id": record_id, **record["fields"]}
+        if select := request.query.get("$select"):
+            row = {k: v for k, v in row.items() if k in select.split(",")}
+        return {"@odata.context": f"{self.base_url}{ROOT}/$metadata#{table}s/$entity", **row}, headers
 
     def _keyed(self, target: str) -> tuple[str, str] | web.Response:
         match = _KEYED.match(target)
@@ -214,16 +201,17 @@ class DynamicsFake(FakeVendor):
     def _find(self, table: str, key: str) -> str | None:
         return next((g for g, r in self.records.items() if r["table"] == table and r["key"] == key), None)
 
-    async def upsert(self, request: web.Request) -> web.Response:
-        if not self._authorized(request):
-            return self._unauthorized()
+    async def upsert(self, request: web.Request) -> web.StreamResponse:
+        """A create-only (``If-None-Match: *``) or update-only (``If-Match: *``) PATCH by alternate key."""
+        if (denied := await self.admit(request)) is not None:
+            return denied
         keyed = self._keyed(request.match_info["target"])
         if isinstance(keyed, web.Response):
             return keyed
         table, key = keyed
-        body = await self._body(request, table)
-        if isinstance(body, web.Response):
-            return body
+        body = await self.read_body(table, request)
+        if (refusal := self.refused(table, body, request)) is not None:
+            return refusal
         existing = self._find(table, key)
         if existing is not None and request.headers.get("If-None-Match") == "*":
             return _error(412, "0x80040237", "A record with matching key values already exists.")
@@ -231,12 +219,16 @@ class DynamicsFake(FakeVendor):
             return _error(404, "0x80040217", f"A record with the specified key values does not exist in {table} entity")
         if existing is not None:
             self.records[existing]["fields"].update(body)
-            return self._created(request, table, existing, status_if_body=200)
-        return self._created(request, table, self._store(table, {**body, self.key_column: key}, key))
+            row, headers = self.created(self.spec.objects[table], existing, self.records[existing], request)
+            headers = {**self.answer_headers(request), **headers}
+            return web.Response(status=204, headers=headers) if row is None else self.answer(row, 200, headers)
+        guid = str(uuid.uuid4())
+        self.records[guid] = {"table": table, "fields": {**body, self.key_column: key}, "key": key}
+        return self.created_answer(self.spec.objects[table], guid, request)
 
-    async def read(self, request: web.Request) -> web.Response:
-        if not self._authorized(request):
-            return self._unauthorized()
+    async def read(self, request: web.Request) -> web.StreamResponse:
+        if (denied := await self.admit(request)) is not None:
+            return denied
         keyed = self._keyed(request.match_info["target"])
         if isinstance(keyed, web.Response):
             return keyed
@@ -248,4 +240,4 @@ class DynamicsFake(FakeVendor):
         if select := request.query.get("$select"):
             row = {k: v for k, v in row.items() if k in select.split(",")}
         body = {"@odata.context": f"{self.base_url}{ROOT}/$metadata#{table}s/$entity", "@odata.etag": 'W/"1"', **row}
-        return web.json_response(body, headers=self._headers())
+        return self.answer(body, headers=self.answer_headers(request))

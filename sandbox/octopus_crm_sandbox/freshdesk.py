@@ -28,6 +28,7 @@ from typing import Any, ClassVar
 import jsonschema
 import orjson
 from aiohttp import web
+from multidict import MultiMapping
 
 from octopus_crm.adapters.freshdesk import SEARCH_PATH
 from octopus_crm.adapters.freshdesk import SPEC as FRESHDESK
@@ -223,7 +224,7 @@ class FreshdeskFake(SpecFake):
     def found(self, object_type: str, record_id: str, record: dict[str, Any]) -> Any:
         return _public(record)
 
-    def listing(self, find: FindCall, hits: list[Any]) -> Any:
+    def listing(self, find: FindCall, hits: list[Any], query: MultiMapping[str]) -> Any:
         return {"results": hits, "total": len(hits)}
 
     def whoami(self, who: str) -> Any:

@@ -3,19 +3,20 @@
 A GraphQL fake answers on one path. :class:`GraphQLFake` parses each request's ``query``, validates
 it against the vendor's schema (a fragment of the published SDL saved under ``specs/``, made by
 :func:`fragment`), coerces its ``variables`` the way the vendor's server does, and executes it with
-the fake's resolvers (root field name → method). What a vendor does differently — the status of an
-error answer, its ``extensions``, its headers — is the subclass's :meth:`GraphQLFake.answer`.
+the fake's resolvers (root field name → method). Who may call comes from the adapter's spec
+(:class:`~octopus_crm_sandbox.specfake.SpecEnvelope`). What a vendor does differently — the status
+of an error answer, its ``extensions``, its headers — is the subclass's :meth:`GraphQLFake.answer`.
 Resolvers raise :class:`graphql.GraphQLError` with the vendor's ``extensions``.
 
 :func:`fragment` keeps, of a published SDL, the root fields the adapter's documents use, every field
-those documents select, and whole argument input types and enums (variables are checked in full):
-a document that selects anything else fails validation, as it would where the field is missing.
+those documents select, and whole argument input types and enums (variables are checked in full): a
+document that selects anything else fails validation, as it would where the field is missing.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -42,7 +43,7 @@ from graphql import (
 )
 from graphql.language import FieldNode
 
-from octopus_crm_sandbox.kit import FakeVendor
+from octopus_crm_sandbox.specfake import SpecEnvelope
 
 __all__ = ["GraphQLError", "GraphQLFake", "Resolver", "fragment", "load_schema"]
 
@@ -97,29 +98,26 @@ def fragment(sdl: str, documents: Iterable[str], header: str = "") -> str:
 Resolver = Callable[..., Any]
 
 
-class GraphQLFake(FakeVendor):
-    """A fake answering GraphQL on :attr:`path`, validating against :attr:`schema_file`."""
+class GraphQLFake(SpecEnvelope):
+    """A fake answering GraphQL on :attr:`mount`, validating against :attr:`schema_file`.
+
+    Who may call and the token endpoints come from the adapter's ``spec`` (:class:`SpecEnvelope`).
+    """
 
     schema_file: ClassVar[str]
-    path: ClassVar[str] = "/graphql"
+    mount: ClassVar[str] = "/graphql"
 
-    def __init__(self, **kw: Any) -> None:
-        super().__init__(**kw)
+    def __init__(self, *, accepted: Mapping[str, str], **kw: Any) -> None:
+        super().__init__(accepted=accepted, **kw)
         self.schema = load_schema(self.schema_file)
         #: Every operation that validated: (root field, variables), in arrival order.
         self.operations: list[tuple[str, dict[str, Any]]] = []
 
     def routes(self) -> list[web.RouteDef]:
-        return [web.post(self.path, self.graphql)]
+        return [*self.token_routes(), web.post(self.mount, self.graphql)]
 
     def limited_paths(self) -> tuple[str, ...]:
-        return (self.path,)
-
-    def authenticated(self, request: web.Request) -> str | None:
-        raise NotImplementedError
-
-    def unauthenticated(self) -> web.Response:
-        raise NotImplementedError
+        return (self.mount,)
 
     def resolvers(self) -> dict[str, Resolver]:
         """Root field name → ``method(info, **arguments)``."""
@@ -133,9 +131,9 @@ class GraphQLFake(FakeVendor):
         return {"message": message, "extensions": extensions}
 
     async def graphql(self, request: web.Request) -> web.Response:
-        who = self.authenticated(request)
+        who = self.caller(request)
         if who is None:
-            return self.unauthenticated()
+            return self.unauthorized(request)
         try:
             body = orjson.loads(await request.read())
         except orjson.JSONDecodeError:

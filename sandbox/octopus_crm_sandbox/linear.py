@@ -22,7 +22,6 @@ from aiohttp import web
 from graphql import GraphQLError
 
 from octopus_crm.adapters.linear import SPEC as LINEAR
-from octopus_crm_sandbox.envelope import caller
 from octopus_crm_sandbox.graphql import GraphQLFake, Resolver
 
 __all__ = ["LinearFake"]
@@ -40,6 +39,7 @@ def _user_error(message: str) -> GraphQLError:
 
 class LinearFake(GraphQLFake):
     name = "linear"
+    spec = LINEAR
     schema_file = "linear.graphql"
     ENV: ClassVar[dict[str, str]] = {"LINEAR_API_KEY": "lin_api_fake0octopus0key0000000000000000000"}
 
@@ -52,23 +52,14 @@ class LinearFake(GraphQLFake):
         complexity_limit: int = 250_000,
         **kw: Any,
     ) -> None:
-        super().__init__(**kw)
-        self.accepted = {"apiKey": api_key, "accessToken": "lin_oauth_fake_token"}
+        super().__init__(accepted={"apiKey": api_key, "accessToken": "lin_oauth_fake_token"}, **kw)
         self.teams = teams or {TEAM_ID: "SUP"}
         self.numbers = {team: itertools.count(1) for team in self.teams}
         self.requests_limit = requests_limit
         self.complexity_limit = complexity_limit
         self.spent: list[tuple[float, int]] = []  # (at, complexity) of each counted request, last hour
 
-    def endpoints(self) -> dict[str, Any]:
-        return {"baseUrl": f"{self.base_url}{self.path}", "allowPrivateNetwork": True}  # the fakes listen on loopback
-
-    def authenticated(self, request: web.Request) -> str | None:
-        return caller(LINEAR.auth["api_key"], request, self.accepted, self) or caller(
-            LINEAR.auth["oauth"], request, self.accepted, self
-        )
-
-    def unauthenticated(self) -> web.Response:
+    def unauthorized(self, request: web.Request) -> web.Response:
         message = "Authentication required, not authenticated"
         error = {"message": message, "extensions": {"type": "authentication error", "code": "AUTHENTICATION_ERROR",
                                                     "userPresentableMessage": message}}  # fmt: skip

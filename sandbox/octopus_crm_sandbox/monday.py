@@ -28,7 +28,6 @@ from aiohttp import web
 from graphql import GraphQLError
 
 from octopus_crm.adapters.monday import SPEC as MONDAY
-from octopus_crm_sandbox.envelope import caller
 from octopus_crm_sandbox.graphql import GraphQLFake, Resolver
 
 __all__ = ["BOARD_ID", "MondayFake"]
@@ -55,8 +54,9 @@ def _error(message: str, code: str, status_code: int = 200, **error_data: Any) -
 
 class MondayFake(GraphQLFake):
     name = "monday"
+    spec = MONDAY
     schema_file = "monday.graphql"
-    path = "/v2"
+    mount = "/v2"
     ENV: ClassVar[dict[str, str]] = {"MONDAY_API_TOKEN": "eyJhbGciOiJIUzI1NiJ9.fake-monday-token"}
 
     def __init__(
@@ -68,8 +68,7 @@ class MondayFake(GraphQLFake):
         daily_limit: int | None = None,
         **kw: Any,
     ) -> None:
-        super().__init__(**kw)
-        self.accepted = {"token": token}
+        super().__init__(accepted={"token": token}, **kw)
         self.boards = boards or {BOARD_ID: {k: (t, tuple(labels)) for k, (t, labels) in COLUMNS.items()}}
         self.groups = {board: ("topics", "new_group") for board in self.boards}
         self._ids = itertools.count(9_000_000_001)
@@ -79,13 +78,7 @@ class MondayFake(GraphQLFake):
         self.calls_today = 0
         self.versions: list[str | None] = []
 
-    def endpoints(self) -> dict[str, Any]:
-        return {"baseUrl": f"{self.base_url}{self.path}", "allowPrivateNetwork": True}  # the fakes listen on loopback
-
-    def authenticated(self, request: web.Request) -> str | None:
-        return caller(MONDAY.auth["api_token"], request, self.accepted, self)
-
-    def unauthenticated(self) -> web.Response:
+    def unauthorized(self, request: web.Request) -> web.Response:
         error = {"message": "Not Authenticated", "extensions": {"code": "UNAUTHENTICATED", "status_code": 401}}
         return web.json_response({"errors": [error]}, status=401)
 

@@ -1,15 +1,17 @@
 """A Notion fake (API version 2025-09-03): a database with one data source, pages, data-source query.
 
 Routes: ``GET /v1/databases/{id}`` (lists the data sources), ``GET /v1/data_sources/{id}`` (the
-property schema), ``POST /v1/data_sources/{id}/query`` (``rich_text.equals`` filters),
-``POST /v1/pages``. Every request needs the integration token and ``Notion-Version``. Create bodies
-are validated with ``jsonschema`` against ``post-page`` from the saved Notion OpenAPI (fragment in
-``specs/notion_create_page.json``) with the source's known errors corrected (FACTS.md §7): the
-data-source parent is ``{"type": "data_source_id", "data_source_id"}`` and ``children`` are block
-objects, ``icon`` / ``cover`` objects. Then the way Notion checks a page: the parent data source
-exists and is shared, each property exists and gets a value of its type, text objects hold at
-most 2,000 characters and arrays at most 100 items. Errors are ``{"object": "error", "status",
-"code", "message"}``; the rate limit answers 429 ``rate_limited`` with ``Retry-After``.
+property schema), ``POST /v1/data_sources/{id}/query`` (``rich_text.equals`` filters), ``POST
+/v1/pages``. The envelope (who may call, the create route, JSON parsing) comes from the adapter's
+spec (specfake.py); the reads are routes of the fake's own. Every request needs the integration
+token and ``Notion-Version``. Create bodies are validated with ``jsonschema`` against ``post-page``
+from the saved Notion OpenAPI (fragment in ``specs/notion_create_page.json``) with the source's
+known errors corrected (FACTS.md §7): the data-source parent is ``{"type": "data_source_id",
+"data_source_id"}`` and ``children`` are block objects, ``icon`` / ``cover`` objects. Then the way
+Notion checks a page: the parent data source exists and is shared, each property exists and gets a
+value of its type, text objects hold at most 2,000 characters and arrays at most 100 items. Errors
+are ``{"object": "error", "status", "code", "message"}``; the rate limit answers 429
+``rate_limited`` with ``Retry-After``.
 """
 
 from __future__ import annotations
@@ -28,8 +30,8 @@ from aiohttp import web
 
 from octopus_crm.adapters.notion import NOTION_VERSION
 from octopus_crm.adapters.notion import SPEC as NOTION
-from octopus_crm_sandbox.envelope import caller
-from octopus_crm_sandbox.kit import FakeVendor
+from octopus_crm.adapters.spec import CreateCall
+from octopus_crm_sandbox.specfake import Created, SpecFake
 
 __all__ = ["NotionFake"]
 
@@ -78,29 +80,27 @@ def _plain(items: Any) -> str:
     return "".join(str(i.get("text", {}).get("content", "")) for i in items or [] if isinstance(i, dict))
 
 
-class NotionFake(FakeVendor):
+class NotionFake(SpecFake):
     name = "notion"
+    spec = NOTION
+    mount = "/v1"
+    created_status = 200
     ENV: ClassVar[dict[str, str]] = {"NOTION_TOKEN": "ntn_fake0notion0integration0token0000000000000"}
     DATABASE = "2f1e7c3a-5b4d-4e6f-8a9b-0c1d2e3f4a5b"
     DATA_SOURCE = "8a0b1c2d-3e4f-4a5b-9c6d-7e8f9a0b1c2d"
 
     def __init__(self, *, token: str = ENV["NOTION_TOKEN"], data_sources: int = 1, **kw: Any) -> None:
-        super().__init__(**kw)
-        self.accepted = {"token": token}
+        super().__init__(accepted={"token": token}, **kw)
         self.sources = {self.DATA_SOURCE: "客户消息"}
         for i in range(1, data_sources):
             self.sources[str(uuid.UUID(int=i))] = f"来源 {i + 1}"
         self.schema = dict(SCHEMA)
 
-    def endpoints(self) -> dict[str, Any]:
-        return {"baseUrl": f"{self.base_url}/v1", "allowPrivateNetwork": True}  # the fakes listen on loopback
-
-    def routes(self) -> list[web.RouteDef]:
+    def extra_routes(self) -> list[web.RouteDef]:
         return [
             web.get("/v1/databases/{id}", self.database),
             web.get("/v1/data_sources/{id}", self.data_source),
             web.post("/v1/data_sources/{id}/query", self.query),
-            web.post("/v1/pages", self.create_page),
         ]
 
     def limited_paths(self) -> tuple[str, ...]:
@@ -109,7 +109,7 @@ class NotionFake(FakeVendor):
     # -- shapes ------------------------------------------------------------------------------
 
     @staticmethod
-    def error(status: int, code: str, message: str) -> web.Response:
+    def fail(status: int, code: str, message: str) -> web.Response:
         return web.json_response({"object": "error", "status": status, "code": code, "message": message}, status=status)
 
     def too_many(self, wait: float) -> web.Response:
@@ -121,26 +121,26 @@ class NotionFake(FakeVendor):
         }
         return web.json_response(body, status=429, headers={"Retry-After": str(max(1, math.ceil(wait)))})
 
-    def refused(self, request: web.Request) -> web.Response | None:
+    async def admit(self, request: web.Request) -> web.Response | None:
         """Notion's answer to a request without a valid token or Notion-Version, else None."""
-        if caller(NOTION.auth["integration_token"], request, self.accepted, self) is None:
-            return self.error(401, "unauthorized", "API token is invalid.")
+        if self.caller(request) is None:
+            return self.fail(401, "unauthorized", "API token is invalid.")
         version = request.headers.get("Notion-Version")
         if version is None:
-            return self.error(
+            return self.fail(
                 400,
                 "missing_version",
                 "Notion-Version header failed validation: Notion-Version header should be defined, instead was"
                 " `undefined`.",
             )
         if version != NOTION_VERSION:
-            return self.error(
+            return self.fail(
                 400, "validation_error", f"this fake speaks Notion-Version {NOTION_VERSION}, not {version}"
             )
         return None
 
     def not_found(self, kind: str, ref: str) -> web.Response:
-        return self.error(
+        return self.fail(
             404,
             "object_not_found",
             f"Could not find {kind} with ID: {ref}. Make sure the relevant pages and databases are shared with"
@@ -153,16 +153,16 @@ class NotionFake(FakeVendor):
     # -- handlers ----------------------------------------------------------------------------
 
     async def database(self, request: web.Request) -> web.Response:
-        if (refused := self.refused(request)) is not None:
-            return refused
+        if (denied := await self.admit(request)) is not None:
+            return denied
         if request.match_info["id"].replace("-", "") != self.DATABASE.replace("-", ""):
             return self.not_found("database", request.match_info["id"])
         sources = [{"id": i, "name": n} for i, n in self.sources.items()]
         return web.json_response({"object": "database", "id": self.DATABASE, "data_sources": sources})
 
     async def data_source(self, request: web.Request) -> web.Response:
-        if (refused := self.refused(request)) is not None:
-            return refused
+        if (denied := await self.admit(request)) is not None:
+            return denied
         source = request.match_info["id"]
         if source not in self.sources:
             return self.not_found("data_source", source)
@@ -173,8 +173,8 @@ class NotionFake(FakeVendor):
         return web.json_response({**body, "properties": properties})
 
     async def query(self, request: web.Request) -> web.Response:
-        if (refused := self.refused(request)) is not None:
-            return refused
+        if (denied := await self.admit(request)) is not None:
+            return denied
         source = request.match_info["id"]
         if source not in self.sources:
             return self.not_found("data_source", source)
@@ -183,7 +183,7 @@ class NotionFake(FakeVendor):
         wanted = (flt.get("rich_text") or {}).get("equals")
         name = str(flt.get("property"))
         if self.schema.get(name) != "rich_text" or wanted is None:
-            return self.error(400, "validation_error", "this fake only understands rich_text equals filters")
+            return self.fail(400, "validation_error", "this fake only understands rich_text equals filters")
         hits = [
             self.page(r)
             for r in self.records.values()
@@ -195,27 +195,26 @@ class NotionFake(FakeVendor):
             {"object": "list", "results": hits[:size], "has_more": len(hits) > size, "next_cursor": None}
         )
 
-    async def create_page(self, request: web.Request) -> web.Response:
-        if (refused := self.refused(request)) is not None:
-            return refused
-        try:
-            body = orjson.loads(await request.read())
-        except orjson.JSONDecodeError:
-            return self.error(400, "invalid_json", "Error parsing JSON body.")
+    def unreadable(self, object_type: str, status: int, message: str) -> web.Response:
+        return self.fail(400, "invalid_json", "Error parsing JSON body.")
+
+    def refused(self, object_type: str, body: Any, request: web.Request) -> web.Response | None:
         problems = [f"body.{'.'.join(map(str, e.path)) or 'parent'}: {e.message}" for e in _CREATE.iter_errors(body)]
         if problems:
-            return self.error(400, "validation_error", "; ".join(problems))
+            return self.fail(400, "validation_error", "; ".join(problems))
         source = body["parent"].get("data_source_id")
         if source is None:
-            return self.error(400, "validation_error", "this fake only creates pages under a data_source_id parent")
+            return self.fail(400, "validation_error", "this fake only creates pages under a data_source_id parent")
         if source not in self.sources:
             return self.not_found("data_source", source)
         problem = self.check_properties(body["properties"]) or self.check_children(body.get("children", []))
-        if problem:
-            return self.error(400, "validation_error", problem)
+        return self.fail(400, "validation_error", problem) if problem else None
+
+    def store(self, object_type: str, body: Any, request: web.Request) -> tuple[str, dict[str, Any]]:
         page_id = str(uuid.uuid4())
         title = next((_plain(v.get("title")) for v in body["properties"].values() if "title" in v), "")
         slug = "-".join(title.split())[:40]
+        source = body["parent"]["data_source_id"]
         record = {
             "object": "page",
             "id": page_id,
@@ -225,8 +224,10 @@ class NotionFake(FakeVendor):
             "url": f"https://www.notion.so/{slug + '-' if slug else ''}{page_id.replace('-', '')}",
             "children": body.get("children", []),
         }
-        self.records[page_id] = record
-        return web.json_response(self.page(record))
+        return page_id, record
+
+    def created(self, call: CreateCall, record_id: str, record: dict[str, Any], request: web.Request) -> Created:
+        return self.page(record), {}
 
     def check_properties(self, properties: dict[str, Any]) -> str | None:
         for name, value in properties.items():

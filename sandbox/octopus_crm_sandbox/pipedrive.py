@@ -1,13 +1,15 @@
 """A Pipedrive fake: v2 persons/deals/activities, v1 leads, person search, lists by person.
 
-Who may call comes from the adapter's spec (envelope.py): the ``x-api-token`` header or an OAuth
-bearer token. Create bodies are validated with ``jsonschema`` against the fragments in
-``specs/pipedrive_create.json``; a lead must name an existing person or organisation; leads and
-v2 bodies must be JSON. Errors are ``{"success": false, "error", "error_info", "data": null}``;
-the retired v1 person/deal/activity creates answer 410. Answers carry ``x-ratelimit-limit/
--remaining/-reset`` (the burst window) and, on POST, ``x-daily-requests-left``; a spent burst
-window answers 429 with ``Retry-After``, a spent ``daily_budget`` 429 with
-``x-daily-requests-left: 0``. ``search_lag`` hides new persons from search for a while.
+Who may call (the ``x-api-token`` header or an OAuth bearer token) and the token route come from the
+adapter's spec (specfake.py's SpecEnvelope); the routes are the fake's own, as its ``store`` (kind →
+id → record, read by the tests) would shadow SpecFake's ``store`` hook. Create bodies are validated
+with ``jsonschema`` against the fragments in ``specs/pipedrive_create.json``; a lead must name an
+existing person or organisation; leads and v2 bodies must be JSON. Errors are ``{"success": false,
+"error", "error_info", "data": null}``; the retired v1 person/deal/activity creates answer 410.
+Answers carry ``x-ratelimit-limit/ -remaining/-reset`` (the burst window) and, on POST,
+``x-daily-requests-left``; a spent burst window answers 429 with ``Retry-After``, a spent
+``daily_budget`` 429 with ``x-daily-requests-left: 0``. ``search_lag`` hides new persons from search
+for a while.
 """
 
 from __future__ import annotations
@@ -25,8 +27,7 @@ import orjson
 from aiohttp import web
 
 from octopus_crm.adapters.pipedrive import SPEC as PIPEDRIVE
-from octopus_crm_sandbox.envelope import caller, token_route
-from octopus_crm_sandbox.kit import FakeVendor
+from octopus_crm_sandbox.specfake import SpecEnvelope
 
 __all__ = ["PipedriveFake"]
 
@@ -38,8 +39,9 @@ _OUT_OF_SUPPORT = (
 )
 
 
-class PipedriveFake(FakeVendor):
+class PipedriveFake(SpecEnvelope):
     name = "pipedrive"
+    spec = PIPEDRIVE
     ENV: ClassVar[dict[str, str]] = {"PIPEDRIVE_API_TOKEN": "659c9fddb16335e48cc67114694b52074e812e03"}
 
     def __init__(
@@ -54,14 +56,14 @@ class PipedriveFake(FakeVendor):
         search_lag: float = 0.0,
         **kw: Any,
     ) -> None:
-        super().__init__(**kw)
-        self.accepted = {
+        accepted = {
             "apiToken": api_token,
             "accessToken": access_token,
             "clientId": client_id,
             "clientSecret": client_secret,
             "refreshToken": refresh_token,
         }
+        super().__init__(accepted=accepted, **kw)
         self.daily_budget = daily_budget
         self.search_lag = search_lag
         self.spent = 0
@@ -70,11 +72,11 @@ class PipedriveFake(FakeVendor):
         self.created_at: dict[str, float] = {}
 
     def endpoints(self) -> dict[str, Any]:
-        return {"baseUrl": self.base_url, "oauthUrl": self.base_url, "allowPrivateNetwork": True}  # loopback
+        return {**super().endpoints(), "oauthUrl": self.base_url}
 
     def routes(self) -> list[web.RouteDef]:
         return [
-            token_route(PIPEDRIVE.auth["oauth2"], self.accepted, self),
+            *self.token_routes(),
             web.post("/api/v2/persons", self.creator("person")),
             web.post("/api/v2/deals", self.creator("deal")),
             web.post("/api/v2/activities", self.creator("activity")),
@@ -117,12 +119,6 @@ class PipedriveFake(FakeVendor):
         body = {"success": False, "error": "Request over limit", "errorCode": 429, "data": None}
         return web.json_response(body, status=429, headers=headers)
 
-    def authenticated(self, request: web.Request) -> str | None:
-        if request.headers.get("Authorization", "").startswith("Bearer "):
-            static = caller(PIPEDRIVE.auth["oauth"], request, self.accepted, self)
-            return static or caller(PIPEDRIVE.auth["oauth2"], request, self.accepted, self)
-        return caller(PIPEDRIVE.auth["api_token"], request, self.accepted, self)
-
     def unauthorized(self, request: web.Request) -> web.Response:
         return self.fail(request, 401, "You need to be authorized to make this request.")
 
@@ -130,7 +126,7 @@ class PipedriveFake(FakeVendor):
 
     def creator(self, kind: str) -> Any:
         async def handler(request: web.Request) -> web.Response:
-            if self.authenticated(request) is None:
+            if self.caller(request) is None:
                 return self.unauthorized(request)
             if self.daily_budget is not None and self.spent >= self.daily_budget:
                 headers = {**self.limit_headers("POST"), "x-daily-requests-left": "0"}
@@ -163,12 +159,12 @@ class PipedriveFake(FakeVendor):
         return handler
 
     async def retired(self, request: web.Request) -> web.Response:
-        if self.authenticated(request) is None:
+        if self.caller(request) is None:
             return self.unauthorized(request)
         return self.fail(request, 410, "Gone", _OUT_OF_SUPPORT)
 
     async def search_persons(self, request: web.Request) -> web.Response:
-        if self.authenticated(request) is None:
+        if self.caller(request) is None:
             return self.unauthorized(request)
         term = request.query.get("term", "").strip().lower()
         fields = request.query.get("fields", "email")
@@ -193,7 +189,7 @@ class PipedriveFake(FakeVendor):
 
     def lister(self, kind: str) -> Any:
         async def handler(request: web.Request) -> web.Response:
-            if self.authenticated(request) is None:
+            if self.caller(request) is None:
                 return self.unauthorized(request)
             person = request.query.get("person_id")
             items = [r for r in self.store[kind].values() if person is None or str(r.get("person_id")) == person]
@@ -202,6 +198,6 @@ class PipedriveFake(FakeVendor):
         return handler
 
     async def me(self, request: web.Request) -> web.Response:
-        if self.authenticated(request) is None:
+        if self.caller(request) is None:
             return self.unauthorized(request)
         return self.ok(request, {"id": 1, "name": "Octopus Bot", "email": "octopus-bot@example.com", "company_id": 7})

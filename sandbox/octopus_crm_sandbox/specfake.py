@@ -7,17 +7,20 @@ response header), the lookup route of each :class:`~adapters.spec.FindCall` (its
 the spec reads it) and the connection-test route; a repeated idempotency key replays the first
 record. The kit's envelope adds the 429 window, latency and injected faults. A vendor's fake keeps
 only its domain: the credentials it accepts, its error body, the JSON Schema of each create body
-(from the vendor's published spec) and the checks the vendor makes beyond it, what a created
-record looks like, and how a lookup matches.
+(from the vendor's published spec) and the checks the vendor makes beyond it, what a created record
+looks like, and how a lookup matches (``matches`` and ``listing`` get the lookup's query with the
+route's path variables in it, e.g. the ``list_id`` of ``/list/{list_id}/task``).
+:class:`SpecEnvelope` is the part without routes — who may call, token routes, ``endpoints()`` — for
+fakes whose wire is not one create per object (GraphQL, batch writes).
 
 Hooks for wires that differ: ``mount`` (the spec's paths under a base-URL prefix), ``create_path``
 (a path the adapter computes), ``admit`` (a caller check of the vendor's own, e.g. a token in the
 body or a daily allowance), ``read_body`` / ``unreadable`` (form bodies, the vendor's 400/415),
 ``refused`` (the whole domain check in one answer), ``answer`` / ``answer_headers`` (a 200-with-code
 envelope, rate-limit headers on every answer), ``created_status`` (a create answered 200),
-``idempotency_key`` / ``replayed`` (a key in the body or query, a replay's own answer),
-``token_routes`` (a token endpoint with the vendor's own errors) and :class:`Refusal`, which any
-hook raises to answer instead.
+``idempotency_key`` / ``replay_answer`` (a key in the body or query, a replay's own answer),
+``token_routes`` (a token endpoint with the vendor's own errors), ``extra_routes`` (reads the spec
+does not describe) and :class:`Refusal`, which any hook or extra route raises to answer instead.
 """
 
 from __future__ import annotations
@@ -28,12 +31,13 @@ from typing import Any, ClassVar
 import jsonschema
 import orjson
 from aiohttp import web
+from multidict import MultiDict, MultiMapping
 
 from octopus_crm.adapters.spec import CreateCall, FindCall, JsonToken, OAuth2ClientCredentials, VendorSpec
 from octopus_crm_sandbox.envelope import caller, token_route
 from octopus_crm_sandbox.kit import FakeVendor
 
-__all__ = ["Created", "Refusal", "SpecFake", "placed", "schema_problems"]
+__all__ = ["Created", "Refusal", "SpecEnvelope", "SpecFake", "placed", "schema_problems"]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Created = tuple[Any, dict[str, str]]  # a create's answer: the body (None: no content) and headers
@@ -59,13 +63,14 @@ class Refusal(Exception):
         self.response = response
 
 
-class SpecFake(FakeVendor):
-    """A fake whose routes and caller check come from ``spec``; subclasses state the vendor's domain."""
+class SpecEnvelope(FakeVendor):
+    """Who may call, the token endpoints and ``endpoints()``, from ``spec``: the part of a fake every wire shares.
+
+    :class:`SpecFake` adds the REST routes; :class:`~octopus_crm_sandbox.graphql.GraphQLFake` its one
+    GraphQL path.
+    """
 
     spec: ClassVar[VendorSpec]
-    #: Object type → validator of its create body (a fragment of the vendor's published spec).
-    schemas: ClassVar[Mapping[str, jsonschema.protocols.Validator]] = {}
-    created_status: ClassVar[int] = 201
     #: Where the spec's relative paths live on this fake (the ``/api`` of ``https://slack.com/api``).
     mount: ClassVar[str] = ""
 
@@ -73,13 +78,48 @@ class SpecFake(FakeVendor):
         super().__init__(**kw)
         #: Credential name (as the spec's auth schemes read it) → the value this fake accepts.
         self.accepted = dict(accepted)
-        #: Idempotency key → the record id its first create made (a replay answers that record).
-        self.by_key: dict[str, str] = {}
-        self.replays = 0
 
     def endpoints(self) -> dict[str, Any]:
         """The ``config.endpoints`` pointing an integration here (the fakes listen on loopback)."""
         return {"baseUrl": f"{self.base_url}{self.mount}", "allowPrivateNetwork": True}
+
+    def unauthorized(self, request: web.Request) -> web.Response:
+        return web.json_response({"errors": ["unauthorized"]}, status=401)
+
+    def caller(self, request: web.Request) -> str | None:
+        """Who calls, under any of the spec's auth schemes whose credentials this fake accepts."""
+        for scheme in self.spec.auth.values():
+            who = caller(scheme, request, self.accepted, self)
+            if who is not None:
+                return who
+        return None
+
+    async def admit(self, request: web.Request) -> web.Response | None:
+        """The refusal of a request the vendor would not serve (no valid caller), or None."""
+        return self.unauthorized(request) if self.caller(request) is None else None
+
+    def token_routes(self) -> list[web.RouteDef]:
+        """The token endpoint of each token scheme (override for a vendor's own token errors)."""
+        routes = []
+        for scheme in self.spec.auth.values():
+            if isinstance(scheme, (OAuth2ClientCredentials, JsonToken)):
+                token = token_route(scheme, self.accepted, self)
+                routes.append(web.route(token.method, self.mount + token.path, token.handler))
+        return routes
+
+
+class SpecFake(SpecEnvelope):
+    """A fake whose routes and caller check come from ``spec``; subclasses state the vendor's domain."""
+
+    #: Object type → validator of its create body (a fragment of the vendor's published spec).
+    schemas: ClassVar[Mapping[str, jsonschema.protocols.Validator]] = {}
+    created_status: ClassVar[int] = 201
+
+    def __init__(self, *, accepted: Mapping[str, str], **kw: Any) -> None:
+        super().__init__(accepted=accepted, **kw)
+        #: Idempotency key → the record id its first create made (a replay answers that record).
+        self.by_key: dict[str, str] = {}
+        self.replays = 0
 
     # -- the vendor's shapes: override what differs --------------------------------------------
 
@@ -138,20 +178,20 @@ class SpecFake(FakeVendor):
             return web.Response(status=204, headers=headers)
         return self.answer(answer, status=self.created_status, headers=headers)
 
-    def replayed(self, call: CreateCall, record_id: str, request: web.Request) -> web.Response:
+    def replay_answer(self, call: CreateCall, record_id: str, request: web.Request) -> web.Response:
         """The answer to a repeated idempotency key: the first create's answer by default."""
         return self.created_answer(call, record_id, request)
 
-    def matches(self, object_type: str, record: dict[str, Any], query: Mapping[str, str]) -> bool:
-        """Whether a lookup (the spec's FindCall parameters) finds ``record``."""
+    def matches(self, object_type: str, record: dict[str, Any], query: MultiMapping[str]) -> bool:
+        """Whether a lookup finds ``record``: ``query`` holds the FindCall's parameters and path variables."""
         return False
 
     def found(self, object_type: str, record_id: str, record: dict[str, Any]) -> Any:
         """One record as the lookup lists it; the adapter reads its id like a create answer's."""
         return placed(self.spec.objects[object_type].id_at, record_id)
 
-    def listing(self, find: FindCall, hits: list[Any]) -> Any:
-        """The lookup answer: the hits where the spec reads them."""
+    def listing(self, find: FindCall, hits: list[Any], query: MultiMapping[str]) -> Any:
+        """The lookup answer: the hits where the spec reads them (``query`` as :meth:`matches` gets it)."""
         return placed(find.items_at, hits)
 
     def whoami(self, who: str) -> Any:
@@ -168,18 +208,6 @@ class SpecFake(FakeVendor):
 
     # -- the envelope, from the spec -------------------------------------------------------------
 
-    def caller(self, request: web.Request) -> str | None:
-        """Who calls, under any of the spec's auth schemes whose credentials this fake accepts."""
-        for scheme in self.spec.auth.values():
-            who = caller(scheme, request, self.accepted, self)
-            if who is not None:
-                return who
-        return None
-
-    async def admit(self, request: web.Request) -> web.Response | None:
-        """The refusal of a request the vendor would not serve (no valid caller), or None."""
-        return self.unauthorized(request) if self.caller(request) is None else None
-
     async def read_body(self, object_type: str, request: web.Request) -> Any:
         """The create's decoded body; raises :class:`Refusal` with :meth:`unreadable`'s answer."""
         if request.content_type != "application/json":
@@ -189,25 +217,19 @@ class SpecFake(FakeVendor):
         except orjson.JSONDecodeError as exc:
             raise Refusal(self.unreadable(object_type, 400, f"Unexpected character in JSON body: {exc}")) from None
 
-    def token_routes(self) -> list[web.RouteDef]:
-        """The token endpoint of each token scheme (override for a vendor's own token errors)."""
-        routes = []
-        for scheme in self.spec.auth.values():
-            if isinstance(scheme, (OAuth2ClientCredentials, JsonToken)):
-                token = token_route(scheme, self.accepted, self)
-                routes.append(web.route(token.method, self.mount + token.path, token.handler))
-        return routes
-
     def routes(self) -> list[web.RouteDef]:
         routes = self.token_routes()
+        created: set[tuple[str, str]] = set()
         for object_type, call in self.spec.objects.items():
             path = self._path(self.create_path(object_type, call))
-            routes.append(web.route(call.method, path, self._create_handler(object_type, call)))
+            if (call.method, path) not in created:  # two names for one table: the first one's route serves both
+                created.add((call.method, path))
+                routes.append(web.route(call.method, path, self._create_handler(object_type, call)))
         for object_type, find in self.spec.find.items():
             routes.append(web.route(find.method, self._path(find.path), self._find_handler(object_type, find)))
         if self.spec.test_call is not None:
             routes.append(web.route(self.spec.test_call.method, self._path(self.spec.test_call.path), self._whoami))
-        return [web.route(r.method, r.path, _answering(r.handler)) for r in routes] + self.extra_routes()
+        return [web.route(r.method, r.path, _answering(r.handler)) for r in routes + self.extra_routes()]
 
     def _create_handler(self, object_type: str, call: CreateCall) -> Handler:
         async def create(request: web.Request) -> web.StreamResponse:
@@ -220,7 +242,7 @@ class SpecFake(FakeVendor):
             key = self.idempotency_key(call, body, request)
             if key and key in self.by_key:
                 self.replays += 1
-                return self.replayed(call, self.by_key[key], request)
+                return self.replay_answer(call, self.by_key[key], request)
             record_id, record = self.store(object_type, body, request)
             self.records[record_id] = record
             if key:
@@ -233,12 +255,14 @@ class SpecFake(FakeVendor):
         async def lookup(request: web.Request) -> web.StreamResponse:
             if (denied := await self.admit(request)) is not None:
                 return denied
+            query = MultiDict(request.query)
+            query.extend(request.match_info)  # ``/list/{list_id}/task``: the list is part of the lookup
             hits = [
                 self.found(object_type, record_id, record)
                 for record_id, record in self.records.items()
-                if self.matches(object_type, record, request.query)
+                if self.matches(object_type, record, query)
             ]
-            return self.answer(self.listing(find, hits), headers=self.answer_headers(request))
+            return self.answer(self.listing(find, hits, query), headers=self.answer_headers(request))
 
         return lookup
 

@@ -1,14 +1,15 @@
 """A Trello fake: ``POST /1/cards``, ``GET /1/lists/{id}/cards``, ``GET /1/members/me``.
 
-Who may call comes from the adapter's spec (``key`` and ``token`` query parameters, see
-envelope.py); a wrong key or token gets Trello's plain-text 401 (``invalid key`` / ``invalid
-token``). Card parameters are read from the query string and the JSON body, as Trello does, and
-checked the way Trello answers them: plain-text 400 ``invalid value for <param>`` (``idList``
-must name a known list; ``pos`` is top, bottom or a positive number; ``desc`` and ``name`` at
-most 16,384 characters; ``due`` a date; id lists of 24-hex ids). Trello publishes no
-machine-readable spec, so these checks follow its REST reference for ``POST /1/cards``. The rate
-limit answers 429 ``{"error": "API_TOKEN_LIMIT_EXCEEDED", "message": "Rate limit exceeded"}``
-with no rate-limit headers (none are documented).
+The envelope (who may call — ``key`` and ``token`` query parameters — and the create, list and
+``members/me`` routes) comes from the adapter's spec (specfake.py); a wrong key or token gets
+Trello's plain-text 401 (``invalid key`` / ``invalid token``), an unknown list a 404. Card
+parameters are read from the query string and the JSON body, as Trello does, and checked the way
+Trello answers them: plain-text 400 ``invalid value for <param>`` (``idList`` must name a known
+list; ``pos`` is top, bottom or a positive number; ``desc`` and ``name`` at most 16,384 characters;
+``due`` a date; id lists of 24-hex ids). Trello publishes no machine-readable spec, so these checks
+follow its REST reference for ``POST /1/cards``. The rate limit answers 429 ``{"error":
+"API_TOKEN_LIMIT_EXCEEDED", "message": "Rate limit exceeded"}`` with no rate-limit headers (none are
+documented).
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ from typing import Any, ClassVar
 
 import orjson
 from aiohttp import web
+from multidict import MultiMapping
 
+from octopus_crm.adapters.spec import CreateCall, FindCall
 from octopus_crm.adapters.trello import SPEC as TRELLO
-from octopus_crm_sandbox.envelope import caller
-from octopus_crm_sandbox.kit import FakeVendor
+from octopus_crm_sandbox.specfake import Created, Refusal, SpecFake
 
 __all__ = ["TrelloFake"]
 
@@ -56,8 +58,10 @@ def _pos_ok(pos: Any) -> bool:
         return False
 
 
-class TrelloFake(FakeVendor):
+class TrelloFake(SpecFake):
     name = "trello"
+    spec = TRELLO
+    created_status = 200
     ENV: ClassVar[dict[str, str]] = {
         "TRELLO_API_KEY": "0f1e2d3c4b5a69788796a5b4c3d2e1f0",
         "TRELLO_TOKEN": "ATTAfake0trello0token0c0ffee0000000000000000000000000000000000000000",
@@ -72,20 +76,9 @@ class TrelloFake(FakeVendor):
         lists: tuple[str, ...] = (LIST_ID,),
         **kw: Any,
     ) -> None:
-        super().__init__(**kw)
-        self.accepted = {"apiKey": key, "token": token}
+        super().__init__(accepted={"apiKey": key, "token": token}, **kw)
         self.lists = {list_id: secrets.token_hex(12) for list_id in lists}  # list → its board
         self._short = itertools.count(1)
-
-    def endpoints(self) -> dict[str, Any]:
-        return {"baseUrl": self.base_url, "allowPrivateNetwork": True}  # the fakes listen on loopback
-
-    def routes(self) -> list[web.RouteDef]:
-        return [
-            web.post("/1/cards", self.create_card),
-            web.get("/1/lists/{list_id}/cards", self.list_cards),
-            web.get("/1/members/me", self.me),
-        ]
 
     def limited_paths(self) -> tuple[str, ...]:
         return ("/1/",)
@@ -93,48 +86,53 @@ class TrelloFake(FakeVendor):
     def too_many(self, wait: float) -> web.Response:
         return web.json_response({"error": "API_TOKEN_LIMIT_EXCEEDED", "message": "Rate limit exceeded"}, status=429)
 
-    def refused(self, request: web.Request) -> web.Response | None:
-        if caller(TRELLO.auth["key_token"], request, self.accepted, self) is not None:
-            return None
-        wrong = "key" if request.query.get("key") != self.accepted["apiKey"] else "token"
-        return web.Response(status=401, text=f"invalid {wrong}")
+    async def admit(self, request: web.Request) -> web.Response | None:
+        if self.caller(request) is None:
+            wrong = "key" if request.query.get("key") != self.accepted["apiKey"] else "token"
+            return web.Response(status=401, text=f"invalid {wrong}")
+        if request.match_info.get("list_id") not in (None, *self.lists):
+            return web.Response(status=404, text="The requested resource was not found.")
+        return None
 
     @staticmethod
     def invalid(param: str) -> web.Response:
         return web.Response(status=400, text=f"invalid value for {param}")
 
-    async def create_card(self, request: web.Request) -> web.Response:
-        if (refused := self.refused(request)) is not None:
-            return refused
+    async def read_body(self, object_type: str, request: web.Request) -> Any:
+        """Card parameters: the query string's, then the JSON body's (Trello reads both)."""
         params: dict[str, Any] = {k: v for k, v in request.query.items() if k not in ("key", "token")}
         raw = await request.read()
         if raw:
-            if request.content_type != "application/json":
-                return self.invalid("body")
             try:
-                body = orjson.loads(raw)
+                body = orjson.loads(raw) if request.content_type == "application/json" else None
             except orjson.JSONDecodeError:
-                return self.invalid("body")
+                body = None
             if not isinstance(body, dict):
-                return self.invalid("body")
+                raise Refusal(self.invalid("body"))
             params.update(body)
-        if params.get("idList") not in self.lists:
+        return params
+
+    def refused(self, object_type: str, body: Any, request: web.Request) -> web.Response | None:
+        if body.get("idList") not in self.lists:
             return self.invalid("idList")
         for name in ("name", "desc"):
-            if name in params and not (isinstance(params[name], str) and len(params[name]) <= TEXT_MAX):
+            if name in body and not (isinstance(body[name], str) and len(body[name]) <= TEXT_MAX):
                 return self.invalid(name)
-        pos = params.get("pos", "bottom")
-        if not _pos_ok(pos):
+        if not _pos_ok(body.get("pos", "bottom")):
             return self.invalid("pos")
         for name in ("due", "start"):
-            if params.get(name) is not None:
+            if body.get(name) is not None:
                 try:
-                    datetime.fromisoformat(str(params[name]).replace("Z", "+00:00"))
+                    datetime.fromisoformat(str(body[name]).replace("Z", "+00:00"))
                 except ValueError:
                     return self.invalid(name)
         for name in ("idLabels", "idMembers"):
-            if name in params and _ids(params[name]) is None:
+            if name in body and _ids(body[name]) is None:
                 return self.invalid(name)
+        return None
+
+    def store(self, object_type: str, body: Any, request: web.Request) -> tuple[str, dict[str, Any]]:
+        params = body
         card_id = secrets.token_hex(12)
         short_link = secrets.token_urlsafe(6)[:8]
         id_short = next(self._short)
@@ -146,7 +144,7 @@ class TrelloFake(FakeVendor):
             "desc": params.get("desc", ""),
             "idList": params["idList"],
             "idBoard": self.lists[params["idList"]],
-            "pos": pos,
+            "pos": params.get("pos", "bottom"),
             "due": params.get("due"),
             "closed": False,
             "idLabels": _ids(params.get("idLabels", [])),
@@ -156,27 +154,27 @@ class TrelloFake(FakeVendor):
             "shortUrl": f"https://trello.com/c/{short_link}",
             "url": f"https://trello.com/c/{short_link}/{id_short}-{_slug(str(params.get('name', '')))}",
         }
-        self.records[card_id] = {**card, "card": card, "params": params, "ignored": sorted(set(params) - CARD_PARAMS)}
-        return web.json_response(card)
+        return card_id, {**card, "card": card, "params": params, "ignored": sorted(set(params) - CARD_PARAMS)}
 
-    async def list_cards(self, request: web.Request) -> web.Response:
-        if (refused := self.refused(request)) is not None:
-            return refused
-        list_id = request.match_info["list_id"]
-        if list_id not in self.lists:
-            return web.Response(status=404, text="The requested resource was not found.")
-        wanted = [f for f in request.query.get("fields", "").split(",") if f]
-        cards = [
-            {"id": r["id"], **{f: r.get(f) for f in wanted}} if wanted else r["card"]
-            for r in self.records.values()
-            if r["idList"] == list_id and not r["closed"]
-        ]
-        return web.json_response(cards)
+    def created(self, call: CreateCall, record_id: str, record: dict[str, Any], request: web.Request) -> Created:
+        return record["card"], {}
 
-    async def me(self, request: web.Request) -> web.Response:
-        if (refused := self.refused(request)) is not None:
-            return refused
-        return web.json_response(
-            {"id": "5abbe4b7ddc1b351ef961414", "username": "octopusbot", "fullName": "Octopus Bot",
-             "url": "https://trello.com/octopusbot"}
-        )  # fmt: skip
+    # -- a list's cards and members/me -------------------------------------------------------
+
+    def matches(self, object_type: str, record: dict[str, Any], query: MultiMapping[str]) -> bool:
+        return bool(record["idList"] == query["list_id"] and not record["closed"])
+
+    def found(self, object_type: str, record_id: str, record: dict[str, Any]) -> Any:
+        return record
+
+    def listing(self, find: FindCall, hits: list[Any], query: MultiMapping[str]) -> Any:
+        wanted = [f for f in query.get("fields", "").split(",") if f]
+        return [{"id": r["id"], **{f: r.get(f) for f in wanted}} if wanted else r["card"] for r in hits]
+
+    def whoami(self, who: str) -> Any:
+        return {
+            "id": "5abbe4b7ddc1b351ef961414",
+            "username": "octopusbot",
+            "fullName": "Octopus Bot",
+            "url": "https://trello.com/octopusbot",
+        }

@@ -73,7 +73,7 @@ class WebhookFake(SpecFake):
     def created(self, call: CreateCall, record_id: str, record: dict[str, Any], request: web.Request) -> Created:
         return {"id": record_id, "url": f"{self.base_url}/records#{record_id}"}, {}
 
-    def replayed(self, call: CreateCall, record_id: str, request: web.Request) -> web.Response:
+    def replay_answer(self, call: CreateCall, record_id: str, request: web.Request) -> web.Response:
         return web.json_response({"id": record_id, "replayed": True}, status=200)
 
     async def list_records(self, request: web.Request) -> web.Response:

@@ -1,15 +1,16 @@
 """A Zendesk Support fake: ``POST /api/v2/tickets`` with ``Idempotency-Key``, lookup by
 ``external_id``, ``GET /api/v2/users/me``.
 
-Who may call comes from the adapter's spec (envelope.py): basic ``{email}/token:{apiToken}``, or
-an OAuth bearer token. Create bodies are validated with ``jsonschema`` against the ticket fragment
-in ``specs/zendesk_ticket_create.json``; unknown ticket properties are accepted and ignored, as
-Zendesk does (kept in ``record["ignored"]`` so tests can see them). Errors are Zendesk's
-``{"error", "description", "details"}``; a bad credential gets ``{"error": "Couldn't
-authenticate you"}`` 401. An idempotency key replays the first answer for the same body
-(``x-idempotency-lookup: hit``) and refuses another body under the same key. Every answer carries
-``X-Rate-Limit``/``X-Rate-Limit-Remaining`` and ``ratelimit-limit/-remaining/-reset``; the limit
-answers 429 with ``Retry-After``.
+The envelope (who may call, the create, lookup and ``users/me`` routes, JSON parsing, the
+idempotency-key replay) comes from the adapter's spec (specfake.py): basic
+``{email}/token:{apiToken}``, or an OAuth bearer token. Create bodies are validated with
+``jsonschema`` against the ticket fragment in ``specs/zendesk_ticket_create.json``; unknown ticket
+properties are accepted and ignored, as Zendesk does (kept in ``record["ignored"]`` so tests can see
+them). Errors are Zendesk's ``{"error", "description", "details"}``; a bad credential gets
+``{"error": "Couldn't authenticate you"}`` 401. An idempotency key replays the first answer for the
+same body (``x-idempotency-lookup: hit``) and refuses another body under the same key. Every answer
+carries ``X-Rate-Limit``/``X-Rate-Limit-Remaining`` and ``ratelimit-limit/-remaining/-reset``; the
+limit answers 429 with ``Retry-After``.
 """
 
 from __future__ import annotations
@@ -18,16 +19,18 @@ import itertools
 import json
 import math
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
 import jsonschema
-import orjson
 from aiohttp import web
+from multidict import MultiMapping
 
+from octopus_crm.adapters.spec import CreateCall, FindCall
 from octopus_crm.adapters.zendesk import SPEC as ZENDESK
-from octopus_crm_sandbox.envelope import caller
-from octopus_crm_sandbox.kit import FakeVendor
+from octopus_crm.adapters.zendesk import TICKETS_PATH
+from octopus_crm_sandbox.specfake import Created, Refusal, SpecFake
 
 __all__ = ["ZendeskFake"]
 
@@ -38,8 +41,9 @@ _READ_ONLY = frozenset(_SPEC["readOnly"])
 _IDEMPOTENCY_TTL = 2 * 3600.0
 
 
-class ZendeskFake(FakeVendor):
+class ZendeskFake(SpecFake):
     name = "zendesk"
+    spec = ZENDESK
     ENV: ClassVar[dict[str, str]] = {
         "ZENDESK_EMAIL": "octopus-bot@example.com",
         "ZENDESK_API_TOKEN": "zd-fake-api-token-6wiIBWbGkBMo1mRDMuVwkw1EPsNkeUj95PIz2akv",
@@ -53,25 +57,15 @@ class ZendeskFake(FakeVendor):
         access_token: str = "zd-oauth-fake-access-token",
         **kw: Any,
     ) -> None:
-        super().__init__(**kw)
-        self.accepted = {"email": email, "apiToken": api_token, "accessToken": access_token}
+        super().__init__(accepted={"email": email, "apiToken": api_token, "accessToken": access_token}, **kw)
         self._ids = itertools.count(35436)
         self._user_ids = itertools.count(9001)
         self.users: dict[str, int] = {}  # requester e-mail → user id
-        self.replays: dict[str, tuple[bytes, float, dict[str, Any]]] = {}  # key → (body, at, answer)
-        self.replayed = 0
 
-    def endpoints(self) -> dict[str, Any]:
-        return {"baseUrl": self.base_url, "allowPrivateNetwork": True}  # the fakes listen on loopback
-
-    def routes(self) -> list[web.RouteDef]:
-        return [
-            web.post("/api/v2/tickets", self.create_ticket),
-            web.post("/api/v2/tickets.json", self.create_ticket),
-            web.get("/api/v2/tickets", self.list_tickets),
-            web.get("/api/v2/users/me", self.me),
-            web.get("/api/v2/users/me.json", self.me),
-        ]
+    @property
+    def replayed(self) -> int:
+        """Creates answered from an idempotency key's first answer."""
+        return self.replays
 
     def limited_paths(self) -> tuple[str, ...]:
         return ("/api/v2/",)
@@ -90,10 +84,10 @@ class ZendeskFake(FakeVendor):
             "ratelimit-reset": str(per - int(time.time()) % per),
         }
 
-    def answer(self, body: Any, status: int = 200, **headers: str) -> web.Response:
-        return web.json_response(body, status=status, headers={**self.limit_headers(), **headers})
+    def answer(self, body: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
+        return web.json_response(body, status=status, headers={**self.limit_headers(), **(headers or {})})
 
-    def error(self, status: int, error: str, description: str = "", **details: str) -> web.Response:
+    def fail(self, status: int, error: str, description: str = "", **details: str) -> web.Response:
         body: dict[str, Any] = {"error": error}
         if description:
             body["description"] = description
@@ -108,51 +102,40 @@ class ZendeskFake(FakeVendor):
         body = {"error": "APIRateLimitExceeded", "description": "Number of allowed API requests per minute exceeded"}
         return web.json_response(body, status=429, headers=headers)
 
-    def authenticated(self, request: web.Request) -> str | None:
-        if request.headers.get("Authorization", "").startswith("Bearer "):
-            return caller(ZENDESK.auth["oauth"], request, self.accepted, self)
-        return caller(ZENDESK.auth["api_token"], request, self.accepted, self)
-
-    def unauthorized(self) -> web.Response:
+    def unauthorized(self, request: web.Request) -> web.Response:
         return self.answer({"error": "Couldn't authenticate you"}, 401)
 
-    # -- handlers ----------------------------------------------------------------------------
+    def unreadable(self, object_type: str, status: int, message: str) -> web.Response:
+        if status == 415:
+            return self.fail(415, "UnsupportedMediaType", "Content-Type must be application/json")
+        return self.fail(400, "InvalidJSON", "The request body is not valid JSON")
 
-    async def create_ticket(self, request: web.Request) -> web.Response:
-        if self.authenticated(request) is None:
-            return self.unauthorized()
-        raw = await request.read()
+    # -- tickets -----------------------------------------------------------------------------
+
+    def idempotency_key(self, call: CreateCall, body: Any, request: web.Request) -> str | None:
+        """The key, if any; a key used with another body (within its two hours) is refused."""
         key = request.headers.get("Idempotency-Key")
-        if key is not None:
-            if len(key) > 255:
-                return self.error(400, "InvalidIdempotencyKey", "Idempotency-Key must be at most 255 characters")
-            seen = self.replays.get(key)
-            if seen is not None and time.monotonic() - seen[1] < _IDEMPOTENCY_TTL:
-                if seen[0] != raw:
-                    return self.error(
-                        400, "IdempotentRequestError", "The idempotency key was used with a different request"
-                    )
-                self.replayed += 1
-                return self.answer(seen[2], 201, **{"x-idempotency-lookup": "hit"})
-        if request.content_type != "application/json":
-            return self.error(415, "UnsupportedMediaType", "Content-Type must be application/json")
-        try:
-            body = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            return self.error(400, "InvalidJSON", "The request body is not valid JSON")
-        problems = {"/".join(map(str, e.path)) or "body": e.message for e in _CREATE.iter_errors(body)}
-        if problems:
-            return self.error(422, "RecordInvalid", "Record validation errors", **problems)
-        ticket = body["ticket"]
-        read_only = sorted(_READ_ONLY & set(ticket))
-        if read_only:
-            return self.error(422, "RecordInvalid", "Record validation errors", **dict.fromkeys(read_only, "read-only"))
-        answer = self.store(ticket)
-        if key is not None:
-            self.replays[key] = (raw, time.monotonic(), answer)
-        return self.answer(answer, 201, **({"x-idempotency-lookup": "miss"} if key is not None else {}))
+        if key is None:
+            return None
+        if len(key) > 255:
+            raise Refusal(self.fail(400, "InvalidIdempotencyKey", "Idempotency-Key must be at most 255 characters"))
+        first = self.records.get(self.by_key.get(key, ""))
+        if first is not None and time.monotonic() - first["at"] >= _IDEMPOTENCY_TTL:
+            del self.by_key[key]
+        elif first is not None and first["sent"] != body:
+            raise Refusal(
+                self.fail(400, "IdempotentRequestError", "The idempotency key was used with a different request")
+            )
+        return key
 
-    def store(self, ticket: dict[str, Any]) -> dict[str, Any]:
+    def refused(self, object_type: str, body: Any, request: web.Request) -> web.Response | None:
+        problems = {"/".join(map(str, e.path)) or "body": e.message for e in _CREATE.iter_errors(body)}
+        if not problems:
+            problems = dict.fromkeys(sorted(_READ_ONLY & set(body["ticket"])), "read-only")
+        return self.fail(422, "RecordInvalid", "Record validation errors", **problems) if problems else None
+
+    def store(self, object_type: str, body: Any, request: web.Request) -> tuple[str, dict[str, Any]]:
+        ticket = body["ticket"]
         ticket_id = next(self._ids)
         requester = ticket.get("requester") or {}
         email = str(requester.get("email") or "")
@@ -173,27 +156,33 @@ class ZendeskFake(FakeVendor):
             "external_id": ticket.get("external_id"),
             "custom_fields": ticket.get("custom_fields", []),
         }
-        self.records[str(ticket_id)] = {
-            "ticket": stored,
-            "body": ticket,
-            "requester": requester,
-            "ignored": sorted(set(ticket) - _KNOWN),
-        }
-        audit = {"id": ticket_id * 10, "ticket_id": ticket_id, "events": [{"type": "Create"}]}
-        return {"ticket": stored, "audit": audit}
+        record = {"ticket": stored, "body": ticket, "requester": requester, "ignored": sorted(set(ticket) - _KNOWN)}
+        return str(ticket_id), {**record, "sent": body, "at": time.monotonic()}
 
-    async def list_tickets(self, request: web.Request) -> web.Response:
-        if self.authenticated(request) is None:
-            return self.unauthorized()
-        external_id = request.query.get("external_id")
-        tickets = [r["ticket"] for r in self.records.values()]
-        if external_id is not None:
-            tickets = [t for t in tickets if t["external_id"] == external_id]
-        return self.answer({"tickets": tickets, "next_page": None, "previous_page": None, "count": len(tickets)})
+    def created(self, call: CreateCall, record_id: str, record: dict[str, Any], request: web.Request) -> Created:
+        audit = {"id": int(record_id) * 10, "ticket_id": int(record_id), "events": [{"type": "Create"}]}
+        lookup = {"x-idempotency-lookup": "miss"} if "Idempotency-Key" in request.headers else {}
+        return {"ticket": record["ticket"], "audit": audit}, lookup
 
-    async def me(self, request: web.Request) -> web.Response:
-        who = self.authenticated(request)
-        if who is None:
-            return self.unauthorized()
-        email = self.accepted["email"]
-        return self.answer({"user": {"id": 1, "name": "Octopus Bot", "email": email, "role": "admin"}})
+    def replay_answer(self, call: CreateCall, record_id: str, request: web.Request) -> web.Response:
+        answer, _ = self.created(call, record_id, self.records[record_id], request)
+        return self.answer(answer, 201, {"x-idempotency-lookup": "hit"})
+
+    # -- lookup by external_id, users/me -----------------------------------------------------
+
+    def matches(self, object_type: str, record: dict[str, Any], query: MultiMapping[str]) -> bool:
+        return "external_id" not in query or record["ticket"]["external_id"] == query["external_id"]
+
+    def found(self, object_type: str, record_id: str, record: dict[str, Any]) -> Any:
+        return record["ticket"]
+
+    def listing(self, find: FindCall, hits: list[Any], query: MultiMapping[str]) -> Any:
+        return {"tickets": hits, "next_page": None, "previous_page": None, "count": len(hits)}
+
+    def whoami(self, who: str) -> Any:
+        return {"user": {"id": 1, "name": "Octopus Bot", "email": self.accepted["email"], "role": "admin"}}
+
+    def extra_routes(self) -> list[web.RouteDef]:
+        """The ``.json`` spellings Zendesk accepts for the same endpoints."""
+        create = self._create_handler("ticket", ZENDESK.objects["ticket"])
+        return [web.post(TICKETS_PATH + ".json", create), web.get("/api/v2/users/me.json", self._whoami)]
