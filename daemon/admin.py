@@ -49,6 +49,7 @@ from octopus_crm.daemon.config_versions import MASK, ConfigWriter, ConfigWriteRe
 from octopus_crm.daemon.consumer import Health
 from octopus_crm.daemon.dispatch import Dispatcher
 from octopus_crm.daemon.net import bound_port
+from octopus_crm.daemon.operator_errors import OperatorError
 from octopus_crm.daemon.reload import ConfigReloader
 from octopus_crm.daemon.sync_status import sync_status
 
@@ -161,7 +162,13 @@ class AdminServer:
         await runner.setup()
         self._runners.append(runner)
         site = web.TCPSite(runner, host, port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            raise OperatorError(
+                f"cannot listen on {host}:{port} ({exc.strerror}): another process holds the port; "
+                "choose another with OCTOPUS_CRM_METRICS_PORT / OCTOPUS_CRM_ADMIN_PORT"
+            ) from None
         return bound_port(site) if port == 0 else port
 
     async def stop(self) -> None:

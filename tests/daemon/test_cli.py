@@ -318,3 +318,14 @@ def test_dev_runs_the_daemon_against_broker_and_fakes(reap: list[subprocess.Pope
         )
     proc.send_signal(signal.SIGINT)
     assert proc.wait(60) == 0
+
+
+def test_a_taken_port_is_an_operator_error_not_a_traceback() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = octopus("dev", "--metrics-port", "0", env={**os.environ, "OCTOPUS_CRM_ADMIN_PORT": str(port)})
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr and "OCTOPUS_CRM_ADMIN_PORT" in result.stderr
+    assert "Traceback" not in result.stderr
