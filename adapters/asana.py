@@ -23,7 +23,6 @@ cannot use external data, so PAT integrations rely on the daemon's ledger alone.
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 from pydantic import Field, SecretStr
@@ -33,7 +32,16 @@ from octopus_crm.adapters.errors import ConfigError, PermanentError
 from octopus_crm.adapters.http import Request, Response
 from octopus_crm.adapters.ratelimit import RateLimit
 from octopus_crm.adapters.settings import Credentials, Endpoints, Url, VendorSettings, alias
-from octopus_crm.adapters.spec import Bearer, ConnectionCheck, CreateCall, Errors, SpecAdapter, VendorSpec, at_path
+from octopus_crm.adapters.spec import (
+    Bearer,
+    ConnectionCheck,
+    CreateCall,
+    Errors,
+    SpecAdapter,
+    VendorSpec,
+    at_path,
+    dedupe_marker,
+)
 from octopus_crm.core.contracts import ClassifiedMessage
 
 __all__ = ["AsanaAdapter", "external_gid"]
@@ -46,7 +54,7 @@ _CONTAINERS = ("workspace", "projects", "parent")
 
 
 def external_gid(idempotency_key: str) -> str:
-    return "octopus-" + hashlib.sha256(idempotency_key.encode()).hexdigest()[:24]
+    return dedupe_marker(idempotency_key, 24)
 
 
 def _error_messages(response: Response) -> str:

@@ -36,7 +36,6 @@ which lasts until the month ends (China time).
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
 from datetime import datetime, timedelta, timezone
 from typing import Any, ClassVar
@@ -60,7 +59,7 @@ from octopus_crm.adapters.errors import (
 from octopus_crm.adapters.http import Classifier, Request, Response, classify_status, parse_retry_after
 from octopus_crm.adapters.ratelimit import RateLimit
 from octopus_crm.adapters.settings import Credentials, Endpoints, Url, VendorSettings, alias
-from octopus_crm.adapters.spec import CreateCall, JsonToken, SpecAdapter, VendorSpec
+from octopus_crm.adapters.spec import CreateCall, JsonToken, SpecAdapter, VendorSpec, dedupe_marker
 from octopus_crm.core.contracts import ClassifiedMessage
 from octopus_crm.core.redaction import redact
 
@@ -97,7 +96,7 @@ OLD_CODES = BodyCodes(
 
 
 def source_id(idempotency_key: str) -> str:
-    return "octopus-" + hashlib.sha256(idempotency_key.encode()).hexdigest()[:24]
+    return dedupe_marker(idempotency_key, 24)
 
 
 def _until_next_month(now: datetime | None = None) -> float:

@@ -30,7 +30,6 @@ key)>`` and :meth:`SpecAdapter.find_existing` looks it up with the search API
 
 from __future__ import annotations
 
-import hashlib
 import html
 from collections.abc import Mapping
 from typing import Any, ClassVar
@@ -42,7 +41,16 @@ from octopus_crm.adapters.errors import ConfigError, PermanentError
 from octopus_crm.adapters.http import Response
 from octopus_crm.adapters.ratelimit import RateLimit
 from octopus_crm.adapters.settings import Credentials, Endpoints, Url, VendorSettings, alias
-from octopus_crm.adapters.spec import Basic, ConnectionCheck, CreateCall, Errors, FindCall, SpecAdapter, VendorSpec
+from octopus_crm.adapters.spec import (
+    Basic,
+    ConnectionCheck,
+    CreateCall,
+    Errors,
+    FindCall,
+    SpecAdapter,
+    VendorSpec,
+    dedupe_marker,
+)
 
 __all__ = ["PRIORITY", "SOURCE", "STATUS", "FreshdeskAdapter", "dedupe_tag", "text_to_html"]
 
@@ -70,7 +78,7 @@ _NUMERIC = ("priority", "status", "source", "requester_id", "responder_id", "gro
 
 
 def dedupe_tag(idempotency_key: str) -> str:
-    return "octopus-" + hashlib.sha256(idempotency_key.encode()).hexdigest()[:16]
+    return dedupe_marker(idempotency_key)
 
 
 def text_to_html(text: str) -> str:

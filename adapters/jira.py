@@ -28,7 +28,6 @@ calls per second, so we pace at 10 req/s with 10 in flight and obey ``Retry-Afte
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Mapping
 from typing import Any, ClassVar
@@ -50,6 +49,7 @@ from octopus_crm.adapters.spec import (
     SpecAdapter,
     VendorSpec,
 )
+from octopus_crm.adapters.spec import dedupe_marker as dedupe_label  # Jira labels carry the kit's marker
 from octopus_crm.core.contracts import ClassifiedMessage
 
 __all__ = ["JiraAdapter", "dedupe_label", "text_to_adf"]
@@ -87,10 +87,6 @@ def text_to_adf(text: str) -> dict[str, Any]:
                 content.append({"type": "text", "text": line})
         paragraphs.append({"type": "paragraph", "content": content})
     return {"type": "doc", "version": 1, "content": paragraphs}
-
-
-def dedupe_label(idempotency_key: str) -> str:
-    return "octopus-" + hashlib.sha256(idempotency_key.encode()).hexdigest()[:16]
 
 
 def _reference(field: str, value: Any) -> Any:

@@ -33,7 +33,6 @@ queries the data source for it; without it the daemon's ledger is the only guard
 from __future__ import annotations
 
 import asyncio
-import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -47,6 +46,7 @@ from octopus_crm.adapters.http import Request, Response
 from octopus_crm.adapters.ratelimit import RateLimit
 from octopus_crm.adapters.settings import Credentials, Endpoints, Url, VendorSettings, alias
 from octopus_crm.adapters.spec import Bearer, CreateCall, Errors, SpecAdapter, VendorSpec, at_path
+from octopus_crm.adapters.spec import dedupe_marker as spec_marker
 from octopus_crm.core.contracts import ClassifiedMessage
 
 __all__ = ["NOTION_VERSION", "NotionAdapter", "dedupe_marker", "rich_text"]
@@ -61,7 +61,7 @@ _PLAIN = ("email", "phone_number", "url")
 
 
 def dedupe_marker(idempotency_key: str) -> str:
-    return "octopus-" + hashlib.sha256(idempotency_key.encode()).hexdigest()[:24]
+    return spec_marker(idempotency_key, 24)
 
 
 def _chunks(text: str) -> list[str]:

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import hashlib
 import re
 from typing import Any, Literal
 
@@ -69,6 +68,7 @@ from octopus_crm.adapters.spec import (
     SpecAdapter,
     VendorSpec,
     at_path,
+    dedupe_marker,
 )
 from octopus_crm.core.contracts import ClassifiedMessage
 from octopus_crm.core.redaction import redact
@@ -86,7 +86,7 @@ _UI_PATH = {"person": "person", "deal": "deal", "lead": "leads/inbox"}
 
 
 def origin_marker(key: str) -> str:
-    return "octopus-" + hashlib.sha256(key.encode()).hexdigest()[:24]
+    return dedupe_marker(key, 24)
 
 
 def seconds_until_utc_midnight() -> float:

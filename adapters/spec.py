@@ -608,10 +608,11 @@ def _reset_at_seconds(response: Response, names: tuple[str, ...]) -> float | Non
     return None
 
 
-def dedupe_marker(idempotency_key: str) -> str:
-    """``octopus-<16 hex of sha256(key)>``: a findable trace of a delivery (a label, tag or text
-    marker) for vendors without an idempotency key; no spaces, safe in labels, tags and queries."""
-    return "octopus-" + hashlib.sha256(idempotency_key.encode()).hexdigest()[:16]
+def dedupe_marker(idempotency_key: str, digits: int = 16) -> str:
+    """``octopus-<digits hex of sha256(key)>``: a findable trace of a delivery (a label, tag, text
+    marker or external id) for vendors without an idempotency key; no spaces, safe in labels, tags
+    and queries."""
+    return "octopus-" + hashlib.sha256(idempotency_key.encode()).hexdigest()[:digits]
 
 
 @dataclass(frozen=True)

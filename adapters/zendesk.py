@@ -52,6 +52,7 @@ from octopus_crm.adapters.spec import (
     LimitHeaders,
     SpecAdapter,
     VendorSpec,
+    dedupe_marker,
 )
 from octopus_crm.core.contracts import ClassifiedMessage
 
@@ -71,7 +72,7 @@ def idempotency_header_value(key: str) -> str:
 
 
 def external_marker(key: str) -> str:
-    return "octopus-" + hashlib.sha256(key.encode()).hexdigest()[:24]
+    return dedupe_marker(key, 24)
 
 
 def _tags(value: Any) -> list[str]:
