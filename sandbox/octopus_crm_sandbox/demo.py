@@ -24,7 +24,6 @@ from octopus_crm.core.contracts import ClassifiedMessage
 from octopus_crm.daemon.app import Daemon
 from octopus_crm.daemon.config import CrmConfig, PrimaryBackup
 from octopus_crm.daemon.logs import configure_logging
-from octopus_crm.daemon.net import free_port
 from octopus_crm.daemon.producing import event_key, produce_lines
 from octopus_crm.daemon.settings import Settings
 from octopus_crm.strategies.routing import plan
@@ -129,22 +128,24 @@ class _Progress:
             print(f"  {now - self.started:5.1f}s  results {self.total}/{self.expected}: {targets}", flush=True)
 
 
-async def _announce_join(settings: Settings, started: float) -> None:
+async def _announce_join(daemon: Daemon, settings: Settings, started: float) -> None:
     """Print when the daemon has joined its consumer group (its /readyz turns 200)."""
     import aiohttp
 
-    url = f"http://127.0.0.1:{settings.metrics_port}/readyz"
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
         while True:
+            port = daemon.admin.port if daemon.admin is not None else 0  # 0 until the probes server is bound
+            base = f"http://127.0.0.1:{port}"
             try:
-                async with session.get(url) as resp:
-                    if resp.status == 200:
-                        print(
-                            f"  {time.monotonic() - started:5.1f}s  joined consumer group {settings.group_id}; "
-                            "delivering",
-                            flush=True,
-                        )
-                        return
+                if port:
+                    async with session.get(f"{base}/readyz") as resp:
+                        if resp.status == 200:
+                            print(
+                                f"  {time.monotonic() - started:5.1f}s  joined consumer group {settings.group_id}; "
+                                f"delivering (metrics at {base}/metrics)",
+                                flush=True,
+                            )
+                            return
             except (aiohttp.ClientError, TimeoutError):
                 pass  # the admin server is not up yet
             await asyncio.sleep(0.25)
@@ -208,14 +209,13 @@ async def run_demo(*, config_path: str | None = None, events_path: str | None = 
         config_file,
         overlay_extra={"retry": {"maxAttempts": 2, "initialDelay": 0.2}},
         group_id=f"octopus-demo-{uuid.uuid4().hex[:6]}",
-        metrics_port=free_port(),
-        admin_port=free_port(),
+        metrics_port=0,  # bound by the daemon itself: a port picked beforehand can be taken meanwhile
+        admin_port=0,
         commit_interval_s=0.5,
     ) as stack:
         settings, config, sandbox = stack.settings, stack.config, stack.sandbox
         print(
-            f"embedded broker at {settings.bootstrap_servers}; fakes for {', '.join(sorted(sandbox.fakes)) or 'none'}; "
-            f"metrics at http://127.0.0.1:{settings.metrics_port}/metrics",
+            f"embedded broker at {settings.bootstrap_servers}; fakes for {', '.join(sorted(sandbox.fakes)) or 'none'}",
             flush=True,
         )
         expected = _expected_results(config, lines)
@@ -224,7 +224,7 @@ async def run_demo(*, config_path: str | None = None, events_path: str | None = 
         started = time.monotonic()
         daemon = Daemon(settings, config)
         task = asyncio.create_task(daemon.run())
-        joined = asyncio.create_task(_announce_join(settings, started))
+        joined = asyncio.create_task(_announce_join(daemon, settings, started))
         try:
             print(
                 f"daemon started; joining consumer group {settings.group_id} "
