@@ -32,7 +32,6 @@ from urllib.parse import quote
 from pydantic import Field, SecretStr
 
 from octopus_crm.adapters.base import AdapterInfo, DeliveryContext
-from octopus_crm.adapters.errors import ConfigError
 from octopus_crm.adapters.http import Response
 from octopus_crm.adapters.ratelimit import RateLimit
 from octopus_crm.adapters.settings import Credentials, Endpoints, Url, VendorSettings, alias
@@ -47,6 +46,7 @@ from octopus_crm.adapters.spec import (
     at_path,
 )
 from octopus_crm.core.contracts import ClassifiedMessage
+from octopus_crm.core.errors import ConfigError
 
 __all__ = ["AirtableAdapter"]
 

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from octopus_crm.adapters.errors import AuthError, DeliveryError, RetryableError
+from octopus_crm.core.errors import AuthError, DeliveryError, RetryableError
 from octopus_crm.core.redaction import register_secret
 
 if TYPE_CHECKING:

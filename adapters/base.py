@@ -15,7 +15,6 @@ from typing import Any, ClassVar
 
 from pydantic import SecretStr
 
-from octopus_crm.adapters.errors import ConfigError, DeliveryError, PermanentError
 from octopus_crm.adapters.fleet import FleetStore
 from octopus_crm.adapters.http import DEFAULT_MAX_BODY_BYTES, HttpClient, Response, Timeouts, classify_status
 from octopus_crm.adapters.ratelimit import Limiter, RateLimit
@@ -23,6 +22,7 @@ from octopus_crm.adapters.settings import VendorSettings, check_settings
 from octopus_crm.adapters.templates import Compiled, TemplateError, compile_template, template_vars
 from octopus_crm.adapters.urlguard import allows_private_network, url_problem
 from octopus_crm.core.contracts import ClassifiedMessage
+from octopus_crm.core.errors import ConfigError, DeliveryError, PermanentError
 from octopus_crm.core.integration import IntegrationConfig
 
 __all__ = [
@@ -97,14 +97,14 @@ class BodyCodes:
     quota_retry_after: float = 3600.0
 
     def classify(self, response: Response) -> DeliveryError | None:
-        from octopus_crm.adapters.errors import (
+        from octopus_crm.adapters.http import parse_retry_after
+        from octopus_crm.core.errors import (
             AuthError,
             QuotaExhaustedError,
             RateLimitedError,
             RetryableError,
             TokenExpiredError,
         )
-        from octopus_crm.adapters.http import parse_retry_after
 
         body = response.json()
         if not isinstance(body, dict) or self.field not in body:

@@ -28,7 +28,6 @@ from typing import Any, ClassVar
 from pydantic import Field, SecretStr
 
 from octopus_crm.adapters.base import AdapterInfo, DeliveryContext
-from octopus_crm.adapters.errors import ConfigError
 from octopus_crm.adapters.fleet import scope_of_secret
 from octopus_crm.adapters.http import Response
 from octopus_crm.adapters.ratelimit import RateLimit
@@ -44,6 +43,7 @@ from octopus_crm.adapters.spec import (
     dedupe_marker,
 )
 from octopus_crm.core.contracts import ClassifiedMessage
+from octopus_crm.core.errors import ConfigError
 
 __all__ = ["ClickUpAdapter"]
 

@@ -46,7 +46,12 @@ from pydantic import Field, SecretStr
 
 from octopus_crm.adapters.auth import Auth, RoutedAuth, TokenAuth
 from octopus_crm.adapters.base import AdapterInfo, BodyCodes, Delivered, DeliveryContext
-from octopus_crm.adapters.errors import (
+from octopus_crm.adapters.http import Classifier, Request, Response, classify_status, parse_retry_after
+from octopus_crm.adapters.ratelimit import RateLimit
+from octopus_crm.adapters.settings import Credentials, Endpoints, Url, VendorSettings, alias
+from octopus_crm.adapters.spec import CreateCall, JsonToken, SpecAdapter, VendorSpec, dedupe_marker
+from octopus_crm.core.contracts import ClassifiedMessage
+from octopus_crm.core.errors import (
     AuthError,
     ConfigError,
     DeliveryError,
@@ -56,11 +61,6 @@ from octopus_crm.adapters.errors import (
     RetryableError,
     TokenExpiredError,
 )
-from octopus_crm.adapters.http import Classifier, Request, Response, classify_status, parse_retry_after
-from octopus_crm.adapters.ratelimit import RateLimit
-from octopus_crm.adapters.settings import Credentials, Endpoints, Url, VendorSettings, alias
-from octopus_crm.adapters.spec import CreateCall, JsonToken, SpecAdapter, VendorSpec, dedupe_marker
-from octopus_crm.core.contracts import ClassifiedMessage
 from octopus_crm.core.redaction import redact
 
 __all__ = ["OLD_CODES", "PRIORITY", "DingTalkAdapter", "classify", "source_id"]

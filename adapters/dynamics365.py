@@ -39,7 +39,6 @@ from pydantic import Field, SecretStr
 
 from octopus_crm.adapters.auth import Auth, Token, TokenAuth, oauth2_token
 from octopus_crm.adapters.base import AdapterInfo, Delivered, DeliveryContext
-from octopus_crm.adapters.errors import ConfigError, PermanentError
 from octopus_crm.adapters.http import Request, Response
 from octopus_crm.adapters.ratelimit import RateLimit
 from octopus_crm.adapters.settings import Credentials, Endpoints, Url, VendorSettings, alias
@@ -52,6 +51,7 @@ from octopus_crm.adapters.spec import (
     VendorSpec,
 )
 from octopus_crm.core.contracts import ClassifiedMessage
+from octopus_crm.core.errors import ConfigError, PermanentError
 
 __all__ = ["Dynamics365Adapter", "key_value"]
 

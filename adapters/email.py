@@ -46,7 +46,11 @@ import aiosmtplib
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from octopus_crm.adapters.base import Adapter, AdapterInfo, Delivered, DeliveryContext
-from octopus_crm.adapters.errors import (
+from octopus_crm.adapters.http import Timeouts, check_body_size
+from octopus_crm.adapters.ratelimit import Limiter, RateLimit
+from octopus_crm.adapters.settings import Credentials, VendorSettings, alias
+from octopus_crm.core.contracts import ClassifiedMessage
+from octopus_crm.core.errors import (
     AmbiguousDeliveryError,
     AuthError,
     ConfigError,
@@ -56,10 +60,6 @@ from octopus_crm.adapters.errors import (
     RateLimitedError,
     RetryableError,
 )
-from octopus_crm.adapters.http import Timeouts, check_body_size
-from octopus_crm.adapters.ratelimit import Limiter, RateLimit
-from octopus_crm.adapters.settings import Credentials, VendorSettings, alias
-from octopus_crm.core.contracts import ClassifiedMessage
 from octopus_crm.core.redaction import redact, register_secret
 
 __all__ = ["EmailAdapter", "SmtpEndpoints", "address_limits", "build_message", "classify_reply", "message_id_for"]

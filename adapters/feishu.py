@@ -38,12 +38,12 @@ from pydantic import BaseModel, Field, SecretStr
 
 from octopus_crm.adapters.auth import TokenAuth
 from octopus_crm.adapters.base import AdapterInfo, BodyCodes, Delivered, DeliveryContext
-from octopus_crm.adapters.errors import ConfigError, DeliveryError, PermanentError, RateLimitedError
 from octopus_crm.adapters.http import Classifier, Request, Response, parse_retry_after
 from octopus_crm.adapters.ratelimit import RateLimit
 from octopus_crm.adapters.settings import Credentials, Endpoints, Url, VendorSettings, alias
 from octopus_crm.adapters.spec import CreateCall, JsonToken, SpecAdapter, VendorSpec, at_path
 from octopus_crm.core.contracts import ClassifiedMessage
+from octopus_crm.core.errors import ConfigError, DeliveryError, PermanentError, RateLimitedError
 
 __all__ = ["FEISHU_CODES", "FeishuAdapter", "client_token"]
 

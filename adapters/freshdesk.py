@@ -37,7 +37,6 @@ from typing import Any, ClassVar
 from pydantic import Field, SecretStr
 
 from octopus_crm.adapters.base import AdapterInfo, DeliveryContext
-from octopus_crm.adapters.errors import ConfigError, PermanentError
 from octopus_crm.adapters.http import Response
 from octopus_crm.adapters.ratelimit import RateLimit
 from octopus_crm.adapters.settings import Credentials, Endpoints, Url, VendorSettings, alias
@@ -51,6 +50,7 @@ from octopus_crm.adapters.spec import (
     VendorSpec,
     dedupe_marker,
 )
+from octopus_crm.core.errors import ConfigError, PermanentError
 
 __all__ = ["PRIORITY", "SOURCE", "STATUS", "FreshdeskAdapter", "dedupe_tag", "text_to_html"]
 

@@ -25,7 +25,10 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from octopus_crm.adapters.base import Delivered, DeliveryContext
-from octopus_crm.adapters.errors import (
+from octopus_crm.adapters.http import Classifier, Request, Response, classify_status, parse_retry_after
+from octopus_crm.adapters.spec import CreateCall, SpecAdapter, at_path
+from octopus_crm.core.contracts import ClassifiedMessage
+from octopus_crm.core.errors import (
     AuthError,
     DeliveryError,
     PermanentError,
@@ -34,9 +37,6 @@ from octopus_crm.adapters.errors import (
     RetryableError,
     TokenExpiredError,
 )
-from octopus_crm.adapters.http import Classifier, Request, Response, classify_status, parse_retry_after
-from octopus_crm.adapters.spec import CreateCall, SpecAdapter, at_path
-from octopus_crm.core.contracts import ClassifiedMessage
 from octopus_crm.core.redaction import redact
 
 __all__ = [

@@ -21,7 +21,9 @@ from urllib.parse import urlsplit
 import aiohttp
 import orjson
 
-from octopus_crm.adapters.errors import (
+from octopus_crm.adapters.ratelimit import Limiter
+from octopus_crm.adapters.urlguard import BlockedAddressError, GuardedResolver, check_url
+from octopus_crm.core.errors import (
     AmbiguousDeliveryError,
     AuthError,
     ConfigError,
@@ -31,8 +33,6 @@ from octopus_crm.adapters.errors import (
     RetryableError,
     TokenExpiredError,
 )
-from octopus_crm.adapters.ratelimit import Limiter
-from octopus_crm.adapters.urlguard import BlockedAddressError, GuardedResolver, check_url
 from octopus_crm.core.redaction import redact
 
 if TYPE_CHECKING:

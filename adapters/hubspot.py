@@ -47,7 +47,13 @@ from octopus_crm.adapters.base import (
     DeliveryContext,
     IntegrationConfig,
 )
-from octopus_crm.adapters.errors import (
+from octopus_crm.adapters.fleet import scope_of_secret
+from octopus_crm.adapters.http import Classifier, Request, Response, parse_retry_after
+from octopus_crm.adapters.ratelimit import Limiter, RateLimit
+from octopus_crm.adapters.settings import Credentials, Endpoints, Url, VendorSettings
+from octopus_crm.adapters.spec import Bearer, ConnectionCheck, CreateCall, OAuth2Refresh, SpecAdapter, VendorSpec
+from octopus_crm.core.contracts import ClassifiedMessage
+from octopus_crm.core.errors import (
     AuthError,
     DeliveryError,
     PermanentError,
@@ -56,12 +62,6 @@ from octopus_crm.adapters.errors import (
     RetryableError,
     TokenExpiredError,
 )
-from octopus_crm.adapters.fleet import scope_of_secret
-from octopus_crm.adapters.http import Classifier, Request, Response, parse_retry_after
-from octopus_crm.adapters.ratelimit import Limiter, RateLimit
-from octopus_crm.adapters.settings import Credentials, Endpoints, Url, VendorSettings
-from octopus_crm.adapters.spec import Bearer, ConnectionCheck, CreateCall, OAuth2Refresh, SpecAdapter, VendorSpec
-from octopus_crm.core.contracts import ClassifiedMessage
 from octopus_crm.core.redaction import redact
 
 __all__ = ["HubSpotAdapter"]

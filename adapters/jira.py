@@ -35,7 +35,6 @@ from typing import Any, ClassVar
 from pydantic import Field, SecretStr
 
 from octopus_crm.adapters.base import AdapterInfo, DeliveryContext
-from octopus_crm.adapters.errors import ConfigError
 from octopus_crm.adapters.http import Response
 from octopus_crm.adapters.ratelimit import RateLimit
 from octopus_crm.adapters.settings import Credentials, Endpoints, Url, VendorSettings, alias
@@ -51,6 +50,7 @@ from octopus_crm.adapters.spec import (
 )
 from octopus_crm.adapters.spec import dedupe_marker as dedupe_label  # Jira labels carry the kit's marker
 from octopus_crm.core.contracts import ClassifiedMessage
+from octopus_crm.core.errors import ConfigError
 
 __all__ = ["JiraAdapter", "dedupe_label", "text_to_adf"]
 

@@ -32,7 +32,6 @@ from typing import Any, ClassVar
 from pydantic import Field, SecretStr
 
 from octopus_crm.adapters.base import AdapterInfo, Delivered, DeliveryContext
-from octopus_crm.adapters.errors import ConfigError, PermanentError
 from octopus_crm.adapters.graphql import (
     Budget,
     GraphQLAdapter,
@@ -46,6 +45,7 @@ from octopus_crm.adapters.ratelimit import RateLimit
 from octopus_crm.adapters.settings import Credentials, Endpoints, Url, VendorSettings, alias
 from octopus_crm.adapters.spec import ApiKeyHeader, Bearer, Errors, VendorSpec
 from octopus_crm.core.contracts import ClassifiedMessage
+from octopus_crm.core.errors import ConfigError, PermanentError
 
 __all__ = ["CREATE", "LOOKUP", "PROBE", "LinearAdapter", "issue_id"]
 

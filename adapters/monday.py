@@ -41,12 +41,12 @@ import orjson
 from pydantic import Field, SecretStr
 
 from octopus_crm.adapters.base import AdapterInfo, DeliveryContext
-from octopus_crm.adapters.errors import ConfigError
 from octopus_crm.adapters.graphql import Budget, GraphQLAdapter, GraphQLErrors, Lookup, body_number, graphql_create
 from octopus_crm.adapters.ratelimit import RateLimit
 from octopus_crm.adapters.settings import Credentials, Endpoints, Url, VendorSettings, alias
 from octopus_crm.adapters.spec import ApiKeyHeader, Errors, VendorSpec
 from octopus_crm.core.contracts import ClassifiedMessage
+from octopus_crm.core.errors import ConfigError
 
 __all__ = ["CREATE", "LOOKUP", "PROBE", "MondayAdapter", "dedupe_marker"]
 

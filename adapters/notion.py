@@ -41,13 +41,13 @@ from typing import Any
 from pydantic import Field, SecretStr
 
 from octopus_crm.adapters.base import AdapterInfo, Delivered, DeliveryContext, IntegrationConfig
-from octopus_crm.adapters.errors import ConfigError, PermanentError
 from octopus_crm.adapters.http import Request, Response
 from octopus_crm.adapters.ratelimit import RateLimit
 from octopus_crm.adapters.settings import Credentials, Endpoints, Url, VendorSettings, alias
 from octopus_crm.adapters.spec import Bearer, CreateCall, Errors, SpecAdapter, VendorSpec, at_path
 from octopus_crm.adapters.spec import dedupe_marker as spec_marker
 from octopus_crm.core.contracts import ClassifiedMessage
+from octopus_crm.core.errors import ConfigError, PermanentError
 
 __all__ = ["NOTION_VERSION", "NotionAdapter", "dedupe_marker", "rich_text"]
 

@@ -46,13 +46,6 @@ from pydantic import Field, SecretStr
 
 from octopus_crm.adapters.auth import Auth
 from octopus_crm.adapters.base import AdapterInfo, Delivered, DeliveryContext, IntegrationConfig
-from octopus_crm.adapters.errors import (
-    ConfigError,
-    DeliveryError,
-    PermanentError,
-    QuotaExhaustedError,
-    RateLimitedError,
-)
 from octopus_crm.adapters.fleet import scope_of_secret
 from octopus_crm.adapters.http import Request, Response, classify_status
 from octopus_crm.adapters.ratelimit import RateLimit
@@ -71,6 +64,13 @@ from octopus_crm.adapters.spec import (
     dedupe_marker,
 )
 from octopus_crm.core.contracts import ClassifiedMessage
+from octopus_crm.core.errors import (
+    ConfigError,
+    DeliveryError,
+    PermanentError,
+    QuotaExhaustedError,
+    RateLimitedError,
+)
 from octopus_crm.core.redaction import redact
 
 __all__ = ["PipedriveAdapter", "origin_marker"]

@@ -35,7 +35,12 @@ from pydantic import Field, SecretStr
 
 from octopus_crm.adapters.auth import Auth, Token, TokenAuth, oauth2_token
 from octopus_crm.adapters.base import PRIORITY_TITLE, AdapterInfo, Delivered, DeliveryContext
-from octopus_crm.adapters.errors import (
+from octopus_crm.adapters.http import Classifier, HttpClient, Request, Response, parse_retry_after
+from octopus_crm.adapters.ratelimit import RateLimit
+from octopus_crm.adapters.settings import Credentials, Endpoints, Url, VendorSettings
+from octopus_crm.adapters.spec import CreateCall, OAuth2ClientCredentials, SpecAdapter, VendorSpec
+from octopus_crm.core.contracts import ClassifiedMessage
+from octopus_crm.core.errors import (
     AuthError,
     ConfigError,
     DeliveryError,
@@ -45,11 +50,6 @@ from octopus_crm.adapters.errors import (
     RetryableError,
     TokenExpiredError,
 )
-from octopus_crm.adapters.http import Classifier, HttpClient, Request, Response, parse_retry_after
-from octopus_crm.adapters.ratelimit import RateLimit
-from octopus_crm.adapters.settings import Credentials, Endpoints, Url, VendorSettings
-from octopus_crm.adapters.spec import CreateCall, OAuth2ClientCredentials, SpecAdapter, VendorSpec
-from octopus_crm.core.contracts import ClassifiedMessage
 from octopus_crm.core.redaction import redact
 
 __all__ = ["SalesforceAdapter", "api_field_name", "api_version"]

@@ -18,8 +18,8 @@ from typing import Annotated, Any
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
-from octopus_crm.adapters.errors import ConfigError
 from octopus_crm.adapters.ratelimit import RateLimit
+from octopus_crm.core.errors import ConfigError
 
 __all__ = [
     "Credentials",

@@ -33,7 +33,6 @@ from typing import Any
 from pydantic import Field, SecretStr
 
 from octopus_crm.adapters.base import AdapterInfo, BodyCodes, Delivered, DeliveryContext
-from octopus_crm.adapters.errors import AuthError, ConfigError, DeliveryError, PermanentError
 from octopus_crm.adapters.fleet import scope_of_secret
 from octopus_crm.adapters.http import Classifier, Response, classify_status
 from octopus_crm.adapters.ratelimit import RateLimit
@@ -49,6 +48,7 @@ from octopus_crm.adapters.spec import (
     at_path,
 )
 from octopus_crm.core.contracts import ClassifiedMessage
+from octopus_crm.core.errors import AuthError, ConfigError, DeliveryError, PermanentError
 from octopus_crm.core.redaction import register_secret
 
 __all__ = ["WEB_API_CODES", "SlackAdapter", "classify_web_api", "classify_webhook"]

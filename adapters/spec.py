@@ -30,7 +30,10 @@ from octopus_crm.adapters.auth import (
     oauth2_token,
 )
 from octopus_crm.adapters.base import Delivered, DeliveryContext, HttpAdapter, IntegrationConfig
-from octopus_crm.adapters.errors import (
+from octopus_crm.adapters.http import Classifier, HttpClient, Request, Response, classify_status, parse_retry_after
+from octopus_crm.adapters.ratelimit import Limiter
+from octopus_crm.core.contracts import ClassifiedMessage
+from octopus_crm.core.errors import (
     AuthError,
     ConfigError,
     DeliveryError,
@@ -39,9 +42,6 @@ from octopus_crm.adapters.errors import (
     RateLimitedError,
     RetryableError,
 )
-from octopus_crm.adapters.http import Classifier, HttpClient, Request, Response, classify_status, parse_retry_after
-from octopus_crm.adapters.ratelimit import Limiter
-from octopus_crm.core.contracts import ClassifiedMessage
 from octopus_crm.core.redaction import register_secret
 
 __all__ = [

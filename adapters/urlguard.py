@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 
-from octopus_crm.adapters.errors import ConfigError
+from octopus_crm.core.errors import ConfigError
 from octopus_crm.core.redaction import redact
 
 __all__ = [

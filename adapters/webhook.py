@@ -12,11 +12,11 @@ from typing import Any
 from pydantic import Field, SecretStr
 
 from octopus_crm.adapters.base import AdapterInfo, DeliveryContext
-from octopus_crm.adapters.errors import ConfigError
 from octopus_crm.adapters.ratelimit import RateLimit
 from octopus_crm.adapters.settings import Credentials, Endpoints, Url, VendorSettings, alias
 from octopus_crm.adapters.spec import Bearer, CreateCall, SpecAdapter, VendorSpec
 from octopus_crm.core.contracts import ClassifiedMessage
+from octopus_crm.core.errors import ConfigError
 from octopus_crm.core.redaction import register_secret_parts
 
 __all__ = ["WebhookAdapter"]

@@ -33,11 +33,11 @@ from typing import Any, ClassVar
 from pydantic import Field, SecretStr
 
 from octopus_crm.adapters.base import AdapterInfo, BodyCodes, IntegrationConfig
-from octopus_crm.adapters.errors import ConfigError, DeliveryError, PermanentError, RateLimitedError
 from octopus_crm.adapters.http import Classifier, Request, Response
 from octopus_crm.adapters.ratelimit import RateLimit
 from octopus_crm.adapters.settings import Credentials, Endpoints, Url, VendorSettings, alias
 from octopus_crm.adapters.spec import CreateCall, JsonToken, SpecAdapter, VendorSpec
+from octopus_crm.core.errors import ConfigError, DeliveryError, PermanentError, RateLimitedError
 
 __all__ = ["WECOM_CODES", "RateLimitBlocks", "WeComAdapter"]
 

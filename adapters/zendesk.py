@@ -38,7 +38,6 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, SecretStr
 
 from octopus_crm.adapters.base import AdapterInfo, Delivered, DeliveryContext
-from octopus_crm.adapters.errors import ConfigError, PermanentError
 from octopus_crm.adapters.http import Response
 from octopus_crm.adapters.ratelimit import RateLimit
 from octopus_crm.adapters.settings import Credentials, Endpoints, Url, VendorSettings, alias
@@ -55,6 +54,7 @@ from octopus_crm.adapters.spec import (
     dedupe_marker,
 )
 from octopus_crm.core.contracts import ClassifiedMessage
+from octopus_crm.core.errors import ConfigError, PermanentError
 
 __all__ = ["PLAN_LIMITS", "PRIORITY_ZENDESK", "ZendeskAdapter", "external_marker", "idempotency_header_value"]
 

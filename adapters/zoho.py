@@ -43,7 +43,12 @@ from pydantic import Field, SecretStr
 
 from octopus_crm.adapters.auth import Auth, Token, TokenAuth, oauth2_token
 from octopus_crm.adapters.base import AdapterInfo, Delivered, DeliveryContext
-from octopus_crm.adapters.errors import (
+from octopus_crm.adapters.http import Classifier, HttpClient, Request, Response, classify_status, parse_retry_after
+from octopus_crm.adapters.ratelimit import RateLimit
+from octopus_crm.adapters.settings import Credentials, Endpoints, Url, VendorSettings, alias
+from octopus_crm.adapters.spec import CreateCall, OAuth2Refresh, SpecAdapter, VendorSpec, at_path
+from octopus_crm.core.contracts import ClassifiedMessage
+from octopus_crm.core.errors import (
     AuthError,
     ConfigError,
     DeliveryError,
@@ -53,11 +58,6 @@ from octopus_crm.adapters.errors import (
     RetryableError,
     TokenExpiredError,
 )
-from octopus_crm.adapters.http import Classifier, HttpClient, Request, Response, classify_status, parse_retry_after
-from octopus_crm.adapters.ratelimit import RateLimit
-from octopus_crm.adapters.settings import Credentials, Endpoints, Url, VendorSettings, alias
-from octopus_crm.adapters.spec import CreateCall, OAuth2Refresh, SpecAdapter, VendorSpec, at_path
-from octopus_crm.core.contracts import ClassifiedMessage
 from octopus_crm.core.redaction import redact
 
 __all__ = ["ZohoAdapter", "classify", "data_centre"]

@@ -65,8 +65,8 @@ _ROOT = Path(__file__).resolve().parent.parent
 if str(_ROOT) not in sys.path:
     sys.path.insert(0, str(_ROOT))
 
-from octopus_crm.adapters.errors import DeliveryError  # noqa: E402
 from octopus_crm.adapters.http import HttpClient, Request  # noqa: E402
+from octopus_crm.core.errors import DeliveryError  # noqa: E402
 
 try:
     from httpx_aiohttp import AiohttpTransport

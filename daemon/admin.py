@@ -32,8 +32,8 @@ from aiolimiter import AsyncLimiter
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from octopus_crm.adapters.base import Adapter
-from octopus_crm.adapters.errors import ConfigError, DeliveryError
 from octopus_crm.adapters.registry import describe
+from octopus_crm.core.errors import ConfigError, DeliveryError
 from octopus_crm.core.redaction import redact_value, register_secret
 from octopus_crm.daemon import metrics
 from octopus_crm.daemon.admin_config import (

@@ -22,8 +22,8 @@ import orjson
 from pydantic import ValidationError
 
 from octopus_crm.adapters.base import Adapter, DeliveryContext
-from octopus_crm.adapters.errors import ConfigError
 from octopus_crm.core.contracts import ClassifiedMessage
+from octopus_crm.core.errors import ConfigError
 from octopus_crm.daemon.config import ConfigFileError, CrmConfig, Integration, build_adapter, parse_config, read_raw
 from octopus_crm.daemon.config_versions import ConfigWriter, merge_integration
 from octopus_crm.strategies.routing import plan

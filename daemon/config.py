@@ -21,7 +21,6 @@ import yaml
 from pydantic import ValidationError
 
 from octopus_crm.adapters.base import Adapter
-from octopus_crm.adapters.errors import ConfigError as AdapterConfigError
 from octopus_crm.adapters.registry import ADAPTERS, adapter_class
 from octopus_crm.core.config import (
     Action,
@@ -36,6 +35,7 @@ from octopus_crm.core.config import (
     Tenant,
     VendorCatalog,
 )
+from octopus_crm.core.errors import ConfigError as AdapterConfigError
 from octopus_crm.core.redaction import register_secret_parts
 
 __all__ = [

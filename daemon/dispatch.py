@@ -37,16 +37,16 @@ from dataclasses import dataclass
 import structlog
 
 from octopus_crm.adapters.base import Adapter, Delivered, DeliveryContext
-from octopus_crm.adapters.errors import (
+from octopus_crm.adapters.fleet import FleetStore
+from octopus_crm.adapters.ratelimit import waits_measured
+from octopus_crm.core.contracts import ClassifiedMessage, ResultSource, SyncResult
+from octopus_crm.core.errors import (
     AmbiguousDeliveryError,
     DeliveryError,
     QuotaExhaustedError,
     RateLimitedError,
     RetryableError,
 )
-from octopus_crm.adapters.fleet import FleetStore
-from octopus_crm.adapters.ratelimit import waits_measured
-from octopus_crm.core.contracts import ClassifiedMessage, ResultSource, SyncResult
 from octopus_crm.daemon import metrics
 from octopus_crm.daemon.config import CrmConfig
 from octopus_crm.daemon.ledger import Claim, Lease, Ledger, LedgerEntry, lease_owner

@@ -12,14 +12,14 @@ import pytest
 
 from octopus_crm.adapters.airtable import AirtableAdapter
 from octopus_crm.adapters.base import DeliveryContext, IntegrationConfig
-from octopus_crm.adapters.errors import (
+from octopus_crm.adapters.http import Request
+from octopus_crm.core.errors import (
     ConfigError,
     DeliveryError,
     PermanentError,
     QuotaExhaustedError,
     RateLimitedError,
 )
-from octopus_crm.adapters.http import Request
 from octopus_crm_sandbox.airtable import AirtableFake
 from octopus_crm_sandbox.kit import Fault, SandboxServer
 from tests.adapters.seed import event_of, seed_config, with_changes

@@ -11,7 +11,7 @@ import pytest
 
 from octopus_crm.adapters.asana import AsanaAdapter, external_gid
 from octopus_crm.adapters.base import DeliveryContext, IntegrationConfig
-from octopus_crm.adapters.errors import ConfigError, PermanentError, RateLimitedError, RetryableError
+from octopus_crm.core.errors import ConfigError, PermanentError, RateLimitedError, RetryableError
 from octopus_crm_sandbox.asana import AsanaFake
 from octopus_crm_sandbox.kit import Fault, SandboxServer
 from tests.adapters.seed import event_of, seed_config

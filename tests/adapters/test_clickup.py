@@ -12,8 +12,8 @@ import pytest
 
 from octopus_crm.adapters.base import DeliveryContext, IntegrationConfig
 from octopus_crm.adapters.clickup import ClickUpAdapter
-from octopus_crm.adapters.errors import AuthError, ConfigError, DeliveryError, PermanentError, RateLimitedError
 from octopus_crm.adapters.spec import dedupe_marker
+from octopus_crm.core.errors import AuthError, ConfigError, DeliveryError, PermanentError, RateLimitedError
 from octopus_crm_sandbox.clickup import ClickUpFake
 from octopus_crm_sandbox.kit import Fault, SandboxServer
 from tests.adapters.seed import event_of, seed_config

@@ -23,7 +23,9 @@ from typing import Any
 import pytest
 
 from octopus_crm.adapters.base import Adapter, DeliveryContext, IntegrationConfig
-from octopus_crm.adapters.errors import (
+from octopus_crm.adapters.registry import ADAPTERS
+from octopus_crm.core.contracts import ClassifiedMessage
+from octopus_crm.core.errors import (
     AmbiguousDeliveryError,
     AuthError,
     ConfigError,
@@ -33,8 +35,6 @@ from octopus_crm.adapters.errors import (
     RateLimitedError,
     RetryableError,
 )
-from octopus_crm.adapters.registry import ADAPTERS
-from octopus_crm.core.contracts import ClassifiedMessage
 from octopus_crm_sandbox.airtable import AirtableFake
 from octopus_crm_sandbox.asana import AsanaFake
 from octopus_crm_sandbox.clickup import ClickUpFake

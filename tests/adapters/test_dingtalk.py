@@ -12,7 +12,8 @@ import pytest
 
 from octopus_crm.adapters.base import DeliveryContext, IntegrationConfig
 from octopus_crm.adapters.dingtalk import CHINA, PRIORITY, DingTalkAdapter, _until_next_month, classify, source_id
-from octopus_crm.adapters.errors import (
+from octopus_crm.adapters.http import Response
+from octopus_crm.core.errors import (
     AuthError,
     ConfigError,
     PermanentError,
@@ -20,7 +21,6 @@ from octopus_crm.adapters.errors import (
     RateLimitedError,
     TokenExpiredError,
 )
-from octopus_crm.adapters.http import Response
 from octopus_crm_sandbox.dingtalk import DingTalkFake
 from octopus_crm_sandbox.kit import Fault, SandboxServer
 from tests.adapters.seed import event_of, seed_config, seed_entry, with_changes

@@ -11,8 +11,8 @@ import pytest
 
 from octopus_crm.adapters.base import DeliveryContext, IntegrationConfig
 from octopus_crm.adapters.dynamics365 import Dynamics365Adapter, key_value
-from octopus_crm.adapters.errors import AuthError, ConfigError, PermanentError, RateLimitedError
 from octopus_crm.adapters.registry import ADAPTERS
+from octopus_crm.core.errors import AuthError, ConfigError, PermanentError, RateLimitedError
 from octopus_crm_sandbox.dynamics365 import ACCOUNT_ID, CONTACT_ID, DynamicsFake
 from octopus_crm_sandbox.kit import SandboxServer
 from tests.adapters.seed import event_of, seed_config

@@ -14,7 +14,8 @@ import pytest_asyncio
 
 from octopus_crm.adapters.base import DeliveryContext, IntegrationConfig
 from octopus_crm.adapters.email import EmailAdapter, classify_reply, message_id_for
-from octopus_crm.adapters.errors import (
+from octopus_crm.core.contracts import ClassifiedMessage
+from octopus_crm.core.errors import (
     AmbiguousDeliveryError,
     AuthError,
     ConfigError,
@@ -23,7 +24,6 @@ from octopus_crm.adapters.errors import (
     RateLimitedError,
     RetryableError,
 )
-from octopus_crm.core.contracts import ClassifiedMessage
 from octopus_crm_sandbox.kit import Fault
 from octopus_crm_sandbox.smtp import SmtpFake
 

@@ -18,7 +18,9 @@ import orjson
 import pytest
 
 from octopus_crm.adapters.base import DeliveryContext, IntegrationConfig
-from octopus_crm.adapters.errors import (
+from octopus_crm.adapters.feishu import RECORD_RATE, TASK_RATE, FeishuAdapter, client_token
+from octopus_crm.core.contracts import ClassifiedMessage
+from octopus_crm.core.errors import (
     AuthError,
     ConfigError,
     DeliveryError,
@@ -26,8 +28,6 @@ from octopus_crm.adapters.errors import (
     RateLimitedError,
     RetryableError,
 )
-from octopus_crm.adapters.feishu import RECORD_RATE, TASK_RATE, FeishuAdapter, client_token
-from octopus_crm.core.contracts import ClassifiedMessage
 from octopus_crm_sandbox.feishu import TASK_CREATE_SPEC, FeishuFake, check_meta
 from octopus_crm_sandbox.kit import Fault, SandboxServer
 from tests.adapters.seed import resolved, serving

@@ -11,9 +11,9 @@ import orjson
 import pytest
 
 from octopus_crm.adapters.base import DeliveryContext, IntegrationConfig
-from octopus_crm.adapters.errors import AuthError, ConfigError, PermanentError, RateLimitedError
 from octopus_crm.adapters.freshdesk import FreshdeskAdapter, dedupe_tag, text_to_html
 from octopus_crm.adapters.http import Response
+from octopus_crm.core.errors import AuthError, ConfigError, PermanentError, RateLimitedError
 from octopus_crm_sandbox.freshdesk import FreshdeskFake
 from octopus_crm_sandbox.kit import Fault, SandboxServer
 from tests.adapters.seed import event_of, seed_config, seed_entry, with_changes

@@ -11,7 +11,10 @@ import pytest
 from graphql import parse, validate
 
 from octopus_crm.adapters import linear, monday
-from octopus_crm.adapters.errors import (
+from octopus_crm.adapters.graphql import Budget, GraphQLErrors, body_number, epoch_ms_header, header_number
+from octopus_crm.adapters.http import Response
+from octopus_crm.adapters.spec import Errors
+from octopus_crm.core.errors import (
     AuthError,
     DeliveryError,
     PermanentError,
@@ -20,9 +23,6 @@ from octopus_crm.adapters.errors import (
     RetryableError,
     TokenExpiredError,
 )
-from octopus_crm.adapters.graphql import Budget, GraphQLErrors, body_number, epoch_ms_header, header_number
-from octopus_crm.adapters.http import Response
-from octopus_crm.adapters.spec import Errors
 from octopus_crm_sandbox.graphql import SPECS, fragment, load_schema
 
 PUBLISHED = Path("/work/shared/vendor-specs")

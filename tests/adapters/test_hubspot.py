@@ -11,7 +11,8 @@ import orjson
 import pytest
 
 from octopus_crm.adapters.base import DeliveryContext, IntegrationConfig
-from octopus_crm.adapters.errors import (
+from octopus_crm.adapters.hubspot import HubSpotAdapter, seconds_until_midnight
+from octopus_crm.core.errors import (
     AuthError,
     ConfigError,
     PermanentError,
@@ -19,7 +20,6 @@ from octopus_crm.adapters.errors import (
     RateLimitedError,
     RetryableError,
 )
-from octopus_crm.adapters.hubspot import HubSpotAdapter, seconds_until_midnight
 from octopus_crm_sandbox.hubspot import HubSpotFake
 from octopus_crm_sandbox.kit import Fault, SandboxServer
 from tests.adapters.seed import event_of, seed_entry, with_changes

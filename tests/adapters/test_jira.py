@@ -13,7 +13,10 @@ import orjson
 import pytest
 
 from octopus_crm.adapters.base import DeliveryContext
-from octopus_crm.adapters.errors import (
+from octopus_crm.adapters.http import Request
+from octopus_crm.adapters.jira import JiraAdapter, dedupe_label, text_to_adf
+from octopus_crm.core.contracts import ClassifiedMessage
+from octopus_crm.core.errors import (
     AmbiguousDeliveryError,
     AuthError,
     PermanentError,
@@ -21,9 +24,6 @@ from octopus_crm.adapters.errors import (
     RetryableError,
     TokenExpiredError,
 )
-from octopus_crm.adapters.http import Request
-from octopus_crm.adapters.jira import JiraAdapter, dedupe_label, text_to_adf
-from octopus_crm.core.contracts import ClassifiedMessage
 from octopus_crm_sandbox.jira import JiraFake, adf_to_text
 from octopus_crm_sandbox.kit import Fault, SandboxServer
 from tests.adapters.seed import seed_config

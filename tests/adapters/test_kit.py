@@ -14,15 +14,6 @@ from aiohttp import web
 
 from octopus_crm.adapters.auth import Token, TokenAuth
 from octopus_crm.adapters.base import BodyCodes
-from octopus_crm.adapters.errors import (
-    AmbiguousDeliveryError,
-    AuthError,
-    PermanentError,
-    QuotaExhaustedError,
-    RateLimitedError,
-    RetryableError,
-    TokenExpiredError,
-)
 from octopus_crm.adapters.http import (
     HttpClient,
     Request,
@@ -32,6 +23,15 @@ from octopus_crm.adapters.http import (
     parse_retry_after,
 )
 from octopus_crm.adapters.ratelimit import Limiter, RateLimit
+from octopus_crm.core.errors import (
+    AmbiguousDeliveryError,
+    AuthError,
+    PermanentError,
+    QuotaExhaustedError,
+    RateLimitedError,
+    RetryableError,
+    TokenExpiredError,
+)
 from octopus_crm_sandbox.kit import FakeVendor, Fault, SandboxServer
 
 # -- a tiny vendor: POST /token issues a bearer token, POST /records needs one ----------------

@@ -11,8 +11,8 @@ import orjson
 import pytest
 
 from octopus_crm.adapters.base import DeliveryContext
-from octopus_crm.adapters.errors import AuthError, ConfigError, PermanentError, RateLimitedError
 from octopus_crm.adapters.linear import CREATE, PRIORITY_LINEAR, LinearAdapter, issue_id
+from octopus_crm.core.errors import AuthError, ConfigError, PermanentError, RateLimitedError
 from octopus_crm_sandbox.kit import Fault, SandboxServer
 from octopus_crm_sandbox.linear import TEAM_ID, LinearFake
 from tests.adapters.seed import event_of, seed_config

@@ -10,14 +10,14 @@ import orjson
 import pytest
 
 from octopus_crm.adapters.base import DeliveryContext, IntegrationConfig
-from octopus_crm.adapters.errors import (
+from octopus_crm.adapters.monday import API_VERSION, CREATE, PRIORITY_MONDAY, MondayAdapter, dedupe_marker
+from octopus_crm.core.errors import (
     ConfigError,
     PermanentError,
     QuotaExhaustedError,
     RateLimitedError,
     RetryableError,
 )
-from octopus_crm.adapters.monday import API_VERSION, CREATE, PRIORITY_MONDAY, MondayAdapter, dedupe_marker
 from octopus_crm_sandbox.kit import Fault, SandboxServer
 from octopus_crm_sandbox.monday import BOARD_ID, MondayFake
 from tests.adapters.seed import event_of, seed_config, with_changes

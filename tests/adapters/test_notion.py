@@ -10,9 +10,9 @@ import orjson
 import pytest
 
 from octopus_crm.adapters.base import DeliveryContext, IntegrationConfig
-from octopus_crm.adapters.errors import ConfigError, PermanentError, RateLimitedError, RetryableError
 from octopus_crm.adapters.http import Request
 from octopus_crm.adapters.notion import NOTION_VERSION, NotionAdapter, dedupe_marker
+from octopus_crm.core.errors import ConfigError, PermanentError, RateLimitedError, RetryableError
 from octopus_crm_sandbox.kit import Fault, SandboxServer
 from octopus_crm_sandbox.notion import NotionFake
 from tests.adapters.seed import event_of, seed_config, with_changes

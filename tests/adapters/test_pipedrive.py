@@ -12,7 +12,8 @@ import orjson
 import pytest
 
 from octopus_crm.adapters.base import DeliveryContext, IntegrationConfig
-from octopus_crm.adapters.errors import (
+from octopus_crm.adapters.pipedrive import PipedriveAdapter, origin_marker, seconds_until_utc_midnight
+from octopus_crm.core.errors import (
     AuthError,
     ConfigError,
     DeliveryError,
@@ -21,7 +22,6 @@ from octopus_crm.adapters.errors import (
     RateLimitedError,
     RetryableError,
 )
-from octopus_crm.adapters.pipedrive import PipedriveAdapter, origin_marker, seconds_until_utc_midnight
 from octopus_crm_sandbox.kit import Fault, SandboxServer
 from octopus_crm_sandbox.pipedrive import PipedriveFake
 from tests.adapters.seed import event_of, seed_config, with_changes

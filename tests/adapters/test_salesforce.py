@@ -12,7 +12,8 @@ import orjson
 import pytest
 
 from octopus_crm.adapters.base import DeliveryContext, IntegrationConfig
-from octopus_crm.adapters.errors import (
+from octopus_crm.adapters.salesforce import SalesforceAdapter, api_field_name, api_version
+from octopus_crm.core.errors import (
     AuthError,
     ConfigError,
     PermanentError,
@@ -20,7 +21,6 @@ from octopus_crm.adapters.errors import (
     RateLimitedError,
     RetryableError,
 )
-from octopus_crm.adapters.salesforce import SalesforceAdapter, api_field_name, api_version
 from octopus_crm.core.redaction import REDACTED, redact
 from octopus_crm_sandbox.kit import Fault, SandboxServer
 from octopus_crm_sandbox.salesforce import SalesforceFake

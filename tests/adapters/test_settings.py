@@ -14,9 +14,9 @@ import orjson
 import pytest
 
 from octopus_crm.adapters.base import IntegrationConfig
-from octopus_crm.adapters.errors import ConfigError
 from octopus_crm.adapters.feishu import FeishuAdapter
 from octopus_crm.adapters.registry import ADAPTERS, describe
+from octopus_crm.core.errors import ConfigError
 from octopus_crm.daemon.admin import AdminServer
 from octopus_crm.daemon.config import ConfigFileError, parse_config
 from octopus_crm.daemon.consumer import Health

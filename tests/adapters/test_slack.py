@@ -13,7 +13,10 @@ import aiohttp
 import pytest
 
 from octopus_crm.adapters.base import DeliveryContext
-from octopus_crm.adapters.errors import (
+from octopus_crm.adapters.http import Request
+from octopus_crm.adapters.slack import WEB_API_CODES, SlackAdapter
+from octopus_crm.core.contracts import ClassifiedMessage
+from octopus_crm.core.errors import (
     AuthError,
     ConfigError,
     DeliveryError,
@@ -22,9 +25,6 @@ from octopus_crm.adapters.errors import (
     RetryableError,
     TokenExpiredError,
 )
-from octopus_crm.adapters.http import Request
-from octopus_crm.adapters.slack import WEB_API_CODES, SlackAdapter
-from octopus_crm.core.contracts import ClassifiedMessage
 from octopus_crm_sandbox.kit import Fault, SandboxServer
 from octopus_crm_sandbox.slack import SPEC_ERRORS, SlackFake
 from tests.adapters.seed import seed_config

@@ -14,14 +14,6 @@ from aiohttp import web
 from pydantic import Field, SecretStr
 
 from octopus_crm.adapters.base import AdapterInfo, DeliveryContext, IntegrationConfig
-from octopus_crm.adapters.errors import (
-    AuthError,
-    ConfigError,
-    PermanentError,
-    QuotaExhaustedError,
-    RateLimitedError,
-    RetryableError,
-)
 from octopus_crm.adapters.ratelimit import RateLimit
 from octopus_crm.adapters.settings import Credentials, Endpoints, Url, VendorSettings
 from octopus_crm.adapters.spec import (
@@ -34,6 +26,14 @@ from octopus_crm.adapters.spec import (
     OAuth2ClientCredentials,
     SpecAdapter,
     VendorSpec,
+)
+from octopus_crm.core.errors import (
+    AuthError,
+    ConfigError,
+    PermanentError,
+    QuotaExhaustedError,
+    RateLimitedError,
+    RetryableError,
 )
 from octopus_crm_sandbox.envelope import caller, token_route
 from octopus_crm_sandbox.kit import FakeVendor, Fault, SandboxServer

@@ -10,9 +10,9 @@ from aiohttp.test_utils import make_mocked_request
 
 from octopus_crm.adapters.auth import HeaderAuth, QueryAuth, RoutedAuth, Token, TokenAuth
 from octopus_crm.adapters.base import IntegrationConfig
-from octopus_crm.adapters.errors import ConfigError
 from octopus_crm.adapters.http import Request
 from octopus_crm.adapters.spec import Basic
+from octopus_crm.core.errors import ConfigError
 from octopus_crm_sandbox.envelope import caller
 from octopus_crm_sandbox.kit import FakeVendor
 

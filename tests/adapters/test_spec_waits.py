@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import time
 
-from octopus_crm.adapters.errors import RateLimitedError
 from octopus_crm.adapters.http import Response
 from octopus_crm.adapters.spec import Errors, dedupe_marker
+from octopus_crm.core.errors import RateLimitedError
 
 
 def too_many(**headers: str) -> Response:

@@ -10,7 +10,10 @@ import orjson
 import pytest
 
 from octopus_crm.adapters.base import DeliveryContext, IntegrationConfig
-from octopus_crm.adapters.errors import (
+from octopus_crm.adapters.http import Request
+from octopus_crm.adapters.spec import dedupe_marker
+from octopus_crm.adapters.trello import DESC_MAX, TrelloAdapter
+from octopus_crm.core.errors import (
     AuthError,
     ConfigError,
     DeliveryError,
@@ -18,9 +21,6 @@ from octopus_crm.adapters.errors import (
     RateLimitedError,
     RetryableError,
 )
-from octopus_crm.adapters.http import Request
-from octopus_crm.adapters.spec import dedupe_marker
-from octopus_crm.adapters.trello import DESC_MAX, TrelloAdapter
 from octopus_crm_sandbox.kit import Fault, SandboxServer
 from octopus_crm_sandbox.trello import TrelloFake
 from tests.adapters.seed import event_of, seed_config, with_changes

@@ -11,10 +11,10 @@ import pytest_asyncio
 from aiohttp import web
 
 from octopus_crm.adapters.base import DeliveryContext, IntegrationConfig
-from octopus_crm.adapters.errors import AuthError, ConfigError, PermanentError
 from octopus_crm.adapters.http import HttpClient, Request
 from octopus_crm.adapters.salesforce import SalesforceAdapter
 from octopus_crm.adapters.urlguard import address_problem, url_problem
+from octopus_crm.core.errors import AuthError, ConfigError, PermanentError
 from octopus_crm_sandbox.kit import FakeVendor, Fault, SandboxServer
 from octopus_crm_sandbox.salesforce import SalesforceFake
 from tests.adapters.seed import event_of, seed_entry

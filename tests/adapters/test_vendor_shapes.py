@@ -7,9 +7,9 @@ from typing import Any
 import pytest
 
 from octopus_crm.adapters.base import DeliveryContext
-from octopus_crm.adapters.errors import DeliveryError, PermanentError
 from octopus_crm.adapters.salesforce import SalesforceAdapter
 from octopus_crm.adapters.slack import SlackAdapter
+from octopus_crm.core.errors import DeliveryError, PermanentError
 from octopus_crm_sandbox.feishu import FeishuFake
 from octopus_crm_sandbox.kit import Fault
 from octopus_crm_sandbox.salesforce import SalesforceFake

@@ -14,7 +14,9 @@ import orjson
 import pytest
 
 from octopus_crm.adapters.base import DeliveryContext, IntegrationConfig
-from octopus_crm.adapters.errors import (
+from octopus_crm.adapters.wecom import MESSAGE_RATE, RateLimitBlocks, WeComAdapter
+from octopus_crm.core.contracts import ClassifiedMessage
+from octopus_crm.core.errors import (
     AuthError,
     ConfigError,
     DeliveryError,
@@ -22,8 +24,6 @@ from octopus_crm.adapters.errors import (
     RateLimitedError,
     RetryableError,
 )
-from octopus_crm.adapters.wecom import MESSAGE_RATE, RateLimitBlocks, WeComAdapter
-from octopus_crm.core.contracts import ClassifiedMessage
 from octopus_crm_sandbox.kit import Fault
 from octopus_crm_sandbox.wecom import WeComFake
 from tests.adapters.seed import resolved, serving

@@ -12,7 +12,9 @@ import orjson
 import pytest
 
 from octopus_crm.adapters.base import DeliveryContext, IntegrationConfig
-from octopus_crm.adapters.errors import (
+from octopus_crm.adapters.http import Request
+from octopus_crm.adapters.zendesk import ZendeskAdapter, external_marker, idempotency_header_value
+from octopus_crm.core.errors import (
     AuthError,
     ConfigError,
     DeliveryError,
@@ -20,8 +22,6 @@ from octopus_crm.adapters.errors import (
     RateLimitedError,
     RetryableError,
 )
-from octopus_crm.adapters.http import Request
-from octopus_crm.adapters.zendesk import ZendeskAdapter, external_marker, idempotency_header_value
 from octopus_crm_sandbox.kit import Fault, SandboxServer
 from octopus_crm_sandbox.zendesk import ZendeskFake
 from tests.adapters.seed import event_of, seed_config, with_changes

@@ -10,16 +10,16 @@ import orjson
 import pytest
 
 from octopus_crm.adapters.base import DeliveryContext, IntegrationConfig
-from octopus_crm.adapters.errors import (
+from octopus_crm.adapters.http import Response
+from octopus_crm.adapters.registry import ADAPTERS
+from octopus_crm.adapters.zoho import QUOTA_RETRY_AFTER, ZohoAdapter, classify
+from octopus_crm.core.errors import (
     AuthError,
     ConfigError,
     PermanentError,
     QuotaExhaustedError,
     RateLimitedError,
 )
-from octopus_crm.adapters.http import Response
-from octopus_crm.adapters.registry import ADAPTERS
-from octopus_crm.adapters.zoho import QUOTA_RETRY_AFTER, ZohoAdapter, classify
 from octopus_crm_sandbox.kit import SandboxServer
 from octopus_crm_sandbox.zoho import ZohoFake
 from tests.adapters.seed import event_of, seed_config, with_changes

@@ -12,14 +12,14 @@ from typing import Any, cast
 import pytest
 
 from octopus_crm.adapters.base import Adapter, Delivered, DeliveryContext
-from octopus_crm.adapters.errors import (
+from octopus_crm.core.contracts import ClassifiedMessage
+from octopus_crm.core.errors import (
     DeliveryError,
+    ErrorInfo,
     PermanentError,
     QuotaExhaustedError,
     RetryableError,
 )
-from octopus_crm.core.contracts import ClassifiedMessage
-from octopus_crm.core.errors import ErrorInfo
 from octopus_crm.core.wire import Header
 from octopus_crm.daemon.config import CrmConfig, parse_config
 from octopus_crm.daemon.dispatch import AtTarget, CircuitOpenError, Dispatcher, Outcomes, idempotency_key
