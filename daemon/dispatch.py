@@ -50,7 +50,7 @@ from octopus_crm.core.errors import (
 from octopus_crm.daemon import metrics
 from octopus_crm.daemon.config import CrmConfig
 from octopus_crm.daemon.ledger import Claim, Lease, Ledger, LedgerEntry, lease_owner
-from octopus_crm.daemon.outcomes import DeadLetter, Outcomes, failed, finished
+from octopus_crm.daemon.outcomes import Outcomes, failed, finished
 from octopus_crm.daemon.records import InboundRecord
 from octopus_crm.daemon.retrying import AttemptRecord, RetryKind, RetryRecord, TargetSpec
 from octopus_crm.daemon.route import RouteState
@@ -58,7 +58,7 @@ from octopus_crm.strategies.breaker import BreakerPolicy, BreakerState, CircuitB
 from octopus_crm.strategies.retry import RetryPolicy
 from octopus_crm.strategies.routing import Plan, Target
 
-__all__ = ["AtTarget", "CircuitOpenError", "DeadLetter", "Dispatcher", "Outcomes", "idempotency_key"]
+__all__ = ["AtTarget", "CircuitOpenError", "Dispatcher", "idempotency_key"]
 
 log = structlog.get_logger("octopus.dispatch")
 

@@ -18,7 +18,8 @@ from pydantic import ValidationError
 from octopus_crm.core.contracts import SUPPORTED_SCHEMA_VERSIONS, ClassifiedMessage
 from octopus_crm.core.wire import DeadLetterClass
 from octopus_crm.daemon import metrics
-from octopus_crm.daemon.dispatch import Dispatcher, Outcomes
+from octopus_crm.daemon.dispatch import Dispatcher
+from octopus_crm.daemon.outcomes import Outcomes
 from octopus_crm.daemon.records import InboundRecord
 from octopus_crm.daemon.reporting import Reporter, log_outcomes, report
 from octopus_crm.strategies.routing import Plan

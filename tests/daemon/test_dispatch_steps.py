@@ -22,8 +22,9 @@ from octopus_crm.core.errors import (
 )
 from octopus_crm.core.wire import Header
 from octopus_crm.daemon.config import CrmConfig, parse_config
-from octopus_crm.daemon.dispatch import AtTarget, CircuitOpenError, Dispatcher, Outcomes, idempotency_key
+from octopus_crm.daemon.dispatch import AtTarget, CircuitOpenError, Dispatcher, idempotency_key
 from octopus_crm.daemon.ledger import Claim, Lease, LedgerEntry, MemoryLedger, lease_owner
+from octopus_crm.daemon.outcomes import Outcomes
 from octopus_crm.daemon.records import InboundRecord
 from octopus_crm.daemon.retrying import RetryRecord
 from octopus_crm.daemon.route import RouteState
