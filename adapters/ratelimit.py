@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Iterator
@@ -67,7 +66,7 @@ class Limiter:
     def turn_in(self, ahead: int = 0) -> float:
         """Seconds until a request queued now (behind ``ahead`` more) would pass the pace, from
         the pause, the bucket's level and the requests already waiting; no request's duration is
-        guessed. A limiter whose slots are all busy answers infinity until one request was timed."""
+        guessed: before the first answer, the oldest request's age stands for a request's time."""
         now = time.monotonic()
         while self._promised and self._promised[0] < now:
             self._promised.popleft()
@@ -78,8 +77,16 @@ class Limiter:
         busy = len(self._started) + queued - self.limit.concurrency + 1
         slot = 0.0
         if busy > 0:
-            slot = math.inf if self._service == 0.0 else busy * self._service / self.limit.concurrency
+            slot = busy * self._service_time(now) / self.limit.concurrency
         return self.paused_for + max(pacing, slot)
+
+    def _service_time(self, now: float) -> float:
+        """Seconds a request holds its slot: the smoothed time of those answered, or the age of
+        the oldest one in progress when that is longer (the only fact before the first answer:
+        a vendor that hangs from the start is seen hanging as soon as that age passes a budget)."""
+        if self._started:
+            return max(self._service, now - next(iter(self._started.values())))
+        return self._service
 
     def serves_within(self, budget: float) -> bool:
         """Whether a request queued now gets its turn within ``budget`` seconds. A yes holds the
@@ -129,13 +136,9 @@ class Limiter:
         """Seconds until a request queued now would be answered: its wait for a turn (the backlog
         over what this integration drains per second: its paced rate, or its concurrency over one
         request's time) plus one request's time. A request's time is the smoothed one, or the age
-        of the oldest request in progress when that is longer. Infinite while nothing has been
-        answered yet and a queue of twice the concurrency has formed already."""
-        if self._service == 0.0 and self._waiting >= 2 * self.limit.concurrency:
-            return math.inf
-        service = self._service
-        if self._started:
-            service = max(service, time.monotonic() - next(iter(self._started.values())))
+        of the oldest request in progress when that is longer (before the first answer, that age
+        is all there is to go by)."""
+        service = self._service_time(time.monotonic())
         if service == 0.0:
             return 0.0
         return self._waiting / min(self.limit.rate, self.limit.concurrency / service) + service
