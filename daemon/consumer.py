@@ -140,6 +140,7 @@ class ConsumerLoop:
         last_commit = last_lag = time.monotonic()
         try:
             while not self._stopping.is_set():
+                metrics.IN_FLIGHT.set(self._in_flight)
                 self._apply_backpressure(consumer)
                 room = max(1, self.max_in_flight - self._in_flight)
                 try:
@@ -262,8 +263,7 @@ class ConsumerLoop:
         self.health.progress()
 
     def _release(self, count: int) -> None:
-        self._in_flight -= count
-        metrics.IN_FLIGHT.set(self._in_flight)
+        self._in_flight -= count  # the gauge is set once per fetch (run loop), not per event
         if self._paused and self._in_flight <= self.max_in_flight // 2:
             self._room.set()
         if self._in_flight <= 0:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import sqlite3
 import time
 import uuid
@@ -70,9 +71,13 @@ class Waiting:
 PROCESS = uuid.uuid4().hex[:12]
 
 
+_OWNERS = itertools.count(1)
+
+
 def lease_owner() -> str:
-    """A fresh owner id: one per copy of a delivery, so two copies in one process are told apart."""
-    return f"{PROCESS}/{uuid.uuid4().hex[:12]}"
+    """A fresh owner id: one per copy of a delivery, so two copies in one process are told apart
+    (a counter suffices within the process; ``PROCESS`` tells processes apart)."""
+    return f"{PROCESS}/{next(_OWNERS):x}"
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,20 @@ class TargetSpec(BaseModel):
 
     @classmethod
     def of(cls, target: Target) -> TargetSpec:
+        """The wire form of ``target``; one shared instance per target without overrides (the
+        common case, met by every event: built once, not validated again per event)."""
+        if target.overrides:
+            return cls._build(target)
+        key = (target.integration_id, target.integration_type, target.object_type, target.variant)
+        spec = _PLAIN_SPECS.get(key)
+        if spec is None:
+            if len(_PLAIN_SPECS) >= _MAX_PLAIN_SPECS:  # bounded by the configuration; a reload may add some
+                _PLAIN_SPECS.clear()
+            spec = _PLAIN_SPECS[key] = cls._build(target)
+        return spec
+
+    @classmethod
+    def _build(cls, target: Target) -> TargetSpec:
         return cls(
             integration_id=target.integration_id,
             integration_type=target.integration_type,
@@ -45,7 +59,20 @@ class TargetSpec(BaseModel):
         )
 
     def target(self) -> Target:
-        return Target(self.integration_id, self.integration_type, self.object_type, self.overrides, self.variant)
+        if self.overrides:
+            return Target(self.integration_id, self.integration_type, self.object_type, self.overrides, self.variant)
+        key = (self.integration_id, self.integration_type, self.object_type, self.variant)
+        target = _PLAIN_TARGETS.get(key)
+        if target is None:
+            if len(_PLAIN_TARGETS) >= _MAX_PLAIN_SPECS:
+                _PLAIN_TARGETS.clear()
+            target = _PLAIN_TARGETS[key] = Target(*key[:3], {}, self.variant)
+        return target
+
+
+_MAX_PLAIN_SPECS = 4096
+_PLAIN_SPECS: dict[tuple[str, str, str, str], TargetSpec] = {}
+_PLAIN_TARGETS: dict[tuple[str, str, str, str], Target] = {}
 
 
 class AttemptRecord(BaseModel):
