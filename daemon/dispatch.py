@@ -39,7 +39,7 @@ import structlog
 from octopus_crm.adapters.base import Adapter, Delivered, DeliveryContext
 from octopus_crm.adapters.fleet import FleetStore
 from octopus_crm.adapters.ratelimit import waits_measured
-from octopus_crm.core.contracts import ClassifiedMessage, ResultSource, SyncResult
+from octopus_crm.core.contracts import ClassifiedMessage
 from octopus_crm.core.errors import (
     AmbiguousDeliveryError,
     DeliveryError,
@@ -50,7 +50,7 @@ from octopus_crm.core.errors import (
 from octopus_crm.daemon import metrics
 from octopus_crm.daemon.config import CrmConfig
 from octopus_crm.daemon.ledger import Claim, Lease, Ledger, LedgerEntry, lease_owner
-from octopus_crm.daemon.outcomes import Outcomes, failed, finished
+from octopus_crm.daemon.outcomes import Outcomes, failed, finished, sync_result
 from octopus_crm.daemon.records import InboundRecord
 from octopus_crm.daemon.retrying import AttemptRecord, RetryKind, RetryRecord, TargetSpec
 from octopus_crm.daemon.route import RouteState
@@ -181,19 +181,7 @@ class Dispatcher:
         skipped = Outcomes()
         for skip in plan.skips:
             skipped.results.append(
-                SyncResult(
-                    eventId=event.eventId,
-                    messageId=event.messageId,
-                    tenantId=event.tenantId,
-                    integrationId=skip.integration_id,
-                    integrationType=skip.integration_type,
-                    objectType=skip.object_type,
-                    strategy=plan.strategy,
-                    status="skipped",
-                    reason=skip.reason,
-                    source=ResultSource(topic=record.topic, partition=record.partition, offset=record.offset),
-                    latencyMs=round((time.time() - received_at) * 1000, 3),
-                )
+                sync_result(event, plan.strategy, "skipped", skip, record, received_at, reason=skip.reason)
             )
         if on_route is not None and skipped.results:
             await on_route(skipped)

@@ -8,20 +8,21 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import orjson
 
 from octopus_crm.adapters.base import Delivered
-from octopus_crm.core.contracts import ClassifiedMessage, ResultError, ResultSource, SyncResult, SyncStatus
+from octopus_crm.core.contracts import ClassifiedMessage, SyncResultJson, SyncStatus
 from octopus_crm.core.errors import ErrorInfo
 from octopus_crm.core.wire import Header
 from octopus_crm.daemon.ledger import LedgerEntry
 from octopus_crm.daemon.records import InboundRecord
 from octopus_crm.daemon.retrying import RetryRecord, TargetSpec
 from octopus_crm.daemon.route import RouteState
+from octopus_crm.strategies.routing import Skip
 
-__all__ = ["DeadLetter", "Outcomes", "failed", "finished", "result"]
+__all__ = ["DeadLetter", "Outcomes", "failed", "finished", "result", "sync_result"]
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,7 @@ class DeadLetter:
 class Outcomes:
     """What one pass over a plan (or one retry) produced; all of it is published before commit."""
 
-    results: list[SyncResult] = field(default_factory=list)
+    results: list[SyncResultJson] = field(default_factory=list)
     retries: list[RetryRecord] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
     # ledger entries of these results' deliveries, marked published once the results are acked
@@ -63,6 +64,60 @@ def _bounded(detail: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def sync_result(
+    event: ClassifiedMessage,
+    strategy: str,
+    status: SyncStatus,
+    target: TargetSpec | Skip,
+    source: InboundRecord,
+    received_at: float,
+    *,
+    attempts: int = 0,
+    delivered: Delivered | None = None,
+    error: ErrorInfo | None = None,
+    reason: str | None = None,
+    fallback_from: str | None = None,
+    detail: Mapping[str, Any] | None = None,
+) -> SyncResultJson:
+    """One sync-result.v1 record as published, before the reporter scrubs what a vendor wrote.
+
+    Keys in ``SyncResult``'s field order, ``None`` left out: exactly its JSON dump, without
+    building and dumping the model."""
+    data: dict[str, Any] = {
+        "schemaVersion": 1,
+        "eventId": event.eventId,
+        "messageId": event.messageId,
+        "tenantId": event.tenantId,
+    }
+    if target.integration_id is not None:
+        data["integrationId"] = target.integration_id
+    if target.integration_type is not None:
+        data["integrationType"] = target.integration_type
+    if target.object_type is not None:
+        data["objectType"] = target.object_type
+    data["strategy"] = strategy
+    data["status"] = status
+    if delivered is not None:
+        data["externalId"] = delivered.external_id
+        if delivered.external_url is not None:
+            data["externalUrl"] = delivered.external_url
+    data["attempts"] = attempts
+    now = time.time()
+    data["latencyMs"] = round((now - received_at) * 1000, 3)
+    if error is not None:
+        data["error"] = {"class": error.error_class, "code": error.code, "message": error.message}
+    if reason is not None:
+        data["reason"] = reason
+    if fallback_from is not None:
+        data["fallbackFrom"] = fallback_from
+    if detail:
+        data["detail"] = _bounded(detail)
+    data["source"] = {"topic": source.topic, "partition": source.partition, "offset": source.offset}
+    # pydantic's form of an aware UTC datetime: isoformat with "Z" for "+00:00"
+    data["completedAt"] = datetime.fromtimestamp(now, UTC).isoformat()[:-6] + "Z"
+    return cast(SyncResultJson, data)
+
+
 def result(
     state: RouteState,
     event: ClassifiedMessage,
@@ -72,27 +127,21 @@ def result(
     error: ErrorInfo | None = None,
     reason: str | None = None,
     detail: Mapping[str, Any] | None = None,
-) -> SyncResult:
+) -> SyncResultJson:
     """The result of ``state``'s route at ``target``, with its attempts, latency and source."""
-    return SyncResult(
-        eventId=event.eventId,
-        messageId=event.messageId,
-        tenantId=event.tenantId,
-        integrationId=target.integration_id,
-        integrationType=target.integration_type,
-        objectType=target.object_type,
-        strategy=state.strategy,
-        status=status,
-        externalId=delivered.external_id if delivered else None,
-        externalUrl=delivered.external_url if delivered else None,
+    return sync_result(
+        event,
+        state.strategy,
+        status,
+        target,
+        state.source,
+        state.received_at,
         attempts=len(state.history),
-        latencyMs=round((time.time() - state.received_at) * 1000, 3),
-        error=ResultError.model_validate(error.as_dict()) if error else None,
+        delivered=delivered,
+        error=error,
         reason=reason,
-        fallbackFrom=state.chain[0].integration_id if status == "fallback" else None,
-        detail=_bounded(detail) if detail else None,
-        source=ResultSource(topic=state.source.topic, partition=state.source.partition, offset=state.source.offset),
-        completedAt=datetime.now(UTC),
+        fallback_from=state.chain[0].integration_id if status == "fallback" else None,
+        detail=detail,
     )
 
 

@@ -18,7 +18,7 @@ import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from octopus_crm.core.contracts import SyncResult
+from octopus_crm.core.contracts import SyncResultJson
 from octopus_crm.core.redaction import redact_bytes, redact_value
 from octopus_crm.core.wire import HEADER_PREFIX, DeadLetterClass, Header
 from octopus_crm.daemon import metrics
@@ -62,12 +62,12 @@ class Reporter:
             await self._send(self.retry_topic, retry.kafka_key(), retry.encode_scrubbed(), headers)
             BOOK.scheduled(retry.event_id, retry.target.integration_id)
 
-    async def publish(self, results: Sequence[SyncResult]) -> None:
+    async def publish(self, results: Sequence[SyncResultJson]) -> None:
         """Publish results keyed by eventId and wait for every acknowledgement."""
         headers = [("octopus-config-version", self.config_version.encode())] if self.config_version else []
         for result in results:
-            await self._send(self.results_topic, result.eventId.encode(), _scrubbed(result), headers)
-            metrics.child(metrics.OUTCOMES, result.integrationId or "-", result.status).inc()
+            await self._send(self.results_topic, result["eventId"].encode(), _scrubbed(result), headers)
+            metrics.child(metrics.OUTCOMES, result.get("integrationId") or "-", result["status"]).inc()
         BOOK.published(results)
 
     async def dead_letter(
@@ -118,14 +118,14 @@ async def report(reporter: Reporter, outcomes: Outcomes) -> None:
     await reporter.publish(outcomes.results)
 
 
-def _outcome(r: SyncResult) -> dict[str, Any]:
+def _outcome(r: SyncResultJson) -> dict[str, Any]:
     return {
-        "integration": r.integrationId,
-        "object": r.objectType,
-        "status": r.status,
-        **({"externalId": r.externalId} if r.externalId else {}),
-        **({"error": r.error.code} if r.error else {}),
-        **({"detail": r.detail} if r.detail else {}),
+        "integration": r.get("integrationId"),
+        "object": r.get("objectType"),
+        "status": r["status"],
+        **({"externalId": r["externalId"]} if r.get("externalId") else {}),
+        **({"error": r["error"]["code"]} if "error" in r else {}),
+        **({"detail": r["detail"]} if r.get("detail") else {}),
     }
 
 
@@ -152,9 +152,9 @@ def log_outcomes(message: str, strategy: str, outcomes: Outcomes, started: float
 _FROM_VENDOR = ("externalId", "externalUrl", "reason", "error", "detail")
 
 
-def _scrubbed(result: SyncResult) -> bytes:
+def _scrubbed(result: SyncResultJson) -> bytes:
     """The result as JSON, every string a vendor or a delivery could have written scrubbed."""
-    data = result.model_dump(mode="json", by_alias=True, exclude_none=True)
+    data: dict[str, Any] = dict(result)  # a copy: the status book and the log line read the result after
     for name in _FROM_VENDOR:
         if name in data:
             data[name] = redact_value(data[name])

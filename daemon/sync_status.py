@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from octopus_crm.adapters.base import Adapter
-from octopus_crm.core.contracts import SyncResult
+from octopus_crm.core.contracts import SyncResultJson
 from octopus_crm.core.redaction import redact_value
 from octopus_crm.daemon import metrics
 from octopus_crm.strategies.breaker import CircuitBreaker
@@ -29,8 +29,14 @@ def _iso(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
+def _at_iso(entry: dict[str, Any] | None) -> dict[str, Any] | None:
+    return None if entry is None else {**entry, "at": _iso(entry["at"])}
+
+
 class StatusBook:
-    """Last success, last error and deliveries waiting on the retry topic, per integration."""
+    """Last success, last error and deliveries waiting on the retry topic, per integration.
+
+    ``at`` is kept as epoch seconds and formatted when the API asks: results are many, reads few."""
 
     def __init__(self) -> None:
         self.last_success: dict[str, dict[str, Any]] = {}
@@ -42,25 +48,26 @@ class StatusBook:
         while len(self._pending) > _MAX_PENDING:
             self._pending.popitem(last=False)
 
-    def published(self, results: Iterable[SyncResult]) -> None:
+    def published(self, results: Iterable[SyncResultJson]) -> None:
         now = time.time()
         for result in results:
-            integration_id = result.integrationId
+            integration_id = result.get("integrationId")
             if integration_id is None:
                 continue
-            self._pending.pop((integration_id, result.eventId), None)
-            if result.status in ("succeeded", "duplicate"):
+            self._pending.pop((integration_id, result["eventId"]), None)
+            status = result["status"]
+            if status in ("succeeded", "duplicate"):
                 self.last_success[integration_id] = {
-                    "at": _iso(now),
-                    "eventId": result.eventId,
-                    "externalId": result.externalId,
-                    "externalUrl": result.externalUrl,
+                    "at": now,
+                    "eventId": result["eventId"],
+                    "externalId": result.get("externalId"),
+                    "externalUrl": result.get("externalUrl"),
                 }
-            elif result.status == "failed" and result.error is not None:
+            elif status == "failed" and "error" in result:
                 self.last_error[integration_id] = {
-                    "at": _iso(now),
-                    "eventId": result.eventId,
-                    "error": redact_value(result.error.model_dump(by_alias=True)),
+                    "at": now,
+                    "eventId": result["eventId"],
+                    "error": redact_value(result["error"]),
                 }
 
     def pending(self, integration_id: str) -> int:
@@ -106,8 +113,8 @@ def sync_status(
         "skipped": int(outcomes.get("skipped", 0)),
         "pending": BOOK.pending(integration_id),
         "outcomes": outcomes,
-        "lastSuccess": BOOK.last_success.get(integration_id),
-        "lastError": BOOK.last_error.get(integration_id),
+        "lastSuccess": _at_iso(BOOK.last_success.get(integration_id)),
+        "lastError": _at_iso(BOOK.last_error.get(integration_id)),
         "circuit": breaker.state.name.lower() if breaker is not None else "unknown",
         "rateLimit": rate,
         "consumerLag": int(_consumer_lag()),

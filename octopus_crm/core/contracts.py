@@ -7,7 +7,7 @@ the producers are not ours and evolve on their own schedule.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, NotRequired, TypedDict
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
@@ -18,9 +18,12 @@ __all__ = [
     "Classification",
     "ClassifiedMessage",
     "ResultError",
+    "ResultErrorJson",
     "ResultSource",
+    "ResultSourceJson",
     "Sender",
     "SyncResult",
+    "SyncResultJson",
     "SyncStatus",
 ]
 
@@ -90,12 +93,13 @@ class ClassifiedMessage(_Inbound):
 
 
 SyncStatus = Literal["succeeded", "failed", "skipped", "duplicate", "fallback"]
+ResultErrorClass = Literal["retryable", "permanent", "auth", "config"]
 
 
 class ResultError(BaseModel):
     model_config = ConfigDict(populate_by_name=True)
 
-    error_class: Literal["retryable", "permanent", "auth", "config"] = Field(alias="class")
+    error_class: ResultErrorClass = Field(alias="class")
     code: str
     message: str
 
@@ -137,3 +141,37 @@ class SyncResult(BaseModel):
         import orjson
 
         return orjson.dumps(self.model_dump(mode="json", by_alias=True, exclude_none=True))
+
+
+# sync-result.v1 as it is published: ``SyncResult.model_dump(mode="json", by_alias=True,
+# exclude_none=True)``, in the same key order. The daemon builds this dict directly: a validated
+# model and its dump cost several times the dict (tests/daemon/test_outcomes.py proves the bytes equal).
+ResultErrorJson = TypedDict("ResultErrorJson", {"class": ResultErrorClass, "code": str, "message": str})
+
+
+class ResultSourceJson(TypedDict):
+    topic: str
+    partition: int
+    offset: int
+
+
+class SyncResultJson(TypedDict):
+    schemaVersion: Literal[1]
+    eventId: str
+    messageId: str
+    tenantId: str
+    integrationId: NotRequired[str]
+    integrationType: NotRequired[str]
+    objectType: NotRequired[str]
+    strategy: str
+    status: SyncStatus
+    externalId: NotRequired[str]
+    externalUrl: NotRequired[str]
+    attempts: int
+    latencyMs: float
+    error: NotRequired[ResultErrorJson]
+    reason: NotRequired[str]
+    fallbackFrom: NotRequired[str]
+    detail: NotRequired[dict[str, Any]]
+    source: ResultSourceJson
+    completedAt: str  # ISO 8601 UTC, "Z", microseconds unless zero (as pydantic writes it)

@@ -101,7 +101,7 @@ def kinds(outcomes: Outcomes | None) -> list[str]:
 
 
 def statuses(outcomes: Outcomes) -> list[tuple[str | None, str]]:
-    return [(r.integrationId, r.status) for r in outcomes.results]
+    return [(r.get("integrationId"), r["status"]) for r in outcomes.results]
 
 
 # -- the route state ------------------------------------------------------------------------
@@ -166,7 +166,7 @@ async def test_recorded_and_published_is_a_duplicate_of_a_fresh_event() -> None:
     await d.ledger.put(key, LedgerEntry("B-1", None, "backup", "message", time.time(), published=True))
     decided = await d.step_recorded(at(d, state, event))
     assert decided is not None and statuses(decided) == [("backup", "duplicate")]
-    assert decided.results[0].externalId == "B-1"
+    assert decided.results[0].get("externalId") == "B-1"
 
 
 async def test_recorded_and_published_is_nothing_to_report_for_a_replayed_retry() -> None:
@@ -364,7 +364,7 @@ async def test_a_retryable_failure_out_of_budget_looks_for_a_record_a_lost_answe
     state.attempt = d.policy("primary").max_attempts - 1
     _, decided = await failed(d, state, event)
     assert decided is not None and statuses(decided) == [("primary", "succeeded")]
-    assert decided.results[0].externalId == "P-late" and len(state.history) == 2
+    assert decided.results[0].get("externalId") == "P-late" and len(state.history) == 2
 
 
 # -- whole passes ---------------------------------------------------------------------------
@@ -378,7 +378,7 @@ async def test_a_pass_falls_back_and_reports_the_primary_error() -> None:
     outcomes = await d._advance(state, event)
     assert statuses(outcomes) == [("backup", "fallback")]
     result = outcomes.results[0]
-    assert result.fallbackFrom == "primary" and result.error is not None and result.error.code == "http_400"
+    assert result.get("fallbackFrom") == "primary" and "error" in result and result["error"]["code"] == "http_400"
 
 
 async def test_a_pass_with_sync_back_schedules_the_primary_again() -> None:
