@@ -113,13 +113,16 @@ def _tune_gc() -> None:
 def _cmd_run(args: argparse.Namespace) -> int:
     from octopus_crm.daemon.app import run_daemon
     from octopus_crm.daemon.config import ConfigFileError
-    from octopus_crm.daemon.logs import configure_logging
+    from octopus_crm.daemon.logs import configure_logging, flush
 
     settings = settings_from_args(args)
     configure_logging(settings.log_format, settings.log_level)
     _tune_gc()
     try:
-        asyncio.run(run_daemon(settings))
+        try:
+            asyncio.run(run_daemon(settings))
+        finally:
+            flush()
     except ConfigFileError as exc:
         print(exc, file=sys.stderr)
         return 1

@@ -19,10 +19,10 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from octopus_crm.core.contracts import SyncResultJson
-from octopus_crm.core.redaction import redact_bytes, redact_value
+from octopus_crm.core.redaction import redact, redact_bytes, redact_value
 from octopus_crm.core.wire import HEADER_PREFIX, DeadLetterClass, Header
 from octopus_crm.daemon import metrics
-from octopus_crm.daemon.logs import canonical
+from octopus_crm.daemon.logs import canonical_scrubbed
 from octopus_crm.daemon.outcomes import Outcomes
 from octopus_crm.daemon.records import InboundRecord
 from octopus_crm.daemon.retrying import RetryRecord
@@ -119,31 +119,38 @@ async def report(reporter: Reporter, outcomes: Outcomes) -> None:
 
 
 def _outcome(r: SyncResultJson) -> dict[str, Any]:
-    return {
+    """A result for the canonical line, what its vendor wrote scrubbed (the rest is ours)."""
+    outcome: dict[str, Any] = {
         "integration": r.get("integrationId"),
         "object": r.get("objectType"),
         "status": r["status"],
-        **({"externalId": r["externalId"]} if r.get("externalId") else {}),
-        **({"error": r["error"]["code"]} if "error" in r else {}),
-        **({"detail": r["detail"]} if r.get("detail") else {}),
     }
+    if external_id := r.get("externalId"):
+        outcome["externalId"] = redact(external_id)
+    if "error" in r:
+        outcome["error"] = redact(r["error"]["code"])
+    if detail := r.get("detail"):
+        outcome["detail"] = redact_value(detail)
+    return outcome
 
 
 def log_outcomes(message: str, strategy: str, outcomes: Outcomes, started: float) -> None:
-    canonical(
+    canonical_scrubbed(
         message,
-        strategy=strategy,
-        outcomes=[_outcome(r) for r in outcomes.results],
-        scheduled=[
-            {
-                "integration": r.target.integration_id,
-                "kind": r.kind,
-                "attempt": r.attempt,
-                "inSeconds": round(r.due - time.time(), 1),
-            }
-            for r in outcomes.retries
-        ],
-        latency_ms=round((time.monotonic() - started) * 1000, 2),
+        {
+            "strategy": strategy,
+            "outcomes": [_outcome(r) for r in outcomes.results],
+            "scheduled": [
+                {
+                    "integration": r.target.integration_id,
+                    "kind": r.kind,
+                    "attempt": r.attempt,
+                    "inSeconds": round(r.due - time.time(), 1),
+                }
+                for r in outcomes.retries
+            ],
+            "latency_ms": round((time.monotonic() - started) * 1000, 2),
+        },
     )
 
 

@@ -174,3 +174,104 @@ def test_the_canonical_line_follows_a_replaced_stderr(monkeypatch: pytest.Monkey
         _Canonical.install(None)
         structlog.reset_defaults()
     assert '"event":"event processed"' in new.getvalue() and '"event":"another line"' in new.getvalue()
+
+
+def test_the_outcomes_line_is_the_line_structlog_renders(capsys: Any) -> None:
+    """``log_outcomes`` scrubs only what came from outside (a vendor's values, the customer's ids)
+    before the fast path; its line has the content of the whole-line-scrubbed structlog one."""
+    import structlog
+
+    from octopus_crm.core.contracts import ResultError, ResultSource, SyncResult
+    from octopus_crm.core.redaction import register_secret
+    from octopus_crm.daemon.logs import _Canonical, configure_logging
+    from octopus_crm.daemon.outcomes import Outcomes
+    from octopus_crm.daemon.reporting import log_outcomes
+
+    secret = f"s3cret-{time.time_ns()}"
+    register_secret(secret)
+
+    def result(status: str, **vendor: Any) -> SyncResult:
+        source = ResultSource(topic="in", partition=1, offset=7)
+        return SyncResult(
+            eventId="e1", messageId="m1", tenantId="t1", integrationId="hook", integrationType="webhook",
+            objectType="message", strategy="s", status=status, source=source, **vendor,
+        )  # fmt: skip
+
+    events = [
+        ("e1", [result("succeeded", externalId="wh_1")]),
+        (f"e-token={secret}", [result("succeeded", externalId=f"x-{secret}")]),
+        (
+            "e3",
+            [
+                result(
+                    "failed",
+                    error=ResultError(error_class="permanent", code=f"http_400 {secret}", message="m"),
+                    detail={"invalid": [f"u {secret}"], "api_token": "t", f"k{secret}": "https://u:p@h/x?sig=1"},
+                ),
+                result("skipped"),
+            ],
+        ),
+    ]
+    configure_logging("json", "INFO")
+    try:
+        for event_id, results in events:
+            structlog.contextvars.bind_contextvars(topic="in", partition=1, offset=7, eventId=event_id, tenantId="t1")
+            wire = [r.model_dump(mode="json", by_alias=True, exclude_none=True) for r in results]
+            log_outcomes("event processed", "s", Outcomes(results=wire), time.monotonic())  # type: ignore[arg-type]
+            structlog.get_logger("octopus.processing").info(
+                "event processed",
+                strategy="s",
+                outcomes=[
+                    {
+                        "integration": r.integrationId,
+                        "object": r.objectType,
+                        "status": r.status,
+                        **({"externalId": r.externalId} if r.externalId else {}),
+                        **({"error": r.error.code} if r.error else {}),
+                        **({"detail": r.detail} if r.detail else {}),
+                    }
+                    for r in results
+                ],
+                scheduled=[],
+                latency_ms=0.0,
+            )
+    finally:
+        structlog.contextvars.clear_contextvars()
+        _Canonical.install(None)
+        structlog.reset_defaults()
+    lines = [orjson.loads(line) for line in capsys.readouterr().err.splitlines()]
+    assert len(lines) == 2 * len(events)
+    for fast, slow in zip(lines[::2], lines[1::2], strict=True):
+        assert secret not in orjson.dumps(fast).decode()
+        assert fast["timestamp"].endswith("Z") and len(fast["timestamp"]) in (20, 27)
+        for line in (fast, slow):
+            line.pop("timestamp"), line.pop("latency_ms")
+        assert fast == slow
+
+
+async def test_canonical_lines_are_written_once_per_loop_iteration(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Lines logged in one loop iteration reach the stream together, after it; another log line
+    writes those before it first, and uninstalling (as at exit) writes what is left."""
+    import io
+
+    import structlog
+
+    from octopus_crm.daemon.logs import _Canonical, canonical, configure_logging
+
+    stream = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stream)
+    configure_logging("json", "INFO")
+    try:
+        canonical("first", n=1)
+        canonical("second", n=2)
+        assert stream.getvalue() == ""
+        await asyncio.sleep(0)
+        assert [orjson.loads(line)["event"] for line in stream.getvalue().splitlines()] == ["first", "second"]
+        canonical("third", n=3)
+        structlog.get_logger("octopus.test").warning("another line")
+        canonical("fourth", n=4)
+    finally:
+        _Canonical.install(None)
+        structlog.reset_defaults()
+    events = [orjson.loads(line)["event"] for line in stream.getvalue().splitlines()]
+    assert events == ["first", "second", "third", "another line", "fourth"]
