@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
+import yarl
 
 from octopus_crm.adapters.ratelimit import Limiter
 from octopus_crm.adapters.urlguard import BlockedAddressError, GuardedResolver, check_url
@@ -244,10 +245,14 @@ class HttpClient:
             token_used = None
             if request.authenticated and self.auth is not None:
                 token_used = await self.auth.apply(request, self)
-            if self.limiter is not None and request.paced:
-                async with self.limiter:
-                    with self.limiter.timed():
+            limiter = self.limiter
+            if limiter is not None and request.paced:
+                async with limiter:
+                    timing = limiter.began()
+                    try:
                         response = await self.raw(request)
+                    finally:
+                        limiter.ended(timing)
             else:
                 response = await self.raw(request)
             error = self.classify(response)
@@ -265,12 +270,14 @@ class HttpClient:
 
     async def raw(self, request: Request) -> Response:
         """One HTTP exchange, transport errors mapped; no auth, no pacing, no classification."""
-        headers = dict(request.headers)
+        headers = request.headers
         data: bytes | aiohttp.FormData | None = None
         if request.json is not None:
             data = orjson.dumps(request.json)
-            check_body_size(len(data), self.max_body_bytes, self.name)
-            headers.setdefault("Content-Type", "application/json; charset=utf-8")
+            if len(data) > self.max_body_bytes:
+                check_body_size(len(data), self.max_body_bytes, self.name)
+            if "Content-Type" not in headers:
+                headers = {**headers, "Content-Type": "application/json; charset=utf-8"}
         elif request.form is not None:
             data = aiohttp.FormData(dict(request.form))
         url = self.url(request.url)
@@ -296,7 +303,7 @@ class HttpClient:
                             f"{self.name}: the answer from {_host(url)} is larger than {self.max_response_bytes} bytes",
                             code="response_too_large",
                         )
-                return Response(resp.status, resp.headers, body, str(resp.url.with_query(None).with_user(None)))
+                return Response(resp.status, resp.headers, body, _reported_url(url, resp.url))
         except aiohttp.ClientConnectorError as exc:
             if isinstance(exc.os_error, BlockedAddressError):
                 raise ConfigError(f"{self.name}: refusing to call: {exc.os_error}", code="blocked_address") from None
@@ -322,6 +329,22 @@ class HttpClient:
             raise ConfigError(f"{self.name}: invalid URL for host {_host(url)}", code="bad_url") from None
         except aiohttp.ClientError as exc:
             raise RetryableError(f"{self.name}: {type(exc).__name__}", code="transport") from None
+
+
+# The answered URL as reported (no query, no user info), per requested URL: it follows from
+# that string alone (redirects are not followed, params only add a query), and yarl's work to
+# derive it costs microseconds per response. Bounded: emptied when full.
+_REPORTED: dict[str, str] = {}
+_REPORTED_MAX = 4096
+
+
+def _reported_url(requested: str, answered: yarl.URL) -> str:
+    reported = _REPORTED.get(requested)
+    if reported is None:
+        if len(_REPORTED) >= _REPORTED_MAX:
+            _REPORTED.clear()
+        reported = _REPORTED[requested] = str(answered.with_query(None).with_user(None))
+    return reported
 
 
 def _host(url: str) -> str:

@@ -19,7 +19,7 @@ from datetime import datetime
 from typing import Any
 
 from octopus_crm.core.contracts import ClassifiedMessage
-from octopus_crm.core.variables import EventVars, is_variable, template_vars
+from octopus_crm.core.variables import EventVars, is_variable, resolver, template_vars
 
 __all__ = ["FILTERS", "Compiled", "TemplateError", "compile_template", "template_vars"]
 
@@ -94,9 +94,10 @@ _FILTER = re.compile(r"""\s*([A-Za-z_]+)\s*(?::\s*("(?:[^"\\]|\\.)*"|'[^']*'|[^|
 class _Expr:
     name: str
     filters: tuple[tuple[Callable[[Any, str | None], Any], str | None], ...]
+    get: Callable[[EventVars], Any]
 
     def value(self, scope: EventVars) -> Any:
-        value = scope.get(self.name)
+        value = self.get(scope)
         for fn, arg in self.filters:
             value = fn(value, arg)
         return value
@@ -120,7 +121,7 @@ def _parse_expr(source: str, path: str) -> _Expr:
         if match.group(1) == "truncate" and arg and not arg.isdigit():
             raise TemplateError(path, f"truncate needs a whole number, not {arg!r}")
         filters.append((FILTERS[match.group(1)], arg))
-    return _Expr(name, tuple(filters))
+    return _Expr(name, tuple(filters), resolver(name))
 
 
 def _split_pipes(source: str) -> list[str]:
@@ -187,9 +188,10 @@ def _compile_string(text: str, path: str) -> Callable[[EventVars], Any]:
         return lambda scope: text
     if len(matches) == 1 and matches[0].span() == (0, len(text)):
         expr = _parse_expr(matches[0].group(1), path)
+        value_of = expr.value if expr.filters else expr.get
 
         def render_whole(scope: EventVars) -> Any:
-            value = expr.value(scope)
+            value = value_of(scope)
             return _as_text(value) if isinstance(value, datetime) else value
 
         return render_whole
@@ -206,7 +208,7 @@ def _compile_string(text: str, path: str) -> Callable[[EventVars], Any]:
         raise TemplateError(path, f"unclosed '{{{{' in {text!r}")
 
     def render_text(scope: EventVars) -> str:
-        return "".join(p if isinstance(p, str) else _as_text(p.value(scope)) for p in pieces)
+        return "".join([p if isinstance(p, str) else _as_text(p.value(scope)) for p in pieces])
 
     return render_text
 

@@ -103,11 +103,25 @@ def url_problem(url: Any, *, allow_private: bool) -> str | None:
     return None
 
 
+# URLs that passed check_url, per allow_private: the verdict depends on nothing else, and
+# parsing the same URL again costs microseconds on every request. Refusals are not kept (their
+# message is redacted with the secrets known at the time). Bounded: emptied when full.
+_PASSED_PUBLIC: set[str] = set()
+_PASSED_PRIVATE: set[str] = set()
+_PASSED_MAX = 4096
+
+
 def check_url(url: str, *, allow_private: bool, name: str) -> None:
     """:func:`url_problem` at request time, as a :class:`ConfigError` (never retried)."""
+    passed = _PASSED_PRIVATE if allow_private else _PASSED_PUBLIC
+    if url in passed:
+        return
     problem = url_problem(url, allow_private=allow_private)
     if problem is not None:
         raise ConfigError(f"{name}: refusing to call {_host(url)}: {problem}", code="blocked_url")
+    if len(passed) >= _PASSED_MAX:
+        passed.clear()
+    passed.add(url)
 
 
 def _host(url: str) -> str:

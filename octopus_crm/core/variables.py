@@ -9,9 +9,11 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from pydantic import BaseModel
+
 from octopus_crm.core.contracts import ClassifiedMessage
 
-__all__ = ["EventVars", "is_variable", "split_name", "template_vars"]
+__all__ = ["EventVars", "is_variable", "resolver", "split_name", "template_vars"]
 
 _FLAT: dict[str, Callable[[ClassifiedMessage], Any]] = {
     "senderName": lambda e: e.sender.name,
@@ -39,6 +41,9 @@ _FLAT: dict[str, Callable[[ClassifiedMessage], Any]] = {
     "systemUserId": lambda e: e.assignment.systemUserId,
 }
 _ROOTS = frozenset(ClassifiedMessage.model_fields)
+# Values a path walk may hand out as they are: what model_dump() would give for them too.
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+_FIELDS: dict[type[BaseModel], frozenset[str]] = {}  # model_fields costs ~0.3 µs a read
 
 
 def split_name(name: str) -> tuple[str, str]:
@@ -65,6 +70,11 @@ class EventVars:
         if flat is not None:
             return flat(self.event)
         if self._dump is None:
+            # A scalar is read off the model without dumping it (model_dump costs microseconds
+            # per event); anything else comes from the dump, a copy the caller may change.
+            value = _walk(self.event, name)
+            if type(value) in _SCALARS:
+                return value
             self._dump = self.event.model_dump()
         node: Any = self._dump
         for part in name.split("."):
@@ -75,6 +85,34 @@ class EventVars:
             else:
                 return None
         return node
+
+
+def _walk(node: Any, name: str) -> Any:
+    """``name``'s value on the model itself, where the walk over its dump finds the same one."""
+    for part in name.split("."):
+        if isinstance(node, BaseModel):
+            cls = type(node)
+            fields = _FIELDS.get(cls)
+            if fields is None:
+                fields = _FIELDS[cls] = frozenset(cls.model_fields)
+            if part not in fields and part not in (node.__pydantic_extra__ or ()):
+                return None  # not in the dump either (a method, a private attribute)
+            node = getattr(node, part)
+        elif isinstance(node, Mapping):
+            node = node.get(part)
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            return None
+    return node
+
+
+def resolver(name: str) -> Callable[[EventVars], Any]:
+    """``EventVars.get(name)`` with the name looked up once (a template compiles it in)."""
+    flat = _FLAT.get(name)
+    if flat is not None:
+        return lambda scope: flat(scope.event)
+    return lambda scope: scope.get(name)
 
 
 def template_vars(event: ClassifiedMessage) -> EventVars:
