@@ -174,9 +174,8 @@ class Limiter:
             self._waiting -= 1
             _note_wait(since)
 
-    @contextlib.asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
-        """Hold one of the ``concurrency`` slots (without pacing)."""
+    async def _wait_for_slot(self) -> None:
+        """Queue for a slot, counted as waiting and the wait noted."""
         self._arrive()
         since = time.monotonic()
         try:
@@ -184,6 +183,11 @@ class Limiter:
         finally:
             self._waiting -= 1
             _note_wait(since)
+
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """Hold one of the ``concurrency`` slots (without pacing)."""
+        await self._wait_for_slot()
         try:
             yield
         finally:
@@ -191,13 +195,7 @@ class Limiter:
 
     async def __aenter__(self) -> None:
         if self._slots.locked():
-            self._arrive()
-            since = time.monotonic()
-            try:
-                await self._slots.acquire()
-            finally:
-                self._waiting -= 1
-                _note_wait(since)
+            await self._wait_for_slot()
         else:  # a free slot is taken without suspending: no wait to note, nobody sees _waiting
             if self._promised:
                 self._promised.popleft()

@@ -76,19 +76,11 @@ class EventVars:
             if type(value) in _SCALARS:
                 return value
             self._dump = self.event.model_dump()
-        node: Any = self._dump
-        for part in name.split("."):
-            if isinstance(node, Mapping):
-                node = node.get(part)
-            elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
-                node = node[int(part)]
-            else:
-                return None
-        return node
+        return _walk(self._dump, name)
 
 
 def _walk(node: Any, name: str) -> Any:
-    """``name``'s value on the model itself, where the walk over its dump finds the same one."""
+    """``name``'s value in the dump, or on the model itself where that walk finds the same one."""
     for part in name.split("."):
         if isinstance(node, BaseModel):
             cls = type(node)
