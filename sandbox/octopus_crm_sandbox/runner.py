@@ -15,6 +15,7 @@ from typing import Any, Protocol
 import yaml
 
 from octopus_crm.adapters.registry import adapter_class
+from octopus_crm.daemon.operator_errors import OperatorError
 from octopus_crm_sandbox.kit import FakeVendor, SandboxServer
 from octopus_crm_sandbox.registry import FAKES
 
@@ -118,7 +119,14 @@ async def run_sandbox(
     """Run the fakes until SIGINT/SIGTERM; print where they listen, the config overlay that points
     ``config_path``'s integrations at them, and the credentials they accept."""
     sandbox = Sandbox.for_types(types or list(FAKES))
-    await sandbox.start(base_port)
+    try:
+        await sandbox.start(base_port)
+    except OSError as exc:
+        await sandbox.stop()
+        raise OperatorError(
+            f"cannot listen on 127.0.0.1 ports {base_port}-{base_port + len(sandbox.fakes) - 1} ({exc.strerror}):"
+            " another process holds one of them; choose another --base-port (0 picks free ports)"
+        ) from None
     try:
         overlay = sandbox.overlay(integrations_of(config_path))
         text = json.dumps(overlay, indent=2, ensure_ascii=False)

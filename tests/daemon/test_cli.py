@@ -223,13 +223,38 @@ def consecutive_free_ports(count: int) -> int:
     raise AssertionError("no run of free ports")
 
 
+def spawn_sandbox_on_free_ports(count: int, *args: str) -> tuple[int, subprocess.Popen[str], list[str]]:
+    """``octopus-crm sandbox --base-port B``, B the start of ``count`` free ports, until it prints
+    its exports. Ports found free can be taken by a parallel test before the sandbox binds them:
+    then it exits 2 naming the port, and another run of ports is tried."""
+    for _ in range(5):
+        base = consecutive_free_ports(count)
+        proc = spawn("sandbox", *args, "--base-port", str(base))
+        seen: list[str] = []
+        try:
+            read_until(proc, "then, with those exported", seen)
+            return base, proc, seen
+        except AssertionError:
+            assert proc.stderr is not None
+            error = proc.stderr.read()
+            if proc.wait(10) != 2 or "cannot listen" not in error:
+                raise AssertionError(error) from None
+    raise AssertionError("no run of free ports stayed free")
+
+
+def test_sandbox_on_a_taken_port_says_so_in_one_line() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = octopus("sandbox", "webhook", "--base-port", str(port))
+    assert_one_line_error(result, "cannot listen", str(port), "--base-port")
+
+
 def test_sandbox_honours_base_port_and_writes_a_ready_overlay(tmp_path: Path) -> None:
-    base = consecutive_free_ports(2)
     overlay_path = tmp_path / "overlay.json"
-    proc = spawn("sandbox", "salesforce", "email", "--base-port", str(base), "--write-overlay", str(overlay_path))
-    seen: list[str] = []
+    base, proc, seen = spawn_sandbox_on_free_ports(2, "salesforce", "email", "--write-overlay", str(overlay_path))
     try:
-        read_until(proc, "then, with those exported", seen)
         assert listening(base) and listening(base + 1)
         overlay = json.loads(overlay_path.read_text())
         by_id = {i["id"]: i["config"]["endpoints"] for i in overlay["crmIntegrations"]}
