@@ -35,7 +35,6 @@ import aiohttp  # noqa: E402
 import orjson  # noqa: E402
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # noqa: E402
 
-from octopus_crm.daemon.net import free_port  # noqa: E402
 from octopus_crm.daemon.topics import create_topics  # noqa: E402
 from octopus_crm_sandbox.broker import EmbeddedBroker  # noqa: E402
 
@@ -483,7 +482,7 @@ class DaemonProc:
         work.mkdir(parents=True, exist_ok=True)
         config_path = work / "crm-config.json"
         config_path.write_bytes(orjson.dumps(self.config))
-        self.port = free_port()
+        self.port = 0  # the daemon binds a free port and logs it (see get); one picked here could be taken
         ledger_url = f"sqlite:///{work / 'ledger.sqlite3'}" if self.ledger == "sqlite" else self.ledger
         env = {
             **os.environ,
@@ -496,8 +495,8 @@ class DaemonProc:
             "OCTOPUS_CRM_PRODUCER_IDEMPOTENCE": "false",
             "OCTOPUS_CRM_CONFIG_PATH": str(config_path),
             "OCTOPUS_CRM_METRICS_HOST": "127.0.0.1",
-            "OCTOPUS_CRM_METRICS_PORT": str(self.port),
-            "OCTOPUS_CRM_ADMIN_PORT": str(free_port()),
+            "OCTOPUS_CRM_METRICS_PORT": "0",
+            "OCTOPUS_CRM_ADMIN_PORT": "0",
             "OCTOPUS_CRM_LEDGER_URL": ledger_url,
             "OCTOPUS_CRM_LOG_FORMAT": "json",
             "OCTOPUS_CRM_SESSION_TIMEOUT_MS": "10000",
@@ -520,7 +519,19 @@ class DaemonProc:
         assert self.proc is not None
         return self.proc.pid
 
+    def _bound_port(self) -> int:
+        """The metrics port the daemon logged once it listened (0 until then)."""
+        if not self.port:
+            log = OUT / "work" / f"{self.topics.group}-{self.name}" / "octopus_crm.daemon.log"
+            for line in log.read_bytes().splitlines() if log.exists() else []:
+                if b'"admin server listening"' in line:
+                    self.port = int(orjson.loads(line)["port"])
+                    break
+        return self.port
+
     async def get(self, path: str) -> tuple[int, bytes]:
+        if not self._bound_port():
+            return 0, b""
         try:
             async with (
                 aiohttp.ClientSession() as session,

@@ -14,16 +14,14 @@ from typing import Any
 
 import orjson
 
-from octopus_crm.daemon.net import free_port
-
 
 class DaemonProcess:
     def __init__(
         self, broker: Any, topics: Any, config: dict[str, Any], workdir: Path, name: str, **settings: Any
     ) -> None:
         self.name = name
-        self.port = free_port()
-        self.admin_port = free_port()
+        self._ports: tuple[int, int] | None = None  # (probes, admin API), read from the log
+        self._log_from = 0
         self.config_path = workdir / f"config-{name}.json"
         self.config_path.write_bytes(orjson.dumps(config))
         self.log_path = workdir / f"daemon-{name}.log"
@@ -38,8 +36,10 @@ class DaemonProcess:
             "OCTOPUS_CRM_PRODUCER_IDEMPOTENCE": "true" if broker.idempotence else "false",
             "OCTOPUS_CRM_CONFIG_PATH": str(self.config_path),
             "OCTOPUS_CRM_METRICS_HOST": "127.0.0.1",
-            "OCTOPUS_CRM_METRICS_PORT": str(self.port),
-            "OCTOPUS_CRM_ADMIN_PORT": str(self.admin_port),
+            # port 0: the daemon binds free ports itself and logs them (a port picked here could be
+            # taken by a parallel test before the daemon binds it)
+            "OCTOPUS_CRM_METRICS_PORT": "0",
+            "OCTOPUS_CRM_ADMIN_PORT": "0",
             "OCTOPUS_CRM_LEDGER_URL": f"sqlite:///{workdir / 'ledger.sqlite3'}",
             "OCTOPUS_CRM_COMMIT_INTERVAL_S": "0.2",
             "OCTOPUS_CRM_SESSION_TIMEOUT_MS": "10000",
@@ -52,11 +52,33 @@ class DaemonProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> DaemonProcess:
+        self._ports = None
+        self._log_from = self.log_path.stat().st_size if self.log_path.exists() else 0
         log = open(self.log_path, "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "octopus_crm.daemon.cli", "run"], env=self.env, stdout=log, stderr=log
         )
         return self
+
+    @property
+    def port(self) -> int:
+        """The probe (metrics) port this run bound; 0 until it logged it (a call then fails)."""
+        return self._bound()[0]
+
+    @property
+    def admin_port(self) -> int:
+        return self._bound()[1]
+
+    def _bound(self) -> tuple[int, int]:
+        if self._ports is None and self.log_path.exists():
+            with open(self.log_path, "rb") as log:
+                log.seek(self._log_from)
+                for line in log:
+                    if b'"admin server listening"' in line:
+                        entry = orjson.loads(line)
+                        self._ports = (int(entry["port"]), int(str(entry["api"]).rsplit(":", 1)[1]))
+                        break
+        return self._ports or (0, 0)
 
     def kill(self) -> None:
         assert self.proc is not None
