@@ -432,14 +432,7 @@ def load_config(
 ) -> CrmConfig:
     """Read, resolve and validate a JSON or YAML configuration file."""
     source = Path(path)
-    try:
-        raw = _read(source)
-    except OSError as exc:
-        raise ConfigFileError([("", f"cannot read {source}: {exc.strerror}")], str(source)) from None
-    except _TooHostile as exc:
-        raise ConfigFileError([("", str(exc))], str(source)) from None
-    if not isinstance(raw, dict):
-        raise ConfigFileError([("", "the top level must be an object")], str(source))
+    raw = read_raw(source)
     patch: dict[str, Any] = {}
     if overlay_path:
         try:
