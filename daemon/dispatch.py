@@ -82,7 +82,8 @@ class CircuitOpenError(RetryableError):
 class AtTarget:
     """A route at its current target, for one pass: what its steps share.
 
-    ``owner``, ``abandoned`` and ``ctx`` are set as the steps go (the claim, the attempt)."""
+    ``owner``, ``abandoned``, ``ctx`` and ``claim`` are set as the steps go (the lookup, the
+    claim, the attempt)."""
 
     state: RouteState
     event: ClassifiedMessage
@@ -93,6 +94,8 @@ class AtTarget:
     owner: str = ""
     abandoned: bool = False
     ctx: DeliveryContext | None = None
+    # the lease taken with the ledger lookup (one round trip), for the claim step to use
+    claim: Claim | None = None
 
     @property
     def context(self) -> DeliveryContext:
@@ -249,12 +252,17 @@ class Dispatcher:
         """A target of the route already has the record: ``duplicate``, or (its result never
         reached the broker) the delivery's own outcome, reported now."""
         state, event = at.state, at.event
-        found = await self._recorded(state, event)
-        if found is None:
-            return None
-        index, existing = found
-        found_key = idempotency_key(event.eventId, state.chain[index])
+        # the lookup takes the route's lease too when nothing is recorded (what a fresh delivery
+        # goes on to need): the claim step uses it, a step that defers before then ends it
         owner = lease_owner()
+        found = await self.ledger.find_or_claim(
+            [idempotency_key(event.eventId, spec) for spec in state.chain], at.route_key, owner, LEASE_TTL_S
+        )
+        if isinstance(found, Claim):
+            at.claim, at.owner = found, owner
+            return None
+        index, existing = found.index, found.entry
+        found_key = idempotency_key(event.eventId, state.chain[index])
         if not existing.published:  # reported by a live copy right now, or by nobody yet
             claim = await self.ledger.claim(at.route_key, owner, LEASE_TTL_S)
             if not claim.granted:
@@ -287,9 +295,11 @@ class Dispatcher:
         if limiter is None or self.breakers[spec.integration_id].state is not BreakerState.CLOSED:
             return None
         if limiter.paused_for > PARK_THRESHOLD_S:
+            await self._unclaim(at)
             return await self._defer(at, "park", time.time() + limiter.paused_for)
         budget = self.policy(spec.integration_id).handoff_budget
         if at.state.fresh and (limiter.expected_latency > budget or not limiter.serves_within(budget)):
+            await self._unclaim(at)
             return await self._defer(at, "backlog", time.time())
         return None
 
@@ -297,8 +307,11 @@ class Dispatcher:
         """The lease on the route, held from before the vendor call until the result is on the
         broker. Another live copy holding it: wait for its outcome (``Outcomes``); a copy that
         finished meanwhile: ``None``, look again."""
-        owner = lease_owner()
-        claim = await self.ledger.claim(at.route_key, owner, LEASE_TTL_S)
+        if at.claim is not None:  # taken with the lookup
+            claim, owner, at.claim = at.claim, at.owner, None
+        else:
+            owner = lease_owner()
+            claim = await self.ledger.claim(at.route_key, owner, LEASE_TTL_S)
         if not claim.granted:
             return await self._wait_for_copy(at, claim.previous)
         if claim.previous is not None and await self._recorded(at.state, at.event) is not None:
@@ -486,6 +499,12 @@ class Dispatcher:
             await self.ledger.barrier_hold(at.scope, at.state.event_id, due)
         metrics.child(metrics.RETRIES_SCHEDULED, at.state.target.integration_id, _REASONS[kind]).inc()
         return Outcomes(retries=[at.state.to_retry(kind, due)])
+
+    async def _unclaim(self, at: AtTarget) -> None:
+        """End the lease the lookup took, when the pass defers before the claim step."""
+        if at.claim is not None and at.claim.granted:
+            await self.ledger.release(at.route_key, at.owner)
+        at.claim = None
 
     async def _release(self, at: AtTarget) -> None:
         if at.ordered:

@@ -19,6 +19,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 from urllib.parse import urlparse
@@ -34,6 +35,7 @@ log = structlog.get_logger("octopus.ledger")
 __all__ = [
     "PROCESS",
     "Claim",
+    "Found",
     "Lease",
     "Ledger",
     "LedgerEntry",
@@ -41,6 +43,7 @@ __all__ = [
     "RedisLedger",
     "SqliteLedger",
     "Waiting",
+    "find_then_claim",
     "open_ledger",
 ]
 
@@ -107,6 +110,24 @@ class Claim:
         return self.granted and self.previous is not None and self.previous.until > 0
 
 
+@dataclass(frozen=True)
+class Found:
+    """The answer of :meth:`Ledger.find_or_claim` when a key has an entry: which one (its index
+    among the keys asked for) and the entry."""
+
+    index: int
+    entry: LedgerEntry
+
+
+async def find_then_claim(ledger: Ledger, keys: Sequence[str], lease: str, owner: str, ttl: float) -> Found | Claim:
+    """:meth:`Ledger.find_or_claim` as a lookup, then a claim (stores without a combined call)."""
+    for index, key in enumerate(keys):
+        entry = await ledger.get(key)
+        if entry is not None:
+            return Found(index, entry)
+    return await ledger.claim(lease, owner, ttl)
+
+
 def _decide(previous: Lease | None, owner: str, now: float, single_replica: bool) -> bool:
     if previous is None or previous.owner == owner or previous.until < now:
         return True
@@ -124,6 +145,11 @@ class Ledger(Protocol):
 
     async def settle(self, entries: Sequence[tuple[str, LedgerEntry]], leases: Sequence[tuple[str, str]]) -> None:
         """``put`` each entry, then ``release`` each lease: one round trip where the store allows."""
+
+    async def find_or_claim(self, keys: Sequence[str], lease: str, owner: str, ttl: float) -> Found | Claim:
+        """The first of ``keys`` that has an entry; when none has, the lease on ``lease`` claimed
+        for ``owner`` (as :meth:`claim`): the lookup and the claim of a fresh delivery in one
+        round trip where the store allows."""
 
     async def release(self, key: str, owner: str) -> None:
         """End ``owner``'s lease on ``key`` (no-op when it holds none). The lease stays, ended
@@ -212,6 +238,9 @@ class MemoryLedger(_MemoryBarriers):
         self.leases[key] = Lease(owner, now + ttl)
         return Claim(True, None if previous is None or previous.owner == owner else previous)
 
+    async def find_or_claim(self, keys: Sequence[str], lease: str, owner: str, ttl: float) -> Found | Claim:
+        return await find_then_claim(self, keys, lease, owner, ttl)
+
     async def settle(self, entries: Sequence[tuple[str, LedgerEntry]], leases: Sequence[tuple[str, str]]) -> None:
         for key, entry in entries:
             self.entries[key] = entry
@@ -261,7 +290,8 @@ class SqliteLedger(_MemoryBarriers):
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS leases (key TEXT PRIMARY KEY, owner TEXT NOT NULL, until REAL NOT NULL)"
         )
-        self._queue: list[tuple[str, tuple[Any, ...], asyncio.Future[Any]]] = []
+        self._queue: list[tuple[_Op, asyncio.Future[Any]]] = []
+        self._writes = False  # whether the queued batch writes (a checkpoint may be due after it)
         self._scheduled = False
         self._retry_in = 0.1
         self._checkpointer: asyncio.Task[None] | None = None
@@ -269,51 +299,37 @@ class SqliteLedger(_MemoryBarriers):
         self._last_checkpoint = time.monotonic()
 
     async def get(self, key: str) -> LedgerEntry | None:
-        row = await self._call("SELECT entry FROM ledger WHERE key = ?", (key,))
-        return _load(row[0]) if row else None
+        entry: LedgerEntry | None = await self._call(partial(_get, key=key))
+        return entry
 
     async def put(self, key: str, entry: LedgerEntry) -> None:
-        await self._call(
-            "INSERT OR REPLACE INTO ledger (key, entry, at) VALUES (?, ?, ?)", (key, _dump(entry), entry.at)
-        )
+        await self._call(partial(_put, entries=((key, entry),)), writes=True)
 
     async def settle(self, entries: Sequence[tuple[str, LedgerEntry]], leases: Sequence[tuple[str, str]]) -> None:
         """Every note and release of one pass in one batch (one transaction)."""
-        pending = [
-            *(
-                self._call("INSERT OR REPLACE INTO ledger (key, entry, at) VALUES (?, ?, ?)", (k, _dump(e), e.at))
-                for k, e in entries
-            ),
-            *(self._call(_RELEASE_SQL, lease) for lease in leases),
-        ]
-        for future in pending:
-            await future
+        await self._call(partial(_settle, entries=entries, leases=leases), writes=True)
 
     async def claim(self, key: str, owner: str, ttl: float) -> Claim:
         """The read and the conditional write run next to each other in one batch (one
         transaction), so no other claim comes between them."""
-        now = time.time()
-        read = self._call("SELECT owner, until FROM leases WHERE key = ?", (key,))
-        write = self._call(
-            "INSERT INTO leases (key, owner, until) VALUES (?, ?, ?) ON CONFLICT(key) DO UPDATE"
-            " SET owner = excluded.owner, until = excluded.until"
-            " WHERE leases.owner = excluded.owner OR leases.until < ? OR substr(leases.owner, 1, ?) != ?",
-            (key, owner, now + ttl, now, len(PROCESS) + 1, PROCESS + "/"),
+        claim: Claim = await self._call(partial(_claim, key=key, owner=owner, ttl=ttl), writes=True)
+        return claim
+
+    async def find_or_claim(self, keys: Sequence[str], lease: str, owner: str, ttl: float) -> Found | Claim:
+        """The lookup and the claim in one transaction: a claim granted here saw no entry."""
+        answer: Found | Claim = await self._call(
+            partial(_find_or_claim, keys=keys, lease=lease, owner=owner, ttl=ttl), writes=True
         )
-        row = await read
-        await write
-        previous = Lease(row[0], row[1]) if row else None
-        if not _decide(previous, owner, now, single_replica=True):
-            return Claim(False, previous)
-        return Claim(True, None if previous is None or previous.owner == owner else previous)
+        return answer
 
     async def release(self, key: str, owner: str) -> None:
-        await self._call(_RELEASE_SQL, (key, owner))
+        await self._call(partial(_settle, entries=(), leases=((key, owner),)), writes=True)
 
-    def _call(self, sql: str, params: tuple[Any, ...]) -> asyncio.Future[Any]:
+    def _call(self, op: _Op, *, writes: bool = False) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        self._queue.append((sql, params, future))
+        self._queue.append((op, future))
+        self._writes = self._writes or writes
         if not self._scheduled:
             self._scheduled = True
             loop.call_soon(self._flush)
@@ -323,42 +339,44 @@ class SqliteLedger(_MemoryBarriers):
         """Run what queued up during the last turn of the loop, in one transaction."""
         self._scheduled = False
         batch, self._queue = self._queue, []
+        writes, self._writes = self._writes, False
         if not batch:
             return
-        what = "put" if any(sql.startswith(("INSERT", "UPDATE")) for sql, _, _ in batch) else "get"
+        what = "put" if writes else "get"
         try:
-            rows = self._run(batch)
+            answers = self._run(batch)
         except _RETRYABLE as exc:  # through an outage: stalling a key beats a doubled record
             metrics.LEDGER_ERRORS.labels(what).inc()
             log.warning("ledger unavailable, retrying", op=what, error=type(exc).__name__, retry_in=self._retry_in)
             self._queue[:0] = batch
+            self._writes = self._writes or writes
             self._scheduled = True
             asyncio.get_running_loop().call_later(self._retry_in, self._flush)
             self._retry_in = min(self._retry_in * 2, 5.0)
             return
         except Exception as exc:  # noqa: BLE001 - not an outage: handed to the callers
-            for _, _, future in batch:
+            for _, future in batch:
                 if not future.done():
                     future.set_exception(exc)
             return
         self._retry_in = 0.1
-        for (_, _, future), row in zip(batch, rows, strict=True):
+        for (_, future), answer in zip(batch, answers, strict=True):
             if not future.done():
-                future.set_result(row)
-        if what == "put":
+                future.set_result(answer)
+        if writes:
             self._maybe_checkpoint()
 
-    def _run(self, batch: list[tuple[str, tuple[Any, ...], asyncio.Future[Any]]]) -> list[Any]:
-        """The batch's statements in one transaction, their first rows."""
+    def _run(self, batch: list[tuple[_Op, asyncio.Future[Any]]]) -> list[Any]:
+        """The batch's operations in one transaction, their answers."""
         db = self._db
         db.execute("BEGIN")
         try:
-            rows = [db.execute(sql, params).fetchone() for sql, params, _ in batch]
+            answers = [op(db) for op, _ in batch]
         except BaseException:
             db.execute("ROLLBACK")
             raise
         db.execute("COMMIT")
-        return rows
+        return answers
 
     def _maybe_checkpoint(self) -> None:
         if self._path == ":memory:" or (self._checkpointer is not None and not self._checkpointer.done()):
@@ -389,7 +407,53 @@ class SqliteLedger(_MemoryBarriers):
         self._db.close()
 
 
+# What SqliteLedger runs inside a batch's transaction, on its connection.
+_Op = Callable[[sqlite3.Connection], Any]
+_GET_SQL = "SELECT entry FROM ledger WHERE key = ?"
+_PUT_SQL = "INSERT OR REPLACE INTO ledger (key, entry, at) VALUES (?, ?, ?)"
+_LEASE_SQL = "SELECT owner, until FROM leases WHERE key = ?"
+_CLAIM_SQL = (
+    "INSERT INTO leases (key, owner, until) VALUES (?, ?, ?) ON CONFLICT(key) DO UPDATE"
+    " SET owner = excluded.owner, until = excluded.until"
+    " WHERE leases.owner = excluded.owner OR leases.until < ? OR substr(leases.owner, 1, ?) != ?"
+)
 _RELEASE_SQL = "UPDATE leases SET until = 0 WHERE key = ? AND owner = ?"
+
+
+def _get(db: sqlite3.Connection, key: str) -> LedgerEntry | None:
+    row = db.execute(_GET_SQL, (key,)).fetchone()
+    return _load(row[0]) if row else None
+
+
+def _put(db: sqlite3.Connection, entries: Sequence[tuple[str, LedgerEntry]]) -> None:
+    db.executemany(_PUT_SQL, [(key, _dump(entry), entry.at) for key, entry in entries])
+
+
+def _settle(
+    db: sqlite3.Connection, entries: Sequence[tuple[str, LedgerEntry]], leases: Sequence[tuple[str, str]]
+) -> None:
+    if entries:
+        _put(db, entries)
+    if leases:
+        db.executemany(_RELEASE_SQL, leases)
+
+
+def _claim(db: sqlite3.Connection, key: str, owner: str, ttl: float) -> Claim:
+    now = time.time()
+    row = db.execute(_LEASE_SQL, (key,)).fetchone()
+    db.execute(_CLAIM_SQL, (key, owner, now + ttl, now, len(PROCESS) + 1, PROCESS + "/"))
+    previous = Lease(row[0], row[1]) if row else None
+    if not _decide(previous, owner, now, single_replica=True):
+        return Claim(False, previous)
+    return Claim(True, None if previous is None or previous.owner == owner else previous)
+
+
+def _find_or_claim(db: sqlite3.Connection, keys: Sequence[str], lease: str, owner: str, ttl: float) -> Found | Claim:
+    for index, key in enumerate(keys):
+        entry = _get(db, key)
+        if entry is not None:
+            return Found(index, entry)
+    return _claim(db, lease, owner, ttl)
 
 
 async def _until_ok(op: Callable[[], Awaitable[T]], what: str) -> T:
@@ -508,6 +572,9 @@ class RedisLedger:
             await self.put(key, entry)
         for key, owner in leases:
             await self.release(key, owner)
+
+    async def find_or_claim(self, keys: Sequence[str], lease: str, owner: str, ttl: float) -> Found | Claim:
+        return await find_then_claim(self, keys, lease, owner, ttl)
 
     async def release(self, key: str, owner: str) -> None:
         await _until_ok(lambda: self._release_lease(keys=[self._leases + key], args=[owner]), "release")

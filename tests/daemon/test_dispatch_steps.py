@@ -200,10 +200,27 @@ async def test_recorded_while_a_live_copy_reports_it_waits_for_that_copy() -> No
     assert kinds(decided) == ["backlog"]
 
 
-async def test_nothing_recorded_hands_on() -> None:
+async def test_nothing_recorded_hands_on_with_the_route_claimed_for_the_claim_step() -> None:
     d = dispatcher({"primary": FakeAdapter()})
     state, event = route_state("primary")
-    assert await d.step_recorded(at(d, state, event)) is None
+    here = at(d, state, event)
+    assert await d.step_recorded(here) is None
+    assert here.claim is not None and here.claim.granted  # taken in the lookup's round trip
+    claim = await d.step_claim(here)
+    assert isinstance(claim, Claim) and claim.granted and here.claim is None
+    assert cast(MemoryLedger, d.ledger).leases[here.route_key].owner == here.owner
+
+
+async def test_a_pass_deferred_after_the_lookup_ends_the_lease_it_took() -> None:
+    adapter = FakeAdapter()
+    adapter.limiter = FakeLimiter(serves=False)
+    d = dispatcher({"primary": adapter})
+    state, event = route_state("primary")
+    here = at(d, state, event)
+    assert await d.step_recorded(here) is None
+    assert kinds(await d.step_admission(here)) == ["backlog"]
+    assert cast(MemoryLedger, d.ledger).leases[here.route_key].until == 0.0  # ended: the next copy may go
+    assert here.claim is None
 
 
 # -- admission ------------------------------------------------------------------------------

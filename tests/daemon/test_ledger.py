@@ -14,6 +14,7 @@ import pytest
 
 from octopus_crm.daemon.ledger import (
     Claim,
+    Found,
     Lease,
     Ledger,
     LedgerEntry,
@@ -134,6 +135,21 @@ async def test_claims_admit_one_copy_until_released_or_expired(ledger: Ledger) -
     await asyncio.sleep(0.1)
     taken = await ledger.claim("e2:crm:lead", second, 30)
     assert taken.abandoned and taken.previous is not None and taken.previous.owner == first
+
+
+async def test_find_or_claim_finds_the_first_recorded_key_or_claims_the_lease(ledger: Ledger) -> None:
+    first, second = lease_owner(), lease_owner()
+    keys = ["e5:primary:lead", "e5:backup:lead"]
+    claimed = await ledger.find_or_claim(keys, "route:e5:primary:lead", first, 30)
+    assert claimed == Claim(True, None)
+    refused = await ledger.find_or_claim(keys, "route:e5:primary:lead", second, 30)
+    assert isinstance(refused, Claim) and not refused.granted and refused.previous is not None
+    entry = LedgerEntry("B-1", None, "backup", "lead", time.time(), published=False)
+    await ledger.put("e5:backup:lead", entry)
+    assert await ledger.find_or_claim(keys, "route:e5:primary:lead", second, 30) == Found(1, entry)
+    primary = LedgerEntry("P-1", None, "primary", "lead", time.time())
+    await ledger.put("e5:primary:lead", primary)
+    assert await ledger.find_or_claim(keys, "route:e5:primary:lead", second, 30) == Found(0, primary)
 
 
 async def test_concurrent_claims_grant_exactly_one(ledger: Ledger) -> None:
