@@ -13,6 +13,9 @@ import logging
 import sys
 import threading
 import time
+from collections.abc import Mapping
+from contextvars import ContextVar
+from types import MappingProxyType
 from typing import Any, Literal
 
 import orjson
@@ -22,9 +25,33 @@ from structlog.types import EventDict, WrappedLogger
 from octopus_crm.core.redaction import REDACTED, mask_secret_keys, redact, redact_value
 from octopus_crm.daemon.log_summary import ClientLogSummary
 
-__all__ = ["canonical", "canonical_scrubbed", "configure_logging", "flush"]
+__all__ = ["NO_EVENT", "bind_event", "canonical", "canonical_scrubbed", "configure_logging", "flush"]
 
 _QUIET = ("aiokafka", "kafka", "httpx", "httpcore", "aiohttp.access", "aiohttp.client", "urllib3", "asyncio")
+
+
+NO_EVENT: Mapping[str, Any] = MappingProxyType({})
+
+# The context of the event being processed: one immutable mapping, set once per event (structlog's
+# contextvars cost a ContextVar per key and a scan of the whole context on every clear and read).
+# Each task runs in its own copy of the context, and the tasks an event starts inherit it.
+_EVENT: ContextVar[Mapping[str, Any]] = ContextVar("octopus_event", default=NO_EVENT)
+
+# structlog's registry of the ContextVars it ever bound: while empty, nothing is bound there and
+# its context need not be scanned (it may be renamed: then it is scanned every time)
+_STRUCTLOG_VARS: Mapping[str, Any] | None = getattr(structlog.contextvars, "_CONTEXT_VARS", None)
+
+
+def bind_event(fields: Mapping[str, Any]) -> None:
+    """The fields every log line carries while this event is processed, in place of the previous
+    event's (a worker task processes several in a row); ``fields`` is never mutated after."""
+    _EVENT.set(fields)
+
+
+def _merge_event(logger: WrappedLogger, method: str, event_dict: EventDict) -> EventDict:
+    for key, value in _EVENT.get().items():
+        event_dict.setdefault(key, value)
+    return event_dict
 
 
 def _scrub(logger: WrappedLogger, method: str, event_dict: EventDict) -> EventDict:
@@ -75,7 +102,8 @@ def configure_logging(
         else structlog.processors.JSONRenderer(serializer=_dumps)
     )
     shared: list[Any] = [
-        structlog.contextvars.merge_contextvars,
+        _merge_event,
+        structlog.contextvars.merge_contextvars,  # what other code binds
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
@@ -165,10 +193,10 @@ def flush() -> None:
 class _Canonical:
     """The one INFO line per event, rendered straight to the stream.
 
-    The same line the structlog chain above renders (fields, ``event``, the bound context, level,
-    timestamp; secret-named keys masked, secrets scrubbed), in a fraction of its CPU: it is
-    written for every event. Used only while that chain is the one configured (a test capturing
-    logs, or a console, gets the ordinary path)."""
+    The same line the structlog chain above renders (fields, ``event``, the event's context, what
+    is bound in structlog's, level, timestamp; secret-named keys masked, secrets scrubbed), in a
+    fraction of its CPU: it is written for every event. Used only while that chain is the one
+    configured (a test capturing logs, or a console, gets the ordinary path)."""
 
     processors: list[Any] | None = None
 
@@ -179,15 +207,19 @@ class _Canonical:
 
     @classmethod
     def write(cls, message: str, fields: dict[str, Any]) -> bool:
-        """``fields`` scrubbed already; the bound context is scrubbed here."""
+        """``fields`` scrubbed already; the context is scrubbed here."""
         configured = structlog.get_config()["processors"]
         # capture_logs() empties and refills the configured list in place: look at its content too
         if cls.processors is None or configured is not cls.processors or configured[-1] is not _scrub_rendered:
             return False
         line: dict[str, Any] = {**fields, "event": message}
-        for key, value in structlog.contextvars.get_contextvars().items():
+        for key, value in _EVENT.get().items():
             if key not in line:
                 line[key] = _scrub_bound(key, value)
+        if _STRUCTLOG_VARS is None or _STRUCTLOG_VARS:
+            for key, value in structlog.contextvars.get_contextvars().items():
+                if key not in line:
+                    line[key] = _scrub_bound(key, value)
         line["level"] = "info"
         line["timestamp"] = _utc_now_iso()
         _PENDING.add(orjson.dumps(line, default=_scrubbed_str).decode() + "\n")

@@ -19,6 +19,7 @@ from octopus_crm.core.contracts import SUPPORTED_SCHEMA_VERSIONS, ClassifiedMess
 from octopus_crm.core.wire import DeadLetterClass
 from octopus_crm.daemon import metrics
 from octopus_crm.daemon.dispatch import Dispatcher
+from octopus_crm.daemon.logs import bind_event
 from octopus_crm.daemon.outcomes import Outcomes
 from octopus_crm.daemon.records import InboundRecord
 from octopus_crm.daemon.reporting import Reporter, log_outcomes, report
@@ -101,20 +102,21 @@ class Processor:
 
     async def handle(self, record: InboundRecord) -> None:
         started = record.received_at or time.monotonic()
-        structlog.contextvars.clear_contextvars()
         try:
-            event = decode(record, self.max_value_bytes)
+            event = decode(record, self.max_value_bytes)  # pure: logs nothing under the previous event's context
         except BadInput as bad:
-            structlog.contextvars.bind_contextvars(topic=record.topic, partition=record.partition, offset=record.offset)
+            bind_event({"topic": record.topic, "partition": record.partition, "offset": record.offset})
             await self.reporter.dead_letter(record, bad.error_class, bad.reason)
             log.warning("dead-lettered", error_class=bad.error_class, reason=bad.reason)
             return
-        structlog.contextvars.bind_contextvars(
-            topic=record.topic,
-            partition=record.partition,
-            offset=record.offset,
-            eventId=event.eventId,
-            tenantId=event.tenantId,
+        bind_event(
+            {
+                "topic": record.topic,
+                "partition": record.partition,
+                "offset": record.offset,
+                "eventId": event.eventId,
+                "tenantId": event.tenantId,
+            }
         )
 
         async def publish(route: Outcomes) -> None:

@@ -18,6 +18,7 @@ from octopus_crm.core.contracts import ClassifiedMessage
 from octopus_crm.core.wire import DeadLetterClass
 from octopus_crm.daemon.consumer import WorkAbandoned
 from octopus_crm.daemon.dispatch import Dispatcher
+from octopus_crm.daemon.logs import NO_EVENT, bind_event
 from octopus_crm.daemon.records import InboundRecord
 from octopus_crm.daemon.reporting import Reporter, log_outcomes, report
 from octopus_crm.daemon.retrying import RetryRecord
@@ -37,14 +38,14 @@ class RetryHandler:
         self._stopping.set()
 
     async def handle(self, record: InboundRecord) -> None:
-        structlog.contextvars.clear_contextvars()
         try:
             retry = RetryRecord.decode(record.value or b"")
             event = ClassifiedMessage.model_validate_json(retry.value)
         except ValidationError as exc:
+            bind_event(NO_EVENT)
             await self.reporter.dead_letter(record, DeadLetterClass.INVALID_RETRY_RECORD, str(exc)[:1000])
             return
-        structlog.contextvars.bind_contextvars(eventId=event.eventId, tenantId=event.tenantId, retry=retry.kind)
+        bind_event({"eventId": event.eventId, "tenantId": event.tenantId, "retry": retry.kind})
         wait = retry.due - time.time()
         if wait > 0:
             try:
