@@ -28,6 +28,7 @@ from octopus_crm.daemon.dispatch import Dispatcher
 from octopus_crm.daemon.fleet import FleetSync, open_fleet
 from octopus_crm.daemon.ledger import Ledger, open_ledger
 from octopus_crm.daemon.operator_errors import IdempotenceRefused, refused_idempotence
+from octopus_crm.daemon.partitioner import partition
 from octopus_crm.daemon.processing import Processor
 from octopus_crm.daemon.published import PublishedResults
 from octopus_crm.daemon.reload import ConfigReloader, record_loaded
@@ -98,6 +99,7 @@ class Daemon:
                 linger_ms=s.producer_linger_ms,
                 max_request_size=s.max_request_size,
                 compression_type=None,
+                partitioner=partition,
             )
             try:
                 started = await unless_stopped(self._stop_requested, producer.start())

@@ -23,6 +23,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiolimiter import AsyncLimiter
 
 from octopus_crm.core.wire import HEADER_PREFIX, REPLAYABLE_BY_DEFAULT, Header
+from octopus_crm.daemon.partitioner import partition
 from octopus_crm.daemon.settings import Settings
 
 __all__ = ["ReplayFilter", "ReplayReport", "replay", "replay_dlq", "scan_dlq", "select"]
@@ -93,6 +94,7 @@ async def replay_dlq(
         acks="all",
         enable_idempotence=settings.producer_idempotence,
         max_request_size=settings.max_request_size,
+        partitioner=partition,
     )
     report = ReplayReport()
     pace = AsyncLimiter(1, 1.0 / rate)

@@ -10,6 +10,7 @@ import orjson
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError
 
+from octopus_crm.daemon.partitioner import partition
 from octopus_crm.daemon.settings import Settings
 
 __all__ = ["event_key", "produce_lines"]
@@ -53,6 +54,7 @@ async def _started_producer(settings: Settings, *, patience_s: float) -> AIOKafk
             acks="all",
             enable_idempotence=settings.producer_idempotence,
             max_request_size=settings.max_request_size,
+            partitioner=partition,
         )
         try:
             await producer.start()

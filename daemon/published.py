@@ -18,7 +18,8 @@ import orjson
 import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
-from aiokafka.partitioner import DefaultPartitioner
+
+from octopus_crm.daemon import partitioner
 
 __all__ = ["PublishedResults"]
 
@@ -42,7 +43,6 @@ class PublishedResults:
         self._consumer: AIOKafkaConsumer | None = None
         self._lock = asyncio.Lock()
         self._seen: dict[int, _Seen] = {}
-        self._partitioner = DefaultPartitioner()
 
     async def contains(self, event_id: str, integration_id: str, object_type: str, since: float) -> bool:
         """True when a result for (event, integration, object type) was published since ``since``
@@ -60,7 +60,7 @@ class PublishedResults:
         partitions = sorted(consumer.partitions_for_topic(self.topic) or ())
         if not partitions:
             return False
-        partition = self._partitioner(pair[0].encode(), partitions, partitions)
+        partition = partitioner.partition(pair[0].encode(), partitions, partitions)
         tp = TopicPartition(self.topic, partition)
         found = await consumer.offsets_for_times({tp: int(since * 1000)})
         end = (await consumer.end_offsets([tp]))[tp]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import orjson
@@ -53,17 +53,18 @@ class Reporter:
     async def schedule(self, retries: Sequence[RetryRecord]) -> None:
         """Hand deliveries to the retry topic, keyed by original key and integration."""
         for retry in retries:
-            headers: list[tuple[str, bytes]] = [
+            headers = [
                 (Header.DUE_AT, str(int(retry.due * 1000)).encode()),
                 (Header.INTEGRATION, retry.target.integration_id.encode()),
                 (Header.RETRY_KIND, retry.kind.encode()),
                 (Header.ATTEMPT, str(retry.attempt).encode()),
             ]
-            await self._send(self.retry_topic, retry.kafka_key(), retry.encode_scrubbed(), headers)
+            await self._send(self.retry_topic, retry.kafka_key(), retry.encode_scrubbed(), _client_form(headers))
             BOOK.scheduled(retry.event_id, retry.target.integration_id)
 
     async def publish(self, results: Sequence[SyncResultJson]) -> None:
         """Publish results keyed by eventId and wait for every acknowledgement."""
+        # Already in the client's form (exact str names), built once and shared by the batch's sends.
         headers = [("octopus-config-version", self.config_version.encode())] if self.config_version else []
         for result in results:
             await self._send(self.results_topic, result["eventId"].encode(), _scrubbed(result), headers)
@@ -89,11 +90,11 @@ class Reporter:
             (Header.DEAD_LETTERED_AT, str(int(time.time() * 1000)).encode()),
             *((name, redact_bytes(value)) for name, value in extra),
         ]
-        await self._send(self.dlq_topic, record.key, record.value, headers)
+        await self._send(self.dlq_topic, record.key, record.value, _client_form(headers))
         metrics.DLQ_RECORDS.labels(error_class).inc()
 
     async def _send(self, topic: str, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]) -> None:
-        headers = [(str(k), v) for k, v in headers]  # the client takes exact str keys, not Header members
+        """Send until acknowledged; ``headers`` in the client's form (see ``_client_form``)."""
         delay = 0.2
         while True:
             try:
@@ -105,6 +106,11 @@ class Reporter:
                 log.warning("produce failed, retrying", topic=topic, error=type(exc).__name__, retry_in=delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
+
+
+def _client_form(headers: Iterable[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
+    """Header names as exact ``str``: the client's record builder rejects a ``Header`` member."""
+    return [(str(k), v) for k, v in headers]
 
 
 async def report(reporter: Reporter, outcomes: Outcomes) -> None:
