@@ -227,7 +227,7 @@ class Dispatcher:
         """What every step at the route's current target needs to know."""
         spec = state.target
         integration = self.config.integration(spec.integration_id)
-        key = RetryRecord.key_b64(state.source.key) or ""
+        ordered = integration.ordered and state.source.key is not None and not state.is_sync_back
         return AtTarget(
             state=state,
             event=event,
@@ -235,8 +235,9 @@ class Dispatcher:
             # one claim per route, not per target: a copy at the backup must not deliver while
             # another copy's call to the primary is in flight
             route_key="route:" + idempotency_key(event.eventId, state.chain[0]),
-            scope=f"{key}|{spec.target().key}",  # the barrier: one key, one target (integration + object)
-            ordered=integration.ordered and state.source.key is not None and not state.is_sync_back,
+            # the barrier: one key, one target (integration + object); only an ordered target has one
+            scope=f"{RetryRecord.key_b64(state.source.key)}|{spec.target().key}" if ordered else "",
+            ordered=ordered,
         )
 
     async def step_barrier(self, at: AtTarget) -> Outcomes | None:
@@ -347,8 +348,11 @@ class Dispatcher:
             error = CircuitOpenError(f"circuit open for {spec.integration_id}", code="circuit_open")
             if state.has_next:
                 state.attempt = self.policy(spec.integration_id).max_attempts
+        # our own values, typed already: no validation (the record is validated when read back)
         state.history.append(
-            AttemptRecord(integration=spec.integration_id, at=time.time(), error=error.as_dict() if error else None)
+            AttemptRecord.model_construct(
+                integration=spec.integration_id, at=time.time(), error=error.as_dict() if error else None
+            )
         )
         return delivered, error
 

@@ -426,16 +426,16 @@ def _get(db: sqlite3.Connection, key: str) -> LedgerEntry | None:
 
 
 def _put(db: sqlite3.Connection, entries: Sequence[tuple[str, LedgerEntry]]) -> None:
-    db.executemany(_PUT_SQL, [(key, _dump(entry), entry.at) for key, entry in entries])
+    for key, entry in entries:  # execute: for the usual one row, executemany costs more
+        db.execute(_PUT_SQL, (key, _dump(entry), entry.at))
 
 
 def _settle(
     db: sqlite3.Connection, entries: Sequence[tuple[str, LedgerEntry]], leases: Sequence[tuple[str, str]]
 ) -> None:
-    if entries:
-        _put(db, entries)
-    if leases:
-        db.executemany(_RELEASE_SQL, leases)
+    _put(db, entries)
+    for lease in leases:
+        db.execute(_RELEASE_SQL, lease)
 
 
 def _claim(db: sqlite3.Connection, key: str, owner: str, ttl: float) -> Claim:
