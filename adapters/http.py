@@ -223,6 +223,10 @@ class HttpClient:
                 timeout=aiohttp.ClientTimeout(
                     total=None, sock_connect=self.timeouts.connect, sock_read=self.timeouts.read
                 ),
+                # No vendor API here needs cookies, and a jar would hand a cookie one answer set
+                # (a session, a load balancer's pin) to every later request of the integration;
+                # keeping one also costs tens of µs a request once a vendor sets any.
+                cookie_jar=aiohttp.DummyCookieJar(),
                 headers=self._default_headers,
                 skip_auto_headers=("User-Agent",),
             )

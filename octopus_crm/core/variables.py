@@ -71,10 +71,13 @@ class EventVars:
             return flat(self.event)
         if self._dump is None:
             # A scalar is read off the model without dumping it (model_dump costs microseconds
-            # per event); anything else comes from the dump, a copy the caller may change.
+            # per event), a list of scalars (keywords, tags) as a fresh list, which is all the
+            # dump would hold; anything else comes from the dump, a copy the caller may change.
             value = _walk(self.event, name)
             if type(value) in _SCALARS:
                 return value
+            if type(value) is list and all(type(item) in _SCALARS for item in value):
+                return list(value)
             self._dump = self.event.model_dump()
         return _walk(self._dump, name)
 

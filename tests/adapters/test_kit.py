@@ -294,6 +294,36 @@ async def test_still_401_after_refresh_is_an_auth_error(fake: RecordsFake) -> No
     assert fake.records == {}
 
 
+class CookieFake(FakeVendor):
+    """Answers every POST with a session cookie, as vendors behind a CDN or a load balancer do."""
+
+    name = "cookies"
+
+    def routes(self) -> list[web.RouteDef]:
+        return [web.post("/records", self.create)]
+
+    async def create(self, request: web.Request) -> web.Response:
+        response = web.json_response({"id": self.new_id("rec-")}, status=201)
+        response.set_cookie("session", "from-the-vendor", path="/")
+        return response
+
+
+async def test_a_cookie_the_vendor_set_is_never_sent_back() -> None:
+    """No cookie jar: one answer's cookie never rides along on the integration's later requests."""
+    vendor = CookieFake()
+    async with SandboxServer(vendor):
+        # A host name, not an IP literal: aiohttp's jar ignores cookies from IP addresses anyway.
+        base_url = vendor.base_url.replace("127.0.0.1", "localhost")
+        http = HttpClient(name="cookies", base_url=base_url, allow_private_network=True)
+        try:
+            for n in range(3):
+                answer = await http.send(Request("POST", "/records", json={"n": n}))
+                assert "session=from-the-vendor" in answer.headers.get("Set-Cookie", "")
+        finally:
+            await http.aclose()
+    assert [r.headers.get("Cookie") for r in vendor.requests] == [None, None, None]
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -302,6 +302,20 @@ def test_each_render_returns_an_independent_tree() -> None:
     assert compiled.render(event()) == {"to": ["support@company.com"], "meta": {"k": "销售线索"}}
 
 
+def test_a_rendered_list_of_the_event_is_a_copy() -> None:
+    """A list read off the event (without a dump) is still the renderer's own: changing it
+    leaves the event and the next render alone."""
+    ev = event()
+    compiled = compile_template({"keywords": "{{classification.keywords}}", "tags": "{{classification.tags}}"})
+    first = compiled.render(ev)
+    assert first == {"keywords": ["价格", "企业版"], "tags": []}
+    first["keywords"].append("injected")
+    first["tags"].append("injected")
+    assert ev.classification.keywords == ["价格", "企业版"]
+    assert ev.classification.tags == []
+    assert compiled.render(ev) == {"keywords": ["价格", "企业版"], "tags": []}
+
+
 # -- compile-time errors ---------------------------------------------------------------------
 
 
@@ -353,3 +367,10 @@ def test_customer_text_is_inserted_byte_for_byte_never_reevaluated() -> None:
     assert out["subject"].encode() == HOSTILE.encode()
     assert out["body"].encode() == ("{{senderPhone}} 😀 via telegram:\n\n" + HOSTILE).encode()
     assert orjson.loads(orjson.dumps(out))["description"] == HOSTILE
+
+
+def test_single_braces_in_the_mapping_text_stay_as_written() -> None:
+    """Literal ``{`` / ``}`` around expressions are text, never format fields of their own."""
+    ev = event(content="{0} {x} {{y}} {")
+    out = render({"t": 'json: {"k": "{{category}}"} {0} }{ {{messageContent}} }'}, ev)
+    assert out == {"t": 'json: {"k": "销售线索"} {0} }{ {0} {x} {{y}} { }'}
