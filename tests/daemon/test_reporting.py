@@ -1,56 +1,26 @@
-"""The reporter hands the client headers in its exact form, awaits every send until it is
-acknowledged, and retries a failed send until it is."""
+"""The reporter on a real broker: results keyed by eventId on the partition Kafka's default
+partitioner gives them, headers in the client's exact form, and a send the broker does not
+acknowledge retried until it is."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator, Iterator
 from typing import Any, cast
 
+import pytest
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError, KafkaTimeoutError
+from aiokafka.partitioner import DefaultPartitioner
 
 from octopus_crm.core.contracts import SyncResultJson
 from octopus_crm.core.wire import Header
+from octopus_crm.daemon import metrics
+from octopus_crm.daemon.partitioner import partition
 from octopus_crm.daemon.records import InboundRecord
 from octopus_crm.daemon.reporting import Reporter
 from octopus_crm.daemon.retrying import RetryRecord, TargetSpec
-
-
-class FakeProducer:
-    """Acknowledges a send one loop turn later; the first ``failures`` sends fail, alternately
-    when sent and when acknowledged (the two ways a real send fails)."""
-
-    def __init__(self, failures: int = 0) -> None:
-        self.failures = failures
-        self.sent: list[dict[str, Any]] = []
-        self.unacked = 0
-        self.sent_while_unacked = 0
-
-    async def send(self, topic: str, *, value: bytes | None, key: bytes | None, headers: Any) -> asyncio.Future[None]:
-        if self.unacked:
-            self.sent_while_unacked += 1
-        if self.failures and self.failures % 2:
-            self.failures -= 1
-            raise KafkaTimeoutError()
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        failing = self.failures > 0
-        self.failures -= failing
-        self.unacked += 1
-
-        def settle() -> None:
-            self.unacked -= 1
-            if failing:
-                future.set_exception(KafkaError("not acknowledged"))
-            else:
-                self.sent.append({"topic": topic, "key": key, "value": value, "headers": headers})
-                future.set_result(None)
-
-        asyncio.get_running_loop().call_soon(settle)
-        return future
-
-
-def reporter(producer: FakeProducer) -> Reporter:
-    return Reporter(cast(AIOKafkaProducer, producer), results_topic="res", dlq_topic="dlq", retry_topic="retry")
+from octopus_crm_sandbox.broker import EmbeddedBroker
+from tests.kafka import TestBroker
 
 
 def result(event_id: str) -> SyncResultJson:
@@ -59,43 +29,51 @@ def result(event_id: str) -> SyncResultJson:
     )
 
 
-def exact_str_names(headers: list[tuple[str, bytes]]) -> bool:
-    return all(type(name) is str for name, _ in headers)
+async def started_producer(bootstrap: str, **options: Any) -> AIOKafkaProducer:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", partitioner=partition, **options)
+    await producer.start()
+    return producer
 
 
-async def test_results_are_keyed_by_event_id_and_each_acknowledged_before_the_next() -> None:
-    producer = FakeProducer()
-    rep = reporter(producer)
-    rep.config_version = "v7"
-    await rep.publish([result("e1"), result("e2"), result("e3")])
-    assert [s["key"] for s in producer.sent] == [b"e1", b"e2", b"e3"]
-    assert producer.unacked == 0 and producer.sent_while_unacked == 0
-    for sent in producer.sent:
-        assert sent["topic"] == "res"
-        assert sent["headers"] == [("octopus-config-version", b"v7")]
-        assert exact_str_names(sent["headers"])
+@pytest.fixture
+async def reporter(broker: TestBroker, topics: Any) -> AsyncIterator[Reporter]:
+    await broker.create(topics)
+    producer = await started_producer(broker.bootstrap)
+    try:
+        yield Reporter(producer, results_topic=topics.results, dlq_topic=topics.dlq, retry_topic=topics.retry)
+    finally:
+        await producer.stop()
 
 
-async def test_results_without_a_config_version_carry_no_header() -> None:
-    producer = FakeProducer()
-    await reporter(producer).publish([result("e1")])
-    assert producer.sent[0]["headers"] == []
+async def test_results_are_keyed_by_event_id_on_the_default_partitioners_partition(
+    reporter: Reporter, broker: TestBroker, topics: Any
+) -> None:
+    reporter.config_version = "v7"
+    ids = [f"e{i}" for i in range(12)]
+    await reporter.publish([result(i) for i in ids])
+    records = await broker.read(topics.results, expect=len(ids))
+    assert sorted(r.key for r in records) == sorted(i.encode() for i in ids)
+    default = DefaultPartitioner()
+    for record in records:
+        assert record.partition == default(record.key, [0, 1, 2, 3], [0, 1, 2, 3])
+        assert list(record.headers) == [("octopus-config-version", b"v7")]
 
 
-async def test_a_failed_send_is_retried_until_acknowledged() -> None:
-    producer = FakeProducer(failures=2)  # refused once when sent, once when acknowledged
-    await reporter(producer).publish([result("e1"), result("e2")])
-    assert [s["key"] for s in producer.sent] == [b"e1", b"e2"]
-    assert producer.failures == 0 and producer.sent_while_unacked == 0
+async def test_results_without_a_config_version_carry_no_header(
+    reporter: Reporter, broker: TestBroker, topics: Any
+) -> None:
+    await reporter.publish([result("e1")])
+    (record,) = await broker.read(topics.results, expect=1)
+    assert list(record.headers) == []
 
 
-async def test_dead_letters_and_retries_name_headers_with_exact_strings() -> None:
-    producer = FakeProducer()
-    rep = reporter(producer)
+async def test_dead_letters_and_retries_name_headers_with_exact_strings(
+    reporter: Reporter, broker: TestBroker, topics: Any
+) -> None:
     record = InboundRecord(
         topic="in", partition=2, offset=9, key=b"k", value=b"{}", headers=(("trace", b"t"), ("octopus-old", b"x"))
     )
-    await rep.dead_letter(record, "delivery_failed", "boom", [(Header.INTEGRATION, b"hub")])
+    await reporter.dead_letter(record, "delivery_failed", "boom", [(Header.INTEGRATION, b"hub")])
     retry = RetryRecord(
         kind="retry",
         event_id="e1",
@@ -108,12 +86,47 @@ async def test_dead_letters_and_retries_name_headers_with_exact_strings() -> Non
         chain=[TargetSpec(integration_id="hub", integration_type="webhook", object_type="message")],
         attempt=1,
     )
-    await rep.schedule([retry])
-    dead, scheduled = producer.sent
-    assert dead["topic"] == "dlq" and dead["key"] == b"k" and dead["value"] == b"{}"
-    names = [name for name, _ in dead["headers"]]
+    await reporter.schedule([retry])
+    (dead,) = await broker.read(topics.dlq, expect=1)
+    (scheduled,) = await broker.read(topics.retry, expect=1)
+    assert dead.key == b"k" and dead.value == b"{}"
+    names = [name for name, _ in dead.headers]
     assert names[0] == "trace" and "octopus-old" not in names
     assert {Header.ERROR_CLASS.value, Header.SOURCE_OFFSET.value, Header.INTEGRATION.value} <= set(names)
-    assert scheduled["topic"] == "retry"
-    assert dict(scheduled["headers"])[Header.ATTEMPT.value] == b"1"
-    assert exact_str_names(dead["headers"]) and exact_str_names(scheduled["headers"])
+    assert dict(scheduled.headers)[Header.ATTEMPT.value] == b"1"
+
+
+@pytest.fixture
+def own_broker() -> Iterator[EmbeddedBroker]:
+    with EmbeddedBroker() as embedded:
+        yield embedded
+
+
+@pytest.mark.slow
+async def test_a_send_the_frozen_broker_does_not_acknowledge_is_retried_until_it_is(
+    own_broker: EmbeddedBroker, topics: Any
+) -> None:
+    broker = TestBroker(own_broker.bootstrap, idempotence=False, kind="tansu")
+    await broker.create(topics)
+    producer = await started_producer(own_broker.bootstrap, request_timeout_ms=1000)
+    reporter = Reporter(producer, results_topic=topics.results, dlq_topic=topics.dlq, retry_topic=topics.retry)
+    errors = metrics.PRODUCE_ERRORS.labels(topics.results)
+    before = errors._value.get()
+    try:
+        own_broker.freeze()
+        try:
+            publishing = asyncio.create_task(reporter.publish([result("e1")]))
+
+            async def failed_once() -> None:  # the reporter saw the send fail, and retries
+                while errors._value.get() == before:
+                    assert not publishing.done(), "published while the broker was frozen"
+                    await asyncio.sleep(0.2)
+
+            await asyncio.wait_for(failed_once(), 30)
+        finally:
+            own_broker.thaw()
+        await asyncio.wait_for(publishing, 60)
+    finally:
+        await producer.stop()
+    records = await broker.read(topics.results, expect=1)
+    assert {r.key for r in records} == {b"e1"}  # at least once: a timed-out send may have landed too
