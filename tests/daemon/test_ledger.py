@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -198,3 +199,56 @@ async def test_sqlite_batches_survive_a_reopen_and_checkpoint(tmp_path: Path) ->
         assert await reopened.get("last:crm:lead") is not None
     finally:
         await reopened.close()
+
+
+async def test_find_or_claim_tells_the_claim_what_came_before(ledger: Ledger) -> None:
+    """The lookup of a chain and the claim: the lease found on the way decides the claim as
+    :meth:`claim` would, and a recorded key leaves the lease alone."""
+    first, second = lease_owner(), lease_owner()
+    keys = ["e6:a:lead", "e6:b:lead", "e6:c:lead"]
+    assert await ledger.find_or_claim(keys, "route:e6:a:lead", first, 30) == Claim(True, None)
+    assert await ledger.find_or_claim(keys, "route:e6:a:lead", first, 30) == Claim(True, None)  # renewed
+    await ledger.release("route:e6:a:lead", first)
+    after = await ledger.find_or_claim(keys, "route:e6:a:lead", second, 30)
+    assert after == Claim(True, Lease(first, 0.0)) and not after.abandoned
+    later = LedgerEntry("C-1", None, "c", "lead", time.time())
+    earlier = LedgerEntry("B-1", None, "b", "lead", time.time())
+    await ledger.put("e6:c:lead", later)
+    await ledger.put("e6:b:lead", earlier)
+    assert await ledger.find_or_claim(keys, "route:e6:a:lead", first, 30) == Found(1, earlier)
+    refused = await ledger.claim("route:e6:a:lead", first, 30)  # still second's
+    assert not refused.granted and refused.previous is not None and refused.previous.owner == second
+
+
+async def test_sqlite_find_or_claim_takes_over_a_dead_process_lease(tmp_path: Path) -> None:
+    store = SqliteLedger(str(tmp_path / "ledger.sqlite3"))
+    try:
+        await store.claim("route:e7:crm:lead", "deadbeef0000/1", 3600)
+        claim = await store.find_or_claim(["e7:crm:lead"], "route:e7:crm:lead", lease_owner(), 30)
+        assert isinstance(claim, Claim) and claim.abandoned
+        assert claim.previous is not None and claim.previous.owner == "deadbeef0000/1"
+    finally:
+        await store.close()
+
+
+async def test_sqlite_opens_a_file_written_by_an_earlier_version(tmp_path: Path) -> None:
+    """The tables as every version so far made them, rows as earlier versions wrote them."""
+    path = tmp_path / "ledger.sqlite3"
+    entry = LedgerEntry("00Q1", None, "crm", "lead", time.time(), published=False)
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE ledger (key TEXT PRIMARY KEY, entry BLOB NOT NULL, at REAL NOT NULL)")
+        db.execute("CREATE TABLE leases (key TEXT PRIMARY KEY, owner TEXT NOT NULL, until REAL NOT NULL)")
+        db.execute("INSERT OR REPLACE INTO ledger VALUES (?, ?, ?)", ("e8:crm:lead", orjson.dumps(entry.__dict__), 1.0))
+        db.execute("INSERT INTO leases VALUES (?, ?, ?)", ("route:e8:crm:lead", "deadbeef0000/1", time.time() + 60))
+    db.close()
+    store = SqliteLedger(str(path))
+    try:
+        assert await store.find_or_claim(["e8:crm:lead"], "route:e8:crm:lead", lease_owner(), 30) == Found(0, entry)
+        owner = lease_owner()
+        claim = await store.claim("route:e8:crm:lead", owner, 30)
+        assert claim.abandoned and claim.previous is not None and claim.previous.owner == "deadbeef0000/1"
+        published = LedgerEntry("00Q1", None, "crm", "lead", entry.at, published=True)
+        await store.settle([("e8:crm:lead", published)], [("route:e8:crm:lead", owner)])
+        assert await store.get("e8:crm:lead") == published
+    finally:
+        await store.close()
