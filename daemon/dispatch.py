@@ -170,15 +170,23 @@ class Dispatcher:
             RouteState.fresh_route(event.eventId, record, received_at, plan.strategy, route) for route in plan.routes
         ]
 
-        async def route(state: RouteState) -> Outcomes:
-            done = await self._advance(state, event)
+        if len(states) == 1:  # the common plan: its route runs in this task (a task costs more than it)
+            done = await self._advance(states[0], event)
             if on_route is not None:
                 await on_route(done)
-            return done
+            if not plan.skips:
+                return done
+            routes = [done]
+        else:
 
+            async def route(state: RouteState) -> Outcomes:
+                done = await self._advance(state, event)
+                if on_route is not None:
+                    await on_route(done)
+                return done
+
+            routes = await asyncio.gather(*(route(s) for s in states))
         outcomes = Outcomes()
-        # one route (the common plan) runs in this task: a task per route costs more than it
-        routes = [await route(states[0])] if len(states) == 1 else await asyncio.gather(*(route(s) for s in states))
         for done in routes:
             outcomes.extend(done)
         skipped = Outcomes()
@@ -202,10 +210,13 @@ class Dispatcher:
         or (no target left) failed. Each step returns its :class:`Outcomes` when it decides."""
         while state.index < len(state.chain):
             at = self.at_target(state, event)
-            for step in (self.step_barrier, self.step_recorded, self.step_admission):
-                decided = await step(at)
-                if decided is not None:
-                    return decided
+            # the barrier step only where the target keeps order (most do not: no call at all)
+            if at.ordered and (decided := await self.step_barrier(at)) is not None:
+                return decided
+            if (decided := await self.step_recorded(at)) is not None:
+                return decided
+            if (decided := await self.step_admission(at)) is not None:
+                return decided
             claim = await self.step_claim(at)
             if claim is None:
                 continue  # another copy finished meanwhile: the ledger step reports it
