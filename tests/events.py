@@ -7,6 +7,8 @@ from typing import Any
 
 import orjson
 
+from octopus_crm.daemon.retrying import RetryRecord, TargetSpec
+
 
 def make_event(
     i: int, *, key: str = "k0", tenant: str = "t-test", category: str = "销售线索", **extra: Any
@@ -70,3 +72,20 @@ def webhook_config(
         ],
         "strategy": strategy or {"strategy": "parallel_sync", "targets": [{"id": name} for name in urls]},
     }
+
+
+def retry_record(integration: str = "a", **fields: Any) -> RetryRecord:
+    """A retry-topic record of one route to ``integration`` (a webhook); ``fields`` override."""
+    values: dict[str, Any] = {
+        "kind": "retry",
+        "event_id": "e1",
+        "value": "{}",
+        "source_topic": "in",
+        "source_partition": 0,
+        "source_offset": 1,
+        "received_at": 1.0,
+        "strategy": "s",
+        "chain": [TargetSpec(integration_id=integration, integration_type="webhook", object_type="message")],
+    }
+    values.update(fields)
+    return RetryRecord(**values)

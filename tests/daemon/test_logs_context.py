@@ -16,9 +16,9 @@ from octopus_crm.daemon.outcomes import Outcomes
 from octopus_crm.daemon.processing import Processor
 from octopus_crm.daemon.records import InboundRecord
 from octopus_crm.daemon.retry_handler import RetryHandler
-from octopus_crm.daemon.retrying import RetryRecord, TargetSpec
+from octopus_crm.daemon.retrying import RetryRecord
 from octopus_crm.strategies.routing import Plan
-from tests.events import encode, make_event
+from tests.events import encode, make_event, retry_record
 
 IDS = ("topic", "partition", "offset", "eventId", "tenantId")
 
@@ -110,18 +110,7 @@ async def test_the_retry_handler_binds_the_event_and_the_retry_kind(
     json_lines: Callable[[], list[dict[str, Any]]],
 ) -> None:
     event = make_event(1)
-    retry = RetryRecord(
-        kind="retry",
-        event_id=event["eventId"],
-        value=encode(event).decode(),
-        source_topic="in",
-        source_partition=0,
-        source_offset=1,
-        received_at=1.0,
-        strategy="s",
-        chain=[TargetSpec(integration_id="a", integration_type="webhook", object_type="message")],
-        due=0.0,
-    )
+    retry = retry_record(event_id=event["eventId"], value=encode(event).decode(), due=0.0)
     handler = RetryHandler(Dispatcher(), Reporter())  # type: ignore[arg-type]
 
     async def worker() -> None:

@@ -124,21 +124,14 @@ def test_mask_secret_keys_touches_only_secret_named_keys() -> None:
 
 
 def test_a_retry_record_is_encoded_with_its_errors_scrubbed() -> None:
-    from octopus_crm.daemon.retrying import AttemptRecord, RetryRecord, TargetSpec
+    from octopus_crm.daemon.retrying import AttemptRecord, RetryRecord
+    from tests.events import retry_record
 
     token = secret("tok")
     register_secret(token)
     error = {"class": "retryable", "code": "http_503", "message": f"rejected {token}"}
-    record = RetryRecord(
-        kind="retry",
-        event_id="e1",
+    record = retry_record(
         value='{"content": "kept as it came"}',
-        source_topic="in",
-        source_partition=0,
-        source_offset=1,
-        received_at=1.0,
-        strategy="s",
-        chain=[TargetSpec(integration_id="a", integration_type="webhook", object_type="message")],
         history=[AttemptRecord(integration="a", at=1.0, error=error)],
         first_error=error,
     )

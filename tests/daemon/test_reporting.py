@@ -18,8 +18,8 @@ from octopus_crm.daemon import metrics
 from octopus_crm.daemon.partitioner import partition
 from octopus_crm.daemon.records import InboundRecord
 from octopus_crm.daemon.reporting import Reporter
-from octopus_crm.daemon.retrying import RetryRecord, TargetSpec
 from octopus_crm_sandbox.broker import EmbeddedBroker
+from tests.events import retry_record
 from tests.kafka import TestBroker
 
 
@@ -74,18 +74,7 @@ async def test_dead_letters_and_retries_name_headers_with_exact_strings(
         topic="in", partition=2, offset=9, key=b"k", value=b"{}", headers=(("trace", b"t"), ("octopus-old", b"x"))
     )
     await reporter.dead_letter(record, "delivery_failed", "boom", [(Header.INTEGRATION, b"hub")])
-    retry = RetryRecord(
-        kind="retry",
-        event_id="e1",
-        value="{}",
-        source_topic="in",
-        source_partition=0,
-        source_offset=1,
-        received_at=1.0,
-        strategy="s",
-        chain=[TargetSpec(integration_id="hub", integration_type="webhook", object_type="message")],
-        attempt=1,
-    )
+    retry = retry_record("hub", attempt=1)
     await reporter.schedule([retry])
     (dead,) = await broker.read(topics.dlq, expect=1)
     (scheduled,) = await broker.read(topics.retry, expect=1)
