@@ -49,7 +49,7 @@ from octopus_crm.core.errors import (
 )
 from octopus_crm.daemon import metrics
 from octopus_crm.daemon.config import CrmConfig
-from octopus_crm.daemon.ledger import Claim, Lease, Ledger, LedgerEntry, lease_owner
+from octopus_crm.daemon.ledger import Claim, Found, Lease, Ledger, LedgerEntry, find_first, lease_owner
 from octopus_crm.daemon.outcomes import Outcomes, failed, finished, sync_result
 from octopus_crm.daemon.records import InboundRecord
 from octopus_crm.daemon.retrying import AttemptRecord, RetryKind, RetryRecord, TargetSpec
@@ -72,6 +72,11 @@ LEASE_POLL_S = 2.0
 def idempotency_key(event_id: str, target: Target | TargetSpec) -> str:
     t = target.target() if isinstance(target, TargetSpec) else target
     return f"{event_id}:{t.key}"
+
+
+def _chain_keys(state: RouteState, event: ClassifiedMessage) -> list[str]:
+    """The idempotency keys of the route's chain, primary first."""
+    return [idempotency_key(event.eventId, spec) for spec in state.chain]
 
 
 class CircuitOpenError(RetryableError):
@@ -267,9 +272,7 @@ class Dispatcher:
         # the lookup takes the route's lease too when nothing is recorded (what a fresh delivery
         # goes on to need): the claim step uses it, a step that defers before then ends it
         owner = lease_owner()
-        found = await self.ledger.find_or_claim(
-            [idempotency_key(event.eventId, spec) for spec in state.chain], at.route_key, owner, LEASE_TTL_S
-        )
+        found = await self.ledger.find_or_claim(_chain_keys(state, event), at.route_key, owner, LEASE_TTL_S)
         if isinstance(found, Claim):
             at.claim, at.owner = found, owner
             return None
@@ -422,7 +425,7 @@ class Dispatcher:
         except DeliveryError:
             return None  # the vendor cannot answer now either: fall back as planned
 
-    async def _recorded(self, state: RouteState, event: ClassifiedMessage) -> tuple[int, LedgerEntry] | None:
+    async def _recorded(self, state: RouteState, event: ClassifiedMessage) -> Found | None:
         """The target of the route that already has the record, if any (primary first).
 
         A route delivers to one target of its chain. After a crash, an event is redelivered from
@@ -430,11 +433,7 @@ class Dispatcher:
         at different targets: a copy must not deliver to the backup when another one delivered
         to the primary, nor to the primary when another one fell back to the backup.
         """
-        for index in range(len(state.chain)):
-            entry = await self.ledger.get(idempotency_key(event.eventId, state.chain[index]))
-            if entry is not None:
-                return index, entry
-        return None
+        return await find_first(self.ledger, _chain_keys(state, event))
 
     async def confirm(self, outcomes: Outcomes) -> None:
         """Once the results are acknowledged: mark their deliveries' ledger entries published,

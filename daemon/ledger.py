@@ -43,6 +43,7 @@ __all__ = [
     "RedisLedger",
     "SqliteLedger",
     "Waiting",
+    "find_first",
     "find_then_claim",
     "open_ledger",
 ]
@@ -119,13 +120,18 @@ class Found:
     entry: LedgerEntry
 
 
-async def find_then_claim(ledger: Ledger, keys: Sequence[str], lease: str, owner: str, ttl: float) -> Found | Claim:
-    """:meth:`Ledger.find_or_claim` as a lookup, then a claim (stores without a combined call)."""
+async def find_first(ledger: Ledger, keys: Sequence[str]) -> Found | None:
+    """The first of ``keys`` that has an entry, looked up one by one."""
     for index, key in enumerate(keys):
         entry = await ledger.get(key)
         if entry is not None:
             return Found(index, entry)
-    return await ledger.claim(lease, owner, ttl)
+    return None
+
+
+async def find_then_claim(ledger: Ledger, keys: Sequence[str], lease: str, owner: str, ttl: float) -> Found | Claim:
+    """:meth:`Ledger.find_or_claim` as a lookup, then a claim (stores without a combined call)."""
+    return await find_first(ledger, keys) or await ledger.claim(lease, owner, ttl)
 
 
 def _decide(previous: Lease | None, owner: str, now: float, single_replica: bool) -> bool:
