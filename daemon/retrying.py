@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import time
+from functools import cached_property
 from typing import Any, Literal
 
 import orjson
@@ -59,20 +60,22 @@ class TargetSpec(BaseModel):
         )
 
     def target(self) -> Target:
-        if self.overrides:
-            return Target(self.integration_id, self.integration_type, self.object_type, self.overrides, self.variant)
-        key = (self.integration_id, self.integration_type, self.object_type, self.variant)
-        target = _PLAIN_TARGETS.get(key)
-        if target is None:
-            if len(_PLAIN_TARGETS) >= _MAX_PLAIN_SPECS:
-                _PLAIN_TARGETS.clear()
-            target = _PLAIN_TARGETS[key] = Target(*key[:3], {}, self.variant)
-        return target
+        return self.as_target
+
+    # Kept on the instance (the spec is frozen; pydantic compares and dumps fields only): a plain
+    # spec is one shared instance, so per event these are attribute reads.
+    @cached_property
+    def as_target(self) -> Target:
+        return Target(self.integration_id, self.integration_type, self.object_type, self.overrides, self.variant)
+
+    @cached_property
+    def key(self) -> str:
+        """The target's key within an event (the idempotency key's suffix)."""
+        return self.as_target.key
 
 
 _MAX_PLAIN_SPECS = 4096
 _PLAIN_SPECS: dict[tuple[str, str, str, str], TargetSpec] = {}
-_PLAIN_TARGETS: dict[tuple[str, str, str, str], Target] = {}
 
 
 class AttemptRecord(BaseModel):
