@@ -70,7 +70,7 @@ class ConsumerLoop:
         self.handle = handle
         self.health = health or Health(stall_timeout=settings.stall_timeout_s, broker_timeout=settings.broker_timeout_s)
         self._partitions: dict[TopicPartition, _Partition] = {}
-        self._executor: KeyedExecutor[InboundRecord] = KeyedExecutor(self._work)
+        self._executor: KeyedExecutor[InboundRecord] = KeyedExecutor(handle, self._finished)
         self._consumer: AIOKafkaConsumer | None = None
         self._stopping = asyncio.Event()
         self._stop_at: float | None = None
@@ -245,16 +245,16 @@ class ConsumerLoop:
             self._executor.submit((record.topic, record.key) if record.key is not None else None, record)
         metrics.IN_FLIGHT.set(self._in_flight)
 
-    async def _work(self, record: InboundRecord) -> None:
-        tp = TopicPartition(record.topic, record.partition)
-        try:
-            await self.handle(record)
-        except WorkAbandoned:  # not finished: stays uncommitted, comes back after a restart
-            if (state := self._partitions.get(tp)) is not None:
+    def _finished(self, record: InboundRecord, error: Exception | None) -> None:
+        # a TopicPartition is a named tuple: the plain tuple finds it (and costs less to build)
+        state = self._partitions.get((record.topic, record.partition))
+        if error is not None:  # not finished: stays uncommitted, comes back after a restart
+            if not isinstance(error, WorkAbandoned):
+                log.error("handler failed: the record stays uncommitted", error=type(error).__name__, exc_info=error)
+            if state is not None:
                 state.running -= 1
                 self._release(1)
             return
-        state = self._partitions.get(tp)
         if state is None:  # revoked meanwhile; its slot was released by revoke()
             return
         state.tracker.done(record.offset)

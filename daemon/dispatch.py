@@ -489,41 +489,31 @@ class Dispatcher:
         event: ClassifiedMessage,
         ctx: DeliveryContext,
     ) -> tuple[Delivered | None, DeliveryError | None]:
-        started = time.perf_counter()
+        """One vendor call (a lookup after an ambiguous create), measured; one coroutine, since
+        each frame of the chain is resumed again at every wait of the call."""
         labels = (target.integration_id, target.integration_type)
+        rate_limit_wait, delivery_latency, delivered_ok = _delivery_metrics(labels)
+        started = time.perf_counter()
         with waits_measured() as waited:
             try:
-                return await self._call(adapter, breaker, target, event, ctx, labels)
+                try:
+                    delivered = await adapter.create(event, target.object_type, ctx)
+                except AmbiguousDeliveryError:
+                    found = await adapter.find_existing(event, target.object_type, ctx)
+                    if found is None:
+                        raise
+                    delivered = found
+            except DeliveryError as exc:
+                metrics.child(metrics.DELIVERIES, *labels, exc.error_class).inc()
+                if exc.retriable:
+                    breaker.failure()
+                return None, exc
             finally:
                 wait = sum(waited) if waited else 0.0
-                rate_limit_wait, delivery_latency, _ = _delivery_metrics(labels)
                 rate_limit_wait.observe(wait)
                 delivery_latency.observe(max(0.0, time.perf_counter() - started - wait))
-
-    @staticmethod
-    async def _call(
-        adapter: Adapter,
-        breaker: CircuitBreaker,
-        target: Target,
-        event: ClassifiedMessage,
-        ctx: DeliveryContext,
-        labels: tuple[str, str],
-    ) -> tuple[Delivered | None, DeliveryError | None]:
-        try:
-            try:
-                delivered = await adapter.create(event, target.object_type, ctx)
-            except AmbiguousDeliveryError:
-                found = await adapter.find_existing(event, target.object_type, ctx)
-                if found is None:
-                    raise
-                delivered = found
-        except DeliveryError as exc:
-            metrics.child(metrics.DELIVERIES, *labels, exc.error_class).inc()
-            if exc.retriable:
-                breaker.failure()
-            return None, exc
         breaker.success()
-        _delivery_metrics(labels)[2].inc()
+        delivered_ok.inc()
         return delivered, None
 
     # -- transitions -------------------------------------------------------------------------

@@ -18,8 +18,19 @@ W = TypeVar("W")
 
 
 class KeyedExecutor(Generic[W]):
-    def __init__(self, handler: Callable[[W], Awaitable[None]]) -> None:
+    """``handler`` runs each piece of work; ``finished``, if given, is told how each one ended
+    (the error it raised, else ``None``; not when cancelled) — a plain call rather than a
+    coroutine wrapped around the handler, which every resumption of the handler would pass
+    through. Without ``finished`` a handler's error ends its key's worker (a fresh one takes
+    over the key's remaining work)."""
+
+    def __init__(
+        self,
+        handler: Callable[[W], Awaitable[None]],
+        finished: Callable[[W, Exception | None], None] | None = None,
+    ) -> None:
         self._handler = handler
+        self._finished = finished
         self._queues: dict[Hashable, collections.deque[W]] = {}
         self._tasks: dict[Hashable, asyncio.Task[None]] = {}
         self._unkeyed = 0
@@ -44,14 +55,21 @@ class KeyedExecutor(Generic[W]):
         try:
             while queue:
                 work = queue[0]
+                error: Exception | None = None
                 try:
                     await self._handler(work)
+                except Exception as exc:
+                    if self._finished is None:
+                        raise
+                    error = exc
                 finally:
                     # Done, failed or cancelled: never run it again (a handler that raised would
                     # otherwise be retried by a fresh worker in a tight loop). cancel() may have
                     # dropped it already.
                     if queue and queue[0] is work:
                         queue.popleft()
+                if self._finished is not None:
+                    self._finished(work, error)
         finally:
             self._tasks.pop(key, None)
             if not queue:

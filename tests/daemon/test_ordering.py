@@ -199,3 +199,28 @@ async def test_cancel_all_stops_everything() -> None:
     await executor.cancel_all()
     assert sorted(cancelled, key=str) == sorted([("a", 0), ("b", 0), (None, 0), (None, 1)], key=str)
     assert executor.active_keys == 0
+
+
+async def test_finished_is_told_how_each_piece_of_work_ended_but_not_of_a_cancelled_one() -> None:
+    told: list[tuple[Work, str | None]] = []
+    gate = asyncio.Event()
+
+    async def handle(work: Work) -> None:
+        if work[1] == 1:
+            raise RuntimeError("handler bug")
+        if work[0] == "slow":
+            await gate.wait()
+
+    def finished(work: Work, error: Exception | None) -> None:
+        told.append((work, None if error is None else str(error)))
+
+    executor: KeyedExecutor[Work] = KeyedExecutor(handle, finished)
+    for seq in range(3):
+        executor.submit("a", ("a", seq))
+    executor.submit("slow", ("slow", 0))
+    await asyncio.sleep(0.01)
+    # the error is handed over, not raised: the key's worker goes on with its next work
+    assert told == [(("a", 0), None), (("a", 1), "handler bug"), (("a", 2), None)]
+    assert executor.cancel(lambda w: w[0] == "slow") == 1
+    await settle(executor)
+    assert (("slow", 0), None) not in told and len(told) == 3
