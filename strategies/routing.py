@@ -4,11 +4,16 @@ Pure: ``plan(config, event)`` returns a :class:`Plan` and does no I/O. A plan is
 independent routes; a route is a chain whose first target is tried first and whose later targets
 are fallbacks. Targets that rules exclude become explicit skips, so that nothing is dropped
 silently.
+
+A plan is a function of the configuration, the event's tenant and category, and whatever the
+integrations' rules read. When the rules read only short strings of the event (category,
+priority, platform …), the plan of one event is the plan of every event with the same values: it is
+kept per configuration object (a reload brings a new one) and handed out again.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -189,6 +194,76 @@ def _default_strategy(p: _Planner) -> list[Route]:
 
 def plan(config: CrmConfig, event: ClassifiedMessage) -> Plan:
     """Decide the routes for ``event`` under its tenant's strategy (or the default one)."""
+    plans = _plans_of(config)
+    if plans.readers is None:
+        return _plan(config, event)
+    key = (event.tenantId, event.classification.category, *[read(event) for read in plans.readers])
+    found = plans.plans.get(key)
+    if found is None:
+        found = _plan(config, event)
+        if all(value is None or len(value) <= _MAX_KEY_CHARS for value in key):
+            if len(plans.plans) >= _MAX_PLANS:  # producers choose the values: bounded, not evicted one by one
+                plans.plans.clear()
+            plans.plans[key] = found
+    return found
+
+
+# The variables (a rule's condition field or ``when`` name) a plan may be keyed on, each with the
+# part of the event it is a function of. A rule reading any other one (content, confidence,
+# metadata …) makes every plan of its configuration computed per event.
+_KEY_READERS: Mapping[str, Callable[[ClassifiedMessage], str | None]] = {
+    "tenantId": lambda e: e.tenantId,
+    "tenantName": lambda e: e.tenantName,
+    "platform": lambda e: e.platform,
+    "category": lambda e: e.classification.category,
+    "subcategory": lambda e: e.classification.subcategory,
+    "priority": lambda e: e.classification.priority,
+    "sentiment": lambda e: e.classification.sentiment,
+    "language": lambda e: e.classification.language,
+    "classification.category": lambda e: e.classification.category,
+    "classification.subcategory": lambda e: e.classification.subcategory,
+    "classification.priority": lambda e: e.classification.priority,
+    "classification.sentiment": lambda e: e.classification.sentiment,
+    "classification.language": lambda e: e.classification.language,
+}
+_MAX_KEY_CHARS = 256  # a longer value is planned but not kept
+_MAX_PLANS = 4096
+_MAX_CONFIGS = 8  # the live one, the one before a reload, the admin's dry runs
+
+
+@dataclass
+class _Plans:
+    config: CrmConfig
+    readers: tuple[Callable[[ClassifiedMessage], str | None], ...] | None  # None: not kept
+    plans: dict[tuple[str | None, ...], Plan] = field(default_factory=dict)
+
+
+_PLANS: dict[int, _Plans] = {}  # by id(config); the entry holds the config, so the id stays its own
+
+
+def _plans_of(config: CrmConfig) -> _Plans:
+    plans = _PLANS.get(id(config))
+    if plans is None or plans.config is not config:
+        if len(_PLANS) >= _MAX_CONFIGS:
+            _PLANS.clear()
+        plans = _PLANS[id(config)] = _Plans(config, _readers(config))
+    return plans
+
+
+def _readers(config: CrmConfig) -> tuple[Callable[[ClassifiedMessage], str | None], ...] | None:
+    """What the plan reads of an event beyond its tenant and category, or None if not only strings."""
+    names: dict[str, None] = {}
+    for integration in config.crmIntegrations:
+        for condition in integration.rules.conditions:
+            names[condition.field] = None
+        for action in integration.rules.actions:
+            names.update(dict.fromkeys(action.when))
+    if any(name not in _KEY_READERS for name in names):
+        return None
+    return tuple(_KEY_READERS[name] for name in names if name not in ("tenantId", "category"))
+
+
+def _plan(config: CrmConfig, event: ClassifiedMessage) -> Plan:
     tenant = config.tenants.get(event.tenantId)
     strategy: Strategy | None = tenant.strategy if tenant and tenant.strategy else config.strategy
     allowed = tenant.integrations if tenant else None
