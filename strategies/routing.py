@@ -71,17 +71,17 @@ class Plan:
     skips: tuple[Skip, ...] = ()
 
 
-def _tenant_allows(integration: Integration, tenant_id: str, allowed: Sequence[str] | None, config: CrmConfig) -> bool:
+def _tenant_allows(integration: Integration, tenant_id: str, allowed: Sequence[str] | None, known: _Plans) -> bool:
     if integration.tenants is not None and tenant_id not in integration.tenants:
         return False
     if allowed is None:
         return True
-    return any(integration in config.resolve(ref) for ref in allowed)
+    return any(integration in known.resolve(ref) for ref in allowed)
 
 
 class _Planner:
-    def __init__(self, config: CrmConfig, event: ClassifiedMessage, allowed: Sequence[str] | None) -> None:
-        self.config = config
+    def __init__(self, known: _Plans, event: ClassifiedMessage, allowed: Sequence[str] | None) -> None:
+        self.known = known
         self.event = event
         self.allowed = allowed
         self.skips: list[Skip] = []
@@ -89,8 +89,8 @@ class _Planner:
     def candidates(self, ref: str) -> list[Integration]:
         found = [
             i
-            for i in self.config.resolve(ref)
-            if i.enabled and _tenant_allows(i, self.event.tenantId, self.allowed, self.config)
+            for i in self.known.resolve(ref)
+            if i.enabled and _tenant_allows(i, self.event.tenantId, self.allowed, self.known)
         ]
         if not found:
             self.skips.append(Skip(None, ref, f"integration {ref!r} not enabled for tenant {self.event.tenantId}"))
@@ -104,9 +104,7 @@ class _Planner:
         variant: str = "",
     ) -> list[Target]:
         """Targets for one integration after its rules; records a skip when rules say no."""
-        # An integration without mappings (a plain webhook) delivers its type's first object.
-        available = tuple(integration.config.mappings) or self.config.vendors.unmapped_default(integration.type)
-        decision = decide(integration.rules, self.event, available)
+        decision = decide(integration.rules, self.event, self.known.available(integration))
         if not decision.applies:
             self.skips.append(Skip(integration.id, integration.type, decision.reason))
             return []
@@ -186,8 +184,8 @@ def _parallel_sync(p: _Planner, strategy: ParallelSync) -> list[Route]:
 def _default_strategy(p: _Planner) -> list[Route]:
     """No strategy configured: every enabled integration whose rules accept the event."""
     routes: list[Route] = []
-    for integration in p.config.enabled:
-        if _tenant_allows(integration, p.event.tenantId, p.allowed, p.config):
+    for integration in p.known.enabled:
+        if _tenant_allows(integration, p.event.tenantId, p.allowed, p.known):
             routes.extend(Route((t,)) for t in p.targets(integration))
     return routes
 
@@ -196,11 +194,13 @@ def plan(config: CrmConfig, event: ClassifiedMessage) -> Plan:
     """Decide the routes for ``event`` under its tenant's strategy (or the default one)."""
     plans = _plans_of(config)
     if plans.readers is None:
-        return _plan(config, event)
-    key = (event.tenantId, event.classification.category, *[read(event) for read in plans.readers])
+        return _plan(plans, event)
+    key: tuple[str | None, ...] = (event.tenantId, event.classification.category)
+    if plans.readers:
+        key += tuple(read(event) for read in plans.readers)
     found = plans.plans.get(key)
     if found is None:
-        found = _plan(config, event)
+        found = _plan(plans, event)
         if all(value is None or len(value) <= _MAX_KEY_CHARS for value in key):
             if len(plans.plans) >= _MAX_PLANS:  # producers choose the values: bounded, not evicted one by one
                 plans.plans.clear()
@@ -231,11 +231,30 @@ _MAX_PLANS = 4096
 _MAX_CONFIGS = 8  # the live one, the one before a reload, the admin's dry runs
 
 
-@dataclass
 class _Plans:
-    config: CrmConfig
-    readers: tuple[Callable[[ClassifiedMessage], str | None], ...] | None  # None: not kept
-    plans: dict[tuple[str | None, ...], Plan] = field(default_factory=dict)
+    """The plans kept for one configuration, and what its planning looks up in it, looked up once."""
+
+    def __init__(self, config: CrmConfig) -> None:
+        self.config = config
+        self.readers = _readers(config)  # None: plans are not kept
+        self.plans: dict[tuple[str | None, ...], Plan] = {}
+        self.enabled = tuple(config.enabled)
+        self._resolved: dict[str, tuple[Integration, ...]] = {}
+        self._available: dict[str, tuple[str, ...]] = {}
+
+    def resolve(self, ref: str) -> tuple[Integration, ...]:
+        found = self._resolved.get(ref)
+        if found is None:  # refs come from the configuration: bounded by it
+            found = self._resolved[ref] = tuple(self.config.resolve(ref))
+        return found
+
+    def available(self, integration: Integration) -> tuple[str, ...]:
+        """The object types ``integration`` maps (a plain webhook without mappings: its type's first)."""
+        found = self._available.get(integration.id)
+        if found is None:
+            found = tuple(integration.config.mappings) or self.config.vendors.unmapped_default(integration.type)
+            self._available[integration.id] = found
+        return found
 
 
 _PLANS: dict[int, _Plans] = {}  # by id(config); the entry holds the config, so the id stays its own
@@ -246,7 +265,7 @@ def _plans_of(config: CrmConfig) -> _Plans:
     if plans is None or plans.config is not config:
         if len(_PLANS) >= _MAX_CONFIGS:
             _PLANS.clear()
-        plans = _PLANS[id(config)] = _Plans(config, _readers(config))
+        plans = _PLANS[id(config)] = _Plans(config)
     return plans
 
 
@@ -263,11 +282,12 @@ def _readers(config: CrmConfig) -> tuple[Callable[[ClassifiedMessage], str | Non
     return tuple(_KEY_READERS[name] for name in names if name not in ("tenantId", "category"))
 
 
-def _plan(config: CrmConfig, event: ClassifiedMessage) -> Plan:
+def _plan(known: _Plans, event: ClassifiedMessage) -> Plan:
+    config = known.config
     tenant = config.tenants.get(event.tenantId)
     strategy: Strategy | None = tenant.strategy if tenant and tenant.strategy else config.strategy
     allowed = tenant.integrations if tenant else None
-    planner = _Planner(config, event, allowed)
+    planner = _Planner(known, event, allowed)
     if isinstance(strategy, PrimaryBackup):
         routes = _primary_backup(planner, strategy)
     elif isinstance(strategy, CategoryRouting):
