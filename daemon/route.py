@@ -19,6 +19,23 @@ from octopus_crm.strategies.routing import Route
 
 __all__ = ["RouteState"]
 
+# The wire form of a route's chain, by the route: a kept plan (strategies.routing) hands the
+# same routes to every event of its tenant and category. The entry holds the route, so the id
+# stays its own.
+_CHAINS: dict[int, tuple[Route, tuple[TargetSpec, ...]]] = {}
+_MAX_CHAINS = 1024
+
+
+def _chain(route: Route) -> tuple[TargetSpec, ...]:
+    found = _CHAINS.get(id(route))
+    if found is not None and found[0] is route:
+        return found[1]
+    chain = tuple(TargetSpec.of(t) for t in route.chain)
+    if len(_CHAINS) >= _MAX_CHAINS:  # routes planned per event come and go: bounded, cleared when full
+        _CHAINS.clear()
+    _CHAINS[id(route)] = (route, chain)
+    return chain
+
 
 @dataclass
 class RouteState:
@@ -48,14 +65,10 @@ class RouteState:
         cls, event_id: str, record: InboundRecord, received_at: float, strategy: str, route: Route
     ) -> RouteState:
         """A route of an event just consumed from the input topic."""
-        return cls(
-            event_id=event_id,
-            source=record,
-            received_at=received_at,
-            strategy=strategy,
-            chain=tuple(TargetSpec.of(t) for t in route.chain),
-            sync_back=route.sync_back,
-        )
+        state = cls(event_id, record, received_at, strategy, _chain(route))
+        if route.sync_back:
+            state.sync_back = True
+        return state
 
     @classmethod
     def from_retry(cls, retry: RetryRecord) -> RouteState:

@@ -72,6 +72,11 @@ class Assignment(_Inbound):
     systemUserId: StrictStr | None = None
 
 
+# One shared "no assignment" for every event without one (a frozen model: nothing can change it);
+# a default_factory would build and validate a fresh one per event.
+_NO_ASSIGNMENT = Assignment()
+
+
 class ClassifiedMessage(_Inbound):
     schemaVersion: StrictInt
     eventId: StrictStr = Field(min_length=1, max_length=200, pattern=HEADER_SAFE_ID)
@@ -88,7 +93,7 @@ class ClassifiedMessage(_Inbound):
     mediaUrls: list[StrictStr] = Field(default_factory=list)
     receivedAt: AwareDatetime = Field(strict=False)
     classification: Classification
-    assignment: Assignment = Field(default_factory=Assignment)
+    assignment: Assignment = _NO_ASSIGNMENT
     metadata: dict[str, Any] = Field(default_factory=dict)
 
 
