@@ -145,23 +145,27 @@ def _decide(previous: Lease | None, owner: str, now: float, single_replica: bool
 
 
 class Ledger(Protocol):
-    async def get(self, key: str) -> LedgerEntry | None: ...
+    """Entries, leases and barriers of deliveries. The entry and lease calls are typed as
+    awaitables rather than coroutines: a store that queues them (SQLite) hands out its future
+    as it is, one frame fewer in the chain each wait resumes."""
 
-    async def put(self, key: str, entry: LedgerEntry) -> None: ...
+    def get(self, key: str) -> Awaitable[LedgerEntry | None]: ...
 
-    async def claim(self, key: str, owner: str, ttl: float) -> Claim:
+    def put(self, key: str, entry: LedgerEntry) -> Awaitable[None]: ...
+
+    def claim(self, key: str, owner: str, ttl: float) -> Awaitable[Claim]:
         """Take the delivery of ``key`` for ``owner`` for ``ttl`` seconds, atomically, unless
         another owner holds a live lease on it."""
 
-    async def settle(self, entries: Sequence[tuple[str, LedgerEntry]], leases: Sequence[tuple[str, str]]) -> None:
+    def settle(self, entries: Sequence[tuple[str, LedgerEntry]], leases: Sequence[tuple[str, str]]) -> Awaitable[None]:
         """``put`` each entry, then ``release`` each lease: one round trip where the store allows."""
 
-    async def find_or_claim(self, keys: Sequence[str], lease: str, owner: str, ttl: float) -> Found | Claim:
+    def find_or_claim(self, keys: Sequence[str], lease: str, owner: str, ttl: float) -> Awaitable[Found | Claim]:
         """The first of ``keys`` that has an entry; when none has, the lease on ``lease`` claimed
         for ``owner`` (as :meth:`claim`): the lookup and the claim of a fresh delivery in one
         round trip where the store allows."""
 
-    async def release(self, key: str, owner: str) -> None:
+    def release(self, key: str, owner: str) -> Awaitable[None]:
         """End ``owner``'s lease on ``key`` (no-op when it holds none). The lease stays, ended
         (``until`` 0), so that the next claim learns a copy came before it and looks again."""
 
@@ -311,32 +315,31 @@ class SqliteLedger(_MemoryBarriers):
         self._checkpoint_db: sqlite3.Connection | None = None
         self._last_checkpoint = time.monotonic()
 
-    async def get(self, key: str) -> LedgerEntry | None:
-        entry: LedgerEntry | None = await self._call(partial(_get, key=key))
-        return entry
+    # Each call queues its operation and hands out the operation's future (see Ledger).
 
-    async def put(self, key: str, entry: LedgerEntry) -> None:
-        await self._call(partial(_put, entries=((key, entry),)), writes=True)
+    def get(self, key: str) -> asyncio.Future[LedgerEntry | None]:
+        return self._call(partial(_get, key=key))
 
-    async def settle(self, entries: Sequence[tuple[str, LedgerEntry]], leases: Sequence[tuple[str, str]]) -> None:
+    def put(self, key: str, entry: LedgerEntry) -> asyncio.Future[None]:
+        return self._call(partial(_put, entries=((key, entry),)), writes=True)
+
+    def settle(
+        self, entries: Sequence[tuple[str, LedgerEntry]], leases: Sequence[tuple[str, str]]
+    ) -> asyncio.Future[None]:
         """Every note and release of one pass in one batch (one transaction)."""
-        await self._call(partial(_settle, entries=entries, leases=leases), writes=True)
+        return self._call(partial(_settle, entries=entries, leases=leases), writes=True)
 
-    async def claim(self, key: str, owner: str, ttl: float) -> Claim:
+    def claim(self, key: str, owner: str, ttl: float) -> asyncio.Future[Claim]:
         """The read and the conditional write run next to each other in one batch (one
         transaction), so no other claim comes between them."""
-        claim: Claim = await self._call(partial(_claim, key=key, owner=owner, ttl=ttl), writes=True)
-        return claim
+        return self._call(partial(_claim, key=key, owner=owner, ttl=ttl), writes=True)
 
-    async def find_or_claim(self, keys: Sequence[str], lease: str, owner: str, ttl: float) -> Found | Claim:
+    def find_or_claim(self, keys: Sequence[str], lease: str, owner: str, ttl: float) -> asyncio.Future[Found | Claim]:
         """The lookup and the claim in one transaction: a claim granted here saw no entry."""
-        answer: Found | Claim = await self._call(
-            partial(_find_or_claim, keys=keys, lease=lease, owner=owner, ttl=ttl), writes=True
-        )
-        return answer
+        return self._call(partial(_find_or_claim, keys=keys, lease=lease, owner=owner, ttl=ttl), writes=True)
 
-    async def release(self, key: str, owner: str) -> None:
-        await self._call(partial(_settle, entries=(), leases=((key, owner),)), writes=True)
+    def release(self, key: str, owner: str) -> asyncio.Future[None]:
+        return self._call(partial(_settle, entries=(), leases=((key, owner),)), writes=True)
 
     def _call(self, op: _Op, *, writes: bool = False) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
