@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -95,7 +96,6 @@ class AtTarget:
     adapter: Adapter
     key: str  # the idempotency key of this delivery (event, current target)
     route_key: str
-    scope: str
     ordered: bool
     owner: str = ""
     abandoned: bool = False
@@ -107,6 +107,11 @@ class AtTarget:
     def context(self) -> DeliveryContext:
         assert self.ctx is not None, "no attempt made at this target yet"
         return self.ctx
+
+    @functools.cached_property
+    def scope(self) -> str:
+        """The barrier of an ordered target: one key, one target (integration + object)."""
+        return f"{RetryRecord.key_b64(self.state.source.key)}|{self.state.target.key}"
 
 
 OnRoute = Callable[[Outcomes], Awaitable[None]]
@@ -275,14 +280,12 @@ class Dispatcher:
             # one claim per route, not per target: a copy at the backup must not deliver while
             # another copy's call to the primary is in flight
             route_key="route:" + (key if state.index == 0 else f"{event.eventId}:{state.chain[0].key}"),
-            # the barrier: one key, one target (integration + object); only an ordered target has one
-            scope=f"{RetryRecord.key_b64(state.source.key)}|{spec.key}" if ordered else "",
             ordered=ordered,
         )
 
     async def step_barrier(self, at: AtTarget) -> Outcomes | None:
         """An earlier event of the same key waits for a retry at this target: queue behind it."""
-        if not at.ordered:
+        if not at.ordered or not self.ledger.barriers_held():
             return None
         head = await self.ledger.barrier_head(at.scope)
         if head is not None and head.event_id != at.event.eventId:
@@ -532,7 +535,7 @@ class Dispatcher:
         at.claim = None
 
     async def _release(self, at: AtTarget) -> None:
-        if at.ordered:
+        if at.ordered and self.ledger.barriers_held():
             await self.ledger.barrier_release(at.scope, at.event.eventId)
 
     def _sync_back(self, state: RouteState) -> RetryRecord:

@@ -169,6 +169,10 @@ class Ledger(Protocol):
         """End ``owner``'s lease on ``key`` (no-op when it holds none). The lease stays, ended
         (``until`` 0), so that the next claim learns a copy came before it and looks again."""
 
+    def barriers_held(self) -> bool:
+        """Whether any event may be waiting at a barrier: False only when the store knows none is
+        (a store in this process's memory); a shared store says True."""
+
     async def barrier_head(self, scope: str) -> Waiting | None:
         """The first event still waiting in ``scope`` (None: nothing waits)."""
 
@@ -194,6 +198,9 @@ class _MemoryBarriers:
     def __init__(self, stale_after: float = STALE_AFTER) -> None:
         self._scopes: dict[str, list[Waiting]] = {}
         self._stale_after = stale_after
+
+    def barriers_held(self) -> bool:
+        return bool(self._scopes)
 
     async def barrier_head(self, scope: str) -> Waiting | None:
         waiting = self._scopes.get(scope)
@@ -541,6 +548,9 @@ class RedisLedger:
         self._release_lease = self._redis.register_script(_RELEASE_LUA)
         self._ttl = ttl
         self._stale_after = stale_after
+
+    def barriers_held(self) -> bool:
+        return True  # other replicas hold barriers too: only Redis knows
 
     async def barrier_head(self, scope: str) -> Waiting | None:
         return await _until_ok(lambda: self._head(scope), "barrier_head")

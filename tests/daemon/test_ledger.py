@@ -69,6 +69,17 @@ async def test_barriers_queue_in_order_and_release(ledger: Ledger) -> None:
     assert await ledger.barrier_head(scope) is None
 
 
+async def test_a_store_says_whether_any_barrier_may_be_held(ledger: Ledger) -> None:
+    """The dispatcher skips the barrier calls of an ordered target when the store knows that no
+    event waits anywhere; only a store in this process's memory can know that."""
+    in_memory = not isinstance(ledger, RedisLedger)
+    assert ledger.barriers_held() is not in_memory
+    await ledger.barrier_hold("t:conv-1|crm", "e1", time.time() + 5)
+    assert ledger.barriers_held()
+    await ledger.barrier_release("t:conv-1|crm", "e1")
+    assert ledger.barriers_held() is not in_memory
+
+
 async def test_stale_barriers_never_wedge_a_key() -> None:
     store = MemoryLedger()
     store._stale_after = 0.05
