@@ -207,9 +207,13 @@ _FROM_VENDOR = ("externalId", "externalUrl", "reason", "error", "detail")
 
 def _scrubbed(result: SyncResultJson) -> bytes:
     """The result as JSON, every string a vendor or a delivery could have written scrubbed."""
-    data: dict[str, Any] = dict(result)  # a copy: the status book and the log line read the result after
+    data: Any = result
     for name in _FROM_VENDOR:
-        value = data.get(name)
+        value = result.get(name)
         if value is not None:  # a result holds no None (left out); a str, the error, the detail
-            data[name] = redact(value) if type(value) is str else redact_value(value)
+            scrubbed = redact(value) if type(value) is str else redact_value(value)
+            if scrubbed != value:  # an unchanged str is the same object: no copy for nothing
+                if data is result:
+                    data = dict(result)  # a copy: the status book and the log line read the result after
+                data[name] = scrubbed
     return orjson.dumps(data)
