@@ -218,7 +218,12 @@ class _Canonical:
         for key, value in _EVENT.get().items():
             if key not in line:
                 # an int (partition, offset) is ours as it is; a string may be the customer's
-                line[key] = value if type(value) is int else _scrub_bound(key, value)
+                if type(value) is int:
+                    line[key] = value
+                elif type(value) is str and _secret_named.get(key) is False:  # a known, plain key
+                    line[key] = redact(value)
+                else:
+                    line[key] = _scrub_bound(key, value)
         if _STRUCTLOG_VARS is None or _STRUCTLOG_VARS:
             for key, value in structlog.contextvars.get_contextvars().items():
                 if key not in line:
