@@ -207,23 +207,44 @@ class _Canonical:
 
     @classmethod
     def write(cls, message: str, fields: dict[str, Any]) -> bool:
-        """``fields`` scrubbed already; the context is scrubbed here."""
-        configured = structlog.get_config()["processors"]
+        """``fields`` scrubbed already, and given away: the line is built in it (when written);
+        the context is scrubbed here."""
+        processors = cls.processors
         # capture_logs() empties and refills the configured list in place: look at its content too
-        if cls.processors is None or configured is not cls.processors or configured[-1] is not _scrub_rendered:
+        if processors is None or _configured_processors() is not processors or processors[-1] is not _scrub_rendered:
             return False
-        line: dict[str, Any] = {**fields, "event": message}
+        line = fields
+        line["event"] = message
         for key, value in _EVENT.get().items():
             if key not in line:
-                line[key] = _scrub_bound(key, value)
+                # an int (partition, offset) is ours as it is; a string may be the customer's
+                if type(value) is int:
+                    line[key] = value
+                elif type(value) is str and _secret_named.get(key) is False:  # a known, plain key
+                    line[key] = redact(value)
+                else:
+                    line[key] = _scrub_bound(key, value)
         if _STRUCTLOG_VARS is None or _STRUCTLOG_VARS:
             for key, value in structlog.contextvars.get_contextvars().items():
                 if key not in line:
                     line[key] = _scrub_bound(key, value)
         line["level"] = "info"
         line["timestamp"] = _utc_now_iso()
-        _PENDING.add(orjson.dumps(line, default=_scrubbed_str).decode() + "\n")
+        _PENDING.add(orjson.dumps(line, default=_scrubbed_str, option=orjson.OPT_APPEND_NEWLINE).decode())
         return True
+
+
+def _configured_processors() -> Any:
+    """structlog's configured processor list, without building ``get_config()``'s dict per line
+    (its private home checked once, at import: if it moved, the public call)."""
+    return (
+        _STRUCTLOG_CONFIG.default_processors if _STRUCTLOG_CONFIG is not None else structlog.get_config()["processors"]
+    )
+
+
+_STRUCTLOG_CONFIG: Any = getattr(getattr(structlog, "_config", None), "_CONFIG", None)
+if not hasattr(_STRUCTLOG_CONFIG, "default_processors"):
+    _STRUCTLOG_CONFIG = None
 
 
 _secret_named: dict[str, bool] = {}  # bound keys are our code's: a handful

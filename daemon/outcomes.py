@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from time import gmtime, strftime
 from typing import Any, cast
 
 import orjson
@@ -113,9 +113,26 @@ def sync_result(
     if detail:
         data["detail"] = _bounded(detail)
     data["source"] = {"topic": source.topic, "partition": source.partition, "offset": source.offset}
-    # pydantic's form of an aware UTC datetime: isoformat with "Z" for "+00:00"
-    data["completedAt"] = datetime.fromtimestamp(now, UTC).isoformat()[:-6] + "Z"
+    data["completedAt"] = _completed_at(now)
     return cast(SyncResultJson, data)
+
+
+_second: tuple[int, str] = (-1, "")
+
+
+def _completed_at(now: float) -> str:
+    """pydantic's form of ``datetime.fromtimestamp(now, UTC)``: isoformat with "Z" for "+00:00",
+    microseconds rounded as ``fromtimestamp`` rounds them (half to even), the date and time of
+    day formatted once a second."""
+    global _second
+    seconds = int(now)
+    micros = round((now - seconds) * 1e6)
+    if micros >= 1_000_000:
+        seconds += 1
+        micros -= 1_000_000
+    if _second[0] != seconds:
+        _second = (seconds, strftime("%Y-%m-%dT%H:%M:%S", gmtime(seconds)))
+    return f"{_second[1]}.{micros:06d}Z" if micros else f"{_second[1]}Z"  # isoformat omits .000000
 
 
 def result(
@@ -157,14 +174,18 @@ def finished(state: RouteState, event: ClassifiedMessage, delivered: Delivered, 
     reason = None
     if state.is_sync_back:
         reason = f"sync_back: delivered to the primary after fallback to {state.sync_back_from}"
-    done = result(
-        state,
+    done = sync_result(
         event,
+        state.strategy,
         status,
         state.target,
-        delivered,
+        state.source,
+        state.received_at,
+        attempts=len(state.history),
+        delivered=delivered,
         error=state.first_error if status == "fallback" else None,
         reason=reason,
+        fallback_from=state.chain[0].integration_id if status == "fallback" else None,
         detail=delivered.detail,
     )
     return Outcomes(results=[done])

@@ -49,6 +49,7 @@ class Reporter:
         self.dlq_topic = dlq_topic
         self.retry_topic = retry_topic
         self.config_version = ""  # the configuration version in use, as the results' header
+        self._headers: tuple[str, list[tuple[str, bytes]]] = ("", [])
 
     async def schedule(self, retries: Sequence[RetryRecord]) -> None:
         """Hand deliveries to the retry topic, keyed by original key and integration."""
@@ -64,12 +65,26 @@ class Reporter:
 
     async def publish(self, results: Sequence[SyncResultJson]) -> None:
         """Publish results keyed by eventId and wait for every acknowledgement."""
-        # Already in the client's form (exact str names), built once and shared by the batch's sends.
-        headers = [("octopus-config-version", self.config_version.encode())] if self.config_version else []
+        headers = self._results_headers()
+        producer, topic = self._producer, self.results_topic
         for result in results:
-            await self._send(self.results_topic, result["eventId"].encode(), _scrubbed(result), headers)
-            metrics.child(metrics.OUTCOMES, result.get("integrationId") or "-", result["status"]).inc()
+            key, value = result["eventId"].encode(), _scrubbed(result)
+            try:  # the first attempt inline: it almost always succeeds (``_send`` retries)
+                await (await producer.send(topic, value=value, key=key, headers=headers))
+            except KafkaError as exc:
+                await self._send(topic, key, value, headers, failed=exc)
+            _outcomes_counter(result.get("integrationId") or "-", result["status"]).inc()
         BOOK.published(results)
+
+    def _results_headers(self) -> list[tuple[str, bytes]]:
+        """The results' headers, in the client's form (exact str names): built once per
+        configuration version and shared by every send (neither we nor the client change them)."""
+        version, headers = self._headers
+        if version != self.config_version:
+            version = self.config_version
+            headers = [("octopus-config-version", version.encode())] if version else []
+            self._headers = (version, headers)
+        return headers
 
     async def dead_letter(
         self,
@@ -93,19 +108,29 @@ class Reporter:
         await self._send(self.dlq_topic, record.key, record.value, _client_form(headers))
         metrics.DLQ_RECORDS.labels(error_class).inc()
 
-    async def _send(self, topic: str, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]) -> None:
-        """Send until acknowledged; ``headers`` in the client's form (see ``_client_form``)."""
+    async def _send(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        headers: list[tuple[str, bytes]],
+        failed: KafkaError | None = None,
+    ) -> None:
+        """Send until acknowledged; ``headers`` in the client's form (see ``_client_form``).
+        ``failed``: the error of an attempt already made (the caller's first)."""
         delay = 0.2
         while True:
+            if failed is not None:
+                metrics.PRODUCE_ERRORS.labels(topic).inc()
+                log.warning("produce failed, retrying", topic=topic, error=type(failed).__name__, retry_in=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
             try:
                 future = await self._producer.send(topic, value=value, key=key, headers=headers)
                 await future
                 return
             except KafkaError as exc:
-                metrics.PRODUCE_ERRORS.labels(topic).inc()
-                log.warning("produce failed, retrying", topic=topic, error=type(exc).__name__, retry_in=delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
+                failed = exc
 
 
 def _client_form(headers: Iterable[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
@@ -118,10 +143,24 @@ async def report(reporter: Reporter, outcomes: Outcomes) -> None:
 
     Each result is a target's final outcome, published once wherever it was decided (the input
     or the retry topic); the canonical line of that pass logs it, once."""
-    await reporter.schedule(outcomes.retries)
+    if outcomes.retries:  # most passes have none: no coroutine to start for nothing
+        await reporter.schedule(outcomes.retries)
     for dead in outcomes.dead_letters:
         await reporter.dead_letter(dead.record, DeadLetterClass.DELIVERY_FAILED, dead.reason, dead.headers)
-    await reporter.publish(outcomes.results)
+    if outcomes.results:
+        await reporter.publish(outcomes.results)
+
+
+_counters: dict[tuple[str, str], Any] = {}
+
+
+def _outcomes_counter(integration: str, status: str) -> Any:
+    """``OUTCOMES``' child of (integration, status), kept here too: ``metrics.child`` builds its
+    key per call. Both labels are bounded (configured integrations, five statuses)."""
+    counter = _counters.get((integration, status))
+    if counter is None:
+        counter = _counters[(integration, status)] = metrics.child(metrics.OUTCOMES, integration, status)
+    return counter
 
 
 def _outcome(r: SyncResultJson) -> dict[str, Any]:
@@ -146,18 +185,19 @@ def log_outcomes(message: str, strategy: str, outcomes: Outcomes, started: float
         {
             "strategy": strategy,
             "outcomes": [_outcome(r) for r in outcomes.results],
-            "scheduled": [
-                {
-                    "integration": r.target.integration_id,
-                    "kind": r.kind,
-                    "attempt": r.attempt,
-                    "inSeconds": round(r.due - time.time(), 1),
-                }
-                for r in outcomes.retries
-            ],
+            "scheduled": [_scheduled(r) for r in outcomes.retries] if outcomes.retries else [],
             "latency_ms": round((time.monotonic() - started) * 1000, 2),
         },
     )
+
+
+def _scheduled(r: RetryRecord) -> dict[str, Any]:
+    return {
+        "integration": r.target.integration_id,
+        "kind": r.kind,
+        "attempt": r.attempt,
+        "inSeconds": round(r.due - time.time(), 1),
+    }
 
 
 # What a vendor or a delivery wrote into a result (error text may echo a secret). The rest is
@@ -167,8 +207,13 @@ _FROM_VENDOR = ("externalId", "externalUrl", "reason", "error", "detail")
 
 def _scrubbed(result: SyncResultJson) -> bytes:
     """The result as JSON, every string a vendor or a delivery could have written scrubbed."""
-    data: dict[str, Any] = dict(result)  # a copy: the status book and the log line read the result after
+    data: Any = result
     for name in _FROM_VENDOR:
-        if name in data:
-            data[name] = redact_value(data[name])
+        value = result.get(name)
+        if value is not None:  # a result holds no None (left out); a str, the error, the detail
+            scrubbed = redact(value) if type(value) is str else redact_value(value)
+            if scrubbed != value:  # an unchanged str is the same object: no copy for nothing
+                if data is result:
+                    data = dict(result)  # a copy: the status book and the log line read the result after
+                data[name] = scrubbed
     return orjson.dumps(data)

@@ -34,7 +34,27 @@ REDACTED = "[REDACTED]"
 _MIN_LEN = 4
 _lock = threading.Lock()
 _secrets: set[str] = set()
-_pattern: re.Pattern[str] | None = None
+
+
+class _Memo:
+    """What :func:`redact` answered for short texts under one set of registered secrets.
+
+    A text such as a topic or a tenant id is scrubbed on every event; a registration replaces
+    the whole memo (never clears it in place), so an answer computed under the old secrets can
+    only land in a memo nobody reads. Two generations bound it: when ``recent`` is full it
+    becomes ``older`` and the previous ``older`` is dropped."""
+
+    __slots__ = ("older", "pattern", "recent")
+
+    def __init__(self, pattern: re.Pattern[str] | None) -> None:
+        self.pattern = pattern
+        self.recent: dict[str, str] = {}
+        self.older: dict[str, str] = {}
+
+
+_MEMO_TEXT = 200  # longer texts (a log line, a vendor's message) are scrubbed every time
+_MEMO_SIZE = 1024
+_memo = _Memo(None)
 
 # Query parameters whose values are secret whatever they hold, anywhere in a text (``password=``
 # in a form body). The left boundary keeps ``monkey=`` or ``errcode=`` out.
@@ -53,12 +73,14 @@ _USERINFO_RE = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@?#'\"<>]+@")
 _AUTH_SCHEMES = frozenset(
     {"bearer", "basic", "token", "digest", "apikey", "key", "sso-key", "zoho-oauthtoken", "splunk"}
 )
+_KEEP_NAME = rf"\g<1>{REDACTED}"  # the name, ``=`` or ``:`` kept; the value replaced
+_KEEP_SCHEME = rf"\g<1>{REDACTED}@"
 _SECRET_QUERY_NAMES = re.compile(rf"(?i)^(?:{_SECRET_PARAMS}|{_QUERY_ONLY_PARAMS})$")
 
 
 def register_secret(value: str | None) -> None:
     """Remember a secret value so that it never leaves the process."""
-    global _pattern
+    global _memo
     if not value or len(value) < _MIN_LEN:
         return
     # as it appears inside a JSON string too: a log line is scrubbed once, rendered
@@ -68,7 +90,7 @@ def register_secret(value: str | None) -> None:
             return
         _secrets.update((value, escaped))
         ordered = sorted(_secrets, key=len, reverse=True)
-        _pattern = re.compile("|".join(re.escape(s) for s in ordered))
+        _memo = _Memo(re.compile("|".join(re.escape(s) for s in ordered)))
 
 
 def register_secret_parts(value: str | None) -> None:
@@ -104,14 +126,31 @@ def register_secret_parts(value: str | None) -> None:
 
 
 def redact(text: str) -> str:
-    pattern = _pattern
+    memo = _memo
+    if len(text) > _MEMO_TEXT:
+        return _scrub(text, memo.pattern)
+    scrubbed = memo.recent.get(text)
+    if scrubbed is None:
+        scrubbed = memo.older.get(text)
+        if scrubbed is None:
+            scrubbed = _scrub(text, memo.pattern)
+        recent = memo.recent
+        if len(recent) >= _MEMO_SIZE:
+            memo.older, memo.recent = recent, {}
+        memo.recent[text] = scrubbed
+    return scrubbed
+
+
+def _scrub(text: str, pattern: re.Pattern[str] | None) -> str:
     if pattern is not None:
         text = pattern.sub(REDACTED, text)
     if "=" in text:  # every _PARAM_RE match has one; scanning a line without costs ~40 us
-        text = _PARAM_RE.sub(lambda m: m.group(1) + REDACTED, text)
+        text = _PARAM_RE.sub(_KEEP_NAME, text)
     if "@" in text:
-        text = _USERINFO_RE.sub(lambda m: m.group(1) + REDACTED + "@", text)
-    return _AUTH_RE.sub(lambda m: m.group(1) + REDACTED, text)
+        text = _USERINFO_RE.sub(_KEEP_SCHEME, text)
+    if ":" in text or "=" in text:  # every _AUTH_RE match has one (an id or a name has neither)
+        text = _AUTH_RE.sub(_KEEP_NAME, text)
+    return text
 
 
 _SECRET_KEYS = re.compile(r"(?i)^(authorization|x-api-key|api[-_]?key|.*token|.*secret|.*password)$")

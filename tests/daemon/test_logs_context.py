@@ -175,3 +175,18 @@ def test_the_canonical_line_of_a_sample_event_is_unchanged(capsys: pytest.Captur
     assert untimed(fast) == untimed(slow) == SAMPLE
     assert orjson.loads(untimed(before)) == orjson.loads(SAMPLE)
     assert untimed(fast_bound) == untimed(slow_bound) == SAMPLE.replace('"level"', '"request":"r1","level"')
+
+
+def test_the_context_is_scrubbed_on_every_canonical_line(json_lines: Callable[[], list[dict[str, Any]]]) -> None:
+    """A customer's id may hold a secret, a secret-named key's value is masked whatever it holds,
+    and a number is kept: on the first line and on the lines after (the key's kind is kept)."""
+    from octopus_crm.core.redaction import REDACTED, register_secret
+
+    secret = f"ctx-secret-{id(json_lines)}"
+    register_secret(secret)
+    for offset in (7, 8):
+        bind_event({"topic": "in", "offset": offset, "eventId": f"e-{secret}", "api_token": "plain", "ok": True})
+        canonical("event processed", strategy="s")
+    for offset, line in zip((7, 8), json_lines(), strict=True):
+        assert line["offset"] == offset and line["topic"] == "in" and line["ok"] is True
+        assert (line["eventId"], line["api_token"]) == (f"e-{REDACTED}", REDACTED)

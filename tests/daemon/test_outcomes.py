@@ -18,7 +18,7 @@ from octopus_crm.core.errors import ErrorInfo
 from octopus_crm.core.redaction import redact, redact_value, register_secret
 from octopus_crm.daemon import outcomes
 from octopus_crm.daemon import sync_status as sync_status_module
-from octopus_crm.daemon.outcomes import _bounded, result, sync_result
+from octopus_crm.daemon.outcomes import _bounded, _completed_at, finished, result, sync_result
 from octopus_crm.daemon.records import InboundRecord
 from octopus_crm.daemon.reporting import _FROM_VENDOR, _outcome, _scrubbed
 from octopus_crm.daemon.retrying import AttemptRecord, TargetSpec
@@ -226,3 +226,63 @@ def test_the_status_book_keeps_epochs_and_answers_iso_times(monkeypatch: pytest.
         "error": {"class": "auth", "code": "http_401", "message": "bad [REDACTED]"},
     }
     assert book.last_success["book-test"]["at"] == 1_767_000_000.75  # formatted on read only
+
+
+@pytest.mark.parametrize(
+    "now",
+    [
+        1_767_000_000.0,
+        1_767_000_000.25,
+        1_767_000_000.0000005,  # micros rounded half to even, as fromtimestamp does
+        1_767_000_000.0000015,
+        1_767_000_000.9999995,  # rounds up into the next second
+        1_767_000_000.9999999,
+        1_767_000_059.999_999_7,  # ... and the next minute
+    ],
+)
+def test_completed_at_is_pydantics_form_of_the_datetime(now: float) -> None:
+    expected = SyncResult.model_validate(
+        {**_minimal_result(), "completedAt": datetime.fromtimestamp(now, UTC)}
+    ).model_dump(mode="json")["completedAt"]
+    assert _completed_at(now) == expected == datetime.fromtimestamp(now, UTC).isoformat()[:-6] + "Z"
+    assert _completed_at(now) == expected  # the second formatted once, then reused
+
+
+def _minimal_result() -> dict[str, Any]:
+    return {
+        "eventId": "e",
+        "messageId": "m",
+        "tenantId": "t",
+        "integrationId": None,
+        "integrationType": None,
+        "objectType": None,
+        "strategy": "primary_backup",
+        "status": "succeeded",
+        "attempts": 1,
+        "latencyMs": 1.0,
+        "source": {"topic": "crm.input", "partition": 0, "offset": 1},
+    }
+
+
+@pytest.mark.parametrize(
+    ("index", "duplicate", "status"), [(0, False, "succeeded"), (1, False, "fallback"), (0, True, "duplicate")]
+)
+def test_finished_is_the_result_of_its_route(
+    monkeypatch: pytest.MonkeyPatch, index: int, duplicate: bool, status: SyncStatus
+) -> None:
+    monkeypatch.setattr(outcomes, "time", SimpleNamespace(time=lambda: RECEIVED + 0.75))
+    state, event = _state(attempts=2)
+    state.index = index
+    state.first_error = ERROR
+    delivered = Delivered("ID-7", "https://crm.example.com/r/ID-7", {"via": "api"})
+    (built,) = finished(state, event, delivered, duplicate=duplicate).results
+    expected = result(
+        state,
+        event,
+        status,
+        state.target,
+        delivered,
+        error=ERROR if status == "fallback" else None,
+        detail=delivered.detail,
+    )
+    assert orjson.dumps(built) == orjson.dumps(expected)

@@ -138,3 +138,23 @@ def test_a_retry_record_is_encoded_with_its_errors_scrubbed() -> None:
     encoded = record.encode_scrubbed()
     assert encoded == record.scrubbed().encode()
     assert token.encode() not in encoded and RetryRecord.decode(encoded).value == record.value
+
+
+def test_a_text_scrubbed_before_a_registration_is_scrubbed_again_after_it() -> None:
+    token = secret("late")
+    text = f"id {token}"
+    assert redact(text) == text  # remembered under the secrets known then
+    register_secret(token)
+    assert redact(text) == f"id {REDACTED}"
+    assert redact(text) == f"id {REDACTED}"
+
+
+def test_remembered_answers_stay_right_past_the_memos_bound() -> None:
+    token = secret("many")
+    register_secret(token)
+    texts = [f"{i}:{token}" if i % 3 == 0 else f"tenant-{i}" for i in range(5000)]
+    for _ in range(2):
+        assert [redact(t) for t in texts] == [
+            f"{i}:{REDACTED}" if i % 3 == 0 else f"tenant-{i}" for i in range(len(texts))
+        ]
+    assert redact("Authorization: Bearer x.y") == "Authorization: [REDACTED]"  # a short text with a colon
