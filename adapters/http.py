@@ -251,12 +251,14 @@ class HttpClient:
                 token_used = await self.auth.apply(request, self)
             limiter = self.limiter
             if limiter is not None and request.paced:
-                async with limiter:
-                    timing = limiter.began()
-                    try:
-                        response = await self.raw(request)
-                    finally:
-                        limiter.ended(timing)
+                # What ``async with limiter`` does, without its two coroutines per request.
+                await limiter.acquire()
+                timing = limiter.began()
+                try:
+                    response = await self.raw(request)
+                finally:
+                    limiter.ended(timing)
+                    limiter.release()
             else:
                 response = await self.raw(request)
             error = self.classify(response)

@@ -368,7 +368,9 @@ class CreateCall:
             url = self.url(adapter, record_id, body)
         elif self.url_at is not None:
             url = at_path(body, self.url_at)
-        detail = {name: value for name, path in self.detail.items() if (value := at_path(body, path))}
+        detail: dict[str, Any] = {}
+        if self.detail:
+            detail = {name: value for name, path in self.detail.items() if (value := at_path(body, path))}
         return Delivered(record_id, url if isinstance(url, str) and url else None, detail)
 
 
