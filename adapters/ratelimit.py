@@ -232,7 +232,11 @@ class Limiter:
 
     def release(self) -> None:
         """Give back the slot :meth:`acquire` took."""
-        self._slots.release()
+        slots = self._slots
+        if slots._waiters:
+            slots.release()  # wakes the next one
+        else:
+            slots._value += 1  # all Semaphore.release does when nobody waits
 
     async def __aenter__(self) -> None:
         await self.acquire()
