@@ -184,7 +184,7 @@ class Adapter(ABC):
                 f"{self.integration_id}: no mapping for object type {object_type!r}",
                 code="missing_mapping",
             )
-        fields = template.render(template_vars(event))
+        fields = template.render_vars(template_vars(event))
         if not isinstance(fields, dict):
             raise ConfigError(f"mappings.{object_type} must be an object", code="bad_template")
         if ctx is not None and ctx.overrides:

@@ -251,12 +251,14 @@ class HttpClient:
                 token_used = await self.auth.apply(request, self)
             limiter = self.limiter
             if limiter is not None and request.paced:
-                async with limiter:
-                    timing = limiter.began()
-                    try:
-                        response = await self.raw(request)
-                    finally:
-                        limiter.ended(timing)
+                # What ``async with limiter`` does, without its two coroutines per request.
+                await limiter.acquire()
+                timing = limiter.began()
+                try:
+                    response = await self.raw(request)
+                finally:
+                    limiter.ended(timing)
+                    limiter.release()
             else:
                 response = await self.raw(request)
             error = self.classify(response)
@@ -284,7 +286,9 @@ class HttpClient:
                 headers = {**headers, "Content-Type": "application/json; charset=utf-8"}
         elif request.form is not None:
             data = aiohttp.FormData(dict(request.form))
-        url = self.url(request.url)
+        url = request.url
+        if not url.startswith(("http://", "https://")):
+            url = self.url(url)
         check_url(url, allow_private=self.allow_private_network, name=self.name)
         sent = False
         try:
@@ -307,7 +311,7 @@ class HttpClient:
                             f"{self.name}: the answer from {_host(url)} is larger than {self.max_response_bytes} bytes",
                             code="response_too_large",
                         )
-                return Response(resp.status, resp.headers, body, _reported_url(url, resp.url))
+                return Response(resp.status, resp.headers, body, _REPORTED.get(url) or _reported_url(url, resp.url))
         except aiohttp.ClientConnectorError as exc:
             if isinstance(exc.os_error, BlockedAddressError):
                 raise ConfigError(f"{self.name}: refusing to call: {exc.os_error}", code="blocked_address") from None

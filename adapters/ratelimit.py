@@ -73,6 +73,8 @@ class Limiter:
         self._service = 0.0  # smoothed seconds a request holds its slot; 0.0 until one finished
         self._started: dict[object, float] = {}  # requests in progress → start (oldest first)
         self._promised: deque[float] = deque()  # admitted by serves_within, not yet pacing: expiry
+        # A subclass that paces elsewhere (the fleet's shared schedule) always goes through pace().
+        self._local_pace = type(self).pace is Limiter.pace
 
     def turn_in(self, ahead: int = 0) -> float:
         """Seconds until a request queued now (behind ``ahead`` more) would pass the pace, from
@@ -163,14 +165,21 @@ class Limiter:
             return 0.0
         return self._waiting / min(self._rate, self._concurrency / service) + service
 
+    def _turn_now(self) -> bool:
+        """Take this request's turn in the rate on the spot, as AsyncLimiter.acquire would (without
+        its coroutine, second leak and wake-up pass), when the bucket has room, nobody is queued in
+        it and no pause holds; False: the request must wait in :meth:`pace`."""
+        bucket = self._bucket
+        until = self._pause.until
+        if bucket._waiters or (until and until > time.monotonic()) or not bucket.has_capacity():
+            return False
+        bucket._level += 1
+        return True
+
     async def pace(self) -> None:
         """Wait for this request's turn in the rate (and for any pause to end)."""
-        bucket = self._bucket
-        if not bucket._waiters and self._pause.until <= time.monotonic() and bucket.has_capacity():
-            # Room in the bucket and nobody queued in it: the turn is taken on the spot, as
-            # AsyncLimiter.acquire would (without its second leak and wake-up pass); no wait to note.
-            bucket._level += 1
-            return
+        if self._turn_now():
+            return  # no wait to note
         self._waiting += 1
         since = time.monotonic()
         try:
@@ -200,18 +209,37 @@ class Limiter:
         finally:
             self._slots.release()
 
-    async def __aenter__(self) -> None:
-        if self._slots.locked():
-            await self._wait_for_slot()
-        else:  # a free slot is taken without suspending: no wait to note, nobody sees _waiting
+    async def acquire(self) -> None:
+        """Take a slot and this request's turn in the rate (``async with`` does it, and
+        :meth:`release` after the request)."""
+        slots = self._slots
+        if slots._value > 0 and not slots._waiters:
+            # A free slot nobody queues for is taken without suspending, as Semaphore.acquire does
+            # first (without its coroutine and its scan of the waiters): no wait to note, nobody
+            # sees _waiting.
+            slots._value -= 1
             if self._promised:
                 self._promised.popleft()
-            await self._slots.acquire()
+        else:
+            await self._wait_for_slot()
+        if self._local_pace and self._turn_now():
+            return
         try:
             await self.pace()
         except BaseException:
-            self._slots.release()
+            slots.release()
             raise
+
+    def release(self) -> None:
+        """Give back the slot :meth:`acquire` took."""
+        slots = self._slots
+        if slots._waiters:
+            slots.release()  # wakes the next one
+        else:
+            slots._value += 1  # all Semaphore.release does when nobody waits
+
+    async def __aenter__(self) -> None:
+        await self.acquire()
 
     async def __aexit__(
         self,

@@ -368,7 +368,9 @@ class CreateCall:
             url = self.url(adapter, record_id, body)
         elif self.url_at is not None:
             url = at_path(body, self.url_at)
-        detail = {name: value for name, path in self.detail.items() if (value := at_path(body, path))}
+        detail: dict[str, Any] = {}
+        if self.detail:
+            detail = {name: value for name, path in self.detail.items() if (value := at_path(body, path))}
         return Delivered(record_id, url if isinstance(url, str) and url else None, detail)
 
 
@@ -423,6 +425,8 @@ class Errors:
     graphql_rules: Any = None
 
     def classify(self, response: Response) -> DeliveryError | None:
+        if 200 <= response.status < 300 and not self.graphql and self.body_codes is None:
+            return None  # classify_status's answer for a 2xx, which no rule below changes
         # errors[] decide before the status: vendors send the same GraphQL error with 200 or 400.
         error = _graphql_error(response, self.graphql_rules) if self.graphql else None
         if error is None:

@@ -147,10 +147,12 @@ def _split_pipes(source: str) -> list[str]:
 class Compiled:
     """A compiled mapping; ``render(event)`` returns a fresh JSON-able tree."""
 
-    __slots__ = ("_render",)
+    __slots__ = ("_render", "render_vars")
 
     def __init__(self, render: Callable[[EventVars], Any]) -> None:
         self._render = render
+        #: ``render`` for variables already made: the compiled tree itself, without a call around it.
+        self.render_vars = render
 
     def render(self, event: ClassifiedMessage | EventVars) -> Any:
         scope = event if isinstance(event, EventVars) else EventVars(event)
@@ -161,14 +163,21 @@ def _compile_node(node: Any, path: str) -> Callable[[EventVars], Any]:
     if isinstance(node, str):
         return _compile_string(node, path)
     if isinstance(node, Mapping):
-        items = [(str(k), _compile_node(v, f"{path}.{k}" if path else str(k))) for k, v in node.items()]
+        items: list[tuple[str, Callable[[EventVars], Any], bool]] = []
+        for k, v in node.items():
+            child = f"{path}.{k}" if path else str(k)
+            whole = _whole_value(v, child) if isinstance(v, str) else None
+            items.append((str(k), whole or _compile_node(v, child), whole is not None))
 
         def render_dict(scope: EventVars) -> dict[str, Any]:
             out = {}
-            for key, fn in items:
+            for key, fn, whole in items:
                 value = fn(scope)
-                if value is not None:
-                    out[key] = value
+                if value is None:
+                    continue
+                if whole and isinstance(value, datetime):  # render_whole's step, without its call
+                    value = _as_text(value)
+                out[key] = value
             return out
 
         return render_dict
@@ -182,15 +191,23 @@ def _compile_node(node: Any, path: str) -> Callable[[EventVars], Any]:
     return lambda scope: node
 
 
+def _whole_value(text: str, path: str) -> Callable[[EventVars], Any] | None:
+    """The value (typed, a datetime not yet as text) of a string that is a single expression;
+    None for any other string."""
+    matches = list(_EXPR.finditer(text))
+    if len(matches) == 1 and matches[0].span() == (0, len(text)):
+        expr = _parse_expr(matches[0].group(1), path)
+        return expr.value if expr.filters else expr.get
+    return None
+
+
 def _compile_string(text: str, path: str) -> Callable[[EventVars], Any]:
     matches = list(_EXPR.finditer(text))
     if not matches:
         if "{{" in text:
             raise TemplateError(path, f"unclosed '{{{{' in {text!r}")
         return lambda scope: text
-    if len(matches) == 1 and matches[0].span() == (0, len(text)):
-        expr = _parse_expr(matches[0].group(1), path)
-        value_of = expr.value if expr.filters else expr.get
+    if (value_of := _whole_value(text, path)) is not None:
 
         def render_whole(scope: EventVars) -> Any:
             value = value_of(scope)

@@ -40,3 +40,40 @@ async def test_the_smoothed_time_of_answered_requests_is_used_once_there_is_one(
         await asyncio.sleep(0.05)
     with lim.timed():  # a young request: the answered one's time still counts
         assert lim.turn_in() >= 0.04
+
+
+async def test_acquire_and_release_hold_a_slot_and_hand_it_to_the_next_waiter() -> None:
+    """The send path's acquire/release (a free slot taken without suspending) keep the
+    concurrency bound of ``async with``, and a released slot goes to the request waiting for it."""
+    lim = limiter(1)
+    await lim.acquire()
+    second = asyncio.create_task(lim.acquire())
+    await asyncio.sleep(0.01)
+    assert not second.done()  # the only slot is held
+    lim.release()
+    await asyncio.wait_for(second, 1.0)
+    third = asyncio.create_task(lim.acquire())
+    await asyncio.sleep(0.01)
+    assert not third.done()
+    third.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await third
+    lim.release()
+    async with lim:  # the slot the cancelled waiter never took is free again
+        pass
+
+
+async def test_a_limiter_that_paces_elsewhere_is_always_asked_for_the_turn() -> None:
+    """A subclass's pace (the fleet's shared schedule) is not skipped by the local fast path."""
+    paced: list[bool] = []
+
+    class Elsewhere(Limiter):
+        async def pace(self) -> None:
+            paced.append(True)
+
+    lim = Elsewhere(RateLimit(requests=1_000_000, per_seconds=1, concurrency=2))
+    await lim.acquire()
+    lim.release()
+    async with lim:
+        pass
+    assert paced == [True, True]

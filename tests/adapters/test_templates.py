@@ -374,3 +374,14 @@ def test_single_braces_in_the_mapping_text_stay_as_written() -> None:
     ev = event(content="{0} {x} {{y}} {")
     out = render({"t": 'json: {"k": "{{category}}"} {0} }{ {{messageContent}} }'}, ev)
     assert out == {"t": 'json: {"k": "销售线索"} {0} }{ {0} {x} {{y}} { }'}
+
+
+def test_render_vars_is_render_on_variables_made_beforehand() -> None:
+    from octopus_crm.core.variables import EventVars
+
+    event = ClassifiedMessage.model_validate(BASE)
+    compiled = compile_template(
+        {"at": "{{receivedAt}}", "who": "{{senderName}} <{{senderEmail}}>", "n": ["{{content}}"]}
+    )
+    assert compiled.render_vars(EventVars(event)) == compiled.render(event)
+    assert compiled.render(event)["at"] == "2026-11-25T09:30:12Z"
