@@ -80,7 +80,21 @@ class Limiter:
         """Seconds until a request queued now (behind ``ahead`` more) would pass the pace, from
         the pause, the bucket's level and the requests already waiting; no request's duration is
         guessed: before the first answer, the oldest request's age stands for a request's time."""
+        return self._turn_in(time.monotonic(), ahead)
+
+    def admits(self, budget: float) -> bool:
+        """``expected_latency <= budget and serves_within(budget)``, in one pass over the state
+        (the question the dispatcher asks of every fresh delivery)."""
         now = time.monotonic()
+        service = self._service_time(now)
+        if service and self._waiting / min(self._rate, self._concurrency / service) + service > budget:
+            return False
+        if self._turn_in(now, 0) > budget:
+            return False
+        self._promised.append(now + budget + 1.0)
+        return True
+
+    def _turn_in(self, now: float, ahead: int) -> float:
         while self._promised and self._promised[0] < now:
             self._promised.popleft()
         queued = self._waiting + len(self._promised) + ahead

@@ -340,7 +340,7 @@ class Dispatcher:
             await self._unclaim(at)
             return await self._defer(at, "park", time.time() + limiter.paused_for)
         budget = self.policy(spec.integration_id).handoff_budget
-        if at.state.fresh and (limiter.expected_latency > budget or not limiter.serves_within(budget)):
+        if at.state.fresh and not limiter.admits(budget):
             await self._unclaim(at)
             return await self._defer(at, "backlog", time.time())
         return None

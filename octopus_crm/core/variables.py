@@ -7,7 +7,7 @@ Flat names (``senderEmail``, ``category``, ``priority`` …) and dotted paths in
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, get_origin
 
 from pydantic import BaseModel
 
@@ -103,11 +103,28 @@ def _walk(node: Any, name: str) -> Any:
 
 
 def resolver(name: str) -> Callable[[EventVars], Any]:
-    """``EventVars.get(name)`` with the name looked up once (a template compiles it in)."""
+    """``EventVars.get(name)`` with the name looked up once (a template compiles it in).
+
+    A key of a mapping field (``metadata.conv``) is read straight off the mapping when its value
+    is a scalar, which is what ``get`` hands out for it too; anything else goes through ``get``."""
     flat = _FLAT.get(name)
     if flat is not None:
         return lambda scope: flat(scope.event)
+    root, _, key = name.partition(".")
+    if key and "." not in key and root in _MAPPING_FIELDS:
+
+        def read(scope: EventVars) -> Any:
+            value = getattr(scope.event, root).get(key)
+            return value if type(value) in _SCALARS else scope.get(name)
+
+        return read
     return lambda scope: scope.get(name)
+
+
+# The event's fields that are plain dicts (``metadata``): a key in one is a dict lookup.
+_MAPPING_FIELDS = frozenset(
+    name for name, field in ClassifiedMessage.model_fields.items() if get_origin(field.annotation) is dict
+)
 
 
 def template_vars(event: ClassifiedMessage) -> EventVars:

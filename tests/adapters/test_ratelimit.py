@@ -77,3 +77,15 @@ async def test_a_limiter_that_paces_elsewhere_is_always_asked_for_the_turn() -> 
     async with lim:
         pass
     assert paced == [True, True]
+
+
+async def test_admits_answers_as_expected_latency_and_serves_within_together() -> None:
+    """The dispatcher's one-pass admission question gives the two-step answer, promise included."""
+    for hold in (0.0, 0.12):
+        one, other = limiter(2), limiter(2)
+        with one.timed(), one.timed(), other.timed(), other.timed():
+            await asyncio.sleep(hold)
+            for budget in (0.05, 1.0):
+                two_step = one.expected_latency <= budget and one.serves_within(budget)
+                assert other.admits(budget) is two_step, (hold, budget)
+                assert len(other._promised) == len(one._promised)

@@ -11,6 +11,7 @@ import pytest
 
 from octopus_crm.adapters.templates import TemplateError, compile_template
 from octopus_crm.core.contracts import ClassifiedMessage
+from octopus_crm.core.variables import resolver, template_vars
 
 BASE: dict[str, Any] = {
     "schemaVersion": 1,
@@ -154,6 +155,20 @@ def test_dotted_paths_and_list_indices() -> None:
         "secondSku": "X2",
         "firstKeyword": "价格",
     }
+
+
+def test_a_metadata_key_reads_the_same_as_the_general_lookup() -> None:
+    """``metadata.x`` is compiled to a dict lookup for scalars; everything else (a list, a dict, a
+    missing key) must come out exactly as ``EventVars.get`` hands it out, a copy where it copies."""
+    meta = {"s": "text", "n": 3, "f": 1.5, "b": True, "none": None, "list": [1, "a"], "deep": {"k": [1]}}
+    ev = event(metadata=meta)
+    for key in [*meta, "missing"]:
+        name = f"metadata.{key}"
+        fast, general = resolver(name)(template_vars(ev)), template_vars(ev).get(name)
+        assert fast == general and type(fast) is type(general), name
+    handed = resolver("metadata.deep")(template_vars(ev))
+    handed["k"].append(2)  # the caller's copy: the event is unchanged
+    assert ev.metadata["deep"] == {"k": [1]}
 
 
 # -- filters ---------------------------------------------------------------------------------

@@ -43,6 +43,9 @@ class FakeLimiter:
     def serves_within(self, budget: float) -> bool:
         return self.serves
 
+    def admits(self, budget: float) -> bool:
+        return self.expected_latency <= budget and self.serves_within(budget)
+
 
 class FakeAdapter:
     """Answers each create from ``answers`` (a :class:`Delivered` or an error to raise)."""
