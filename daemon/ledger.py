@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import sqlite3
 import time
@@ -449,6 +450,7 @@ _RELEASE_SQL = "UPDATE leases SET until = 0 WHERE key = ? AND owner = ?"
 
 
 @cache
+@functools.cache  # one per chain length: a handful
 def _lookup_sql(keys: int) -> str:
     """The entries of ``keys`` keys and a lease in one statement, each row tagged with the index
     of its key (-1: the lease)."""
