@@ -147,16 +147,15 @@ def _split_pipes(source: str) -> list[str]:
 class Compiled:
     """A compiled mapping; ``render(event)`` returns a fresh JSON-able tree."""
 
-    __slots__ = ("_render", "render_vars")
+    __slots__ = ("render_vars",)
 
     def __init__(self, render: Callable[[EventVars], Any]) -> None:
-        self._render = render
         #: ``render`` for variables already made: the compiled tree itself, without a call around it.
         self.render_vars = render
 
     def render(self, event: ClassifiedMessage | EventVars) -> Any:
         scope = event if isinstance(event, EventVars) else EventVars(event)
-        return self._render(scope)
+        return self.render_vars(scope)
 
 
 def _compile_node(node: Any, path: str) -> Callable[[EventVars], Any]:

@@ -174,18 +174,14 @@ def finished(state: RouteState, event: ClassifiedMessage, delivered: Delivered, 
     reason = None
     if state.is_sync_back:
         reason = f"sync_back: delivered to the primary after fallback to {state.sync_back_from}"
-    done = sync_result(
+    done = result(
+        state,
         event,
-        state.strategy,
         status,
         state.target,
-        state.source,
-        state.received_at,
-        attempts=len(state.history),
-        delivered=delivered,
+        delivered,
         error=state.first_error if status == "fallback" else None,
         reason=reason,
-        fallback_from=state.chain[0].integration_id if status == "fallback" else None,
         detail=delivered.detail,
     )
     return Outcomes(results=[done])

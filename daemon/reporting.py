@@ -73,7 +73,7 @@ class Reporter:
                 await (await producer.send(topic, value=value, key=key, headers=headers))
             except KafkaError as exc:
                 await self._send(topic, key, value, headers, failed=exc)
-            _outcomes_counter(result.get("integrationId") or "-", result["status"]).inc()
+            metrics.child(metrics.OUTCOMES, result.get("integrationId") or "-", result["status"]).inc()
         BOOK.published(results)
 
     def _results_headers(self) -> list[tuple[str, bytes]]:
@@ -149,18 +149,6 @@ async def report(reporter: Reporter, outcomes: Outcomes) -> None:
         await reporter.dead_letter(dead.record, DeadLetterClass.DELIVERY_FAILED, dead.reason, dead.headers)
     if outcomes.results:
         await reporter.publish(outcomes.results)
-
-
-_counters: dict[tuple[str, str], Any] = {}
-
-
-def _outcomes_counter(integration: str, status: str) -> Any:
-    """``OUTCOMES``' child of (integration, status), kept here too: ``metrics.child`` builds its
-    key per call. Both labels are bounded (configured integrations, five statuses)."""
-    counter = _counters.get((integration, status))
-    if counter is None:
-        counter = _counters[(integration, status)] = metrics.child(metrics.OUTCOMES, integration, status)
-    return counter
 
 
 def _outcome(r: SyncResultJson) -> dict[str, Any]:
