@@ -7,14 +7,14 @@ steps run in this order (``Dispatcher.step_*``, each deciding the pass or handin
 
 1. **barrier** (``step_barrier``) — if the integration keeps per-key order and an earlier event
    of the same key waits for a retry there, this one queues behind it (on the retry topic);
-2. **ledger** (``step_recorded``) — if this (event, integration, object type), or another target
-   of the route, already has a record, the outcome is ``duplicate`` (or, when the process stopped
-   before that delivery's result reached the broker, the delivery's own outcome, reported now);
-3. **circuit / park / backlog** (``step_admission``) — an open circuit goes straight to the
+2. **circuit / park / backlog** (``step_admission``) — an open circuit goes straight to the
    fallback (or waits for the probe); an integration paused for a long quota or ``Retry-After``
    is parked; a fresh event whose integration cannot take it within the hand-off budget (its
    pace, a pause, busy slots) is handed to the retry topic so that its siblings and the source
-   partition keep flowing;
+   partition keep flowing (before the ledger step: such a hand-off costs no ledger round trip);
+3. **ledger** (``step_recorded``) — if this (event, integration, object type), or another target
+   of the route, already has a record, the outcome is ``duplicate`` (or, when the process stopped
+   before that delivery's result reached the broker, the delivery's own outcome, reported now);
 4. **claim** (``step_claim``) — a lease on (event, target) in the ledger, held from before the
    vendor call until the result is on the broker: a second copy of the delivery waits for the
    first one's outcome instead of calling the vendor; a lease left by a dead copy is resolved by
@@ -78,6 +78,13 @@ def idempotency_key(event_id: str, target: Target | TargetSpec) -> str:
 def _chain_keys(state: RouteState, event: ClassifiedMessage) -> list[str]:
     """The idempotency keys of the route's chain, primary first."""
     return [f"{event.eventId}:{spec.key}" for spec in state.chain]
+
+
+def _settled(settling: asyncio.Future[None]) -> None:
+    """A settle nobody waits for: a failure is logged (the entries stay unpublished, so a
+    redelivery reports them again)."""
+    if not settling.cancelled() and (error := settling.exception()) is not None:
+        log.warning("ledger settle failed: deliveries may be reported again", error=type(error).__name__)
 
 
 class CircuitOpenError(RetryableError):
@@ -242,9 +249,11 @@ class Dispatcher:
             # the barrier step only where the target keeps order (most do not: no call at all)
             if at.ordered and (decided := await self.step_barrier(at)) is not None:
                 return decided
-            if (decided := await self.step_recorded(at)) is not None:
-                return decided
+            # admission before the ledger: a pass handed on as backlog or parked costs no ledger
+            # round trip (a recorded delivery is found by the pass that comes back)
             if (decided := await self.step_admission(at)) is not None:
+                return decided
+            if (decided := await self.step_recorded(at)) is not None:
                 return decided
             claim = await self.step_claim(at)
             if claim is None:
@@ -324,9 +333,9 @@ class Dispatcher:
         # the broker: this is the delivery's only report, so it carries its own outcome
         outcomes = finished(state, event, known)
         outcomes.unpublished.append((found_key, existing))
-        outcomes.leases.append((at.route_key, owner))
         if state.index > 0 and state.sync_back:
             outcomes.retries.append(self._sync_back(state))
+            outcomes.leases.append((at.route_key, owner))  # the sync-back pass claims this route again
         return outcomes
 
     async def step_admission(self, at: AtTarget) -> Outcomes | None:
@@ -394,7 +403,12 @@ class Dispatcher:
         return delivered, error
 
     async def step_succeed(self, at: AtTarget, delivered: Delivered) -> Outcomes:
-        """The record exists: tell the ledger first (the crash window), then report."""
+        """The record exists: tell the ledger at once (the crash window), and report meanwhile.
+
+        The ledger write is started here and awaited by :meth:`confirm`, before it settles: the
+        result may reach the broker before the entry is written, which changes nothing for a
+        crash in between (the redelivery finds the claim of a gone copy and looks the record up
+        at the vendor either way); what it saves is a wait on the ledger per delivery."""
         state, spec, ctx = at.state, at.state.target, at.context
         entry = LedgerEntry(
             delivered.external_id,
@@ -404,13 +418,14 @@ class Dispatcher:
             time.time(),
             published=False,
         )
-        await self.ledger.put(ctx.idempotency_key, entry)
+        writing = asyncio.ensure_future(self.ledger.put(ctx.idempotency_key, entry))
         await self._release(at)
         outcomes = finished(state, at.event, delivered)
         outcomes.unpublished.append((ctx.idempotency_key, entry))
-        outcomes.leases.append((at.route_key, at.owner))
+        outcomes.writing.append(writing)
         if state.index > 0 and state.sync_back:
             outcomes.retries.append(self._sync_back(state))
+            outcomes.leases.append((at.route_key, at.owner))  # the sync-back pass claims this route again
         return outcomes
 
     async def step_failed(self, at: AtTarget, error: DeliveryError) -> Outcomes | None:
@@ -459,15 +474,26 @@ class Dispatcher:
         return await find_first(self.ledger, _chain_keys(state, event))
 
     async def confirm(self, outcomes: Outcomes) -> None:
-        """Once the results are acknowledged: mark their deliveries' ledger entries published,
-        then drop the claims (a waiting copy now finds a published entry: ``duplicate``).
+        """Once the results are acknowledged: mark their deliveries' ledger entries published
+        (after the writes of those entries). A copy that looks now finds the published entry
+        (``duplicate``) before it looks at the claim, so the claim needs no release of its own,
+        unless a sync-back pass follows (its chain holds the primary only: it claims the route
+        again, and would otherwise wait for this claim to expire).
 
-        A crash before this reports those deliveries again on redelivery (at least once)."""
-        if outcomes.unpublished or outcomes.leases:
-            await self.ledger.settle(
-                [(key, entry.as_published()) for key, entry in outcomes.unpublished],
-                outcomes.leases,
-            )
+        A store that queues its writes in order (SQLite, memory) is not waited for: the offset
+        may be committed before the mark is written, and a crash in between reports those
+        deliveries again on redelivery (at least once, as a crash before this does)."""
+        for writing in outcomes.writing:
+            await writing
+        if not outcomes.unpublished:
+            return
+        settling = self.ledger.settle(
+            [(key, entry.as_published()) for key, entry in outcomes.unpublished], outcomes.leases
+        )
+        if isinstance(settling, asyncio.Future):
+            settling.add_done_callback(_settled)
+        else:
+            await settling
 
     async def _reported_by_gone_copy(self, event: ClassifiedMessage, spec: TargetSpec, entry: LedgerEntry) -> bool:
         """The copy that delivered this is gone: did its result reach the broker before it went

@@ -1,11 +1,11 @@
 """What one pass of the dispatcher produced: results, retry records, dead letters, and the
-ledger entries and claims to settle once they are on the broker; and how a route's result reads.
+ledger entries to settle once they are on the broker; and how a route's result reads.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
 from time import gmtime, strftime
 from typing import Any, cast
@@ -40,8 +40,11 @@ class Outcomes:
     retries: list[RetryRecord] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
     # ledger entries of these results' deliveries, marked published once the results are acked
+    # (which also makes the route's claim moot: a copy that looks finds the published entry first)
     unpublished: list[tuple[str, LedgerEntry]] = field(default_factory=list)
-    # (idempotency key, owner) of the claims held until then
+    # ledger writes of those entries, under way while the results are published
+    writing: list[Awaitable[None]] = field(default_factory=list)
+    # (route key, owner) of the claims to release then: those a sync-back pass claims again
     leases: list[tuple[str, str]] = field(default_factory=list)
 
     def extend(self, other: Outcomes) -> None:
@@ -49,6 +52,7 @@ class Outcomes:
         self.retries += other.retries
         self.dead_letters += other.dead_letters
         self.unpublished += other.unpublished
+        self.writing += other.writing
         self.leases += other.leases
 
 

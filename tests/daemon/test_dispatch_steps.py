@@ -6,10 +6,14 @@ Each step gets a route at its current target (:class:`AtTarget`) and either deci
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, cast
 
 import pytest
+from structlog.testing import capture_logs
 
 from octopus_crm.adapters.base import Adapter, Delivered, DeliveryContext
 from octopus_crm.core.contracts import ClassifiedMessage
@@ -23,12 +27,12 @@ from octopus_crm.core.errors import (
 from octopus_crm.core.wire import Header
 from octopus_crm.daemon.config import CrmConfig, parse_config
 from octopus_crm.daemon.dispatch import AtTarget, CircuitOpenError, Dispatcher, idempotency_key
-from octopus_crm.daemon.ledger import Claim, Lease, LedgerEntry, MemoryLedger, lease_owner
+from octopus_crm.daemon.ledger import Claim, Found, Lease, LedgerEntry, MemoryLedger, SqliteLedger, lease_owner
 from octopus_crm.daemon.outcomes import Outcomes
 from octopus_crm.daemon.records import InboundRecord
 from octopus_crm.daemon.retrying import RetryRecord
 from octopus_crm.daemon.route import RouteState
-from octopus_crm.strategies.routing import Route, Target
+from octopus_crm.strategies.routing import Plan, Route, Target
 from tests.events import encode, make_event, webhook_config
 
 FAST_RETRY = {"maxAttempts": 3, "initialDelay": 0.1, "multiplier": 2, "jitter": 0}
@@ -189,7 +193,7 @@ async def test_recorded_by_a_gone_copy_reports_its_own_outcome() -> None:
     await d.ledger.put(key, LedgerEntry("P-1", None, "primary", "message", time.time(), published=False))
     decided = await d.step_recorded(at(d, state, event))
     assert decided is not None and statuses(decided) == [("primary", "succeeded")]
-    assert [k for k, _ in decided.unpublished] == [key] and len(decided.leases) == 1
+    assert [k for k, _ in decided.unpublished] == [key]
 
 
 async def test_recorded_while_a_live_copy_reports_it_waits_for_that_copy() -> None:
@@ -434,3 +438,83 @@ async def test_a_resumed_retry_continues_where_it_stood() -> None:
     outcomes = await d.resume(wire, event)
     assert statuses(outcomes) == [("primary", "succeeded")]
     assert [ctx.attempt for ctx in cast(FakeAdapter, d.adapters["primary"]).creates] == [3]
+
+
+# -- ledger writes around the results ---------------------------------------------------------
+
+
+class CountingLedger(MemoryLedger):
+    """The memory ledger, counting the lookups and holding each ``put`` until ``opened``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lookups = 0
+        self.opened = asyncio.Event()
+        self.opened.set()
+        self.settled: list[list[str]] = []
+
+    async def find_or_claim(self, keys: Sequence[str], lease: str, owner: str, ttl: float) -> Found | Claim:
+        self.lookups += 1
+        return await super().find_or_claim(keys, lease, owner, ttl)
+
+    async def put(self, key: str, entry: LedgerEntry) -> None:
+        await self.opened.wait()
+        await super().put(key, entry)
+
+    async def settle(self, entries: Sequence[tuple[str, LedgerEntry]], leases: Sequence[tuple[str, str]]) -> None:
+        self.settled.append([key for key, entry in entries if key in self.entries])
+        await super().settle(entries, leases)
+
+
+async def test_a_pass_handed_on_as_backlog_makes_no_ledger_call() -> None:
+    adapter = FakeAdapter(Delivered("P-1", None))
+    adapter.limiter = FakeLimiter(serves=False)
+    ledger = CountingLedger()
+    d = Dispatcher(config("primary"), {"primary": cast(Adapter, adapter)}, ledger)
+    event, record = event_and_record()
+    outcomes = await d.run(plan_of(event, "primary"), event, record)
+    assert kinds(outcomes) == ["backlog"] and ledger.lookups == 0 and ledger.leases == {}
+
+
+async def test_the_entry_is_written_while_the_result_is_published_and_settled_after_it() -> None:
+    ledger = CountingLedger()
+    ledger.opened.clear()  # the write is slow: the pass does not wait for it
+    d = Dispatcher(config("primary"), {"primary": cast(Adapter, FakeAdapter(Delivered("P-1", None)))}, ledger)
+    event, record = event_and_record()
+    outcomes = await d.run(plan_of(event, "primary"), event, record)
+    assert statuses(outcomes) == [("primary", "succeeded")] and ledger.entries == {}
+    confirming = asyncio.ensure_future(d.confirm(outcomes))
+    await asyncio.sleep(0.01)
+    assert not confirming.done() and ledger.settled == []  # the mark waits for the write
+    ledger.opened.set()
+    await confirming
+    key = idempotency_key(event.eventId, Target("primary", "webhook", "message"))
+    assert ledger.settled == [[key]] and ledger.entries[key].published
+
+
+async def test_a_published_entry_makes_the_claim_moot_a_second_copy_reports_a_duplicate() -> None:
+    adapter = FakeAdapter(Delivered("P-1", None))
+    d = dispatcher({"primary": adapter})
+    event, record = event_and_record()
+    await d.confirm(await d.run(plan_of(event, "primary"), event, record))
+    again = await d.run(plan_of(event, "primary"), event, record)
+    assert statuses(again) == [("primary", "duplicate")] and len(adapter.creates) == 1
+
+
+async def test_a_settle_nobody_waits_for_logs_its_failure(tmp_path: Path) -> None:
+    ledger = SqliteLedger(str(tmp_path / "ledger.db"))
+    d = Dispatcher(config("primary"), {"primary": cast(Adapter, FakeAdapter(Delivered("P-1", None)))}, ledger)
+    event, record = event_and_record()
+    outcomes = await d.run(plan_of(event, "primary"), event, record)
+    await asyncio.gather(*outcomes.writing)
+    # not an outage (those are retried): the settle fails for good
+    ledger._db.execute("CREATE TRIGGER refuse BEFORE UPDATE ON ledger BEGIN SELECT RAISE(ABORT, 'refused'); END")
+    with capture_logs() as logs:
+        await d.confirm(outcomes)  # does not raise, does not wait
+        await asyncio.sleep(0.01)
+    await ledger.close()
+    assert [entry["event"] for entry in logs] == ["ledger settle failed: deliveries may be reported again"]
+
+
+def plan_of(event: ClassifiedMessage, *ids: str) -> Plan:
+    return Plan("primary_backup", (Route(tuple(Target(i, "webhook", "message") for i in ids)),), ())
