@@ -41,6 +41,11 @@ DLQ_HEADERS = (
     Header.DEAD_LETTERED_AT,
 )
 
+# The retry records' header names in the client's form (see ``_client_form``), once.
+_DUE_AT, _INTEGRATION, _RETRY_KIND, _ATTEMPT = (
+    str(h) for h in (Header.DUE_AT, Header.INTEGRATION, Header.RETRY_KIND, Header.ATTEMPT)
+)
+
 
 class Reporter:
     def __init__(self, producer: AIOKafkaProducer, *, results_topic: str, dlq_topic: str, retry_topic: str) -> None:
@@ -53,15 +58,21 @@ class Reporter:
 
     async def schedule(self, retries: Sequence[RetryRecord]) -> None:
         """Hand deliveries to the retry topic, keyed by original key and integration."""
+        producer, topic = self._producer, self.retry_topic
         for retry in retries:
+            integration_id = retry.target.integration_id
+            key, value = retry.kafka_key(), retry.encode_scrubbed()
             headers = [
-                (Header.DUE_AT, str(int(retry.due * 1000)).encode()),
-                (Header.INTEGRATION, retry.target.integration_id.encode()),
-                (Header.RETRY_KIND, retry.kind.encode()),
-                (Header.ATTEMPT, str(retry.attempt).encode()),
+                (_DUE_AT, str(int(retry.due * 1000)).encode()),
+                (_INTEGRATION, integration_id.encode()),
+                (_RETRY_KIND, retry.kind.encode()),
+                (_ATTEMPT, str(retry.attempt).encode()),
             ]
-            await self._send(self.retry_topic, retry.kafka_key(), retry.encode_scrubbed(), _client_form(headers))
-            BOOK.scheduled(retry.event_id, retry.target.integration_id)
+            try:  # the first attempt inline, as in publish
+                await (await producer.send(topic, value=value, key=key, headers=headers))
+            except KafkaError as exc:
+                await self._send(topic, key, value, headers, failed=exc)
+            BOOK.scheduled(retry.event_id, integration_id)
 
     async def publish(self, results: Sequence[SyncResultJson]) -> None:
         """Publish results keyed by eventId and wait for every acknowledgement."""

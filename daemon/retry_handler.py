@@ -21,7 +21,7 @@ from octopus_crm.daemon.dispatch import Dispatcher
 from octopus_crm.daemon.logs import NO_EVENT, bind_event
 from octopus_crm.daemon.records import InboundRecord
 from octopus_crm.daemon.reporting import Reporter, log_outcomes, report
-from octopus_crm.daemon.retrying import RetryRecord
+from octopus_crm.daemon.retrying import InvalidRetryRecord, RetryRecord
 
 __all__ = ["RetryHandler"]
 
@@ -41,7 +41,7 @@ class RetryHandler:
         try:
             retry = RetryRecord.decode(record.value or b"")
             event = ClassifiedMessage.model_validate_json(retry.value)
-        except ValidationError as exc:
+        except (ValidationError, InvalidRetryRecord) as exc:
             bind_event(NO_EVENT)
             await self.reporter.dead_letter(record, DeadLetterClass.INVALID_RETRY_RECORD, str(exc)[:1000])
             return
