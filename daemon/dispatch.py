@@ -29,6 +29,7 @@ steps run in this order (``Dispatcher.step_*``, each deciding the pass or handin
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import functools
 import time
@@ -80,11 +81,14 @@ def _chain_keys(state: RouteState, event: ClassifiedMessage) -> list[str]:
     return [f"{event.eventId}:{spec.key}" for spec in state.chain]
 
 
-def _settled(settling: asyncio.Future[None]) -> None:
-    """A settle nobody waits for: a failure is logged (the entries stay unpublished, so a
-    redelivery reports them again)."""
-    if not settling.cancelled() and (error := settling.exception()) is not None:
-        log.warning("ledger settle failed: deliveries may be reported again", error=type(error).__name__)
+def _check_settled(settling: collections.deque[asyncio.Future[None]]) -> None:
+    """Settles nobody waits for, oldest first: a failure is logged (its entries stay unpublished,
+    so a redelivery reports them again). Looked at on the next confirm rather than through a done
+    callback, which would cost a turn of the loop per settle."""
+    while settling and settling[0].done():
+        done = settling.popleft()
+        if not done.cancelled() and (error := done.exception()) is not None:
+            log.warning("ledger settle failed: deliveries may be reported again", error=type(error).__name__)
 
 
 class CircuitOpenError(RetryableError):
@@ -183,6 +187,7 @@ class Dispatcher:
         self.published = published
         # per event, by id: CrmConfig.integration is a scan of the list
         self._integrations = {integration.id: integration for integration in config.crmIntegrations}
+        self._settling: collections.deque[asyncio.Future[None]] = collections.deque()  # see _check_settled
         self.breakers = {
             integration_id: _breaker(integration_id, self._integrations[integration_id].circuitBreaker, fleet)
             for integration_id in adapters
@@ -485,13 +490,15 @@ class Dispatcher:
         deliveries again on redelivery (at least once, as a crash before this does)."""
         for writing in outcomes.writing:
             await writing
+        if self._settling:
+            _check_settled(self._settling)
         if not outcomes.unpublished:
             return
         settling = self.ledger.settle(
             [(key, entry.as_published()) for key, entry in outcomes.unpublished], outcomes.leases
         )
         if isinstance(settling, asyncio.Future):
-            settling.add_done_callback(_settled)
+            self._settling.append(settling)
         else:
             await settling
 

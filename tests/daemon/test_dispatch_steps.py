@@ -512,6 +512,7 @@ async def test_a_settle_nobody_waits_for_logs_its_failure(tmp_path: Path) -> Non
     with capture_logs() as logs:
         await d.confirm(outcomes)  # does not raise, does not wait
         await asyncio.sleep(0.01)
+        await d.confirm(Outcomes())  # the next confirm looks at it
     await ledger.close()
     assert [entry["event"] for entry in logs] == ["ledger settle failed: deliveries may be reported again"]
 
