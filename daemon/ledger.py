@@ -429,9 +429,10 @@ class SqliteLedger(_MemoryBarriers):
 # lease "route:" + K lives on row K, where the primary delivery's entry goes). Random keys put
 # every new row's index entry on a page of its own; one row per delivery dirties one such page
 # where an entry table and a lease table dirtied two, and the later writes of the row (the entry,
-# its published flag) find it through the index without changing it. A rowid table: the row's
-# page is one of the last ones, shared by the batch (WITHOUT ROWID would dirty the random page at
-# every write).
+# its published flag) find it through the index without changing it (~40 µs of CPU per event
+# in-process, from ~60 with two tables; WAL written 6 KB per event, from 12). A rowid table: the
+# row's page is one of the last ones, shared by the batch; WITHOUT ROWID dirties the random page
+# at every write (measured ~108 µs and 19 KB per event).
 _SCHEMA = "CREATE TABLE IF NOT EXISTS deliveries (key TEXT PRIMARY KEY, entry BLOB, owner TEXT, until REAL)"
 
 
@@ -444,11 +445,9 @@ def _lease_row(lease: str) -> str:
 def _migrate(db: sqlite3.Connection) -> None:
     """Create the table, or move the two tables of earlier versions (``ledger``: key, entry, at;
     ``leases``: key, owner, until) into it, in one transaction."""
-    tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    if "deliveries" in tables and not tables & {"ledger", "leases"}:
-        return
-    db.execute("BEGIN IMMEDIATE")
+    db.execute("BEGIN IMMEDIATE")  # the tables as read here stay so until the commit
     try:
+        tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         db.execute(_SCHEMA)
         if "ledger" in tables:
             db.execute(

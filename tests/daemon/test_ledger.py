@@ -308,3 +308,21 @@ async def test_sqlite_moves_the_tables_of_an_earlier_version_into_one(tmp_path: 
         tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     db.close()
     assert tables == {"deliveries"}
+
+
+async def test_sqlite_keeps_a_delivery_and_its_route_lease_on_one_row(tmp_path: Path) -> None:
+    """A fresh delivery inserts one row (one random index page per event, not two)."""
+    path = tmp_path / "ledger.sqlite3"
+    store = SqliteLedger(str(path))
+    owner = lease_owner()
+    try:
+        assert await store.find_or_claim(["e12:crm:lead"], "route:e12:crm:lead", owner, 30) == Claim(True, None)
+        entry = LedgerEntry("00Q3", None, "crm", "lead", time.time(), published=False)
+        await store.put("e12:crm:lead", entry)
+        await store.settle([("e12:crm:lead", entry.as_published())], [("route:e12:crm:lead", owner)])
+    finally:
+        await store.close()
+    with sqlite3.connect(path) as db:
+        rows = db.execute("SELECT key, owner, until FROM deliveries").fetchall()
+    db.close()
+    assert rows == [("e12:crm:lead", owner, 0.0)]
