@@ -263,3 +263,66 @@ async def test_sqlite_opens_a_file_written_by_an_earlier_version(tmp_path: Path)
         assert await store.get("e8:crm:lead") == published
     finally:
         await store.close()
+
+
+async def test_sqlite_moves_the_tables_of_an_earlier_version_into_one(tmp_path: Path) -> None:
+    """Entries and leases of the two-table layout (``ledger``, ``leases``) are found after the
+    move: an entry, a route lease on a key with no entry, a route lease next to its entry, and a
+    lease under a key of its own."""
+    path = tmp_path / "ledger.sqlite3"
+    entry = LedgerEntry("00Q2", "https://x/00Q2", "crm", "lead", time.time(), published=True)
+    until = time.time() + 60
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE ledger (key TEXT PRIMARY KEY, entry BLOB NOT NULL, at REAL NOT NULL)")
+        db.execute("CREATE TABLE leases (key TEXT PRIMARY KEY, owner TEXT NOT NULL, until REAL NOT NULL)")
+        db.execute("INSERT INTO ledger VALUES (?, ?, ?)", ("e9:crm:lead", orjson.dumps(entry.__dict__), entry.at))
+        db.executemany(
+            "INSERT INTO leases VALUES (?, ?, ?)",
+            [
+                ("route:e9:crm:lead", "deadbeef0000/2", 0.0),
+                ("route:e10:crm:lead", "deadbeef0000/3", until),
+                ("e11:crm:lead", "deadbeef0000/4", until),
+            ],
+        )
+    db.close()
+    store = SqliteLedger(str(path))
+    try:
+        assert await store.get("e9:crm:lead") == entry
+        assert await store.get("e10:crm:lead") is None
+        assert await store.find_or_claim(["e9:crm:lead"], "route:e9:crm:lead", lease_owner(), 30) == Found(0, entry)
+        owner = lease_owner()
+        claim = await store.find_or_claim(["e10:crm:lead"], "route:e10:crm:lead", owner, 30)
+        assert claim == Claim(True, Lease("deadbeef0000/3", until))
+        other = await store.claim("e11:crm:lead", lease_owner(), 30)
+        assert other.granted and other.previous == Lease("deadbeef0000/4", until)
+    finally:
+        await store.close()
+    reopened = SqliteLedger(str(path))  # the layout is moved already: nothing to do
+    try:
+        assert await reopened.get("e9:crm:lead") == entry
+        refused = await reopened.claim("route:e10:crm:lead", lease_owner(), 30)
+        assert not refused.granted and refused.previous is not None and refused.previous.owner == owner
+    finally:
+        await reopened.close()
+    with sqlite3.connect(path) as db:
+        tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    db.close()
+    assert tables == {"deliveries"}
+
+
+async def test_sqlite_keeps_a_delivery_and_its_route_lease_on_one_row(tmp_path: Path) -> None:
+    """A fresh delivery inserts one row (one random index page per event, not two)."""
+    path = tmp_path / "ledger.sqlite3"
+    store = SqliteLedger(str(path))
+    owner = lease_owner()
+    try:
+        assert await store.find_or_claim(["e12:crm:lead"], "route:e12:crm:lead", owner, 30) == Claim(True, None)
+        entry = LedgerEntry("00Q3", None, "crm", "lead", time.time(), published=False)
+        await store.put("e12:crm:lead", entry)
+        await store.settle([("e12:crm:lead", entry.as_published())], [("route:e12:crm:lead", owner)])
+    finally:
+        await store.close()
+    with sqlite3.connect(path) as db:
+        rows = db.execute("SELECT key, owner, until FROM deliveries").fetchall()
+    db.close()
+    assert rows == [("e12:crm:lead", owner, 0.0)]
