@@ -508,7 +508,7 @@ async def test_a_settle_nobody_waits_for_logs_its_failure(tmp_path: Path) -> Non
     outcomes = await d.run(plan_of(event, "primary"), event, record)
     await asyncio.gather(*outcomes.writing)
     # not an outage (those are retried): the settle fails for good
-    ledger._db.execute("CREATE TRIGGER refuse BEFORE UPDATE ON ledger BEGIN SELECT RAISE(ABORT, 'refused'); END")
+    ledger._db.execute("CREATE TRIGGER refuse BEFORE UPDATE ON deliveries BEGIN SELECT RAISE(ABORT, 'refused'); END")
     with capture_logs() as logs:
         await d.confirm(outcomes)  # does not raise, does not wait
         await asyncio.sleep(0.01)
