@@ -15,7 +15,7 @@ import structlog
 from octopus_crm.daemon import metrics
 from octopus_crm.daemon.app import Daemon
 from octopus_crm.daemon.config import parse_config
-from octopus_crm.daemon.ledger import MemoryLedger
+from octopus_crm.daemon.ledger import Lease, MemoryLedger
 from octopus_crm.daemon.retrying import RetryRecord
 from octopus_crm_sandbox.kit import Fault, SandboxServer
 from octopus_crm_sandbox.webhook import WebhookFake
@@ -195,10 +195,11 @@ async def test_a_copy_adopting_a_dead_copys_delivery_does_not_report_it_twice(br
         async with running(Daemon(broker.settings(topics), parse_config(raw), ledger=ledger)):
             await broker.read(topics.results, expect=1, timeout=30)
             await wait_for(lambda: any(e.published for e in ledger.entries.values()))
-        # what a SIGKILL right after the ack leaves: the entry not marked published, the lease held
+        # what a SIGKILL right after the ack leaves: the entry not marked published, the lease
+        # held by the process that is gone (the lease of a published entry is not released)
         ((key, entry),) = ledger.entries.items()
         ledger.entries[key] = dataclasses.replace(entry, published=False)
-        await ledger.claim(f"route:{key}", "0123456789ab/gone", 120)
+        ledger.leases[f"route:{key}"] = Lease("0123456789ab/gone", time.time() + 120)
         await broker.produce(topics.input, keyed([event]))  # redelivered after the restart
         async with running(Daemon(broker.settings(topics), parse_config(raw), ledger=ledger)):
             results = await broker.read(topics.results, expect=2, timeout=30)
