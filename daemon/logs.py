@@ -153,15 +153,11 @@ class _Pending:
         self._lock = threading.Lock()  # another line may be logged from an executor's thread
 
     def add(self, line: str) -> None:
-        try:
-            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-        except RuntimeError:
-            loop = None
+        loop = _running_loop()  # None outside a running loop (get_running_loop's, without raising)
         with self._lock:
             self._lines.append(line)
-            self._size += len(line)
-            full = self._size >= _FLUSH_AT
-        if loop is None or full:
+            size = self._size = self._size + len(line)
+        if loop is None or size >= _FLUSH_AT:
             self.flush()
         elif loop is not self._loop:
             # a loop closed with a flush pending dropped that callback, not the lines: the next
@@ -180,6 +176,7 @@ class _Pending:
                 stream.flush()
 
 
+_running_loop = asyncio._get_running_loop
 _PENDING = _Pending()
 atexit.register(_PENDING.flush)
 
@@ -211,16 +208,21 @@ class _Canonical:
         the context is scrubbed here."""
         processors = cls.processors
         # capture_logs() empties and refills the configured list in place: look at its content too
-        if processors is None or _configured_processors() is not processors or processors[-1] is not _scrub_rendered:
+        if processors is None or processors[-1] is not _scrub_rendered:
+            return False
+        config = _STRUCTLOG_CONFIG
+        if (config.default_processors if config is not None else _configured_processors()) is not processors:
             return False
         line = fields
         line["event"] = message
+        secret_named = _secret_named
         for key, value in _EVENT.get().items():
             if key not in line:
                 # an int (partition, offset) is ours as it is; a string may be the customer's
-                if type(value) is int:
+                kind = type(value)
+                if kind is int:
                     line[key] = value
-                elif type(value) is str and _secret_named.get(key) is False:  # a known, plain key
+                elif kind is str and secret_named.get(key) is False:  # a known, plain key
                     line[key] = redact(value)
                 else:
                     line[key] = _scrub_bound(key, value)
