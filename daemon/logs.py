@@ -153,11 +153,15 @@ class _Pending:
         self._lock = threading.Lock()  # another line may be logged from an executor's thread
 
     def add(self, line: str) -> None:
-        loop = _running_loop()  # None outside a running loop (get_running_loop's, without raising)
+        try:
+            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
         with self._lock:
             self._lines.append(line)
-            size = self._size = self._size + len(line)
-        if loop is None or size >= _FLUSH_AT:
+            self._size += len(line)
+            full = self._size >= _FLUSH_AT
+        if loop is None or full:
             self.flush()
         elif loop is not self._loop:
             # a loop closed with a flush pending dropped that callback, not the lines: the next
@@ -176,7 +180,6 @@ class _Pending:
                 stream.flush()
 
 
-_running_loop = asyncio._get_running_loop
 _PENDING = _Pending()
 atexit.register(_PENDING.flush)
 
