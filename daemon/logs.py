@@ -211,16 +211,21 @@ class _Canonical:
         the context is scrubbed here."""
         processors = cls.processors
         # capture_logs() empties and refills the configured list in place: look at its content too
-        if processors is None or _configured_processors() is not processors or processors[-1] is not _scrub_rendered:
+        if processors is None or processors[-1] is not _scrub_rendered:
+            return False
+        config = _STRUCTLOG_CONFIG
+        if (config.default_processors if config is not None else _configured_processors()) is not processors:
             return False
         line = fields
         line["event"] = message
+        secret_named = _secret_named
         for key, value in _EVENT.get().items():
             if key not in line:
                 # an int (partition, offset) is ours as it is; a string may be the customer's
-                if type(value) is int:
+                kind = type(value)
+                if kind is int:
                     line[key] = value
-                elif type(value) is str and _secret_named.get(key) is False:  # a known, plain key
+                elif kind is str and secret_named.get(key) is False:  # a known, plain key
                     line[key] = redact(value)
                 else:
                     line[key] = _scrub_bound(key, value)

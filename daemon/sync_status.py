@@ -50,13 +50,15 @@ class StatusBook:
 
     def published(self, results: Iterable[SyncResultJson]) -> None:
         now = time.time()
+        pending = self._pending
         for result in results:
             integration_id = result.get("integrationId")
             if integration_id is None:
                 continue
-            self._pending.pop((integration_id, result["eventId"]), None)
+            if pending:  # most of the time nothing waits on the retry topic
+                pending.pop((integration_id, result["eventId"]), None)
             status = result["status"]
-            if status in ("succeeded", "duplicate"):
+            if status == "succeeded" or status == "duplicate":
                 self.last_success[integration_id] = {
                     "at": now,
                     "eventId": result["eventId"],

@@ -142,7 +142,7 @@ def redact(text: str) -> str:
 
 
 def _scrub(text: str, pattern: re.Pattern[str] | None) -> str:
-    if pattern is not None:
+    if pattern is not None and pattern.search(text):  # a search costs a third of a sub that finds nothing
         text = pattern.sub(REDACTED, text)
     if "=" in text:  # every _PARAM_RE match has one; scanning a line without costs ~40 us
         text = _PARAM_RE.sub(_KEEP_NAME, text)

@@ -77,3 +77,19 @@ def test_unkeyed_records_choose_as_aiokafka_does(available: list[int]) -> None:
         random.setstate(state)
     assert ours == theirs
     assert set(ours) <= set(available or partitions)
+
+
+@pytest.mark.parametrize("length", [32, 33, 35, 36, 37, 39, 40, 252, 255, 256, 257, 260, 1000, 1003])
+def test_keys_around_the_unrolled_and_precompiled_lengths(length: int) -> None:
+    rng = random.Random(length)
+    keys = [rng.randbytes(length) for _ in range(300)] + [bytes([255]) * length, bytes(length)]
+    for key in keys:
+        assert murmur2(key) == aiokafka_murmur2(key), key
+
+
+def test_event_ids_in_either_case() -> None:
+    rng = random.Random(36)
+    for _ in range(2_000):
+        text = str(uuid.UUID(int=rng.getrandbits(128)))
+        for key in (text.encode(), text.upper().encode()):
+            assert murmur2(key) == aiokafka_murmur2(key), key
