@@ -56,21 +56,6 @@ class Outcomes:
         self.leases += other.leases
 
 
-_new = object.__new__
-
-
-def _of_result(result: SyncResultJson) -> Outcomes:
-    """``Outcomes(results=[result])`` without the dataclass's default factories (half its cost)."""
-    outcomes: Outcomes = _new(Outcomes)
-    outcomes.results = [result]
-    outcomes.retries = []
-    outcomes.dead_letters = []
-    outcomes.unpublished = []
-    outcomes.writing = []
-    outcomes.leases = []
-    return outcomes
-
-
 def _bounded(detail: Mapping[str, Any]) -> dict[str, Any]:
     """A delivery's detail for the result: JSON scalars as they are, anything else as short text."""
     out: dict[str, Any] = {}
@@ -185,9 +170,6 @@ def result(
 def finished(state: RouteState, event: ClassifiedMessage, delivered: Delivered, duplicate: bool = False) -> Outcomes:
     """The record exists at the route's current target: ``succeeded``, ``fallback`` (with the
     first error of the route) or ``duplicate``."""
-    if not state.index and not delivered.detail and state.purpose != "sync_back":
-        # the common case, built as one literal: no error, reason, fallbackFrom or detail
-        return _of_result(_delivered(state, event, delivered, "duplicate" if duplicate else "succeeded"))
     if duplicate:
         status: SyncStatus = "duplicate"
     elif state.index > 0:
@@ -208,49 +190,6 @@ def finished(state: RouteState, event: ClassifiedMessage, delivered: Delivered, 
         detail=delivered.detail,
     )
     return Outcomes(results=[done])
-
-
-def _delivered(state: RouteState, event: ClassifiedMessage, delivered: Delivered, status: SyncStatus) -> SyncResultJson:
-    """``result`` of the route's first target for a delivery without detail, outside a sync-back:
-    the same keys in the same order (a ``TargetSpec`` has every name; a url may be missing)."""
-    target = state.chain[0]
-    source = state.source
-    now = time.time()
-    url = delivered.external_url
-    if url is None:
-        return {
-            "schemaVersion": 1,
-            "eventId": event.eventId,
-            "messageId": event.messageId,
-            "tenantId": event.tenantId,
-            "integrationId": target.integration_id,
-            "integrationType": target.integration_type,
-            "objectType": target.object_type,
-            "strategy": state.strategy,
-            "status": status,
-            "externalId": delivered.external_id,
-            "attempts": len(state.history),
-            "latencyMs": round((now - state.received_at) * 1000, 3),
-            "source": {"topic": source.topic, "partition": source.partition, "offset": source.offset},
-            "completedAt": _completed_at(now),
-        }
-    return {
-        "schemaVersion": 1,
-        "eventId": event.eventId,
-        "messageId": event.messageId,
-        "tenantId": event.tenantId,
-        "integrationId": target.integration_id,
-        "integrationType": target.integration_type,
-        "objectType": target.object_type,
-        "strategy": state.strategy,
-        "status": status,
-        "externalId": delivered.external_id,
-        "externalUrl": url,
-        "attempts": len(state.history),
-        "latencyMs": round((now - state.received_at) * 1000, 3),
-        "source": {"topic": source.topic, "partition": source.partition, "offset": source.offset},
-        "completedAt": _completed_at(now),
-    }
 
 
 def failed(state: RouteState, event: ClassifiedMessage) -> Outcomes:

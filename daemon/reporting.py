@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import orjson
 import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
-from prometheus_client import Counter
 
 from octopus_crm.core.contracts import SyncResultJson
 from octopus_crm.core.redaction import redact, redact_bytes, redact_value
@@ -85,7 +84,7 @@ class Reporter:
                 await (await producer.send(topic, value=value, key=key, headers=headers))
             except KafkaError as exc:
                 await self._send(topic, key, value, headers, failed=exc)
-            _count(result.get("integrationId") or "-", result["status"])
+            metrics.child(metrics.OUTCOMES, result.get("integrationId") or "-", result["status"]).inc()
         BOOK.published(results)
 
     def _results_headers(self) -> list[tuple[str, bytes]]:
@@ -143,23 +142,6 @@ class Reporter:
                 return
             except KafkaError as exc:
                 failed = exc
-
-
-_increments: dict[tuple[str, str], Callable[[float], None]] = {}
-
-
-def _count(integration_id: str, status: str) -> None:
-    """The outcome counter's child incremented by one: its value's ``inc`` kept per (integration,
-    status), what ``Counter.inc(1)`` does after checks a labelled child always passes."""
-    increment = _increments.get((integration_id, status))
-    if increment is None:
-        child = metrics.child(metrics.OUTCOMES, integration_id, status)
-        value = getattr(child, "_value", None)  # prometheus_client's; if it moves, the public call
-        increment = getattr(value, "inc", None) if type(child).inc is Counter.inc else None
-        if not callable(increment):
-            increment = child.inc
-        _increments[(integration_id, status)] = increment
-    increment(1)
 
 
 def _client_form(headers: Iterable[tuple[str, bytes]]) -> list[tuple[str, bytes]]:

@@ -395,9 +395,3 @@ def test_a_failed_result_is_published_and_booked_with_its_error_scrubbed(
     assert book.pending("primary") == 0
     assert book.last_error["primary"]["error"] == redact_value(error.as_dict())
     assert "primary" not in book.last_success
-
-
-def test_one_result_outcomes_are_the_dataclass_s() -> None:
-    built: Any = {"eventId": "e"}
-    assert outcomes._of_result(built) == Outcomes(results=[built])
-    assert vars(outcomes._of_result(built)).keys() == vars(Outcomes()).keys()
