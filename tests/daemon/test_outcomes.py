@@ -18,14 +18,13 @@ from octopus_crm.core.contracts import (
     ResultError,
     ResultSource,
     SyncResult,
-    SyncResultJson,
     SyncStatus,
 )
 from octopus_crm.core.errors import ErrorInfo
 from octopus_crm.core.redaction import redact, redact_value, register_secret
 from octopus_crm.daemon import outcomes
 from octopus_crm.daemon import sync_status as sync_status_module
-from octopus_crm.daemon.outcomes import Outcomes, _bounded, _completed_at, failed, finished, result, sync_result
+from octopus_crm.daemon.outcomes import _bounded, _completed_at, failed, finished, result, sync_result
 from octopus_crm.daemon.records import InboundRecord
 from octopus_crm.daemon.reporting import _FROM_VENDOR, _outcome, _scrubbed
 from octopus_crm.daemon.retrying import AttemptRecord, TargetSpec
@@ -317,60 +316,6 @@ SHAPES: list[tuple[str, int, bool, bool, Delivered]] = [
     ),
     ("unicode", 0, False, False, Delivered("工单-42 🚀", "https://例子.example/工单/42")),
 ]
-
-
-def _general(state: RouteState, event: ClassifiedMessage, delivered: Delivered, duplicate: bool) -> SyncResultJson:
-    """What ``finished`` built before it had a literal of its own."""
-    status: SyncStatus = "duplicate" if duplicate else "fallback" if state.index > 0 else "succeeded"
-    reason = (
-        f"sync_back: delivered to the primary after fallback to {state.sync_back_from}" if state.is_sync_back else None
-    )
-    return result(
-        state,
-        event,
-        status,
-        state.target,
-        delivered,
-        error=state.first_error if status == "fallback" else None,
-        reason=reason,
-        detail=delivered.detail,
-    )
-
-
-@pytest.mark.parametrize("now", [RECEIVED + 0.0123456, 1_767_000_001.0, RECEIVED + 0.9999996])
-@pytest.mark.parametrize(("name", "index", "duplicate", "sync_back", "delivered"), SHAPES, ids=[s[0] for s in SHAPES])
-def test_finished_publishes_and_logs_what_the_general_path_did(
-    monkeypatch: pytest.MonkeyPatch,
-    now: float,
-    name: str,
-    index: int,
-    duplicate: bool,
-    sync_back: bool,
-    delivered: Delivered,
-) -> None:
-    register_secret(SECRET)
-    monkeypatch.setattr(outcomes, "time", SimpleNamespace(time=lambda: now))
-    state, event = _state(attempts=3)
-    state.index = index
-    state.first_error = ErrorInfo("auth", "http_401", f"token {SECRET} rejected; password=hunter22")
-    if sync_back:
-        state.purpose, state.sync_back_from = "sync_back", "backup"
-    done = finished(state, event, delivered, duplicate=duplicate)
-    assert done == Outcomes(results=done.results)  # the other lists empty, as the dataclass makes them
-    (built,) = done.results
-    expected = _general(state, event, delivered, duplicate)
-    assert list(built) == list(expected)  # the same keys in the same order
-    assert orjson.dumps(built) == orjson.dumps(expected)
-    assert _scrubbed(built) == _scrubbed(expected)
-    assert SECRET.encode() not in _scrubbed(built)
-    assert _outcome(built) == _outcome(expected)
-    books = StatusBook(), StatusBook()
-    for book, r in zip(books, (built, expected), strict=True):
-        book.scheduled(event.eventId, r.get("integrationId") or "-")
-        book.published([r])
-        book.last_success.get(r.get("integrationId") or "-", {}).pop("at", None)
-    assert books[0].last_success == books[1].last_success
-    assert books[0].pending(state.target.integration_id) == books[1].pending(state.target.integration_id) == 0
 
 
 @pytest.mark.parametrize(

@@ -5,20 +5,19 @@ acknowledge retried until it is."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any, cast
 
 import pytest
-from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
 
 from octopus_crm.core.contracts import SyncResultJson
 from octopus_crm.core.wire import Header
 from octopus_crm.daemon import metrics
-from octopus_crm.daemon.partitioner import partition
 from octopus_crm.daemon.records import InboundRecord
 from octopus_crm.daemon.reporting import Reporter
 from octopus_crm_sandbox.broker import EmbeddedBroker
+from tests.daemon.conftest import started_producer
 from tests.events import retry_record
 from tests.kafka import TestBroker
 
@@ -27,22 +26,6 @@ def result(event_id: str) -> SyncResultJson:
     return cast(
         SyncResultJson, {"eventId": event_id, "integrationId": "hub", "objectType": "contact", "status": "succeeded"}
     )
-
-
-async def started_producer(bootstrap: str, **options: Any) -> AIOKafkaProducer:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", partitioner=partition, **options)
-    await producer.start()
-    return producer
-
-
-@pytest.fixture
-async def reporter(broker: TestBroker, topics: Any) -> AsyncIterator[Reporter]:
-    await broker.create(topics)
-    producer = await started_producer(broker.bootstrap)
-    try:
-        yield Reporter(producer, results_topic=topics.results, dlq_topic=topics.dlq, retry_topic=topics.retry)
-    finally:
-        await producer.stop()
 
 
 async def test_results_are_keyed_by_event_id_on_the_default_partitioners_partition(

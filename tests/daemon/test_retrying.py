@@ -5,12 +5,10 @@ is not ours ends in the DLQ as an invalid retry record."""
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaProducer
 from pydantic import BaseModel, Field
 
 from octopus_crm.core.errors import ErrorInfo
@@ -175,17 +173,6 @@ def test_decode_refuses_what_is_not_a_retry_record_or_not_an_event(raw: bytes) -
 class NoDispatcher:
     async def resume(self, retry: RetryRecord, event: Any) -> Any:
         raise AssertionError("an invalid record reached the dispatcher")
-
-
-@pytest.fixture
-async def reporter(broker: TestBroker, topics: Any) -> AsyncIterator[Reporter]:
-    await broker.create(topics)
-    producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, acks="all")
-    await producer.start()
-    try:
-        yield Reporter(producer, results_topic=topics.results, dlq_topic=topics.dlq, retry_topic=topics.retry)
-    finally:
-        await producer.stop()
 
 
 async def test_hostile_retry_records_end_in_the_dlq_as_invalid_retry_records(
