@@ -19,11 +19,12 @@ from octopus_crm.adapters.fleet import FleetStore
 from octopus_crm.adapters.http import DEFAULT_MAX_BODY_BYTES, HttpClient, Response, Timeouts, classify_status
 from octopus_crm.adapters.ratelimit import Limiter, RateLimit
 from octopus_crm.adapters.settings import VendorSettings, check_settings
-from octopus_crm.adapters.templates import Compiled, TemplateError, compile_template, template_vars
+from octopus_crm.adapters.templates import Compiled, TemplateError, compile_template
 from octopus_crm.adapters.urlguard import allows_private_network, url_problem
 from octopus_crm.core.contracts import ClassifiedMessage
 from octopus_crm.core.errors import ConfigError, DeliveryError, PermanentError
 from octopus_crm.core.integration import IntegrationConfig
+from octopus_crm.core.variables import EventVars
 
 __all__ = [
     "PRIORITY_TITLE",
@@ -152,6 +153,7 @@ class Adapter(ABC):
             except TemplateError as exc:
                 raise ConfigError(str(exc), code="bad_template") from None
         self._value_maps = {**self.value_maps, **config.valueMaps}
+        self._maps_by_type: dict[str, tuple[tuple[str, Mapping[str, Any]], ...]] = {}
         self.validate_config()
 
     #: Whether an integration may have no mappings at all (a webhook then posts the whole event).
@@ -184,18 +186,28 @@ class Adapter(ABC):
                 f"{self.integration_id}: no mapping for object type {object_type!r}",
                 code="missing_mapping",
             )
-        fields = template.render_vars(template_vars(event))
+        fields = template.render_vars(EventVars(event))
         if not isinstance(fields, dict):
             raise ConfigError(f"mappings.{object_type} must be an object", code="bad_template")
         if ctx is not None and ctx.overrides:
             fields.update(ctx.overrides)
+        maps = self._maps_by_type.get(object_type)
+        if maps is None:
+            maps = self._maps_by_type[object_type] = self._maps_for(object_type)
+        for name, table in maps:
+            value = fields.get(name)
+            if isinstance(value, str):
+                fields[name] = table.get(value, table.get(value.lower(), value))
+        return fields
+
+    def _maps_for(self, object_type: str) -> tuple[tuple[str, Mapping[str, Any]], ...]:
+        """(field, table) of the value maps that apply to ``object_type``, in their order."""
+        maps = []
         for key, table in self._value_maps.items():
             obj, _, name = key.rpartition(".")
-            if obj and obj != object_type:
-                continue
-            if name in fields and isinstance(fields[name], str):
-                fields[name] = table.get(fields[name], table.get(fields[name].lower(), fields[name]))
-        return fields
+            if not obj or obj == object_type:
+                maps.append((name, table))
+        return tuple(maps)
 
     def current_limiter(self) -> Limiter | None:
         """This integration's limiter, so the dispatcher can see a pause or a backlog."""

@@ -251,8 +251,10 @@ class HttpClient:
                 token_used = await self.auth.apply(request, self)
             limiter = self.limiter
             if limiter is not None and request.paced:
-                # What ``async with limiter`` does, without its two coroutines per request.
-                await limiter.acquire()
+                # What ``async with limiter`` does, without its two coroutines per request (nor
+                # acquire's when nothing waits).
+                if not limiter.take():
+                    await limiter.acquire()
                 timing = limiter.began()
                 try:
                     response = await self.raw(request)

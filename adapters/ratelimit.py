@@ -67,11 +67,21 @@ class Limiter:
         self._rate = limit.rate
         self._concurrency = limit.concurrency
         self._bucket = AsyncLimiter(limit.burst, limit.burst / limit.rate)
-        self._slots = asyncio.Semaphore(limit.concurrency)
+        # The concurrency slots: free ones, and the queue of those waiting (FIFO). A slot given
+        # back goes straight to the first live waiter; asyncio.Semaphore instead scans past every
+        # waiter already woken but not yet run (tens per release with hundreds queued).
+        self._free = limit.concurrency
+        self._queue: deque[asyncio.Future[None]] = deque()
         self._pause = _Pause()
         self._waiting = 0
         self._service = 0.0  # smoothed seconds a request holds its slot; 0.0 until one finished
-        self._started: dict[object, float] = {}  # requests in progress → start (oldest first)
+        # Start times of the requests begun, oldest first, from the oldest still in progress on:
+        # request n's is at n - _first; one that ended is -1.0 until it reaches the front. The
+        # oldest is read in O(1) (a dict popped from the front is scanned over its deleted entries
+        # on every read) and a request's token is a plain int.
+        self._started: deque[float] = deque()
+        self._first = 0
+        self._in_progress = 0
         self._promised: deque[float] = deque()  # admitted by serves_within, not yet pacing: expiry
         # A subclass that paces elsewhere (the fleet's shared schedule) always goes through pace().
         self._local_pace = type(self).pace is Limiter.pace
@@ -86,15 +96,17 @@ class Limiter:
         """``expected_latency <= budget and serves_within(budget)``, in one pass over the state
         (the question the dispatcher asks of every fresh delivery)."""
         now = time.monotonic()
-        service = self._service_time(now)
+        service = self._service
+        if self._in_progress:  # _service_time's answer, inline
+            service = max(service, now - self._started[0])
         if service and self._waiting / min(self._rate, self._concurrency / service) + service > budget:
             return False
-        if self._turn_in(now, 0) > budget:
+        if self._turn_in(now, 0, service) > budget:
             return False
         self._promised.append(now + budget + 1.0)
         return True
 
-    def _turn_in(self, now: float, ahead: int) -> float:
+    def _turn_in(self, now: float, ahead: int, service: float | None = None) -> float:
         while self._promised and self._promised[0] < now:
             self._promised.popleft()
         queued = self._waiting + len(self._promised) + ahead
@@ -102,18 +114,18 @@ class Limiter:
         rate = self._rate
         level = max(0.0, bucket._level - (asyncio.get_running_loop().time() - bucket._last_check) * rate)
         pacing = max(0.0, level + queued + 1 - bucket.max_rate) / rate
-        busy = len(self._started) + queued - self._concurrency + 1
+        busy = self._in_progress + queued - self._concurrency + 1
         slot = 0.0
         if busy > 0:
-            slot = busy * self._service_time(now) / self._concurrency
+            slot = busy * (self._service_time(now) if service is None else service) / self._concurrency
         return max(0.0, self._pause.until - now) + max(pacing, slot)
 
     def _service_time(self, now: float) -> float:
         """Seconds a request holds its slot: the smoothed time of those answered, or the age of
         the oldest one in progress when that is longer (the only fact before the first answer:
         a vendor that hangs from the start is seen hanging as soon as that age passes a budget)."""
-        if self._started:
-            return max(self._service, now - next(iter(self._started.values())))
+        if self._in_progress:
+            return max(self._service, now - self._started[0])
         return self._service
 
     def serves_within(self, budget: float) -> bool:
@@ -156,15 +168,23 @@ class Limiter:
         finally:
             self.ended(token)
 
-    def began(self) -> object:
+    def began(self) -> int:
         """One request holding its slot starts (what :meth:`timed` does, as two plain calls);
         pass what it returns to :meth:`ended`."""
-        token = object()
-        self._started[token] = time.monotonic()
-        return token
+        started = self._started
+        started.append(time.monotonic())
+        self._in_progress += 1
+        return self._first + len(started) - 1
 
-    def ended(self, token: object) -> None:
-        took = time.monotonic() - self._started.pop(token)
+    def ended(self, token: int) -> None:
+        started = self._started
+        at = token - self._first
+        took = time.monotonic() - started[at]
+        started[at] = -1.0
+        self._in_progress -= 1
+        while started and started[0] < 0.0:
+            started.popleft()
+            self._first += 1
         self._service = took if self._service == 0.0 else self._service + 0.1 * (took - self._service)
 
     @property
@@ -185,9 +205,19 @@ class Limiter:
         it and no pause holds; False: the request must wait in :meth:`pace`."""
         bucket = self._bucket
         until = self._pause.until
-        if bucket._waiters or (until and until > time.monotonic()) or not bucket.has_capacity():
+        if bucket._waiters or (until and until > time.monotonic()):
             return False
-        bucket._level += 1
+        # AsyncLimiter.has_capacity's leak, inline (its loop property and two calls cost more
+        # than the arithmetic).
+        now = asyncio.get_running_loop().time()
+        level = bucket._level
+        if level:
+            level = max(level - (now - bucket._last_check) * bucket._rate_per_sec, 0)
+        bucket._last_check = now
+        if level + 1 > bucket.max_rate:
+            bucket._level = level
+            return False
+        bucket._level = level + 1
         return True
 
     async def pace(self) -> None:
@@ -209,7 +239,17 @@ class Limiter:
         self._arrive()
         since = time.monotonic()
         try:
-            await self._slots.acquire()
+            if self._free > 0 and not self._queue:
+                self._free -= 1
+                return
+            slot = asyncio.get_running_loop().create_future()
+            self._queue.append(slot)
+            try:
+                await slot
+            except asyncio.CancelledError:
+                if slot.done() and not slot.cancelled():
+                    self.release()  # handed this slot as the task was cancelled: pass it on
+                raise
         finally:
             self._waiting -= 1
             _note_wait(since)
@@ -221,17 +261,26 @@ class Limiter:
         try:
             yield
         finally:
-            self._slots.release()
+            self.release()
+
+    def take(self) -> bool:
+        """What :meth:`acquire` does when it would not wait (a free slot nobody queues for, and
+        this request's turn on the spot), without a coroutine; False: nothing taken, await
+        :meth:`acquire`."""
+        if self._free > 0 and not self._queue and self._local_pace and self._turn_now():
+            self._free -= 1
+            if self._promised:
+                self._promised.popleft()
+            return True
+        return False
 
     async def acquire(self) -> None:
         """Take a slot and this request's turn in the rate (``async with`` does it, and
         :meth:`release` after the request)."""
-        slots = self._slots
-        if slots._value > 0 and not slots._waiters:
-            # A free slot nobody queues for is taken without suspending, as Semaphore.acquire does
-            # first (without its coroutine and its scan of the waiters): no wait to note, nobody
+        if self._free > 0 and not self._queue:
+            # A free slot nobody queues for is taken without suspending: no wait to note, nobody
             # sees _waiting.
-            slots._value -= 1
+            self._free -= 1
             if self._promised:
                 self._promised.popleft()
         else:
@@ -241,16 +290,18 @@ class Limiter:
         try:
             await self.pace()
         except BaseException:
-            slots.release()
+            self.release()
             raise
 
     def release(self) -> None:
-        """Give back the slot :meth:`acquire` took."""
-        slots = self._slots
-        if slots._waiters:
-            slots.release()  # wakes the next one
-        else:
-            slots._value += 1  # all Semaphore.release does when nobody waits
+        """Give back the slot :meth:`acquire` took: to the first live waiter, else to the free ones."""
+        queue = self._queue
+        while queue:
+            slot = queue.popleft()
+            if not slot.done():  # a cancelled waiter's is done
+                slot.set_result(None)
+                return
+        self._free += 1
 
     async def __aenter__(self) -> None:
         await self.acquire()
@@ -261,4 +312,4 @@ class Limiter:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._slots.release()
+        self.release()

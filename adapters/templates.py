@@ -16,10 +16,19 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from operator import attrgetter
 from typing import Any
 
 from octopus_crm.core.contracts import ClassifiedMessage
-from octopus_crm.core.variables import EventVars, is_variable, resolver, template_vars
+from octopus_crm.core.variables import (
+    SCALARS,
+    EventVars,
+    event_reader,
+    is_variable,
+    mapping_key,
+    resolver,
+    template_vars,
+)
 
 __all__ = ["FILTERS", "Compiled", "TemplateError", "compile_template", "template_vars"]
 
@@ -162,24 +171,7 @@ def _compile_node(node: Any, path: str) -> Callable[[EventVars], Any]:
     if isinstance(node, str):
         return _compile_string(node, path)
     if isinstance(node, Mapping):
-        items: list[tuple[str, Callable[[EventVars], Any], bool]] = []
-        for k, v in node.items():
-            child = f"{path}.{k}" if path else str(k)
-            whole = _whole_value(v, child) if isinstance(v, str) else None
-            items.append((str(k), whole or _compile_node(v, child), whole is not None))
-
-        def render_dict(scope: EventVars) -> dict[str, Any]:
-            out = {}
-            for key, fn, whole in items:
-                value = fn(scope)
-                if value is None:
-                    continue
-                if whole and isinstance(value, datetime):  # render_whole's step, without its call
-                    value = _as_text(value)
-                out[key] = value
-            return out
-
-        return render_dict
+        return _compile_dict(node, path)
     if isinstance(node, (list, tuple)):
         elems = [_compile_node(v, f"{path}[{i}]") for i, v in enumerate(node)]
 
@@ -190,29 +182,79 @@ def _compile_node(node: Any, path: str) -> Callable[[EventVars], Any]:
     return lambda scope: node
 
 
-def _whole_value(text: str, path: str) -> Callable[[EventVars], Any] | None:
-    """The value (typed, a datetime not yet as text) of a string that is a single expression;
-    None for any other string."""
-    matches = list(_EXPR.finditer(text))
-    if len(matches) == 1 and matches[0].span() == (0, len(text)):
-        expr = _parse_expr(matches[0].group(1), path)
-        return expr.value if expr.filters else expr.get
-    return None
+def _compile_dict(node: Mapping[Any, Any], path: str) -> Callable[[EventVars], dict[str, Any]]:
+    """An object of the mapping as one generated function, with no call per key beyond the
+    values' own reads: a flat variable is read off the event once however often it is used,
+    filters are called directly, a text is one format call. Keys, texts and filter arguments
+    are handed in as values: only names made here appear in the source."""
+    env: dict[str, Any] = {"datetime": datetime, "text": _as_text, "SCALARS": SCALARS}
+    reads: dict[str, str] = {}  # flat variable or mapping field → the local holding its value
+    head: list[str] = []
+    body: list[str] = []
+
+    def bind(value: Any) -> str:
+        name = f"c{len(env)}"
+        env[name] = value
+        return name
+
+    def value_code(expr: _Expr) -> str:
+        reader = event_reader(expr.name)
+        if reader is None and (root_key := mapping_key(expr.name)) is not None:
+            # A scalar read off the mapping, else the general lookup (a fresh copy per use).
+            root, key = root_key
+            if (mapping := reads.get(f".{root}", "")) == "":
+                mapping = reads[f".{root}"] = f"x{len(reads)}"
+                head.append(f"    {mapping} = {bind(attrgetter(root))}(event)")
+            code = f"(m if type(m := {mapping}.get({bind(key)})) in SCALARS else {bind(expr.get)}(scope))"
+        elif reader is None:
+            code = f"{bind(expr.get)}(scope)"
+        elif (code := reads.get(expr.name, "")) == "":
+            code = reads[expr.name] = f"x{len(reads)}"
+            head.append(f"    {code} = {bind(reader)}(event)")
+        for fn, arg in expr.filters:
+            code = f"{bind(fn)}({code}, {bind(arg)})"
+        return code
+
+    for k, v in node.items():
+        if v is None:
+            continue  # a value that renders as None leaves its key out
+        child = f"{path}.{k}" if path else str(k)
+        key = bind(str(k))
+        if isinstance(v, str):
+            parsed = _parse_string(v, child)
+            if isinstance(parsed, str):
+                body.append(f"    out[{key}] = {bind(parsed)}")
+            elif isinstance(parsed, _Expr):
+                body.append(f"    value = {value_code(parsed)}")
+                body.append("    if value is not None:")
+                body.append(f"        out[{key}] = text(value) if isinstance(value, datetime) else value")
+            else:
+                form, exprs = parsed
+                args = ", ".join(f"text({value_code(expr)})" for expr in exprs)
+                body.append(f"    out[{key}] = {bind(form)}.format({args})")
+        elif isinstance(v, (Mapping, list, tuple)):
+            body.append(f"    value = {bind(_compile_node(v, child))}(scope)")
+            body.append("    if value is not None:")
+            body.append(f"        out[{key}] = value")
+        else:
+            body.append(f"    out[{key}] = {bind(v)}")
+    event = ["    event = scope.event"] if head else []
+    source = "\n".join(["def render_dict(scope):", *event, *head, "    out = {}", *body, "    return out"])
+    exec(compile(source, f"<mapping {path or 'root'}>", "exec"), env)
+    render: Callable[[EventVars], dict[str, Any]] = env["render_dict"]
+    return render
 
 
-def _compile_string(text: str, path: str) -> Callable[[EventVars], Any]:
+def _parse_string(text: str, path: str) -> str | _Expr | tuple[str, tuple[_Expr, ...]]:
+    """A string of the mapping: literal text, a single expression (its value keeps its type),
+    or a format string with one field per expression and the expressions."""
     matches = list(_EXPR.finditer(text))
     if not matches:
         if "{{" in text:
             raise TemplateError(path, f"unclosed '{{{{' in {text!r}")
-        return lambda scope: text
-    if (value_of := _whole_value(text, path)) is not None:
-
-        def render_whole(scope: EventVars) -> Any:
-            value = value_of(scope)
-            return _as_text(value) if isinstance(value, datetime) else value
-
-        return render_whole
+        return text
+    if len(matches) == 1 and matches[0].span() == (0, len(text)):
+        return _parse_expr(matches[0].group(1), path)
     pieces: list[str | _Expr] = []
     pos = 0
     for m in matches:
@@ -227,7 +269,23 @@ def _compile_string(text: str, path: str) -> Callable[[EventVars], Any]:
     # The literal text as a format string with one field per expression: one format call per
     # render instead of a type test and a join over every piece.
     form = "".join(p.replace("{", "{{").replace("}", "}}") if isinstance(p, str) else "{}" for p in pieces)
-    values = tuple(p.value if p.filters else p.get for p in pieces if isinstance(p, _Expr))
+    return form, tuple(p for p in pieces if isinstance(p, _Expr))
+
+
+def _compile_string(text: str, path: str) -> Callable[[EventVars], Any]:
+    parsed = _parse_string(text, path)
+    if isinstance(parsed, str):
+        return lambda scope: parsed
+    if isinstance(parsed, _Expr):
+        value_of = parsed.value if parsed.filters else parsed.get
+
+        def render_whole(scope: EventVars) -> Any:
+            value = value_of(scope)
+            return _as_text(value) if isinstance(value, datetime) else value
+
+        return render_whole
+    form, exprs = parsed
+    values = tuple(p.value if p.filters else p.get for p in exprs)
 
     def render_text(scope: EventVars) -> str:
         return form.format(*[_as_text(value_of(scope)) for value_of in values])

@@ -89,3 +89,49 @@ async def test_admits_answers_as_expected_latency_and_serves_within_together() -
                 two_step = one.expected_latency <= budget and one.serves_within(budget)
                 assert other.admits(budget) is two_step, (hold, budget)
                 assert len(other._promised) == len(one._promised)
+
+
+async def test_released_slots_go_to_the_waiters_in_order_skipping_cancelled_ones() -> None:
+    """Slots are handed straight to the first live waiter; one cancelled while queued, or
+    cancelled after it was handed a slot but before it ran, loses nobody a slot."""
+    lim = limiter(1)
+    await lim.acquire()
+    order: list[int] = []
+
+    async def wait(n: int) -> None:
+        await lim.acquire()
+        order.append(n)
+
+    waiters = [asyncio.create_task(wait(n)) for n in range(4)]
+    await asyncio.sleep(0.01)
+    waiters[1].cancel()  # cancelled while queued
+    await asyncio.sleep(0)
+    lim.release()  # to 0
+    waiters[0].cancel()  # handed the slot, cancelled before it ran: the slot passes on to 2
+    with contextlib.suppress(asyncio.CancelledError):
+        await waiters[0]
+    await asyncio.wait_for(waiters[2], 1.0)
+    lim.release()
+    await asyncio.wait_for(waiters[3], 1.0)
+    assert order == [2, 3]
+    lim.release()
+    assert lim.take()  # the one slot is free again, nobody queued
+    assert not lim.take()
+    lim.release()
+
+
+async def test_the_oldest_request_in_progress_is_tracked_as_requests_end_out_of_order() -> None:
+    lim = limiter(4)
+    first = lim.began()
+    await asyncio.sleep(0.05)
+    second, third = lim.began(), lim.began()
+    lim.ended(second)
+    assert lim.turn_in(ahead=10) > 0  # busy, and the oldest is 50 ms old
+    assert lim._service_time(lim._started[0] + 0.2) > 0.19  # the first request's start is the front
+    lim.ended(first)
+    lim.ended(third)
+    assert lim._in_progress == 0
+    assert not lim._started
+    fourth = lim.began()
+    lim.ended(fourth)
+    assert not lim._started

@@ -400,3 +400,45 @@ def test_render_vars_is_render_on_variables_made_beforehand() -> None:
     )
     assert compiled.render_vars(EventVars(event)) == compiled.render(event)
     assert compiled.render(event)["at"] == "2026-11-25T09:30:12Z"
+
+
+def test_keys_and_texts_that_look_like_code_are_data() -> None:
+    """An object renders through generated code: keys, texts and filter arguments are values
+    in it, never source."""
+    mapping = {
+        'x"] = 1\nimport os #': "{{eventId}}",
+        "{c2}": "}\n\"'\\ {{senderName}} {{ x }}}",
+        "lit": "'''\"\"\"\\n",
+        "d": '{{content|default:"x\')"|truncate:5}}',
+        "n": 3,
+        "t": True,
+        "gone": None,
+        "nested": {"k\n": ["{{senderEmail}}", "", {"deep": "{{metadata.orderId}}"}]},
+    }
+    with pytest.raises(TemplateError):
+        compile_template(mapping)  # {{ x }} is no variable
+    mapping["{c2}"] = "}\n\"'\\ {{senderName}} {{senderName|upper}}}"
+    rendered = compile_template(mapping).render(ClassifiedMessage.model_validate(BASE))
+    assert rendered == {
+        'x"] = 1\nimport os #': BASE["eventId"],
+        "{c2}": "}\n\"'\\ 王小明 王小明}",
+        "lit": "'''\"\"\"\\n",
+        "d": "你好，想…",
+        "n": 3,
+        "t": True,
+        "nested": {"k\n": ["xiaoming@example.com", {"deep": "A-1001"}]},
+    }
+    assert list(rendered) == ['x"] = 1\nimport os #', "{c2}", "lit", "d", "n", "t", "nested"]
+
+
+def test_a_variable_used_twice_in_an_object_renders_the_same_in_both_places() -> None:
+    compiled = compile_template(
+        {"a": "{{receivedAt}}", "b": "at {{receivedAt}}", "c": "{{receivedAt|date:epoch}}", "d": "{{tenantName}}"}
+    )
+    rendered = compiled.render(ClassifiedMessage.model_validate(BASE))
+    assert rendered == {
+        "a": "2026-11-25T09:30:12Z",
+        "b": "at 2026-11-25T09:30:12Z",
+        "c": int(datetime(2026, 11, 25, 9, 30, 12, tzinfo=UTC).timestamp()),
+        "d": "Acme 贸易有限公司",
+    }
