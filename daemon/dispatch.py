@@ -311,7 +311,7 @@ class Dispatcher:
         reached the broker) the delivery's own outcome, reported now."""
         state, event = at.state, at.event
         # the lookup takes the route's lease too when nothing is recorded (what a fresh delivery
-        # goes on to need): the claim step uses it, a step that defers before then ends it
+        # goes on to need): the claim step, next, uses it
         owner = lease_owner()
         found = await self.ledger.find_or_claim(_chain_keys(state, event), at.route_key, owner, LEASE_TTL_S)
         if isinstance(found, Claim):
@@ -351,11 +351,9 @@ class Dispatcher:
         if limiter is None or self.breakers[spec.integration_id].state is not BreakerState.CLOSED:
             return None
         if limiter.paused_for > PARK_THRESHOLD_S:
-            await self._unclaim(at)
             return await self._defer(at, "park", time.time() + limiter.paused_for)
         budget = self.policy(spec.integration_id).handoff_budget
         if at.state.fresh and not limiter.admits(budget):
-            await self._unclaim(at)
             return await self._defer(at, "backlog", time.time())
         return None
 
@@ -560,12 +558,6 @@ class Dispatcher:
             await self.ledger.barrier_hold(at.scope, at.state.event_id, due)
         metrics.child(metrics.RETRIES_SCHEDULED, at.state.target.integration_id, _REASONS[kind]).inc()
         return Outcomes(retries=[at.state.to_retry(kind, due)])
-
-    async def _unclaim(self, at: AtTarget) -> None:
-        """End the lease the lookup took, when the pass defers before the claim step."""
-        if at.claim is not None and at.claim.granted:
-            await self.ledger.release(at.route_key, at.owner)
-        at.claim = None
 
     async def _release(self, at: AtTarget) -> None:
         if at.ordered and self.ledger.barriers_held():

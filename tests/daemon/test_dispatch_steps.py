@@ -218,18 +218,6 @@ async def test_nothing_recorded_hands_on_with_the_route_claimed_for_the_claim_st
     assert cast(MemoryLedger, d.ledger).leases[here.route_key].owner == here.owner
 
 
-async def test_a_pass_deferred_after_the_lookup_ends_the_lease_it_took() -> None:
-    adapter = FakeAdapter()
-    adapter.limiter = FakeLimiter(serves=False)
-    d = dispatcher({"primary": adapter})
-    state, event = route_state("primary")
-    here = at(d, state, event)
-    assert await d.step_recorded(here) is None
-    assert kinds(await d.step_admission(here)) == ["backlog"]
-    assert cast(MemoryLedger, d.ledger).leases[here.route_key].until == 0.0  # ended: the next copy may go
-    assert here.claim is None
-
-
 # -- admission ------------------------------------------------------------------------------
 
 
