@@ -350,13 +350,11 @@ class CreateCall:
             raw = self.id_of(body)
         elif self.id_header is not None:
             raw = headers.get(self.id_header, "")
-        elif type(body) is dict and len(self.id_at) == 1 and type(key := self.id_at[0]) is str:
-            raw = body.get(key)  # at_path's answer for the common one-key path, without its loop
         else:
             raw = at_path(body, self.id_at)
         if self.id_header is not None and isinstance(raw, str):
             raw = raw.rstrip("/").rsplit("/", 1)[-1]
-        if (type(raw) is not str and (raw is None or isinstance(raw, (dict, list, bool)))) or raw == "":
+        if raw in (None, "") or isinstance(raw, (dict, list, bool)):
             if self.key_as_id and ctx is not None:
                 raw = ctx.idempotency_key
             else:
@@ -364,15 +362,12 @@ class CreateCall:
                     f"{adapter.info.display_name.split()[0]} answered without {self.what}: {str(body)[:200]}",
                     code="bad_response",
                 )
-        record_id = raw if type(raw) is str else str(raw)
+        record_id = str(raw)
         url: Any = None
         if self.url is not None:
             url = self.url(adapter, record_id, body)
         elif self.url_at is not None:
-            if type(body) is dict and len(self.url_at) == 1 and type(key := self.url_at[0]) is str:
-                url = body.get(key)
-            else:
-                url = at_path(body, self.url_at)
+            url = at_path(body, self.url_at)
         detail: dict[str, Any] = {}
         if self.detail:
             detail = {name: value for name, path in self.detail.items() if (value := at_path(body, path))}

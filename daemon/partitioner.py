@@ -30,8 +30,6 @@ def _masks(words: int) -> tuple[int, int, int]:
 # Precompiled for keys up to 256 bytes (an eventId is 36); longer keys compute theirs per call.
 _WORDS = tuple(struct.Struct(f"<{n}I") for n in range(65))
 _MASKS = tuple(_masks(n) for n in range(65))
-_WORDS_36 = _WORDS[9]
-_LANES_36, _EVENS_36, _ODDS_AT_36 = _MASKS[9]
 
 
 def murmur2(data: bytes) -> int:
@@ -41,42 +39,28 @@ def murmur2(data: bytes) -> int:
     # done for all the words at once, on one big int holding each word in the low half of a
     # 64-bit lane (the even words first, then the odd ones): a product of a 32-bit word and m
     # fits its lane, and the lanes are masked back to their low halves before a shift or a
-    # product could cross them. The low 32 bits of a product do not depend on higher bits: the
-    # hash is masked once after all the words.
+    # product could cross them.
     n = len(data)
-    if n == 36:  # an eventId (a UUID's text): the same, with the nine rounds unrolled
-        x = int.from_bytes(data, "little")
-        lanes = _LANES_36
-        y = ((((x >> 32) << _ODDS_AT_36) | x) & lanes) * 0x5BD1E995 & lanes
+    h = 0x9747B28C ^ n
+    words = n >> 2
+    if words:
+        if words < len(_WORDS):
+            unpack, (lanes, evens, odds_at) = _WORDS[words].unpack, _MASKS[words]
+        else:
+            unpack, (lanes, evens, odds_at) = struct.Struct(f"<{words}I").unpack, _masks(words)
+        x = int.from_bytes(data, "little")  # the tail's bytes too: masked off
+        y = ((((x >> 32) << odds_at) & lanes) | (x & evens)) * 0x5BD1E995 & lanes
         y = (((y ^ (y >> 24)) & lanes) * 0x5BD1E995) & lanes
-        mixed = (y & _EVENS_36) | (y >> (_ODDS_AT_36 - 32))
-        k0, k1, k2, k3, k4, k5, k6, k7, k8 = _WORDS_36.unpack(mixed.to_bytes(36, "little"))
-        h: int = ((0x9747B28C ^ 36) * 0x5BD1E995 ^ k0) * 0x5BD1E995 ^ k1
-        h = ((h * 0x5BD1E995 ^ k2) * 0x5BD1E995 ^ k3) * 0x5BD1E995 ^ k4
-        h = ((h * 0x5BD1E995 ^ k5) * 0x5BD1E995 ^ k6) * 0x5BD1E995 ^ k7
-        h = (h * 0x5BD1E995 ^ k8) & 0xFFFFFFFF
-    else:
-        h = 0x9747B28C ^ n
-        words = n >> 2
-        if words:
-            if words < len(_WORDS):
-                unpack, (lanes, evens, odds_at) = _WORDS[words].unpack, _MASKS[words]
-            else:
-                unpack, (lanes, evens, odds_at) = struct.Struct(f"<{words}I").unpack, _masks(words)
-            x = int.from_bytes(data, "little")  # the tail's bytes too: masked off
-            y = ((((x >> 32) << odds_at) & lanes) | (x & evens)) * 0x5BD1E995 & lanes
-            y = (((y ^ (y >> 24)) & lanes) * 0x5BD1E995) & lanes
-            for k in unpack(((y & evens) | (y >> (odds_at - 32))).to_bytes(words * 4, "little")):
-                h = h * 0x5BD1E995 ^ k
-            h &= 0xFFFFFFFF
-        tail = n & 3
-        if tail:
-            i = n - tail
-            if tail == 3:
-                h ^= data[i + 2] << 16
-            if tail >= 2:
-                h ^= data[i + 1] << 8
-            h = ((h ^ data[i]) * 0x5BD1E995) & 0xFFFFFFFF
+        for k in unpack(((y & evens) | (y >> (odds_at - 32))).to_bytes(words * 4, "little")):
+            h = (h * 0x5BD1E995 ^ k) & 0xFFFFFFFF  # masked each round: a long key stays linear
+    tail = n & 3
+    if tail:
+        i = n - tail
+        if tail == 3:
+            h ^= data[i + 2] << 16
+        if tail >= 2:
+            h ^= data[i + 1] << 8
+        h = ((h ^ data[i]) * 0x5BD1E995) & 0xFFFFFFFF
     h ^= h >> 13
     h = (h * 0x5BD1E995) & 0xFFFFFFFF
     return h ^ (h >> 15)

@@ -53,7 +53,7 @@ _FLAT: dict[str, Callable[[ClassifiedMessage], Any]] = {
 }
 _ROOTS = frozenset(ClassifiedMessage.model_fields)
 # Values a path walk may hand out as they are: what model_dump() would give for them too.
-SCALARS = _SCALARS = frozenset({str, int, float, bool, type(None)})
+SCALARS = frozenset({str, int, float, bool, type(None)})
 _FIELDS: dict[type[BaseModel], frozenset[str]] = {}  # model_fields costs ~0.3 µs a read
 
 
@@ -85,9 +85,9 @@ class EventVars:
             # per event), a list of scalars (keywords, tags) as a fresh list, which is all the
             # dump would hold; anything else comes from the dump, a copy the caller may change.
             value = _walk(self.event, name)
-            if type(value) in _SCALARS:
+            if type(value) in SCALARS:
                 return value
-            if type(value) is list and all(type(item) in _SCALARS for item in value):
+            if type(value) is list and all(type(item) in SCALARS for item in value):
                 return list(value)
             self._dump = self.event.model_dump()
         return _walk(self._dump, name)
@@ -140,7 +140,7 @@ def resolver(name: str) -> Callable[[EventVars], Any]:
 
         def read(scope: EventVars) -> Any:
             value = getattr(scope.event, root).get(key)
-            return value if type(value) in _SCALARS else scope.get(name)
+            return value if type(value) in SCALARS else scope.get(name)
 
         return read
     return lambda scope: scope.get(name)
