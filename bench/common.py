@@ -424,6 +424,13 @@ class Fakes:
         data["rejected_per_second"] = {int(k): v for k, v in data["rejected_per_second"].items()}
         return data
 
+    async def counts(self, name: str) -> dict[str, Any]:
+        """The fake's request and created counters only (cheap enough to poll)."""
+        url = f"{self.urls[name]}/_bench/stats?counts=1"
+        async with aiohttp.ClientSession() as session, session.get(url) as resp:
+            data: dict[str, Any] = orjson.loads(await resp.read())
+        return data
+
     @property
     def pid(self) -> int | None:
         return self.proc.pid if self.proc is not None else None

@@ -58,6 +58,9 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
                 f"≥ 90%: {_ok(r['meets_target'])} ({r['kept_pct']}%)",
             )
         )
+        if len(r.get("runs", [])) > 1:
+            rounds = " / ".join(f"{k}%" for k in r["kept_pct_rounds"])
+            out.append(("", f"mixed/solo per round (median of {len(r['runs'])})", rounds, "", ""))
         if "control" in r:
             out.append(
                 (

@@ -323,13 +323,13 @@ class SqliteLedger(_MemoryBarriers):
         return self._call(partial(_get, key=key))
 
     def put(self, key: str, entry: LedgerEntry) -> asyncio.Future[None]:
-        return self._call(partial(_put, entries=((key, entry),)), writes=True)
+        return self._call(_Write(((key, entry),)), writes=True)
 
     def settle(
         self, entries: Sequence[tuple[str, LedgerEntry]], leases: Sequence[tuple[str, str]]
     ) -> asyncio.Future[None]:
         """Every note and release of one pass in one batch (one transaction)."""
-        return self._call(partial(_settle, entries=entries, leases=leases), writes=True)
+        return self._call(_Write(entries, leases), writes=True)
 
     def claim(self, key: str, owner: str, ttl: float) -> asyncio.Future[Claim]:
         """The read and the conditional write run next to each other in one batch (one
@@ -341,7 +341,7 @@ class SqliteLedger(_MemoryBarriers):
         return self._call(partial(_find_or_claim, keys=keys, lease=lease, owner=owner, ttl=ttl), writes=True)
 
     def release(self, key: str, owner: str) -> asyncio.Future[None]:
-        return self._call(partial(_settle, entries=(), leases=((key, owner),)), writes=True)
+        return self._call(_Write((), ((key, owner),)), writes=True)
 
     def _call(self, op: _Op, *, writes: bool = False) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
@@ -385,10 +385,19 @@ class SqliteLedger(_MemoryBarriers):
             self._maybe_checkpoint()
 
     def _run(self, batch: list[tuple[_Op, asyncio.Future[Any]]]) -> list[Any]:
-        """The batch's operations in one transaction, their answers."""
+        """The batch's operations in one transaction, their answers.
+
+        The entries of every write in the batch go first, in multi-row statements (one statement
+        per row cost ~2.7 µs more per event in-process). The batch's operations were all issued
+        during one turn of the loop, none waiting for another, so any order of them is one the
+        callers could have seen; a caller's own operations on one key are awaited one after the
+        other, so they never share a batch out of order, and the writes keep their own order."""
         cursor = self._cursor
         cursor.execute("BEGIN")
         try:
+            rows = [(key, entry) for op, _ in batch if type(op) is _Write for key, entry in op.entries]
+            if rows:
+                _write_entries(cursor, rows)
             answers = [op(cursor) for op, _ in batch]
         except BaseException:
             cursor.execute("ROLLBACK")
@@ -485,6 +494,7 @@ _TAKE_SQL = (
     " ON CONFLICT(key) DO UPDATE SET owner = excluded.owner, until = excluded.until"
 )
 _RELEASE_SQL = "UPDATE deliveries SET until = 0 WHERE key = ? AND owner = ?"
+_CLAIM_NEW_SQL = "INSERT INTO deliveries (key, owner, until) VALUES (?, ?, ?) ON CONFLICT(key) DO NOTHING"
 
 
 @functools.cache  # one per number of rows: a handful
@@ -493,22 +503,49 @@ def _lookup_sql(rows: int) -> str:
     return "SELECT key, entry, owner, until FROM deliveries WHERE key IN (" + ", ".join("?" * rows) + ")"
 
 
+# a batch's entries in statements of at most this many rows (one cached statement per size)
+_WRITE_ROWS = 32
+
+
+@functools.cache
+def _write_sql(rows: int) -> str:
+    return (
+        "INSERT INTO deliveries (key, entry) VALUES "
+        + ", ".join(["(?, ?)"] * rows)
+        + " ON CONFLICT(key) DO UPDATE SET entry = excluded.entry"
+    )
+
+
+def _write_entries(cursor: sqlite3.Cursor, entries: Sequence[tuple[str, LedgerEntry]]) -> None:
+    """Upsert ``entries`` in order (a key written twice keeps its last entry)."""
+    for start in range(0, len(entries), _WRITE_ROWS):
+        chunk = entries[start : start + _WRITE_ROWS]
+        if len(chunk) == 1:
+            key, entry = chunk[0]
+            cursor.execute(_PUT_SQL, (key, _dump(entry)))
+            continue
+        params: list[Any] = []
+        for key, entry in chunk:
+            params += (key, _dump(entry))
+        cursor.execute(_write_sql(len(chunk)), params)
+
+
+@dataclass(frozen=True, slots=True)
+class _Write:
+    """A put or a settle: entries to note (written for the whole batch at once, see
+    ``SqliteLedger._run``), then leases to end."""
+
+    entries: Sequence[tuple[str, LedgerEntry]]
+    leases: Sequence[tuple[str, str]] = ()
+
+    def __call__(self, cursor: sqlite3.Cursor) -> None:
+        for key, owner in self.leases:
+            cursor.execute(_RELEASE_SQL, (_lease_row(key), owner))
+
+
 def _get(cursor: sqlite3.Cursor, key: str) -> LedgerEntry | None:
     row = cursor.execute(_GET_SQL, (key,)).fetchone()
     return _load(row[0]) if row and row[0] is not None else None
-
-
-def _put(cursor: sqlite3.Cursor, entries: Sequence[tuple[str, LedgerEntry]]) -> None:
-    for key, entry in entries:  # execute: for the usual one row, executemany costs more
-        cursor.execute(_PUT_SQL, (key, _dump(entry)))
-
-
-def _settle(
-    cursor: sqlite3.Cursor, entries: Sequence[tuple[str, LedgerEntry]], leases: Sequence[tuple[str, str]]
-) -> None:
-    _put(cursor, entries)
-    for key, owner in leases:
-        cursor.execute(_RELEASE_SQL, (_lease_row(key), owner))
 
 
 def _claim(cursor: sqlite3.Cursor, key: str, owner: str, ttl: float) -> Claim:
@@ -529,6 +566,12 @@ def _take(cursor: sqlite3.Cursor, row_key: str, owner: str, ttl: float, previous
 
 def _find_or_claim(cursor: sqlite3.Cursor, keys: Sequence[str], lease: str, owner: str, ttl: float) -> Found | Claim:
     row_key = _lease_row(lease)
+    if len(keys) == 1 and keys[0] == row_key:
+        # a one-target route (most are): a fresh delivery has no row at all, so inserting its
+        # lease is the lookup and the claim in one statement; a row that exists is read below
+        cursor.execute(_CLAIM_NEW_SQL, (row_key, owner, time.time() + ttl))
+        if cursor.rowcount == 1:
+            return Claim(True, None)
     # the route lease is on the primary's row, keys[0], as the dispatcher asks
     rows = keys if row_key in keys else (*keys, row_key)
     found: tuple[int, bytes] | None = None

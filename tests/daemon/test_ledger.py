@@ -193,6 +193,33 @@ async def test_settle_notes_published_entries_and_ends_the_leases(ledger: Ledger
     assert after.granted and after.previous is not None and not after.abandoned
 
 
+async def test_writes_issued_in_one_turn_keep_their_order_per_key(ledger: Ledger) -> None:
+    """SQLite writes a turn's entries in multi-row statements: a key written twice in one turn
+    keeps its last entry, and 70 keys (three statements) all land."""
+    owner = lease_owner()
+    assert await ledger.find_or_claim(["e9:crm:lead"], "route:e9:crm:lead", owner, 30) == Claim(True, None)
+    first = LedgerEntry("A-1", None, "crm", "lead", time.time(), published=False)
+    last = LedgerEntry("A-1", None, "crm", "lead", first.at, published=True)
+    many = {f"m{i}:crm:lead": LedgerEntry(f"M-{i}", None, "crm", "lead", time.time()) for i in range(70)}
+    await asyncio.gather(
+        ledger.put("e9:crm:lead", first),
+        *(ledger.put(key, entry) for key, entry in many.items()),
+        ledger.settle([("e9:crm:lead", last)], [("route:e9:crm:lead", owner)]),
+    )
+    assert await ledger.get("e9:crm:lead") == last
+    assert [await ledger.get(key) for key in many] == list(many.values())
+    # a one-target route whose row exists: the entry is found, not a claim
+    assert await ledger.find_or_claim(["e9:crm:lead"], "route:e9:crm:lead", lease_owner(), 30) == Found(0, last)
+
+
+async def test_a_one_target_claim_sees_a_live_lease_of_another_copy(ledger: Ledger) -> None:
+    first, second = lease_owner(), lease_owner()
+    assert await ledger.find_or_claim(["e8:crm:lead"], "route:e8:crm:lead", first, 30) == Claim(True, None)
+    refused = await ledger.find_or_claim(["e8:crm:lead"], "route:e8:crm:lead", second, 30)
+    assert isinstance(refused, Claim) and not refused.granted
+    assert refused.previous is not None and refused.previous.owner == first
+
+
 async def test_sqlite_batches_survive_a_reopen_and_checkpoint(tmp_path: Path) -> None:
     """Statements run on the loop, the WAL is checkpointed by a worker thread: all of it is in
     the file after close."""
