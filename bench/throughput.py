@@ -7,9 +7,10 @@ decode/validate → route → render → HTTP → ledger → result acked → co
 same way (``common.drain``), in ``ROUNDS`` rounds whose order alternates (raw first, then daemon
 first, ...): the ratio is taken per round and averaged, with its range, because a single pair of
 drains varies by 10-15 % on a shared 2-core machine (in one run on 2026-12-08 the raw loop alone
-took 157–228 µs per event from round to round). Four rounds: each side goes first twice. The integration's rate limit is raised out
-of the way so the measurement is of the pipeline, not of the webhook's default pacing (1,000
-requests/s).
+took 157–228 µs per event from round to round). Four rounds: each side goes first twice.
+
+The integration's rate limit is raised out of the way so the measurement is of the pipeline, not
+of the webhook's default pacing (1,000 requests/s).
 
 With ``--profile`` (``run_all`` does it too) a third, separate daemon run is sampled with py-spy
 and the functions that dominate are listed (the measured run is never profiled).
