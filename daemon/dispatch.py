@@ -299,7 +299,7 @@ class Dispatcher:
 
     async def step_barrier(self, at: AtTarget) -> Outcomes | None:
         """An earlier event of the same key waits for a retry at this target: queue behind it."""
-        if not at.ordered or not self.ledger.barriers_held():
+        if not at.ordered or not self.ledger.barriers_held(at.state.target.key):
             return None
         head = await self.ledger.barrier_head(at.scope)
         if head is not None and head.event_id != at.event.eventId:
@@ -560,7 +560,7 @@ class Dispatcher:
         return Outcomes(retries=[at.state.to_retry(kind, due)])
 
     async def _release(self, at: AtTarget) -> None:
-        if at.ordered and self.ledger.barriers_held():
+        if at.ordered and self.ledger.barriers_held(at.state.target.key):
             await self.ledger.barrier_release(at.scope, at.event.eventId)
 
     def _sync_back(self, state: RouteState) -> RetryRecord:

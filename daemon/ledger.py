@@ -12,6 +12,7 @@ Entries older than ``stale_after`` are ignored so that a crash can never wedge a
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import itertools
@@ -170,9 +171,11 @@ class Ledger(Protocol):
         """End ``owner``'s lease on ``key`` (no-op when it holds none). The lease stays, ended
         (``until`` 0), so that the next claim learns a copy came before it and looks again."""
 
-    def barriers_held(self) -> bool:
-        """Whether any event may be waiting at a barrier: False only when the store knows none is
-        (a store in this process's memory); a shared store says True."""
+    def barriers_held(self, target: str) -> bool:
+        """Whether any event may be waiting at a barrier of ``target`` (a scope is
+        ``<key>|<target>``): False only when the store knows none is (a store in this process's
+        memory), so that one tenant's waiting events cost another's none of the barrier calls; a
+        shared store says True."""
 
     async def barrier_head(self, scope: str) -> Waiting | None:
         """The first event still waiting in ``scope`` (None: nothing waits)."""
@@ -198,10 +201,11 @@ class _MemoryBarriers:
 
     def __init__(self, stale_after: float = STALE_AFTER) -> None:
         self._scopes: dict[str, list[Waiting]] = {}
+        self._targets: collections.Counter[str] = collections.Counter()  # scopes held, per target
         self._stale_after = stale_after
 
-    def barriers_held(self) -> bool:
-        return bool(self._scopes)
+    def barriers_held(self, target: str) -> bool:
+        return target in self._targets
 
     async def barrier_head(self, scope: str) -> Waiting | None:
         waiting = self._scopes.get(scope)
@@ -213,7 +217,10 @@ class _MemoryBarriers:
         return fresh[0] if fresh else None
 
     async def barrier_hold(self, scope: str, event_id: str, due: float) -> None:
-        waiting = self._scopes.setdefault(scope, [])
+        waiting = self._scopes.get(scope)
+        if waiting is None:
+            waiting = self._scopes[scope] = []
+            self._targets[_scope_target(scope)] += 1
         for index, item in enumerate(waiting):
             if item.event_id == event_id:
                 waiting[index] = Waiting(event_id, due, item.since)
@@ -228,8 +235,16 @@ class _MemoryBarriers:
     def _set(self, scope: str, waiting: list[Waiting]) -> None:
         if waiting:
             self._scopes[scope] = waiting
-        else:
-            self._scopes.pop(scope, None)
+        elif self._scopes.pop(scope, None) is not None:
+            target = _scope_target(scope)
+            self._targets[target] -= 1
+            if self._targets[target] <= 0:
+                del self._targets[target]
+
+
+def _scope_target(scope: str) -> str:
+    """The target of a barrier scope ``<base64 key>|<target>`` (base64 has no ``|``)."""
+    return scope.partition("|")[2]
 
 
 def _dump(entry: LedgerEntry) -> bytes:
@@ -635,7 +650,7 @@ class RedisLedger:
         self._ttl = ttl
         self._stale_after = stale_after
 
-    def barriers_held(self) -> bool:
+    def barriers_held(self, target: str) -> bool:
         return True  # other replicas hold barriers too: only Redis knows
 
     async def barrier_head(self, scope: str) -> Waiting | None:

@@ -71,13 +71,20 @@ async def test_barriers_queue_in_order_and_release(ledger: Ledger) -> None:
 
 async def test_a_store_says_whether_any_barrier_may_be_held(ledger: Ledger) -> None:
     """The dispatcher skips the barrier calls of an ordered target when the store knows that no
-    event waits anywhere; only a store in this process's memory can know that."""
+    event waits at any barrier of that target (another tenant's waiting events cost it nothing);
+    only a store in this process's memory can know that."""
     in_memory = not isinstance(ledger, RedisLedger)
-    assert ledger.barriers_held() is not in_memory
+    assert ledger.barriers_held("crm") is not in_memory
     await ledger.barrier_hold("t:conv-1|crm", "e1", time.time() + 5)
-    assert ledger.barriers_held()
+    await ledger.barrier_hold("t:conv-1|crm", "e2", time.time() + 5)
+    await ledger.barrier_hold("t:conv-2|crm", "e3", time.time() + 5)
+    assert ledger.barriers_held("crm")
+    assert ledger.barriers_held("other:lead") is not in_memory
     await ledger.barrier_release("t:conv-1|crm", "e1")
-    assert ledger.barriers_held() is not in_memory
+    await ledger.barrier_release("t:conv-1|crm", "e2")
+    assert ledger.barriers_held("crm")  # conv-2 still waits
+    await ledger.barrier_release("t:conv-2|crm", "e3")
+    assert ledger.barriers_held("crm") is not in_memory
 
 
 async def test_stale_barriers_never_wedge_a_key() -> None:
