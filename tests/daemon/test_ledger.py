@@ -215,6 +215,9 @@ async def test_writes_issued_in_one_turn_keep_their_order_per_key(ledger: Ledger
     )
     assert await ledger.get("e9:crm:lead") == last
     assert [await ledger.get(key) for key in many] == list(many.values())
+    # both writes of one key in one statement (two rows)
+    await asyncio.gather(ledger.put("e7:crm:lead", first), ledger.settle([("e7:crm:lead", last)], []))
+    assert await ledger.get("e7:crm:lead") == last
     # a one-target route whose row exists: the entry is found, not a claim
     assert await ledger.find_or_claim(["e9:crm:lead"], "route:e9:crm:lead", lease_owner(), 30) == Found(0, last)
 
