@@ -501,8 +501,6 @@ def _migrate(db: sqlite3.Connection) -> None:
 # trigger), more than the SELECT it would save, so a claim reads the lease, then writes it.
 _Op = Callable[[sqlite3.Cursor], Any]
 _GET_SQL = "SELECT entry FROM deliveries WHERE key = ?"
-# an upsert updates the row in place, where INSERT OR REPLACE deletes and inserts it
-_PUT_SQL = "INSERT INTO deliveries (key, entry) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET entry = excluded.entry"
 _LEASE_SQL = "SELECT owner, until FROM deliveries WHERE key = ?"
 _TAKE_SQL = (
     "INSERT INTO deliveries (key, owner, until) VALUES (?, ?, ?)"
@@ -524,6 +522,8 @@ _WRITE_ROWS = 32
 
 @functools.cache
 def _write_sql(rows: int) -> str:
+    """An upsert of ``rows`` entries: it updates a row in place, where INSERT OR REPLACE deletes
+    and inserts it."""
     return (
         "INSERT INTO deliveries (key, entry) VALUES "
         + ", ".join(["(?, ?)"] * rows)
@@ -535,10 +535,6 @@ def _write_entries(cursor: sqlite3.Cursor, entries: Sequence[tuple[str, LedgerEn
     """Upsert ``entries`` in order (a key written twice keeps its last entry)."""
     for start in range(0, len(entries), _WRITE_ROWS):
         chunk = entries[start : start + _WRITE_ROWS]
-        if len(chunk) == 1:
-            key, entry = chunk[0]
-            cursor.execute(_PUT_SQL, (key, _dump(entry)))
-            continue
         params: list[Any] = []
         for key, entry in chunk:
             params += (key, _dump(entry))
